@@ -1,0 +1,749 @@
+"""Turn SystemTap's failure messages into short, specific diagnoses with the fix.
+
+Pure functions over the message lines of a run (stap's stderr, staprun's messages and
+anything else that was not a record). Nothing here runs a process or reads a file.
+
+Every pattern below matches the exact text SystemTap prints; the source of each string
+(SystemTap 4.8 .. 5.5, identical in those releases) is named next to it, and the captured
+outputs in ``shared/reference/`` exercise the common ones. A diagnosis keeps stap's own
+lines in ``detail`` so nothing stap said is hidden behind our summary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Counters", "Diagnosis", "Severity", "counters", "diagnose", "render"]
+
+Severity = Literal["error", "warning", "info"]
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One recognised problem.
+
+    ``code`` is stable (tests and the magic key on it), ``summary`` is the short message
+    with the fix, ``detail`` the stap lines that triggered it, verbatim. ``similar`` lists
+    the functions of a ``no match (similar functions: ...)``; ``probes`` names the probe
+    points or functions involved; ``count`` carries the number stap reported (transport
+    failures, registration errors, skipped probes).
+    """
+
+    code: str
+    summary: str
+    detail: tuple[str, ...]
+    severity: Severity
+    similar: tuple[str, ...] = ()
+    probes: tuple[str, ...] = ()
+    count: int | None = None
+
+    def __str__(self) -> str:
+        return render(self)
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Numbers stap reports about a run.
+
+    ``errors``: runtime errors (stap's ``Number of errors: N`` when it printed one,
+    otherwise the number of runtime ``ERROR:`` lines); ``skipped_probes``: probe hits
+    that did not run (``skipped probes: M``); ``transport_failures``: lost output buffers
+    (``There were N transport failures``); ``warnings``: ``WARNING:`` lines.
+    """
+
+    errors: int = 0
+    skipped_probes: int = 0
+    transport_failures: int = 0
+    warnings: int = 0
+
+
+def render(d: Diagnosis) -> str:
+    """Human-readable text: the summary, then stap's own lines indented."""
+    head = f"[{d.severity}] {d.summary}"
+    if not d.detail:
+        return head
+    return head + "\n" + "\n".join("    | " + line for line in d.detail)
+
+
+# --------------------------------------------------------------------------------------
+# line cleanup
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _clean(line: str) -> str:
+    """One message line as stap wrote it: no pty ``\\r``, no colour escapes, no newline."""
+    return _ANSI.sub("", line).rstrip("\r\n").rstrip()
+
+
+# --------------------------------------------------------------------------------------
+# patterns (source file of each string in SystemTap)
+
+# staprun/staprun_funcs.c assert_stap_module_permissions(), session.cxx (stap itself):
+#   "You are trying to run systemtap as a normal user."
+# staprun_funcs.c assert_uprobes_module_permissions():
+#   "You are trying to load the module %s as a normal user."
+_NORMAL_USER = re.compile(r"You are trying to (?:run systemtap|load the module \S+) as a normal user\.")
+# session.cxx: "For users with the privilege level %s, the module created by compiling your
+# script must be signed by a trusted systemtap compile-server.  [man stap-server]"
+_PRIV_LEVEL = re.compile(r"For users with the privilege level (\S+), the module created by compiling")
+# client-nss.cxx: "Unable to find a suitable compile server.  [man stap-server]"
+_NO_SERVER = re.compile(r"Unable to find a suitable compile server")
+# staprun_funcs.c check_groups(): "Your privilege credentials (%s) are insufficient to load
+# the module %s (%s required)"
+_INSUFFICIENT = re.compile(r"Your privilege credentials \(\S+\) are insufficient to load the module")
+
+# dwflpp.cxx setup_kernel(): "missing %s kernel/module debuginfo [man warning::debuginfo] under '%s'"
+_DEBUGINFO_MISSING = re.compile(r"missing \S+ kernel/module debuginfo")
+# dwflpp.cxx get_module_dwarf(): "cannot find " ("kernel" | "module NAME") " debuginfo"
+_DEBUGINFO_CANNOT = re.compile(r"cannot find (?:module (\S+)|kernel) debuginfo")
+
+# session.cxx parse_kernel_functions():
+#   "Kernel function symbol table missing [man warning::symbols]"
+_SYMTAB_MISSING = re.compile(r"Kernel function symbol table missing")
+
+# tapsets.cxx (kprobe/dwarf builders): "no match (similar functions: %s)"; elaborate.cxx: "no match"
+_NO_MATCH_SIMILAR = re.compile(r"semantic error: no match \(similar functions: ([^)]*)\)")
+_NO_MATCH = re.compile(r"semantic error: no match\s*$")
+
+# tapsets.cxx: "absolute statement probe in unprivileged script; need stap -g";
+# parse.cxx, tapsets.cxx, tapset-netfilter.cxx: "...; need stap -g"
+_NEED_GURU = re.compile(r"; need stap -g")
+_ABSOLUTE = re.compile(r"absolute statement probe in unprivileged script")
+
+# tapsets.cxx common_probe_entryfn_epilogue():
+#   "probe overhead (%lld cycles) exceeded threshold (%lld cycles) in last %lld cycles"
+_OVERHEAD = re.compile(r"probe overhead \((\d+) cycles\) exceeded threshold \((\d+) cycles\)")
+
+# translate.cxx STAP_T_04 "MAXACTION exceeded" (printed by _stp_softerror "%s near %s")
+_MAXACTION = re.compile(r"MAXACTION exceeded")
+# translate.cxx STAP_T_02 "MAXNESTING exceeded"
+_MAXNESTING = re.compile(r"MAXNESTING exceeded")
+
+# tapsets.cxx, runtime/linux/uprobes-common.c:
+#   "Skipped too many probes, check MAXSKIPPED or try again with stap -t for more details."
+_SKIPPED_TOO_MANY = re.compile(r"Skipped too many probes")
+
+# runtime/transport/transport.c:
+#   "There were %d transport failures. Try stap -s to increase the buffer size from %d."
+_TRANSPORT = re.compile(r"There were (\d+) transport failures?\.(?: Try stap -s to increase the buffer size from (\d+)\.)?")
+
+# translate.cxx emit_module_exit(): "Number of errors: %d, skipped probes: %d"
+_NUM_ERRORS = re.compile(r"Number of errors: (\d+), skipped probes: (\d+)")
+
+# main.cxx: "Pass 4: compilation failed.  [man error::pass4]"
+_PASS4_FAILED = re.compile(r"Pass 4: compilation failed")
+# gcc/kbuild: "FILE:LINE:COL: error: MESSAGE", "FILE:LINE: error: ...", "error: ..."
+_GCC_ERROR = re.compile(r"(?:^|:\d+(?::\d+)?: )(?:fatal )?error: ")
+# session.cxx / buildrun.cxx: 'Checking "%s" failed with error: %s'
+_HEADERS = re.compile(r"Checking \"\s*(\S+)\s*\" failed with error: (.*)")
+
+# runtime/linux/kprobes.c: "probe %s (%s+%u) registration error [man warning::pass5] (rc %d)"
+#                          "probe %s (address 0x%lx) registration error [man warning::pass5] (rc %d)"
+# translate.cxx:           "probe %s registration error [man warning::pass5] (rc %d)" (fatal, ERROR:)
+_REGISTRATION = re.compile(
+    r"^(WARNING|ERROR): probe (.+?)(?: \((?:(\S+?)\+\d+|address 0x[0-9a-fA-F]+)\))? "
+    r"registration error(?: \[man warning::pass5\])? \(rc (-?\d+)\)"
+)
+
+# runtime/transport/transport.c: "Can't resolve uprobe_unregister!"
+_UPROBE_UNREGISTER = re.compile(r"Can't resolve uprobe_unregister")
+
+# elaborate.cxx void_statement_reducer: print_warning("Eliding side-effect-free expression ", tok)
+_ELIDING = re.compile(r"^WARNING: Eliding side-effect-free expression\s*: identifier '([^']*)'")
+
+# staprun/staprun.c: "Couldn't insert module '%s': %s" (moderror(): staprun_funcs.c)
+_INSERT = re.compile(r"Couldn't insert module \S*?'([^']*)': (.*)")
+
+# staprun/mainloop.c: "Child process exited with signal %d (%s)"
+_CHILD_SIGNAL = re.compile(r"Child process exited with signal (\d+) \(([^)]*)\)")
+
+# main.cxx: "Pass 2: analysis failed.", "Pass 5: run failed." ...: the generic fallback
+_PASS_FAILED = re.compile(r"^Pass (\d): \w+ failed")
+_ERROR_LINE = re.compile(r"^(?:semantic error|parse error|ERROR):")
+
+# the probe point named in a "source:" line of a semantic error
+_PROBE_POINT = re.compile(r"\b(kprobe|kernel|module\(\"[^\"]*\"\))\.(?:function|statement)\(\"?([^\")]+)\"?\)")
+
+_RC_MEANING = {
+    -22: (
+        "EINVAL: the kernel refuses kprobes on these functions (__init code already freed, "
+        "notrace/blacklisted functions); leave them out of the spec or narrow the wildcard"
+    ),
+    -2: (
+        "ENOENT: the symbol is not in the running kernel (a module that is not loaded, or the "
+        "function was inlined/renamed); check /proc/kallsyms"
+    ),
+    4: (
+        "the symbol could not be resolved when the probes started - usually a function in a "
+        "module that was not loaded yet; load the module before starting the run"
+    ),
+    -16: "EBUSY: another kprobe user owns this address; try again after it is gone",
+    -84: "EILSEQ: the address is not at an instruction boundary (statement/address probe)",
+    -95: "EOPNOTSUPP: this function cannot be probed on this kernel",
+}
+
+
+# --------------------------------------------------------------------------------------
+# the message structure: a block is one message line plus its indented continuation lines
+# (stap prints "        source: ..." and a caret line under each semantic error)
+
+
+@dataclass(frozen=True)
+class _Block:
+    start: int  # index of the first line
+    lines: tuple[str, ...]
+
+    @property
+    def head(self) -> str:
+        return self.lines[0]
+
+
+def _blocks(lines: Sequence[str]) -> list[_Block]:
+    blocks: list[_Block] = []
+    cur: list[str] = []
+    start = 0
+    for i, line in enumerate(lines):
+        if cur and line[:1] in (" ", "\t") and line.strip():
+            cur.append(line)
+            continue
+        if cur:
+            blocks.append(_Block(start, tuple(cur)))
+        cur, start = [line], i
+    if cur:
+        blocks.append(_Block(start, tuple(cur)))
+    return [b for b in blocks if b.head.strip()]
+
+
+def _probe_names(block: _Block) -> tuple[str, ...]:
+    names: list[str] = []
+    for line in block.lines[1:]:
+        if "source:" in line:
+            for m in _PROBE_POINT.finditer(line):
+                if m.group(2) not in names:
+                    names.append(m.group(2))
+    return tuple(names)
+
+
+def _context(blocks: Sequence[_Block], idx: int) -> tuple[list[str], tuple[str, ...]]:
+    """The lines of block ``idx`` preceded by the "while resolving probe point" block that
+    stap prints right before a probe-point error, and the probe names it shows."""
+    lines: list[str] = []
+    names: tuple[str, ...] = ()
+    if idx > 0 and "while resolving probe point" in blocks[idx - 1].head:
+        lines.extend(blocks[idx - 1].lines)
+        names = _probe_names(blocks[idx - 1])
+    lines.extend(blocks[idx].lines)
+    return lines, names
+
+
+# --------------------------------------------------------------------------------------
+# the diagnoses
+
+_Adder = Callable[[int, "Diagnosis"], None]
+
+
+def diagnose(lines: Sequence[str]) -> list[Diagnosis]:
+    """Recognise SystemTap's failures in a run's message lines.
+
+    Returns the diagnoses in the order their first line appeared. Lines may carry the
+    pty's trailing ``\\r`` and colour escapes; both are ignored.
+    """
+    clean = [_clean(x) for x in lines]
+    blocks = _blocks(clean)
+    found: list[tuple[int, Diagnosis]] = []
+
+    def add(at: int, d: Diagnosis) -> None:
+        found.append((at, d))
+
+    heads = [b.head for b in blocks]
+    root_cause_no_match = any(
+        _SYMTAB_MISSING.search(h) or _DEBUGINFO_MISSING.search(h) or _DEBUGINFO_CANNOT.search(h)
+        for h in heads
+    )
+
+    _diagnose_privilege(blocks, add)
+    _diagnose_resolution(blocks, add, root_cause_no_match)
+    _diagnose_runtime(blocks, add)
+    _diagnose_build(clean, blocks, add)
+
+    found.sort(key=lambda t: t[0])
+    result: list[Diagnosis] = []
+    for _, d in found:
+        if d not in result:
+            result.append(d)
+    if not any(d.severity == "error" for d in result):
+        fallback = _fallback(blocks)
+        if fallback is not None:
+            result.append(fallback)
+    return result
+
+
+def _diagnose_privilege(blocks: Sequence[_Block], add: _Adder) -> None:
+    first: int | None = None
+    detail: list[str] = []
+    level: str | None = None
+    for b in blocks:
+        h = b.head
+        hit = False
+        if _NORMAL_USER.search(h) or _NO_SERVER.search(h) or _INSUFFICIENT.search(h):
+            hit = True
+        m = _PRIV_LEVEL.search(h)
+        if m:
+            hit, level = True, m.group(1).rstrip(",")
+        if hit:
+            first = b.start if first is None else first
+            detail.extend(b.lines)
+        elif detail and h.startswith("You should either be root"):
+            detail.extend(b.lines)
+    if first is None:
+        return
+    who = f" (you have only {level})" if level else ""
+    add(first, Diagnosis(
+        code="not_privileged",
+        summary=(
+            f"SystemTap needs root to compile and load a kernel module{who}: members of "
+            "'stapusr' can only load pre-signed modules, 'stapdev' is needed to build them. "
+            "Run the Jupyter kernel as root, add yourself to stapdev and stapusr "
+            "(`sudo usermod -aG stapdev,stapusr $USER`, then log in again), or use --target lab."
+        ),
+        detail=tuple(detail),
+        severity="error",
+    ))
+
+
+def _diagnose_resolution(blocks: Sequence[_Block], add: _Adder, root_cause: bool) -> None:
+    for i, b in enumerate(blocks):
+        h = b.head
+        if _SYMTAB_MISSING.search(h):
+            add(b.start, Diagnosis(
+                code="symbols_missing",
+                summary=(
+                    "stap found no kernel symbol table, so every kprobe.function() fails with "
+                    "'no match'. Debian ships a placeholder /boot/System.map; copy the live one: "
+                    "`cp /proc/kallsyms /boot/System.map-$(uname -r)` as root (Debian's "
+                    "SystemTap 5.x reads /usr/lib/debug/boot/System.map-$(uname -r) instead; for "
+                    "module functions drop kallsyms' [module] column: "
+                    "`awk '{print $1, $2, $3}' /proc/kallsyms`)."
+                ),
+                detail=b.lines,
+                severity="error",
+            ))
+            continue
+        if _DEBUGINFO_MISSING.search(h) or _DEBUGINFO_CANNOT.search(h):
+            lines = list(b.lines)
+            names: tuple[str, ...] = ()
+            # the "semantic error" lines stap prints right after it belong to it
+            for nb in blocks[i + 1:i + 5]:
+                if not nb.head.startswith("semantic error:"):
+                    break
+                lines.extend(nb.lines)
+                names = names or _probe_names(nb)
+                if _NO_MATCH.search(nb.head) or _NO_MATCH_SIMILAR.search(nb.head):
+                    break
+            add(b.start, Diagnosis(
+                code="debuginfo_missing",
+                summary=(
+                    "kernel.function()/module().function() probes need the kernel's DWARF "
+                    "debuginfo, which is not installed. %%kprobe does not need it: its "
+                    "kprobe.function() probes use only the symbol table, so write the probe "
+                    "as a %%kprobe spec (or kprobe.function(\"...\") in %%stap). Installing "
+                    "debuginfo also works (Debian: linux-image-$(uname -r)-dbg; Fedora: "
+                    "debuginfo-install kernel)."
+                ),
+                detail=tuple(lines),
+                severity="error",
+                probes=names,
+            ))
+            continue
+        m = _NO_MATCH_SIMILAR.search(h)
+        if m:
+            similar = tuple(s.strip() for s in m.group(1).split(",") if s.strip())
+            lines, names = _context(blocks, i)
+            what = f"'{names[0]}'" if len(names) == 1 else "this probe point"
+            add(blocks[i - 1].start if len(lines) > len(b.lines) else b.start, Diagnosis(
+                code="no_match",
+                summary=(
+                    f"No kernel function matches {what}. Similar names: {', '.join(similar)}. "
+                    "Check the spelling against /proc/kallsyms; a function of a module needs "
+                    "the module loaded and its symbols in the System.map stap reads."
+                ),
+                detail=tuple(lines),
+                severity="error",
+                similar=similar,
+                probes=names,
+            ))
+            continue
+        if _NO_MATCH.search(h) and not root_cause:
+            lines, names = _context(blocks, i)
+            what = f"'{names[0]}'" if len(names) == 1 else "this probe point"
+            add(blocks[i - 1].start if len(lines) > len(b.lines) else b.start, Diagnosis(
+                code="no_match",
+                summary=(
+                    f"No kernel function matches {what}. Check the name in /proc/kallsyms "
+                    "(static functions may be inlined or renamed, e.g. name.isra.0)."
+                ),
+                detail=tuple(lines),
+                severity="error",
+                probes=names,
+            ))
+            continue
+        if _NEED_GURU.search(h):
+            lines, names = _context(blocks, i)
+            if _ABSOLUTE.search(h):
+                summary = (
+                    "An address probe (kprobe.statement(0x...).absolute) is only allowed in "
+                    "guru mode: rerun with --guru (stap -g). The address is valid for the "
+                    "current boot only (KASLR)."
+                )
+            else:
+                summary = "This script needs guru mode: rerun with --guru (stap -g)."
+            add(blocks[i - 1].start if len(lines) > len(b.lines) else b.start, Diagnosis(
+                code="need_guru",
+                summary=summary,
+                detail=tuple(lines),
+                severity="error",
+                probes=names,
+            ))
+
+
+def _diagnose_runtime(blocks: Sequence[_Block], add: _Adder) -> None:
+    registrations: dict[int, list[_Block]] = {}
+    reg_names: dict[int, list[str]] = {}
+    reg_fatal: dict[int, bool] = {}
+    skipped_total: int | None = None
+    skipped_first = -1
+    skipped_lines: list[str] = []
+    errors_total = 0
+    for b in blocks:
+        h = b.head
+        m = _ELIDING.search(h)
+        if m:
+            ident = m.group(1)
+            if ident == "asmlinkage":
+                add(b.start, Diagnosis(
+                    code="asmlinkage_elided",
+                    summary=(
+                        "Harmless: asmlinkage() does nothing on x86_64, so stap drops it "
+                        "(the seed scripts call it out of habit)."
+                    ),
+                    detail=b.lines,
+                    severity="info",
+                ))
+            else:
+                add(b.start, Diagnosis(
+                    code="elided_expression",
+                    summary=(
+                        f"stap dropped an expression with no effect ('{ident}'); if you meant "
+                        "it to do something, assign or print its value."
+                    ),
+                    detail=b.lines,
+                    severity="warning",
+                ))
+            continue
+        m = _OVERHEAD.search(h)
+        if m:
+            add(b.start, Diagnosis(
+                code="probe_overhead",
+                summary=(
+                    "stap stopped the run: the probes used more CPU than its safety limit "
+                    f"({m.group(1)} > {m.group(2)} cycles per interval). Probe a less hot "
+                    "function, filter (e.g. by pid) or print less; -D STP_NO_OVERLOAD "
+                    "disables the check (at your own risk)."
+                ),
+                detail=b.lines,
+                severity="error",
+            ))
+            continue
+        if _MAXACTION.search(h):
+            add(b.start, Diagnosis(
+                code="maxaction",
+                summary=(
+                    "A probe handler ran more statements than MAXACTION allows (default "
+                    "1000) and stap stopped the run; raise it with -D MAXACTION=10000 or "
+                    "do less per hit."
+                ),
+                detail=b.lines,
+                severity="error",
+            ))
+            continue
+        if _MAXNESTING.search(h):
+            add(b.start, Diagnosis(
+                code="maxnesting",
+                summary=(
+                    "Functions nested deeper than MAXNESTING; raise it with -D MAXNESTING=N."
+                ),
+                detail=b.lines,
+                severity="error",
+            ))
+            continue
+        if _SKIPPED_TOO_MANY.search(h):
+            add(b.start, Diagnosis(
+                code="skipped_too_many",
+                summary=(
+                    "stap stopped the run: more than MAXSKIPPED (default 100) probe hits were "
+                    "skipped (reentrancy, lock contention or too many concurrent .return "
+                    "probes). Raise the limit with -D MAXSKIPPED=N, for .return probes also "
+                    "-D KRETACTIVE=N; stap -t shows the reasons."
+                ),
+                detail=b.lines,
+                severity="error",
+            ))
+            continue
+        m = _TRANSPORT.search(h)
+        if m:
+            n = int(m.group(1))
+            size = m.group(2)
+            bigger = f" from {size} MB" if size else ""
+            add(b.start, Diagnosis(
+                code="transport_failures",
+                summary=(
+                    f"{n} output buffer(s) were lost on the way from the kernel: some records "
+                    "are missing and lines around the gaps may be damaged. Give stap bigger "
+                    f"buffers (stap -s 64: MB per CPU{bigger}) or print less."
+                ),
+                detail=b.lines,
+                severity="warning",
+                count=n,
+            ))
+            continue
+        m = _NUM_ERRORS.search(h)
+        if m:
+            errs, skipped = int(m.group(1)), int(m.group(2))
+            errors_total += errs
+            skipped_total = (skipped_total or 0) + skipped
+            skipped_first = b.start if skipped_first < 0 else skipped_first
+            skipped_lines.extend(b.lines)
+            continue
+        m = _REGISTRATION.search(h)
+        if m:
+            rc = int(m.group(4))
+            registrations.setdefault(rc, []).append(b)
+            name = m.group(3) or _strip_pp(m.group(2))
+            reg_names.setdefault(rc, [])
+            if name not in reg_names[rc]:
+                reg_names[rc].append(name)
+            reg_fatal[rc] = reg_fatal.get(rc, False) or m.group(1) == "ERROR"
+            continue
+        if _UPROBE_UNREGISTER.search(h):
+            add(b.start, Diagnosis(
+                code="uprobe_unregister",
+                summary=(
+                    "This SystemTap (5.1) cannot find uprobe_unregister, which Linux 6.12 "
+                    "renamed, so the module refuses to start. Add -D "
+                    "STAPCONF_UPROBE_UNREGISTER_EXPORTED (the lab target does; enough for "
+                    "kprobe scripts) or use SystemTap >= 5.2."
+                ),
+                detail=b.lines,
+                severity="error",
+            ))
+            continue
+        m = _INSERT.search(h)
+        if m:
+            why = m.group(2).strip()
+            if "not permitted" in why or "Key was rejected" in why or "Required key" in why:
+                fix = (
+                    "the kernel refused to load it: run as root, and check for Secure Boot / "
+                    "kernel lockdown (cat /sys/kernel/security/lockdown), which forbids "
+                    "unsigned modules"
+                )
+            elif "Invalid module format" in why or "wrong symbol version" in why or "Unknown symbol" in why:
+                fix = (
+                    "it was built for another kernel: install the headers of the running kernel "
+                    "(linux-headers-$(uname -r)) and clear the cache (~/.systemtap/cache)"
+                )
+            elif "File exists" in why:
+                fix = "a module of that name is still loaded: staprun -d NAME removes it"
+            else:
+                fix = "see stap's message below"
+            add(b.start, Diagnosis(
+                code="module_insert_failed",
+                summary=f"staprun could not load the probe module ({why}): {fix}.",
+                detail=b.lines,
+                severity="error",
+            ))
+            continue
+        m = _CHILD_SIGNAL.search(h)
+        if m:
+            add(b.start, Diagnosis(
+                code="command_killed",
+                summary=(
+                    f"The -c command was killed by signal {m.group(1)} ({m.group(2)}); stap "
+                    "kills it when the run ends or fails before it finished."
+                ),
+                detail=b.lines,
+                severity="info",
+            ))
+            continue
+
+    for rc, bl in registrations.items():
+        names = reg_names[rc]
+        meaning = _RC_MEANING.get(rc, "see [man warning::pass5]")
+        fatal = reg_fatal[rc]
+        lead = "stap could not start: " if fatal else ""
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        add(bl[0].start, Diagnosis(
+            code="registration_error",
+            summary=(
+                f"{lead}{len(bl)} probe(s) could not be registered (rc {rc}): {shown}. "
+                f"{meaning[0].upper()}{meaning[1:]}."
+                + ("" if fatal else " The other probes ran.")
+            ),
+            detail=tuple(line for b in bl for line in b.lines),
+            severity="error" if fatal else "warning",
+            probes=tuple(names),
+            count=len(bl),
+        ))
+
+    if skipped_total is not None and (skipped_total or errors_total):
+        parts = []
+        if skipped_total:
+            parts.append(
+                f"{skipped_total} probe hit(s) were skipped and recorded nothing (reentrancy, "
+                "contention, or .return probes beyond KRETACTIVE); rows are missing"
+            )
+        if errors_total:
+            parts.append(f"{errors_total} runtime error(s) occurred in probe handlers")
+        add(skipped_first, Diagnosis(
+            code="errors_skipped",
+            summary="; ".join(parts) + ". stap -t shows per-probe reasons.",
+            detail=tuple(skipped_lines),
+            severity="warning",
+            count=skipped_total,
+        ))
+
+
+def _strip_pp(pp: str) -> str:
+    m = re.search(r"\.function\(\"([^\"]+)\"\)", pp)
+    return m.group(1) if m else pp
+
+
+def _diagnose_build(lines: Sequence[str], blocks: Sequence[_Block], add: _Adder) -> None:
+    for b in blocks:
+        m = _HEADERS.search(b.head)
+        if m:
+            add(b.start, Diagnosis(
+                code="kernel_headers_missing",
+                summary=(
+                    f"The running kernel's build tree is missing ({m.group(1)}: "
+                    f"{m.group(2).strip()}): install its headers, e.g. `apt-get install "
+                    "linux-headers-$(uname -r)` or `dnf install kernel-devel-$(uname -r)`."
+                ),
+                detail=b.lines,
+                severity="error",
+            ))
+            break
+    for i, line in enumerate(lines):
+        if not _PASS4_FAILED.search(line):
+            continue
+        first_error: str | None = None
+        error_at = -1
+        for j in range(i):
+            if _GCC_ERROR.search(lines[j]):
+                first_error, error_at = lines[j], j
+                break
+        detail: list[str] = []
+        if first_error is not None:
+            # the "In function" line before the error says where; keep it too
+            if error_at > 0 and "In function" in lines[error_at - 1]:
+                detail.append(lines[error_at - 1])
+            detail.append(first_error)
+        detail.append(line)
+        what = _gcc_message(first_error) if first_error else "see the compiler output above"
+        add(i if first_error is None else max(0, error_at - 1), Diagnosis(
+            code="pass4_failed",
+            summary=(
+                f"The probe module did not compile: {what}. This usually means the "
+                "SystemTap runtime is older than the kernel's headers; use a stap/kernel "
+                "pairing that agree (or --target lab)."
+            ),
+            detail=tuple(detail),
+            severity="error",
+        ))
+        break
+
+
+def _gcc_message(line: str) -> str:
+    m = re.search(r"(?:fatal )?error: (.*)$", line)
+    text = m.group(1) if m else line
+    text = re.sub(r"\s*\[-W[^\]]*\]$", "", text)  # gcc's " [-Werror=...]" tag
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _fallback(blocks: Sequence[_Block]) -> Diagnosis | None:
+    """stap failed for a reason not recognised above: say which pass and keep its errors."""
+    failed: _Block | None = None
+    errors: list[str] = []
+    first = -1
+    for b in blocks:
+        if _PASS_FAILED.search(b.head):
+            failed = failed or b
+        elif _ERROR_LINE.search(b.head) and "while resolving probe point" not in b.head:
+            errors.extend(b.lines)
+            first = b.start if first < 0 else first
+    if failed is None and not errors:
+        return None
+    if failed is None:
+        return Diagnosis(
+            code="stap_error",
+            summary="stap reported an error: " + _first_error_text(errors),
+            detail=tuple(errors),
+            severity="error",
+        )
+    lines = errors + list(failed.lines)
+    what = _first_error_text(errors) if errors else "see stap's messages"
+    m = _PASS_FAILED.search(failed.head)
+    n = m.group(1) if m else "?"
+    stage = {"1": "parsing", "2": "analysis", "3": "translation", "4": "compilation",
+             "5": "the run"}.get(n, "a pass")
+    return Diagnosis(
+        code="stap_failed",
+        summary=f"stap failed in pass {n} ({stage}): {what}",
+        detail=tuple(lines),
+        severity="error",
+    )
+
+
+def _first_error_text(lines: Iterable[str]) -> str:
+    for line in lines:
+        for prefix in ("semantic error:", "parse error:", "ERROR:"):
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+    return "see stap's messages"
+
+
+# --------------------------------------------------------------------------------------
+# counters
+
+
+def counters(lines: Sequence[str]) -> Counters:
+    """Count what stap reports: runtime errors, skipped probes, transport failures, warnings."""
+    reported_errors: int | None = None
+    error_lines = 0
+    skipped = 0
+    transport = 0
+    warnings = 0
+    for raw in lines:
+        line = _clean(raw)
+        if line.startswith("WARNING:"):
+            warnings += 1
+        elif line.startswith("ERROR:"):
+            error_lines += 1
+        m = _NUM_ERRORS.search(line)
+        if m:
+            reported_errors = (reported_errors or 0) + int(m.group(1))
+            skipped += int(m.group(2))
+            continue
+        m = _TRANSPORT.search(line)
+        if m:
+            transport += int(m.group(1))
+    errors = reported_errors if reported_errors is not None else error_lines
+    return Counters(
+        errors=errors,
+        skipped_probes=skipped,
+        transport_failures=transport,
+        warnings=warnings,
+    )

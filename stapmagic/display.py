@@ -1,0 +1,76 @@
+"""How a probe's DataFrame looks in a notebook: pointers and registers in hex.
+
+The columns stay uint64 (so arithmetic and comparisons work); only the rendering changes,
+and only for frames the magic made (they carry their run in `df.attrs`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from .spec import REGISTER_COLUMNS
+
+
+def hex_columns(df: pd.DataFrame) -> list[str]:
+    """Columns shown in hex: the schema's pointers (kind "hex") and register columns."""
+    run = df.attrs.get("kprobe_run")
+    if run is None:
+        return []
+    probes = getattr(getattr(run, "script", None), "probes", ()) or ()
+    declared = {c.name for p in probes for c in p.columns if c.kind == "hex"}
+    return [
+        c for c in df.columns
+        if (c in declared or c in REGISTER_COLUMNS) and pd.api.types.is_integer_dtype(df[c])
+    ]
+
+
+def _hex(value: Any) -> str:
+    return "<NA>" if pd.isna(value) else f"0x{int(value):x}"
+
+
+def _options() -> dict[str, Any]:
+    return {
+        "max_rows": pd.get_option("display.max_rows"),
+        "min_rows": pd.get_option("display.min_rows"),
+        "max_cols": pd.get_option("display.max_columns"),
+        "show_dimensions": pd.get_option("display.show_dimensions"),
+    }
+
+
+def to_html(df: pd.DataFrame) -> str | None:
+    """HTML with hex pointers, or None to let pandas render a frame that is not ours."""
+    cols = hex_columns(df)
+    if not cols:
+        return None
+    opts = _options()
+    opts.pop("min_rows")  # to_html truncates to max_rows only
+    return df.to_html(formatters={c: _hex for c in cols}, notebook=True, **opts)
+
+
+def to_text(df: pd.DataFrame, p: Any, cycle: bool) -> None:
+    """IPython's text/plain printer hook with hex pointers."""
+    cols = hex_columns(df)
+    if not cols:
+        p.text(repr(df))
+        return
+    opts = _options()
+    opts["max_colwidth"] = pd.get_option("display.max_colwidth")
+    opts["line_width"] = pd.get_option("display.width")
+    p.text(df.to_string(formatters={c: _hex for c in cols}, **opts))
+
+
+def install(ipython: Any) -> None:
+    formatters = ipython.display_formatter.formatters
+    formatters["text/html"].for_type(pd.DataFrame, to_html)
+    formatters["text/plain"].for_type(pd.DataFrame, to_text)
+
+
+def uninstall(ipython: Any) -> None:
+    formatters = ipython.display_formatter.formatters
+    for kind in ("text/html", "text/plain"):
+        try:
+            formatters[kind].pop(pd.DataFrame)
+        except KeyError:
+            pass

@@ -1,0 +1,925 @@
+"""A disposable Debian trixie VM (Linux 6.12, SystemTap 5.1) for running real stap scripts.
+
+Why this shape (see /work/shared/reference/README.md, "Trixie"):
+
+* One debootstrapped root tree serves twice. On the host it is a chroot in which stap runs
+  passes 1-4 against the guest kernel's own headers (seconds, instead of minutes under TCG);
+  turned into an ext4 image it is the guest's root disk, booted with ``-snapshot`` so every boot
+  starts from the same state and a crashed or wedged guest costs nothing.
+* stap reaches the guest with its own ``--remote=ssh://stapmagic-lab``: pass 5 runs there via
+  stapsh and output streams back with the right exit code. The ``ssh://root@127.0.0.1:PORT``
+  URL form does not work with stap 5.1, so the chroot's ``/root/.ssh/config`` carries a host
+  alias, rewritten with the forwarded port at every boot.
+* Stock stap 5.1 modules fail to start on 6.12 (uprobe_unregister was renamed); the
+  ``STAPCONF_UPROBE_UNREGISTER_EXPORTED`` define avoids the broken path for kprobe scripts.
+* Debian ships a placeholder System.map, so kprobe.function() matches nothing; a copy of the
+  guest's /proc/kallsyms (names only matter, so one copy serves every boot) is captured on the
+  first boot and kept in the tree where stap looks for it.
+* The guest's only network path is a loopback-only forward to its sshd; keys (login and host)
+  are generated per image and pinned, passwords are off.
+
+This needs root on the host (debootstrap, chroot, mounts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from stapmagic.errors import LabError
+
+__all__ = [
+    "LabError",
+    "cache_root",
+    "recipe_hash",
+    "build",
+    "up",
+    "down",
+    "status",
+    "is_up",
+    "stap_argv",
+    "exec_argv",
+    "detect_accel",
+    "main",
+]
+
+Log = Callable[[str], object]
+
+SUITE = "trixie"
+ARCH = "amd64"
+HOST_ALIAS = "stapmagic-lab"
+# Bump when lab.py changes what ends up in the tree in a way the labfiles do not capture.
+RECIPE_VERSION = "1"
+LABFILES = Path(__file__).resolve().parent / "labfiles"
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+STAP_DEFINES = ("-D", "STAPCONF_UPROBE_UNREGISTER_EXPORTED")
+GUEST_CPUS = 2
+GUEST_MEM_MB = 2048
+SSH_WAIT_S = {"tcg": 240.0, "kvm": 90.0}
+POWEROFF_GRACE_S = 15.0
+# A fixed environment inside the chroot: the caller's TMPDIR, PATH or locale may not exist there.
+CHROOT_ENV = (
+    "/usr/bin/env",
+    "-i",
+    "HOME=/root",
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL=C.UTF-8",
+)
+KERNEL_CMDLINE = (
+    "console=ttyS0,115200 root=/dev/vda rootfstype=ext4 rw fsck.mode=skip net.ifnames=0 "
+    # No vsock in this VM: systemd's ssh generator would only probe for it and fail.
+    "systemd.ssh_auto=no "
+    # A guest oops should end the VM (qemu runs with -no-reboot) rather than hang it.
+    "panic=1 oops=panic loglevel=4"
+)
+INSTALL_HINT = (
+    "apt-get install qemu-system-x86 qemu-utils debootstrap e2fsprogs debian-archive-keyring"
+)
+# executable -> Debian package providing it
+HOST_TOOLS = {
+    "debootstrap": "debootstrap",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "mkfs.ext4": "e2fsprogs",
+    "chroot": "coreutils",
+    "mount": "mount",
+    "umount": "mount",
+}
+SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
+STAGES = ("debootstrap", "provision", "image", "kallsyms")
+
+
+# ---------------------------------------------------------------------------------------------
+# paths and recipe
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "stapmagic" / "lab"
+
+
+def _labfiles() -> list[Path]:
+    return sorted(p for p in LABFILES.iterdir() if p.is_file())
+
+
+def recipe_hash() -> str:
+    """Names the tree: anything that changes what debootstrap and provisioning produce."""
+    h = hashlib.sha256()
+    for part in (RECIPE_VERSION, SUITE, ARCH, "minbase"):
+        h.update(part.encode() + b"\0")
+    for f in _labfiles():
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _recipe_dir() -> Path:
+    return cache_root() / recipe_hash()
+
+
+def _root_dir() -> Path:
+    return _recipe_dir() / "root"
+
+
+def _image_path() -> Path:
+    return _recipe_dir() / "disk.raw"
+
+
+def _logs_dir() -> Path:
+    return _recipe_dir() / "logs"
+
+
+def _state_path() -> Path:
+    return cache_root() / "state.json"
+
+
+def _run_dir() -> Path:
+    return cache_root() / "run"
+
+
+def _stage_marker(stage: str) -> Path:
+    return _recipe_dir() / f".done-{stage}"
+
+
+# ---------------------------------------------------------------------------------------------
+# host checks
+
+
+def _which(tool: str) -> str | None:
+    path = os.environ.get("PATH", "") + ":" + SBIN_PATH
+    return shutil.which(tool, path=path)
+
+
+def _tool(tool: str) -> str:
+    found = _which(tool)
+    if found is None:
+        raise LabError(
+            f"{tool} not found (package {HOST_TOOLS.get(tool, tool)}); install with: {INSTALL_HINT}"
+        )
+    return found
+
+
+def _check_host() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (debootstrap, chroot and mounts); run as root")
+    missing = [f"{t} ({pkg})" for t, pkg in HOST_TOOLS.items() if _which(t) is None]
+    if missing:
+        raise LabError(f"missing host tools: {', '.join(missing)}; install with: {INSTALL_HINT}")
+    if not KEYRING.is_file():
+        raise LabError(f"{KEYRING} missing; install with: {INSTALL_HINT}")
+
+
+def _mirror_from_apt(etc_apt: Path = Path("/etc/apt")) -> str | None:
+    """The Debian archive this host already uses: the only mirror known to be reachable."""
+    uris: list[str] = []
+    d = etc_apt / "sources.list.d"
+    for f in sorted(d.glob("*.sources")) if d.is_dir() else []:
+        for line in f.read_text(errors="replace").splitlines():
+            if line.strip().lower().startswith("uris:"):
+                uris.extend(line.split(":", 1)[1].split())
+    lists = [etc_apt / "sources.list"] + (sorted(d.glob("*.list")) if d.is_dir() else [])
+    for f in lists:
+        if not f.is_file():
+            continue
+        for line in f.read_text(errors="replace").splitlines():
+            words = line.split("#", 1)[0].split()
+            if not words or words[0] != "deb":
+                continue
+            words = words[1:]
+            if words and words[0].startswith("["):
+                while words and not words[0].endswith("]"):
+                    words = words[1:]
+                words = words[1:]
+            if words:
+                uris.append(words[0])
+    for uri in uris:
+        if uri.rstrip("/").endswith("/debian") and uri.startswith(("http://", "https://")):
+            return uri.rstrip("/")
+    return None
+
+
+def mirror() -> str:
+    env = os.environ.get("STAPMAGIC_LAB_MIRROR")
+    if env:
+        return env.rstrip("/")
+    found = _mirror_from_apt()
+    if found is None:
+        raise LabError(
+            "no Debian mirror found in /etc/apt (a URIs:/deb line ending in /debian); "
+            "set STAPMAGIC_LAB_MIRROR=<http://.../debian>"
+        )
+    return found
+
+
+def detect_accel(
+    env: Mapping[str, str] | None = None,
+    sys_module: Path = Path("/sys/module"),
+    dev_kvm: Path = Path("/dev/kvm"),
+    verdict_file: Path | None = None,
+) -> tuple[str, str]:
+    """Returns (accel, why). A /dev/kvm alone proves nothing: on this kind of host it is a PVM
+    device (module kvm_pvm) on which a stock guest kernel hangs, so KVM is chosen only when the
+    standard vendor module is loaded, and a KVM boot that once failed is remembered."""
+    env = os.environ if env is None else env
+    forced = env.get("STAPMAGIC_LAB_ACCEL", "").strip().lower()
+    if forced:
+        if forced not in ("kvm", "tcg"):
+            raise LabError(f"STAPMAGIC_LAB_ACCEL={forced!r}: expected kvm or tcg")
+        return forced, "forced by STAPMAGIC_LAB_ACCEL"
+    if not dev_kvm.exists():
+        return "tcg", f"{dev_kvm} does not exist"
+    vendors = [m for m in ("kvm_intel", "kvm_amd") if (sys_module / m).is_dir()]
+    if not vendors:
+        try:
+            others = sorted(p.name for p in sys_module.iterdir() if p.name.startswith("kvm_"))
+        except OSError:
+            others = []
+        which = ", ".join(others) if others else "no kvm_intel/kvm_amd module"
+        return "tcg", (
+            f"{dev_kvm} exists but is backed by {which}, not kvm_intel/kvm_amd; "
+            "a stock kernel hangs on such a device (e.g. PVM)"
+        )
+    if not os.access(dev_kvm, os.R_OK | os.W_OK):
+        return "tcg", f"{dev_kvm} is not readable and writable by this user"
+    if verdict_file is not None and verdict_file.is_file():
+        return "tcg", f"a KVM boot failed before ({verdict_file}); delete it to retry KVM"
+    return "kvm", f"{vendors[0]} loaded and {dev_kvm} usable"
+
+
+def _accel_verdict_file() -> Path:
+    return cache_root() / "kvm-failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# locking, mounts, processes
+
+
+_lock_depth = 0
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Other engineers' test runs share the cache: one build/boot/teardown at a time."""
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _unescape_mountinfo(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def _mounts_under(root: Path) -> list[Path]:
+    prefix = str(root.resolve())
+    found: list[Path] = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            mp = _unescape_mountinfo(line.split()[4])
+            if mp == prefix or mp.startswith(prefix + "/"):
+                found.append(Path(mp))
+    return found
+
+
+# (target inside the tree, mount argv after "mount")
+_CHROOT_MOUNTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("proc", ("-t", "proc", "proc")),
+    ("sys", ("-t", "sysfs", "sysfs")),
+    ("dev", ("--bind", "/dev")),
+    ("dev/pts", ("--bind", "/dev/pts")),
+)
+
+
+def _mount_chroot(root: Path) -> None:
+    mounted = set(_mounts_under(root))
+    for rel, args in _CHROOT_MOUNTS:
+        target = root.resolve() / rel
+        if target in mounted:
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run([_tool("mount"), *args, str(target)], check=True)  # noqa: S603 (argv list, no shell)
+
+
+def _chroot_mounted(root: Path) -> bool:
+    mounted = set(_mounts_under(root))
+    return all(root.resolve() / rel in mounted for rel, _ in _CHROOT_MOUNTS)
+
+
+def _unmount_chroot(root: Path) -> None:
+    """Deepest first; lazy unmount when something (an lingering ssh, a shell) keeps it busy."""
+    if not root.exists():
+        return
+    for mp in sorted(_mounts_under(root), key=lambda p: len(str(p)), reverse=True):
+        r = subprocess.run([_tool("umount"), str(mp)], capture_output=True)  # noqa: S603 (argv list, no shell)
+        if r.returncode != 0:
+            subprocess.run([_tool("umount"), "-l", str(mp)], capture_output=True)  # noqa: S603 (argv list, no shell)
+    left = _mounts_under(root)
+    if left:
+        raise LabError(f"could not unmount {', '.join(map(str, left))}; try: umount -l PATH")
+
+
+def _safe_rmtree(path: Path) -> None:
+    """rmtree descends into bind mounts: removing a tree with /dev bound in it would wipe the
+    host's /dev. Refuse unless nothing is mounted below."""
+    if not path.exists():
+        return
+    _unmount_chroot(path)
+    if _mounts_under(path):
+        raise LabError(f"refusing to delete {path}: something is still mounted below it")
+    shutil.rmtree(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_our_qemu(pid: int, image: str) -> bool:
+    """Guards against a recycled pid: only kill the qemu that boots our image."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    args = [a.decode(errors="replace") for a in cmdline]
+    return any("qemu-system" in a for a in args[:1]) and any(image in a for a in args)
+
+
+def _chroot_argv(root: Path, argv: Sequence[str]) -> list[str]:
+    return [_tool("chroot"), str(root), *CHROOT_ENV, *argv]
+
+
+def _run_logged(argv: Sequence[str], logfile: Path, log: Log, what: str) -> None:
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    log(f"lab: {what} (log: {logfile})")
+    t0 = time.monotonic()
+    with open(logfile, "wb") as fh:
+        r = subprocess.run(  # noqa: S603 (argv list, no shell)
+            list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    if r.returncode != 0:
+        tail = logfile.read_text(errors="replace").splitlines()[-25:]
+        raise LabError(
+            f"{what} failed (exit {r.returncode}); last lines of {logfile}:\n" + "\n".join(tail)
+        )
+    log(f"lab: {what} done in {time.monotonic() - t0:.1f} s")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def _release(root: Path) -> str:
+    releases = sorted(
+        d.name
+        for d in (root / "lib/modules").iterdir()
+        if (root / "boot" / f"vmlinuz-{d.name}").is_file()
+        and (root / "boot" / f"initrd.img-{d.name}").is_file()
+    )
+    if len(releases) != 1:
+        raise LabError(
+            f"expected one kernel with vmlinuz and initrd in {root}/boot, found {releases}"
+        )
+    return releases[0]
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def _build_stage(stage: str, root: Path, log: Log) -> None:
+    logs = _logs_dir()
+    if stage == "debootstrap":
+        _safe_rmtree(root)
+        root.mkdir(parents=True)
+        _run_logged(
+            [
+                _tool("debootstrap"),
+                f"--arch={ARCH}",
+                "--variant=minbase",
+                f"--keyring={KEYRING}",
+                SUITE,
+                str(root),
+                mirror(),
+            ],
+            logs / "debootstrap.log",
+            log,
+            f"debootstrap {SUITE} from {mirror()}",
+        )
+    elif stage == "provision":
+        dest = root / "tmp" / "stapmagic-provision"
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        for f in _labfiles():
+            shutil.copy2(f, dest / f.name)
+        _mount_chroot(root)
+        try:
+            _run_logged(
+                _chroot_argv(root, ["/bin/sh", "/tmp/stapmagic-provision/provision.sh"]),
+                logs / "provision.log",
+                log,
+                "install packages and configure the tree (provision.sh)",
+            )
+        finally:
+            _unmount_chroot(root)
+        shutil.rmtree(dest, ignore_errors=True)
+    elif stage == "image":
+        _unmount_chroot(root)
+        release = _release(root)
+        listing = subprocess.run(  # noqa: S603 (argv list, no shell)
+            _chroot_argv(root, ["lsinitramfs", f"/boot/initrd.img-{release}"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        config = (root / "boot" / f"config-{release}").read_text(errors="replace")
+        for mod, option in (
+            ("virtio_blk", "VIRTIO_BLK"),
+            ("virtio_pci", "VIRTIO_PCI"),
+            ("ext4", "EXT4_FS"),
+        ):
+            if f"CONFIG_{option}=y" in config.splitlines():
+                continue  # built into the kernel
+            if not re.search(rf"/{mod}\.ko", listing):
+                raise LabError(
+                    f"initramfs of {release} lacks {mod}.ko; the guest could not mount its root disk"
+                )
+        size_mb = _tree_bytes(root) * 13 // 10 // (1 << 20) + 1024
+        image = _image_path()
+        tmp = image.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        _run_logged(
+            [
+                _tool("mkfs.ext4"),
+                "-q",
+                "-F",
+                "-L",
+                "stapmagic-lab",
+                "-d",
+                str(root),
+                str(tmp),
+                f"{size_mb}M",
+            ],
+            logs / "mkfs.log",
+            log,
+            f"make the {size_mb} MiB root disk image",
+        )
+        tmp.rename(image)
+    else:
+        raise AssertionError(stage)
+
+
+def _capture_kallsyms(state: dict[str, Any], log: Log) -> None:
+    """Module symbols included (the [module] column dropped), so kprobe.function() also resolves
+    functions of modules loaded in the guest, e.g. ext4_file_open."""
+    root = Path(state["root"])
+    r = subprocess.run(  # noqa: S603 (argv list, no shell)
+        exec_argv(["cat", "/proc/kallsyms"]), capture_output=True, text=True, timeout=120
+    )
+    if r.returncode != 0:
+        raise LabError(f"reading the guest's /proc/kallsyms failed: {r.stderr.strip()}")
+    lines = [" ".join(line.split()[:3]) for line in r.stdout.splitlines() if len(line.split()) >= 3]
+    if len(lines) < 10000 or not any(line.endswith(" tcp_v4_connect") for line in lines):
+        raise LabError(f"guest /proc/kallsyms looks wrong ({len(lines)} lines)")
+    if all(line.startswith("0000000000000000 ") for line in lines[:100]):
+        log(
+            "lab: warning: guest kallsyms addresses are hidden (kptr_restrict); names suffice for stap"
+        )
+    dest = root / "usr/lib/debug/boot" / f"System.map-{state['release']}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.rename(dest)
+    log(f"lab: wrote {len(lines)} guest symbols to {dest}")
+
+
+def _build(force: bool, log: Log, keep_running: bool) -> tuple[Path, dict[str, Any] | None]:
+    _check_host()
+    root = _root_dir()
+    complete = _recipe_dir() / "complete.json"
+    if complete.is_file() and not force:
+        return root, None
+    if force:
+        down(log=log)
+        for s in STAGES:
+            _stage_marker(s).unlink(missing_ok=True)
+        complete.unlink(missing_ok=True)
+        _image_path().unlink(missing_ok=True)
+    _recipe_dir().mkdir(parents=True, exist_ok=True)
+    log(f"lab: building recipe {recipe_hash()} in {_recipe_dir()}")
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    for stage in STAGES[:-1]:
+        if _stage_marker(stage).is_file():
+            continue
+        t = time.monotonic()
+        _build_stage(stage, root, log)
+        timings[stage] = round(time.monotonic() - t, 1)
+        _stage_marker(stage).write_text(json.dumps({"seconds": timings[stage]}) + "\n")
+    # The System.map can only come from a booted guest.
+    down(log=log)
+    t = time.monotonic()
+    state = _boot(log)
+    try:
+        _capture_kallsyms(state, log)
+    except BaseException:
+        down(log=log)
+        raise
+    timings["first_boot_and_kallsyms"] = round(time.monotonic() - t, 1)
+    _stage_marker("kallsyms").write_text("{}\n")
+    timings["total_this_run"] = round(time.monotonic() - t0, 1)
+    complete.write_text(
+        json.dumps(
+            {"release": state["release"], "recipe": recipe_hash(), "timings": timings}, indent=1
+        )
+        + "\n"
+    )
+    log(f"lab: build complete in {timings['total_this_run']:.1f} s ({timings})")
+    if keep_running:
+        return root, state
+    down(log=log)
+    return root, None
+
+
+def build(force: bool = False, log: Log = print) -> Path:
+    """Returns the root tree; does nothing when the cached tree for this recipe is complete."""
+    with _locked():
+        root, _ = _build(force, log, keep_running=False)
+        return root
+
+
+# ---------------------------------------------------------------------------------------------
+# boot and teardown
+
+
+def _write_ssh_config(root: Path, port: int) -> None:
+    ssh_dir = root / "root/.ssh"
+    cfg = f"""# Written by stapmagic.lab at boot: the forwarded port changes every time.
+Host {HOST_ALIAS}
+    HostName 127.0.0.1
+    Port {port}
+    User root
+    IdentityFile /root/.ssh/stapmagic_lab_ed25519
+    IdentitiesOnly yes
+    HostKeyAlias {HOST_ALIAS}
+    HostKeyAlgorithms ssh-ed25519
+    UserKnownHostsFile /root/.ssh/stapmagic_lab_known_hosts
+    StrictHostKeyChecking yes
+    BatchMode yes
+    PasswordAuthentication no
+    ConnectTimeout 10
+    ServerAliveInterval 15
+    ServerAliveCountMax 8
+    LogLevel ERROR
+"""
+    tmp = ssh_dir / "config.tmp"
+    tmp.write_text(cfg)
+    tmp.chmod(0o600)
+    tmp.rename(ssh_dir / "config")
+
+
+def _ssh_ok(root: Path, timeout: float = 20.0) -> bool:
+    try:
+        r = subprocess.run(  # noqa: S603 (argv list, no shell)
+            _chroot_argv(root, ["ssh", "-o", "ConnectTimeout=5", HOST_ALIAS, "true"]),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return r.returncode == 0
+
+
+def _read_state() -> dict[str, Any] | None:
+    try:
+        data = json.loads(_state_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _serial_tail(path: str, n: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no serial log)"
+
+
+def _qemu_argv(
+    accel: str, root: Path, image: Path, release: str, port: int, serial: Path, pidfile: Path
+) -> list[str]:
+    accel_args = (
+        ["-accel", "kvm", "-cpu", "host"]
+        if accel == "kvm"
+        else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    )
+    return [
+        _tool("qemu-system-x86_64"),
+        "-name", HOST_ALIAS,
+        "-nodefaults",
+        "-no-user-config",
+        *accel_args,
+        "-smp", str(GUEST_CPUS),
+        "-m", str(GUEST_MEM_MB),
+        "-display", "none",
+        "-monitor", "none",
+        "-serial", f"file:{serial}",
+        "-kernel", str(root / "boot" / f"vmlinuz-{release}"),
+        "-initrd", str(root / "boot" / f"initrd.img-{release}"),
+        "-append", KERNEL_CMDLINE,
+        "-drive", f"file={str(image).replace(',', ',,')},if=virtio,format=raw",
+        "-snapshot",
+        # restrict=on: the guest cannot reach the host or the outside; only the forward below in.
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+        "-no-reboot",
+        "-daemonize",
+        "-pidfile", str(pidfile),
+    ]  # fmt: skip
+
+
+def _boot(log: Log) -> dict[str, Any]:
+    root = _root_dir()
+    image = _image_path()
+    release = _release(root)
+    accel, why = detect_accel(verdict_file=_accel_verdict_file())
+    log(f"lab: accelerator {accel}: {why}")
+    run = _run_dir()
+    run.mkdir(parents=True, exist_ok=True)
+    serial = run / "serial.log"
+    pidfile = run / "qemu.pid"
+    _mount_chroot(root)
+    t0 = time.monotonic()
+    pid = 0
+    port = 0
+    for attempt in range(3):
+        port = _free_port()
+        _write_ssh_config(root, port)
+        pidfile.unlink(missing_ok=True)
+        argv = _qemu_argv(accel, root, image, release, port, serial, pidfile)
+        r = subprocess.run(  # noqa: S603 (argv list, no shell)
+            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120
+        )
+        if r.returncode == 0:
+            pid = int(pidfile.read_text().strip())
+            break
+        if "forwarding" in r.stderr and attempt < 2:
+            continue  # lost the race for the port
+        raise LabError(f"qemu failed to start (exit {r.returncode}): {r.stderr.strip()}")
+    state: dict[str, Any] = {
+        "pid": pid,
+        "port": port,
+        "accel": accel,
+        "accel_reason": why,
+        "root": str(root),
+        "image": str(image),
+        "release": release,
+        "serial_log": str(serial),
+        "recipe": recipe_hash(),
+        "started_at": time.time(),
+    }
+    tmp = _state_path().with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    tmp.rename(_state_path())
+    log(f"lab: qemu pid {pid} booting {release}, ssh on 127.0.0.1:{port} (serial log: {serial})")
+    deadline = t0 + SSH_WAIT_S[accel]
+    while True:
+        if not _pid_alive(pid):
+            down(log=log)
+            raise LabError(
+                f"qemu exited during boot; end of {serial}:\n{_serial_tail(str(serial))}"
+            )
+        if _ssh_ok(root):
+            break
+        if time.monotonic() > deadline:
+            down(log=log)
+            if accel == "kvm" and not os.environ.get("STAPMAGIC_LAB_ACCEL"):
+                _accel_verdict_file().write_text(f"KVM boot did not reach ssh; {time.ctime()}\n")
+                log("lab: KVM boot did not answer; remembering that and retrying with TCG")
+                return _boot(log)
+            raise LabError(
+                f"guest sshd did not answer within {SSH_WAIT_S[accel]:.0f} s; end of {serial}:\n"
+                + _serial_tail(str(serial))
+            )
+        time.sleep(1.0)
+    state["boot_seconds"] = round(time.monotonic() - t0, 1)
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    tmp.rename(_state_path())
+    log(f"lab: up after {state['boot_seconds']:.1f} s boot ({accel})")
+    return state
+
+
+def up(log: Log = print) -> dict[str, Any]:
+    """Idempotent: an already running, answering lab is returned as is."""
+    with _locked():
+        _check_host()
+        state = _read_state()
+        if (
+            state is not None
+            and _pid_alive(int(state["pid"]))
+            and _is_our_qemu(int(state["pid"]), state["image"])
+        ):
+            if state.get("recipe") == recipe_hash():
+                _mount_chroot(Path(state["root"]))
+                if _ssh_ok(Path(state["root"])):
+                    log(f"lab: already up (pid {state['pid']}, port {state['port']})")
+                    return state
+            log("lab: running lab is stale or not answering; restarting it")
+        if state is not None:
+            down(log=log)
+        _, running = _build(False, log, keep_running=True)
+        if running is not None:
+            return running
+        return _boot(log)
+
+
+def down(log: Log = print) -> None:
+    """Idempotent. The disk is a -snapshot overlay, so killing qemu loses nothing of value; the
+    ssh poweroff first only gives the guest a chance to stop cleanly."""
+    with _locked():
+        state = _read_state()
+        roots = {_root_dir()}
+        if state is not None:
+            roots.add(Path(state["root"]))
+            pid = int(state.get("pid", 0))
+            if pid > 0 and _pid_alive(pid) and _is_our_qemu(pid, state.get("image", "")):
+                log(f"lab: stopping qemu pid {pid}")
+                root = Path(state["root"])
+                if _chroot_mounted(root):
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        subprocess.run(  # noqa: S603 (argv list, no shell)
+                            _chroot_argv(
+                                root,
+                                [
+                                    "ssh",
+                                    "-o",
+                                    "ConnectTimeout=5",
+                                    HOST_ALIAS,
+                                    "systemctl",
+                                    "poweroff",
+                                ],
+                            ),
+                            stdin=subprocess.DEVNULL,
+                            capture_output=True,
+                            timeout=15,
+                        )
+                deadline = time.monotonic() + POWEROFF_GRACE_S
+                while _pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    if not _pid_alive(pid):
+                        break
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                    deadline = time.monotonic() + 5
+                    while _pid_alive(pid) and time.monotonic() < deadline:
+                        time.sleep(0.2)
+        for root in roots:
+            _unmount_chroot(root)
+        _state_path().unlink(missing_ok=True)
+
+
+def status() -> dict[str, Any] | None:
+    """The state when qemu runs, the chroot is mounted and the guest's sshd answers, else None."""
+    state = _read_state()
+    if state is None:
+        return None
+    pid = int(state.get("pid", 0))
+    if not (pid > 0 and _pid_alive(pid) and _is_our_qemu(pid, state.get("image", ""))):
+        return None
+    root = Path(state["root"])
+    if not _chroot_mounted(root) or not _ssh_ok(root):
+        return None
+    return state
+
+
+def is_up() -> bool:
+    return status() is not None
+
+
+def _running_state() -> dict[str, Any]:
+    """Cheap check (no ssh round trip): stap_argv/exec_argv are called for every run."""
+    state = _read_state()
+    fix = "start it with: python -m stapmagic.lab up"
+    if state is None:
+        raise LabError(f"the lab is not up; {fix}")
+    pid = int(state.get("pid", 0))
+    if not (pid > 0 and _pid_alive(pid) and _is_our_qemu(pid, state.get("image", ""))):
+        raise LabError(f"the lab's qemu (pid {pid}) is gone (see {state.get('serial_log')}); {fix}")
+    if not _chroot_mounted(Path(state["root"])):
+        raise LabError(f"the lab's chroot mounts are missing; {fix}")
+    return state
+
+
+def stap_argv() -> list[str]:
+    """Prefix for a stap command line: compiles in the chroot, runs pass 5 in the guest."""
+    state = _running_state()
+    return _chroot_argv(
+        Path(state["root"]), ["stap", f"--remote=ssh://{HOST_ALIAS}", *STAP_DEFINES]
+    )
+
+
+def exec_argv(argv: list[str]) -> list[str]:
+    """ssh joins its arguments into one remote shell line, hence the quoting."""
+    state = _running_state()
+    remote = " ".join(shlex.quote(a) for a in argv)
+    return _chroot_argv(Path(state["root"]), ["ssh", HOST_ALIAS, "--", remote])
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m stapmagic.lab", description=__doc__.split("\n")[0] if __doc__ else None
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="build if needed, boot, wait for ssh")
+    sub.add_parser("down", help="stop the guest and unmount the chroot")
+    sub.add_parser("status", help="print the state if the lab answers (exit 1 if not)")
+    sh = sub.add_parser("shell", help="interactive ssh into the guest (or run a command there)")
+    sh.add_argument("command", nargs=argparse.REMAINDER)
+    b = sub.add_parser("build", help="build the cached root tree and disk image")
+    b.add_argument("--force", action="store_true", help="rebuild from scratch")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "up":
+            t0 = time.monotonic()
+            state = up()
+            print(json.dumps(state, indent=1))
+            print(f"lab: up in {time.monotonic() - t0:.1f} s total")
+        elif args.cmd == "down":
+            down()
+        elif args.cmd == "status":
+            st = status()
+            if st is None:
+                print("lab: down")
+                return 1
+            print(json.dumps(st, indent=1))
+        elif args.cmd == "build":
+            print(build(force=args.force))
+        elif args.cmd == "shell":
+            state = _running_state()
+            cmd = list(args.command)
+            if cmd[:1] == ["--"]:
+                cmd = cmd[1:]
+            if cmd:
+                argv_ = exec_argv(cmd)
+            else:
+                term = "TERM=" + os.environ.get("TERM", "vt100")
+                argv_ = _chroot_argv(Path(state["root"]), ["env", term, "ssh", "-t", HOST_ALIAS])
+            os.execvp(argv_[0], argv_)
+    except LabError as e:
+        print(f"lab: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

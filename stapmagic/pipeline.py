@@ -1,0 +1,329 @@
+"""The pure pipeline behind the magics: spec -> script -> run -> records -> DataFrame.
+
+Nothing here knows about IPython: the magic parses options into `ProbeOptions`, calls
+`prepare()` and `execute()`, and renders what comes back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from . import diagnose, records, runner
+from .errors import SpecError
+from .script import Script, ScriptOptions, generate, module_statement_probe
+from .spec import Spec, parse_spec
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """Everything the magic line can say about one run, already validated by type."""
+
+    count: int | None = None
+    duration: float | None = None
+    command: str | None = None
+    pid: int | None = None
+    regs: tuple[str, ...] = ()
+    print_regs: bool = False
+    guru: bool = False
+    defines: tuple[str, ...] = ()
+    target: str = "local"
+    verbose: int = 1
+    grace: float = 5.0
+    string_max: int = 64
+    dry_run: bool = False
+
+
+@dataclass
+class ProbeRun:
+    """One stap session: what was asked, what ran, and everything that came back.
+
+    Rows and messages accumulate while the run is live; `df` is always the frame of every
+    row received so far, so an interrupted or failed run loses nothing.
+    """
+
+    spec: Spec | None
+    script: Script | None
+    argv: list[str]
+    target: runner.Target
+    parser: records.RecordParser
+    status: runner.RunStatus | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    notes: list[str] = field(default_factory=list)
+    script_text: str = ""
+
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    stop_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+    thread: threading.Thread | None = field(default=None, repr=False)
+    skipped: int = 0
+    transport_failures: int = 0
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """Every row received so far (safe to read while a background run is live)."""
+        with self.lock:
+            return self.parser.frame()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ProbeRun:
+        # pandas deep-copies df.attrs, where the magic keeps its run: a run is one live
+        # session, so copies of the frame share it.
+        return self
+
+    def note_batch(self, batch: records.Batch) -> None:
+        """Add one batch's counters; per batch, so the cost never grows with the run."""
+        if batch.messages:
+            c = diagnose.counters(batch.messages)
+            self.skipped += c.skipped_probes
+            self.transport_failures += c.transport_failures
+
+    def stop(self, timeout: float | None = None) -> ProbeRun:
+        """Ask stap to stop (SIGINT, then escalation) and wait for the end; keeps every row."""
+        self.stop_event.set()
+        return self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> ProbeRun:
+        """Block until the run has ended (or `timeout` seconds have passed)."""
+        self.done.wait(timeout)
+        return self
+
+    @property
+    def messages(self) -> list[str]:
+        return self.parser.messages
+
+    @property
+    def damaged(self) -> int:
+        return self.parser.damaged_count
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.status and self.status.interrupted)
+
+    @property
+    def running(self) -> bool:
+        return not self.done.is_set()
+
+    @property
+    def diagnoses(self) -> list[diagnose.Diagnosis]:
+        return diagnose.diagnose(self.messages)
+
+    @property
+    def counters(self) -> diagnose.Counters:
+        return diagnose.counters(self.messages)
+
+    @property
+    def ok(self) -> bool:
+        """True when stap exited 0 on its own or was stopped by us."""
+        if self.status is None:
+            return False
+        return self.status.exit_status == 0 or self.status.interrupted
+
+    def summary(self) -> str:
+        """One line: rows, messages, damage, how it ended."""
+        parts = [f"{self.parser.row_count} rows"]
+        c = self.counters
+        if c.skipped_probes:
+            parts.append(f"{c.skipped_probes} skipped probes")
+        if c.transport_failures:
+            parts.append(f"{c.transport_failures} transport failures")
+        if self.damaged:
+            parts.append(f"{self.damaged} damaged lines kept aside")
+        if self.status is not None:
+            if self.status.interrupted:
+                parts.append("interrupted")
+            elif self.status.signal:
+                parts.append(f"stap killed by signal {self.status.signal}")
+            elif self.status.exit_status:
+                parts.append(f"stap exit status {self.status.exit_status}")
+            parts.append(f"{self.status.duration:.1f}s")
+        return ", ".join(parts)
+
+
+def script_options(opts: ProbeOptions) -> ScriptOptions:
+    return ScriptOptions(
+        count=opts.count,
+        duration=opts.duration,
+        regs=opts.regs,
+        print_regs=opts.print_regs,
+        filter_pid=opts.pid is not None,
+        string_max=opts.string_max,
+    )
+
+
+def build_argv(script_text: str, opts: ProbeOptions, target: runner.Target) -> list[str]:
+    return runner.stap_argv(
+        target,
+        script_text,
+        guru=opts.guru,
+        defines=opts.defines,
+        command=opts.command,
+        pid=opts.pid,
+        verbose=opts.verbose,
+        # --dry-run shows the command line even where stap is not installed.
+        require_stap=not opts.dry_run,
+    )
+
+
+def kallsyms_lines(target: runner.Target, names: Sequence[str]) -> list[str]:
+    """The target's /proc/kallsyms lines for exactly these symbol names."""
+    argv = ["grep", "-w"]
+    for name in names:
+        argv += ["-e", name]
+    # grep exits 1 when nothing matches: an answer, not a failure.
+    out = runner.run_on_target(target, [*argv, "/proc/kallsyms"], ok_codes=(0, 1))
+    wanted = set(names)
+    return [ln for ln in out.splitlines() if len(ln.split()) >= 3 and ln.split()[2] in wanted]
+
+
+def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
+                    lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
+                    ) -> Spec:
+    """Check each MODULE:FUNCTION against the target's /proc/kallsyms; under --guru move it to
+    its absolute address.
+
+    kprobe.module("M").function("F") compiles and then silently registers nothing on kernels
+    >= 6.4 (shared/reference r_e), so script.py emits kprobe.function("F") instead; this makes
+    sure F really is a function of the loaded module M, so the row labels do not lie.
+    """
+    wanted = [p for p in spec.probes if p.module is not None and p.function is not None]
+    if not wanted:
+        return spec
+    lines = lookup(target, sorted({p.function for p in wanted if p.function}))
+    where: dict[str, list[tuple[int, str]]] = {}
+    for ln in lines:
+        parts = ln.split()
+        if parts[1].lower() not in ("t", "w"):
+            continue  # data symbols are no probe points
+        module = parts[3].strip("[]") if len(parts) > 3 else ""
+        where.setdefault(parts[2], []).append((int(parts[0], 16), module))
+    probes = []
+    for probe in spec.probes:
+        if probe not in wanted:
+            probes.append(probe)
+            continue
+        assert probe.function is not None and probe.module is not None
+        found = where.get(probe.function, [])
+        in_module = [addr for addr, mod in found if mod == probe.module]
+        if not in_module:
+            if found:
+                homes = ", ".join(sorted({m or "the kernel itself" for _, m in found}))
+                why = f"{probe.function} belongs to {homes}, not to module {probe.module}"
+            else:
+                why = (f"no function {probe.function} in the target's /proc/kallsyms: is module "
+                       f"{probe.module} loaded (lsmod; modprobe {probe.module})?")
+            raise SpecError(why, probe.text, 0, len(probe.text))
+        if guru and probe.kind == "entry":
+            if not in_module[0]:
+                raise SpecError(
+                    "the target's /proc/kallsyms shows zero addresses (kptr_restrict, or not "
+                    "root): cannot place an absolute probe; drop --guru to probe it by name",
+                    probe.text, 0, len(probe.text))
+            probes.append(module_statement_probe(probe, in_module[0]))
+        else:
+            probes.append(probe)
+    return dataclasses.replace(spec, probes=tuple(probes))
+
+
+def prepare(first_line: str, body: str, opts: ProbeOptions, *,
+            lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
+            ) -> ProbeRun:
+    """Parse, generate and build the command line; raises SpecError/OptionError early."""
+    target = runner.parse_target(opts.target)
+    spec = parse_spec(body, guru=opts.guru, first_line=first_line)
+    if not opts.dry_run:
+        spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
+    if not spec.probes:
+        raise SpecError(
+            "no probe given: write a spec such as `tcp_v4_connect sk:ptr uaddr:ptr len:uint` "
+            "after %%kprobe or on the lines below it"
+        )
+    script = generate(spec, script_options(opts))
+    argv = build_argv(script.text, opts, target)
+    return ProbeRun(spec, script, argv, target, records.RecordParser(script.probes),
+                    script_text=script.text)
+
+
+def prepare_script(text: str, opts: ProbeOptions) -> ProbeRun:
+    """A hand-written SystemTap script (%%stap) through the same runner."""
+    target = runner.parse_target(opts.target)
+    argv = build_argv(text, opts, target)
+    return ProbeRun(None, None, argv, target, records.RecordParser(()), script_text=text)
+
+
+def execute(
+    run: ProbeRun,
+    *,
+    on_batch: Callable[[ProbeRun, records.Batch, bool], None] | None = None,
+    grace: float = 5.0,
+) -> ProbeRun:
+    """Run stap to the end (or to an interrupt) feeding the parser; never raises on stap failure.
+
+    `on_batch(run, batch, final)` sees every batch; `final` is True once, at the end.
+    """
+
+    def on_chunk(data: bytes) -> None:
+        with run.lock:
+            run.parser.feed(data)
+
+    def tick() -> None:
+        with run.lock:
+            batch = run.parser.flush()
+        run.note_batch(batch)
+        if on_batch is not None:
+            on_batch(run, batch, False)
+
+    try:
+        run.status = runner.run(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
+    finally:
+        with run.lock:
+            batch = run.parser.close()
+        run.note_batch(batch)
+        run.finished = time.time()
+        if run.status is None:
+            # runner.run itself failed (e.g. could not spawn): keep what we have.
+            run.status = runner.RunStatus(
+                exit_status=None, signal=None, interrupted=False, escalated=None,
+                duration=run.finished - run.started, argv=run.argv,
+            )
+        if on_batch is not None:
+            on_batch(run, batch, True)
+        run.done.set()
+    return run
+
+
+def start(
+    run: ProbeRun,
+    *,
+    on_batch: Callable[[ProbeRun, records.Batch, bool], None] | None = None,
+    grace: float = 5.0,
+) -> ProbeRun:
+    """`execute` in a background thread; the run's `df` grows while it runs."""
+    thread = threading.Thread(
+        target=execute, args=(run,), kwargs={"on_batch": on_batch, "grace": grace},
+        name=f"stapmagic-run-{id(run):x}", daemon=True,
+    )
+    run.thread = thread
+    thread.start()
+    return run
+
+
+def dry_run_text(run: ProbeRun) -> str:
+    """The script and the stap command line, with the script argument shown by reference."""
+    argv = [("<the script above>" if arg == run.script_text else arg) for arg in run.argv]
+    return f"{run.script_text.rstrip()}\n# stap command line:\n{shlex.join(argv)}"
+
+
+def replace_options(opts: ProbeOptions, **changes: Any) -> ProbeOptions:
+    return dataclasses.replace(opts, **changes)
+
+
+def lines_of(run: ProbeRun) -> Sequence[str]:
+    return run.messages

@@ -1,0 +1,1656 @@
+"""Streaming parser for the record lines the generated scripts print (DESIGN.md "Record format").
+
+`RecordParser.feed(bytes)` takes stap's output in chunks of any size (a line may be split
+anywhere, even inside a multi-byte character or between ``\\r`` and ``\\n``), buffers whole
+lines and parses them in batches:
+
+* A line that contains ``@@sm1`` must be one whole, well-formed record, else it is DAMAGED
+  (counted, kept in `damaged`, never a row, and never the reason another row is lost).
+* ``@@smh``/``@@sms`` tagged lines become `Histogram`/`Summary` objects (see hist.py).
+* The 10 lines of a ``print_regs()`` dump that follow a record of a ``print_regs`` probe are
+  split into register columns of that record (`PRINT_REGS_COLUMNS`).
+* Every other line is a message (decoded utf-8, errors="backslashreplace"), kept in order.
+
+Speed: a batch is checked with a handful of whole-buffer operations and parsed by pyarrow's
+multithreaded CSV reader with explicit column types; only when a batch is not clean (message
+lines, several record shapes, damage) are lines indexed with numpy, and only damaged groups
+fall back to the per-line reference parser `parse_record`. Each batch's columns are stored
+once; `frame()` concatenates them column by column.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from .hist import Histogram, Summary, parse_hist_block, parse_summary
+from .schema import BASE_COLUMNS, PRINT_REGS_COLUMNS, ColumnKind, ProbeSchema
+
+__all__ = [
+    "Batch",
+    "RecordParser",
+    "ParsedRecord",
+    "RECORD_TAG",
+    "escape_text",
+    "unescape_text",
+    "format_record",
+    "parse_record",
+    "parse_print_regs",
+]
+
+RECORD_TAG = b"@@sm1"
+_PREFIX = b"@@sm1\t"
+_SUFFIX = b"\t@@"
+_HIST_TAG = b"@@smh\t"
+_HIST_END = b"@@smh-end"
+_SUMMARY_TAG = b"@@sms\t"
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+BoolArr = npt.NDArray[np.bool_]
+AnyArr = npt.NDArray[Any]
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+_UINT64_MAX = (1 << 64) - 1
+
+# --------------------------------------------------------------------------------------
+# text_str() escaping (SystemTap runtime/stp_string.c `_stp_text_str`, unquoted)
+# --------------------------------------------------------------------------------------
+
+# What text_str() prints verbatim: printable ASCII except `"` and `\`.
+_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in (0x22, 0x5C))
+# What may appear raw inside an escaped field: the above plus `\` (starting an escape).
+_FIELD_CHARS = _PLAIN + b"\\"
+_SHORT_ESCAPES = {7: b"\\a", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t",
+                  11: b"\\v", 0x22: b'\\"', 0x5C: b"\\\\"}
+_UNESCAPE_SIMPLE = {ord("a"): 7, ord("b"): 8, ord("f"): 12, ord("n"): 10, ord("r"): 13,
+                    ord("t"): 9, ord("v"): 11, ord("\\"): 0x5C, ord('"'): 0x22, ord("'"): 0x27}
+_ESCAPE_RE = re.compile(
+    rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|([abfnrtv\\\"']))"
+)
+
+
+def _decode_utf8_at(b: bytes, i: int) -> tuple[int, int]:
+    """SystemTap's `_stp_decode_utf8`: (length, code point) of the character at b[i]."""
+    lead = b[i]
+    rest = len(b) - i - 1
+    if (lead & 0xE0) == 0xC0 and rest >= 1:
+        n, c = 2, lead & 0x1F
+    elif (lead & 0xF0) == 0xE0 and rest >= 2:
+        n, c = 3, lead & 0x0F
+    elif (lead & 0xF8) == 0xF0 and rest >= 3:
+        n, c = 4, lead & 0x07
+    else:
+        return 1, lead
+    for k in range(1, n):
+        b2 = b[i + k]
+        if (b2 & 0xC0) != 0x80:
+            return 1, lead
+        c = (c << 6) | (b2 & 0x3F)
+    if 0xD800 <= c <= 0xDFFF or c > 0x10FFFF:
+        return 1, lead
+    if c < 0x80 or (n == 3 and c < 0x800) or (n == 4 and c < 0x10000):
+        return 1, lead
+    return n, c
+
+
+def escape_text(value: str | bytes) -> bytes:
+    """Escape like SystemTap's text_str(): what a generated script prints for a string.
+
+    Printable ASCII except `"` and `\\` is kept; `\\a \\b \\f \\n \\r \\t \\v \\" \\\\` are
+    short escapes; valid multi-byte UTF-8 becomes `\\uXXXX`/`\\UXXXXXXXX` (upper-case hex);
+    every other byte is `\\ooo` octal. Like text_str() the string ends at the first NUL.
+    A `str` is encoded as UTF-8 (lone surrogates from surrogateescape become the raw bytes).
+    MAXSTRINGLEN truncation is not applied.
+    """
+    b = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+    nul = b.find(b"\0")
+    if nul >= 0:
+        b = b[:nul]
+    if not b.translate(None, _PLAIN):
+        return b
+    out = bytearray()
+    i, n = 0, len(b)
+    while i < n:
+        c = b[i]
+        if c < 0x80:
+            if 0x20 <= c < 0x7F and c not in (0x22, 0x5C):
+                out.append(c)
+            else:
+                short = _SHORT_ESCAPES.get(c)
+                out += short if short is not None else b"\\%03o" % c
+            i += 1
+            continue
+        k, cp = _decode_utf8_at(b, i)
+        if k > 1:
+            out += b"\\u%04X" % cp if cp <= 0xFFFF else b"\\U%08X" % cp
+        else:
+            out += b"\\%03o" % c
+        i += k
+    return bytes(out)
+
+
+@lru_cache(maxsize=4096)
+def _unescape_cached(b: bytes) -> str:
+    return unescape_text(b)
+
+
+def unescape_text(b: bytes) -> str:
+    """Undo text_str() escaping: the field's bytes -> str (bytes that are not UTF-8 are kept
+    as backslashreplace escapes). Raises ValueError for anything text_str() cannot have
+    printed (control or non-ASCII bytes, a raw `"`, an unknown or incomplete escape)."""
+    if b.translate(None, _FIELD_CHARS):
+        raise ValueError("raw byte that text_str() escapes")
+    if b"\\" not in b:
+        return b.decode("ascii")
+    out = bytearray()
+    pos = 0
+    while True:
+        j = b.find(b"\\", pos)
+        if j < 0:
+            out += b[pos:]
+            break
+        out += b[pos:j]
+        m = _ESCAPE_RE.match(b, j)
+        if m is None:
+            raise ValueError(f"bad escape at {j}")
+        octal, hx, u4, u8, simple = m.groups()
+        if octal is not None:
+            v = int(octal, 8)
+            if v > 0xFF:
+                raise ValueError("octal escape out of range")
+            out.append(v)
+        elif hx is not None:
+            out.append(int(hx, 16))
+        elif u4 is not None or u8 is not None:
+            cp = int(u4 if u4 is not None else u8, 16)
+            if cp > 0x10FFFF:
+                raise ValueError("code point out of range")
+            out += chr(cp).encode("utf-8", "surrogatepass")
+        else:
+            out.append(_UNESCAPE_SIMPLE[simple[0]])
+        pos = m.end()
+    return out.decode("utf-8", "backslashreplace")
+
+
+# --------------------------------------------------------------------------------------
+# Record writer and the per-line reference parser
+# --------------------------------------------------------------------------------------
+
+FieldValue = int | str | bytes | None
+
+
+def _format_field(v: FieldValue, kind: ColumnKind | None) -> bytes:
+    if kind is None:
+        if v is None:
+            return b""
+        if isinstance(v, bool):
+            raise TypeError("bool is not a record field")
+        if isinstance(v, int):
+            return b"%d" % v
+        return escape_text(v)
+    if kind in ("int", "uint", "hex"):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"{kind} field needs an int, got {v!r}")
+        if kind == "int":
+            if not _INT64_MIN <= v <= _INT64_MAX:
+                raise ValueError(f"int field out of range: {v}")
+            return b"%d" % v
+        if not 0 <= v <= _UINT64_MAX:
+            raise ValueError(f"{kind} field out of range: {v}")
+        return b"%d" % v if kind == "uint" else b"%x" % v
+    if kind == "errno" and v is None:
+        return b""
+    if not isinstance(v, (str, bytes)):
+        raise TypeError(f"{kind} field needs str or bytes, got {v!r}")
+    return escape_text(v)
+
+
+@lru_cache(maxsize=1024)
+def _escape_cached(v: str | bytes) -> bytes:
+    return escape_text(v)
+
+
+def _fmt_int(v: FieldValue) -> bytes:
+    if type(v) is not int:
+        return _format_field(v, "int")
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise ValueError(f"int field out of range: {v}")
+    return b"%d" % v
+
+
+def _fmt_uint(v: FieldValue) -> bytes:
+    if type(v) is not int or not 0 <= v <= _UINT64_MAX:
+        return _format_field(v, "uint")
+    return b"%d" % v
+
+
+def _fmt_hex(v: FieldValue) -> bytes:
+    if type(v) is not int or not 0 <= v <= _UINT64_MAX:
+        return _format_field(v, "hex")
+    return b"%x" % v
+
+
+def _fmt_str(v: FieldValue) -> bytes:
+    return _format_field(v, "str")
+
+
+def _fmt_errno(v: FieldValue) -> bytes:
+    return _format_field(v, "errno")
+
+
+_FORMATTERS: dict[str, Callable[[FieldValue], bytes]] = {
+    "int": _fmt_int, "uint": _fmt_uint, "hex": _fmt_hex, "str": _fmt_str, "errno": _fmt_errno}
+
+
+_FORMATTER_CACHE: dict[int, tuple[ProbeSchema, tuple[Callable[[FieldValue], bytes], ...]]] = {}
+
+
+def _formatters(schema: ProbeSchema) -> tuple[Callable[[FieldValue], bytes], ...]:
+    hit = _FORMATTER_CACHE.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    fmts = tuple(_FORMATTERS[c.kind] for c in schema.columns)
+    if len(_FORMATTER_CACHE) > 256:
+        _FORMATTER_CACHE.clear()
+    _FORMATTER_CACHE[id(schema)] = (schema, fmts)
+    return fmts
+
+
+def format_record(idx: int, time_ns: int, pid: int, tid: int, cpu: int, comm: str | bytes,
+                  fields: Sequence[FieldValue], *, schema: ProbeSchema | None = None) -> bytes:
+    """One record line exactly as a generated script prints it (ending in ``\\n``).
+
+    Without `schema`, an int field is printed `%d`, a str/bytes field text_str()-escaped and
+    None as the empty field (errno). With `schema`, the fields are checked against its
+    columns and printed per kind (`hex` as `%x`).
+    """
+    if schema is None:
+        parts = [b"%d" % v if type(v) is int else _format_field(v, None) for v in fields]
+    else:
+        fmts = _formatters(schema)
+        if len(fields) != len(fmts):
+            raise ValueError(f"{schema.label}: {len(fmts)} fields expected, got {len(fields)}")
+        parts = [f(v) for f, v in zip(fmts, fields, strict=True)]
+    head = b"@@sm1\t%d\t%d\t%d\t%d\t%d\t%s\t" % (idx, time_ns, pid, tid, cpu,
+                                                     _escape_cached(comm))
+    if parts:
+        return head + b"\t".join(parts) + b"\t@@\n"
+    return head + b"@@\n"
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    """A record line parsed by the reference parser `parse_record`."""
+
+    idx: int
+    time_ns: int
+    pid: int
+    tid: int
+    cpu: int
+    comm: str
+    fields: tuple[int | str | None, ...]
+
+
+_DEC_RE = re.compile(rb"-?[0-9]+\Z")
+_UDEC_RE = re.compile(rb"[0-9]+\Z")
+_HEX_RE = re.compile(rb"[0-9a-fA-F]{1,16}\Z")
+
+
+def _int_field(b: bytes) -> int:
+    if _DEC_RE.match(b) is None:
+        raise ValueError("not a decimal")
+    v = int(b)
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise ValueError("int64 overflow")
+    return v
+
+
+def _parse_field(b: bytes, kind: ColumnKind) -> int | str | None:
+    if kind == "int":
+        return _int_field(b)
+    if kind == "uint":
+        if _UDEC_RE.match(b) is None:
+            raise ValueError("not an unsigned decimal")
+        v = int(b)
+        if v > _UINT64_MAX:
+            raise ValueError("uint64 overflow")
+        return v
+    if kind == "hex":
+        if _HEX_RE.match(b) is None:
+            raise ValueError("not hex")
+        return int(b, 16)
+    if kind == "errno":
+        return unescape_text(b) if b else None
+    return unescape_text(b)
+
+
+def parse_record(line: bytes, schemas: Sequence[ProbeSchema]) -> ParsedRecord | None:
+    """The reference parser: one line (without its line end; one trailing ``\\r`` is
+    ignored) -> ParsedRecord, or None when it is not a whole, well-formed record."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if not line.startswith(_PREFIX) or not line.endswith(_SUFFIX):
+        return None
+    if b"\0" in line or b"\r" in line or b"\n" in line:
+        return None
+    parts = line.split(b"\t")
+    try:
+        idx_b = parts[1]
+        if _UDEC_RE.match(idx_b) is None:
+            return None
+        idx = int(idx_b)
+        if idx >= len(schemas):
+            return None
+        cols = schemas[idx].columns
+        if len(parts) != 8 + len(cols):
+            return None
+        time_ns = _int_field(parts[2])
+        pid = _int_field(parts[3])
+        tid = _int_field(parts[4])
+        cpu = _int_field(parts[5])
+        comm = unescape_text(parts[6])
+        vals = tuple(_parse_field(parts[7 + j], c.kind) for j, c in enumerate(cols))
+    except (ValueError, IndexError):
+        return None
+    return ParsedRecord(idx, time_ns, pid, tid, cpu, comm, vals)
+
+
+# --------------------------------------------------------------------------------------
+# print_regs() dump (x86_64, runtime/linux/regs.c)
+# --------------------------------------------------------------------------------------
+
+_H16 = rb"([0-9a-f]{16})"
+_SEL = rb"([0-9a-f]{4,8})"
+_DUMP_RES: tuple[re.Pattern[bytes], ...] = tuple(re.compile(p + rb"\Z") for p in (
+    rb"RIP: " + _H16,
+    rb"RSP: " + _H16 + rb"  EFLAGS: ([0-9a-f]{8,16})",
+    rb"RAX: " + _H16 + rb" RBX: " + _H16 + rb" RCX: " + _H16,
+    rb"RDX: " + _H16 + rb" RSI: " + _H16 + rb" RDI: " + _H16,
+    rb"RBP: " + _H16 + rb" R08: " + _H16 + rb" R09: " + _H16,
+    rb"R10: " + _H16 + rb" R11: " + _H16 + rb" R12: " + _H16,
+    rb"R13: " + _H16 + rb" R14: " + _H16 + rb" R15: " + _H16,
+    rb"FS:  " + _H16 + rb"\([0-9a-f]{4,8}\) GS:" + _H16 + rb"\([0-9a-f]{4,8}\) knlGS:" + _H16,
+    rb"CS:  " + _SEL + rb" DS: " + _SEL + rb" ES: " + _SEL + rb" CR0: " + _H16,
+    rb"CR2: " + _H16 + rb" CR3: " + _H16 + rb" CR4: " + _H16,
+))
+_DUMP_PREFIXES = (b"RIP: ", b"RSP: ", b"RAX: ", b"RDX: ", b"RBP: ", b"R10: ", b"R13: ",
+                  b"FS:  ", b"CS:  ", b"CR2: ")
+DUMP_LINES = len(_DUMP_RES)
+# Lines of other output (the -c command's) tolerated inside one dump before giving up on it.
+MAX_FOREIGN_IN_DUMP = 16
+
+
+def parse_print_regs(lines: Sequence[bytes | str]) -> dict[str, int] | None:
+    """The 10 lines of one x86_64 print_regs() dump -> {register: value}, or None."""
+    if len(lines) != DUMP_LINES:
+        return None
+    vals: list[int] = []
+    for k, ln in enumerate(lines):
+        b = ln.encode() if isinstance(ln, str) else ln
+        m = _DUMP_RES[k].match(b.rstrip(b"\r\n"))
+        if m is None:
+            return None
+        vals.extend(int(g, 16) for g in m.groups())
+    return dict(zip(PRINT_REGS_COLUMNS, vals, strict=True))
+
+
+# --------------------------------------------------------------------------------------
+# Batches and the column plan
+# --------------------------------------------------------------------------------------
+
+
+class Batch:
+    """What one feed()/flush()/close() produced: `frame`, the new rows (index continuing
+    the parser's row numbering; None when no rows; built from the batch's columns on first
+    access, once), new `messages` lines, new `histograms` and `summaries`, and how many
+    `rows` / `damaged` lines it added."""
+
+    __slots__ = ("messages", "rows", "damaged", "histograms", "summaries", "_make", "_frame")
+
+    def __init__(self, frame: pd.DataFrame | Callable[[], pd.DataFrame] | None = None,
+                 messages: tuple[str, ...] = (), rows: int = 0, damaged: int = 0,
+                 histograms: tuple[Histogram, ...] = (),
+                 summaries: tuple[Summary, ...] = ()) -> None:
+        self.messages = messages
+        self.rows = rows
+        self.damaged = damaged
+        self.histograms = histograms
+        self.summaries = summaries
+        self._frame: pd.DataFrame | None = None
+        self._make: Callable[[], pd.DataFrame] | None = None
+        if isinstance(frame, pd.DataFrame):
+            self._frame = frame
+        else:
+            self._make = frame
+
+    @property
+    def frame(self) -> pd.DataFrame | None:
+        if self._make is not None:
+            self._frame, self._make = self._make(), None
+        return self._frame
+
+    @property
+    def empty(self) -> bool:
+        return not (self.rows or self.messages or self.damaged or self.histograms
+                    or self.summaries)
+
+    def __repr__(self) -> str:
+        return (f"Batch(rows={self.rows}, messages={len(self.messages)}, "
+                f"damaged={self.damaged}, histograms={len(self.histograms)}, "
+                f"summaries={len(self.summaries)})")
+
+
+Store = Literal["time", "cat", "int64", "uint64", "Int64", "UInt64", "str", "errno", "object"]
+
+
+def _store_for(kinds: set[str], full: bool) -> Store:
+    if kinds <= {"int"}:
+        return "int64" if full else "Int64"
+    if kinds <= {"uint", "hex"}:
+        return "uint64" if full else "UInt64"
+    if kinds == {"str"}:
+        return "str"
+    if kinds == {"errno"}:
+        return "errno"
+    return "object"
+
+
+@dataclass
+class _Shape:
+    """Probes whose records have the same field kinds: parsed together by one CSV read."""
+
+    kinds: tuple[ColumnKind, ...]
+    probes: list[int]
+    names: list[str] = field(default_factory=list)
+    types: dict[str, Any] = field(default_factory=dict)
+
+
+_BINARY_DICT = pa.dictionary(pa.int32(), pa.binary())
+_ARROW_KIND_TYPES: dict[str, Any] = {"int": pa.int64(), "uint": pa.uint64(), "hex": pa.binary(),
+                                     "str": pa.binary(), "errno": _BINARY_DICT}
+
+
+def _make_shape(kinds: tuple[ColumnKind, ...], probes: list[int]) -> _Shape:
+    # tag and end are read as bool with true_values ["@@sm1"] and false_values ["@@"]:
+    # anything else in them is a conversion error, and checking costs nothing.
+    names = ["tag", "idx", "time", "pid", "tid", "cpu", "comm"]
+    names += [f"f{j}" for j in range(len(kinds))] + ["end"]
+    types: dict[str, Any] = {"tag": pa.bool_(), "idx": pa.int64(), "time": pa.int64(),
+                             "pid": pa.int64(), "tid": pa.int64(), "cpu": pa.int64(),
+                             "comm": _BINARY_DICT, "end": pa.bool_()}
+    for j, k in enumerate(kinds):
+        types[f"f{j}"] = _ARROW_KIND_TYPES[k]
+    return _Shape(kinds, probes, names, types)
+
+
+# A "chunk" is one contiguous piece of a column: an ndarray (int64/uint64/int32 codes/
+# object), an (values, mask) pair for the nullable stores, or a pa.StringArray.
+Chunk = Any
+
+
+def _concat(chunks: Sequence[Chunk]) -> Chunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    first = chunks[0]
+    if isinstance(first, tuple):
+        return (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+    if isinstance(first, pa.Array):
+        return pa.concat_arrays(list(chunks))
+    return np.concatenate(chunks)
+
+
+@dataclass
+class _Group:
+    """Rows parsed from the record lines of one shape in one batch, in line order; every
+    column as a list of chunks (pyarrow's blocks, not copied)."""
+
+    shape: _Shape
+    n: int
+    lines: I64 | None        # line numbers in the batch; None: lines 0..n-1
+    idx: list[I64]
+    time: list[I64]
+    pid: list[I64]
+    tid: list[I64]
+    cpu: list[I64]
+    comm: list[npt.NDArray[np.int32]]     # codes into the parser's comm categories
+    fields: list[list[Chunk]]             # int64/uint64/object ndarrays, pa.StringArray
+
+    def line_numbers(self) -> I64:
+        return self.lines if self.lines is not None else np.arange(self.n, dtype=np.int64)
+
+    def flat(self) -> _Group:
+        return _Group(self.shape, self.n, self.line_numbers(), [_concat(self.idx)],
+                      [_concat(self.time)], [_concat(self.pid)], [_concat(self.tid)],
+                      [_concat(self.cpu)], [_concat(self.comm)],
+                      [[_concat(f)] for f in self.fields])
+
+    def keep(self, mask: BoolArr) -> _Group:
+        g = self.flat()
+        sel = pa.array(mask)
+        return _Group(g.shape, int(mask.sum()), g.line_numbers()[mask], [g.idx[0][mask]],
+                      [g.time[0][mask]], [g.pid[0][mask]], [g.tid[0][mask]], [g.cpu[0][mask]],
+                      [g.comm[0][mask]],
+                      [[f[0].filter(sel) if isinstance(f[0], pa.Array) else f[0][mask]]
+                       for f in g.fields])
+
+
+# --------------------------------------------------------------------------------------
+# Vectorized conversions
+# --------------------------------------------------------------------------------------
+
+_HEX_LUT = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_LUT[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX_LUT[_c] = 10 + _i
+_TEXT_OK = np.zeros(256, dtype=np.bool_)
+_TEXT_OK[np.frombuffer(_PLAIN, dtype=np.uint8)] = True
+_ARANGE16 = np.arange(16, dtype=np.int64)
+
+
+def _binary_parts(arr: Any) -> tuple[I64, npt.NDArray[np.uint8]]:
+    """(offsets relative to the returned data, data) of a pyarrow binary array chunk."""
+    n = len(arr)
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+    offs64 = offs.astype(np.int64)
+    if not n or bufs[2] is None:
+        return offs64 - offs64[0], np.zeros(0, dtype=np.uint8)
+    data = np.frombuffer(bufs[2], dtype=np.uint8)[int(offs64[0]):int(offs64[-1])]
+    return offs64 - offs64[0], data
+
+
+def _rows_of(positions: I64, offs: I64) -> I64:
+    return cast(I64, np.searchsorted(offs, positions, side="right") - 1)
+
+
+def _hex_chunk(arr: Any) -> tuple[U64, BoolArr]:
+    """Hex digits (1..16, no 0x) -> uint64, and the mask of rows that are not such."""
+    offs, data = _binary_parts(arr)
+    n = len(offs) - 1
+    lens = offs[1:] - offs[:-1]
+    bad = (lens < 1) | (lens > 16)
+    nib = _HEX_LUT[data]
+    badpos = np.flatnonzero(nib == 255)
+    if badpos.size:
+        bad[_rows_of(badpos, offs)] = True
+    if not n or not data.size:
+        return np.zeros(n, dtype=np.uint64), bad | (n > 0)
+    shift = 16 - np.clip(lens, 0, 16)
+    pos = offs[:-1, None] + (_ARANGE16[None, :] - shift[:, None])
+    valid = _ARANGE16[None, :] >= shift[:, None]
+    m = np.where(valid, nib[np.clip(pos, 0, data.size - 1)], 0).astype(np.uint8)
+    m[m == 255] = 0
+    packed = np.ascontiguousarray((m[:, 0::2] << 4) | m[:, 1::2])
+    return packed.view(">u8").ravel().astype(np.uint64), bad
+
+
+def _str_chunk(arr: Any) -> tuple[Any, BoolArr]:
+    """Escaped text -> pa.StringArray (unescaped), and the mask of rows text_str() cannot
+    have printed."""
+    offs, data = _binary_parts(arr)
+    n = len(offs) - 1
+    bad = np.zeros(n, dtype=np.bool_)
+    badpos = np.flatnonzero(~_TEXT_OK[data] & (data != 0x5C))
+    if badpos.size:
+        bad[_rows_of(badpos, offs)] = True
+    bspos = np.flatnonzero(data == 0x5C)
+    if not bspos.size and not badpos.size:
+        return arr.view(pa.string()), bad
+    esc_rows = set(_rows_of(bspos, offs).tolist())
+    vals: list[str] = []
+    for r, b in enumerate(arr.to_pylist()):
+        if bad[r]:
+            vals.append("")
+        elif r in esc_rows:
+            try:
+                vals.append(unescape_text(b))
+            except ValueError:
+                bad[r] = True
+                vals.append("")
+        else:
+            vals.append(b.decode("ascii"))
+    return pa.array(vals, type=pa.string()), bad
+
+
+class _BadType:
+    def __repr__(self) -> str:
+        return "<bad>"
+
+
+_BAD = _BadType()
+
+
+def _dict_values(col: Any, decode: Callable[[bytes], Any]) -> tuple[AnyArr, Any]:
+    """Dictionary-encoded chunked column -> (the unified dictionary decoded, _BAD where
+    decode raised ValueError; the column with unified dictionaries)."""
+    col = col.unify_dictionaries()
+    if col.num_chunks == 0:
+        return np.zeros(0, dtype=object), col
+    dictionary = col.chunk(0).dictionary.to_pylist()
+    out = np.empty(len(dictionary), dtype=object)
+    for i, b in enumerate(dictionary):
+        try:
+            out[i] = decode(b)
+        except ValueError:
+            out[i] = _BAD
+    return out, col
+
+
+def _indices(chunk: Any) -> I64:
+    return cast(I64, chunk.indices.to_numpy(zero_copy_only=False))
+
+
+def _errno_decode(b: bytes) -> str | None:
+    return unescape_text(b) if b else None
+
+
+def _np_chunks(col: Any) -> list[AnyArr]:
+    return [ch.to_numpy(zero_copy_only=False) for ch in col.chunks]
+
+
+# --------------------------------------------------------------------------------------
+# Per-column storage across batches
+# --------------------------------------------------------------------------------------
+
+
+class _ColumnStore:
+    """The chunks of one output column, and how to turn one into a pandas array."""
+
+    def __init__(self, name: str, store: Store) -> None:
+        self.name = name
+        self.store = store
+        self.chunks: list[Chunk] = []
+
+    def to_pandas(self, chunk: Chunk, categories: Sequence[str] | None) -> Any:
+        s = self.store
+        if s == "time":
+            return chunk.view("datetime64[ns]")
+        if s in ("int64", "uint64"):
+            return chunk
+        if s in ("Int64", "UInt64"):
+            return pd.arrays.IntegerArray(chunk[0], chunk[1])
+        if s == "cat":
+            assert categories is not None
+            return pd.Categorical.from_codes(chunk, categories=categories, validate=False)
+        if s == "str":
+            return pd.array(chunk, dtype="str")
+        return pd.Series(chunk, dtype=object, copy=False)
+
+    def concat(self, chunks: Sequence[Chunk]) -> Chunk:
+        if not chunks:
+            return self.empty()
+        if self.store == "str":
+            return pa.chunked_array(list(chunks), type=pa.string())
+        return _concat(chunks)
+
+    def consolidate(self) -> Chunk:
+        """All chunks as one; the chunks are replaced by it (so memory is held once)."""
+        whole = self.concat(self.chunks)
+        self.chunks = [whole] if self.store != "str" else list(whole.chunks)
+        return whole
+
+    def empty(self) -> Chunk:
+        s = self.store
+        if s in ("time", "int64"):
+            return np.zeros(0, dtype=np.int64)
+        if s == "uint64":
+            return np.zeros(0, dtype=np.uint64)
+        if s == "cat":
+            return np.zeros(0, dtype=np.int32)
+        if s in ("Int64", "UInt64"):
+            return (np.zeros(0, dtype=np.int64 if s == "Int64" else np.uint64),
+                    np.zeros(0, dtype=np.bool_))
+        if s == "str":
+            return pa.chunked_array([], type=pa.string())
+        return np.zeros(0, dtype=object)
+
+    def missing(self, n: int) -> Chunk:
+        """A chunk of n rows where this column is absent (NA)."""
+        s = self.store
+        if s in ("Int64", "UInt64"):
+            return (np.zeros(n, dtype=np.int64 if s == "Int64" else np.uint64),
+                    np.ones(n, dtype=np.bool_))
+        if s == "str":
+            return pa.nulls(n, type=pa.string())
+        if s in ("errno", "object"):
+            return np.full(n, None, dtype=object)
+        raise AssertionError(f"{self.name} ({s}) cannot be missing")
+
+    def adapt(self, chunk: Chunk) -> Chunk:
+        """A group's field chunk (ndarray or pa array) -> this store's chunk type."""
+        s = self.store
+        if s in ("int64", "uint64"):
+            return chunk
+        if s in ("Int64", "UInt64"):
+            return (chunk, np.zeros(len(chunk), dtype=np.bool_))
+        if s == "str":
+            return chunk
+        if isinstance(chunk, pa.Array):
+            return np.array(chunk.to_pylist(), dtype=object)
+        if chunk.dtype != object:
+            return np.array(chunk.tolist(), dtype=object)
+        return chunk
+
+
+# --------------------------------------------------------------------------------------
+# The parser
+# --------------------------------------------------------------------------------------
+
+_CSV_PARSE = pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False,
+                                escape_char=False, newlines_in_values=False,
+                                ignore_empty_lines=False)
+_CPUS = os.cpu_count() or 1
+
+
+class _ArrowReject(Exception):
+    """The vectorized parse of a group did not vouch for every line."""
+
+
+@dataclass
+class _HistBlock:
+    name: str
+    kind: str
+    lines: list[bytes]
+
+
+_EMPTY_BATCH = Batch()
+
+
+class RecordParser:
+    """Incremental parser of stap's output; see the module docstring.
+
+    Each parsed row, message, damaged line, histogram and summary is reported once, in the
+    Batch of the feed()/flush()/close() call that parsed it.
+
+    batch_bytes: feed() parses once this much is buffered (flush() parses whatever whole
+    lines are buffered, close() everything). max_line: a line longer than this is not
+    buffered whole: its first max_line bytes are kept (as a damaged line if it contains
+    ``@@sm1``, else as a message with a note) and the rest is skipped. max_damaged_kept:
+    how many damaged lines are kept in `damaged` (all are counted in `damaged_count`).
+    """
+
+    def __init__(self, schemas: Sequence[ProbeSchema], *, batch_bytes: int = 4 << 20,
+                 max_line: int = 1 << 20, max_damaged_kept: int = 10_000) -> None:
+        self.schemas: tuple[ProbeSchema, ...] = tuple(schemas)
+        self.batch_bytes = batch_bytes
+        self.max_line = max_line
+        self.max_damaged_kept = max_damaged_kept
+
+        self.messages: list[str] = []
+        self.damaged: list[bytes] = []
+        self.damaged_count = 0
+        self.row_count = 0
+        self.histograms: list[Histogram] = []
+        self.summaries: list[Summary] = []
+
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._nl_chunk = -1        # index in _chunks of the last chunk holding a newline
+        self._partial = 0          # bytes after the last newline
+        self._overlong: bytearray | None = None
+        self._overlong_len = 0
+        self._overlong_tagged = False
+        self._overlong_tail = b""
+        self._closed = False
+        self._pending_damage: list[tuple[int, bytes]] = []
+        self._hist: _HistBlock | None = None
+        self._fast_ok = True
+        self._frame_cache: pd.DataFrame | None = None
+        self._frame_rows = -1
+
+        self._new_messages: list[str] = []
+        self._new_damaged = 0
+        self._new_hists: list[Histogram] = []
+        self._new_summaries: list[Summary] = []
+        self._batch_pieces: list[tuple[int, dict[str, list[Chunk]]]] = []
+        self._batch_rows = 0
+
+        self._plan()
+
+    # ---- setup ----------------------------------------------------------------------
+
+    def _plan(self) -> None:
+        schemas = self.schemas
+        labels: list[str] = []
+        self._probe_code = np.zeros(max(1, len(schemas)), dtype=np.int32)
+        for i, s in enumerate(schemas):
+            if s.label not in labels:
+                labels.append(s.label)
+            self._probe_code[i] = labels.index(s.label)
+        self._probe_categories = labels
+        self._comm_categories: list[str] = []
+        self._comm_codes: dict[str, int] = {}
+
+        kinds_by_name: dict[str, set[str]] = {}
+        count_by_name: dict[str, int] = {}
+        order: list[str] = []
+        for s in schemas:
+            seen: set[str] = set()
+            for c in s.columns:
+                if c.name in seen:
+                    raise ValueError(f"{s.label}: duplicate column {c.name!r}")
+                seen.add(c.name)
+                if c.name in BASE_COLUMNS:
+                    raise ValueError(f"{s.label}: column name {c.name!r} is reserved")
+                if c.name not in kinds_by_name:
+                    order.append(c.name)
+                    kinds_by_name[c.name] = set()
+                    count_by_name[c.name] = 0
+                kinds_by_name[c.name].add(c.kind)
+                count_by_name[c.name] += 1
+        self._stores: dict[str, _ColumnStore] = {
+            "time": _ColumnStore("time", "time"),
+            "probe": _ColumnStore("probe", "cat"),
+            "pid": _ColumnStore("pid", "int64"),
+            "tid": _ColumnStore("tid", "int64"),
+            "comm": _ColumnStore("comm", "cat"),
+            "cpu": _ColumnStore("cpu", "int64"),
+        }
+        for name in order:
+            full = count_by_name[name] == len(schemas)
+            self._stores[name] = _ColumnStore(name, _store_for(kinds_by_name[name], full))
+        self._field_names = order
+        # per probe: output column name -> field position
+        self._field_pos = [{c.name: j for j, c in enumerate(s.columns)} for s in schemas]
+        self._any_regs = any(s.print_regs for s in schemas)
+        self._reg_names = ([r for r in PRINT_REGS_COLUMNS if r not in kinds_by_name]
+                           if self._any_regs else [])
+        self._reg_set = set(self._reg_names)
+        for r in self._reg_names:
+            self._stores[r] = _ColumnStore(r, "UInt64")
+        self._regs_probe = np.array([s.print_regs for s in schemas] or [False], dtype=np.bool_)
+
+        shapes: dict[tuple[ColumnKind, ...], int] = {}
+        self._shape_of = np.zeros(max(1, len(schemas)), dtype=np.int64)
+        self._shapes: list[_Shape] = []
+        for i, s in enumerate(schemas):
+            kinds = tuple(c.kind for c in s.columns)
+            if kinds not in shapes:
+                shapes[kinds] = len(self._shapes)
+                self._shapes.append(_make_shape(kinds, []))
+            self._shapes[shapes[kinds]].probes.append(i)
+            self._shape_of[i] = shapes[kinds]
+
+    # ---- public API -----------------------------------------------------------------
+
+    def feed(self, data: bytes) -> Batch:
+        """Buffer `data` (any chunk of stap's output); parse if batch_bytes or more are
+        buffered. Returns what was parsed (usually nothing)."""
+        if self._closed:
+            raise ValueError("feed() after close()")
+        if data:
+            self._add(bytes(data))
+        if self._size >= self.batch_bytes and self._nl_chunk >= 0:
+            self._drain(final=False)
+        return self._take_batch()
+
+    def flush(self) -> Batch:
+        """Parse every whole line buffered so far (the live view calls this on a timer)."""
+        if not self._closed and self._nl_chunk >= 0:
+            self._drain(final=False)
+        return self._take_batch()
+
+    def close(self) -> Batch:
+        """End of output: parse everything, including a last line without a newline (a
+        partial record line is damaged, a partial other line is a message)."""
+        if self._closed:
+            return self._take_batch()
+        self._closed = True
+        if self._overlong is not None:
+            self._finish_overlong()
+        if self._chunks:
+            buf = b"".join(self._chunks)
+            self._chunks, self._size, self._nl_chunk, self._partial = [], 0, -1, 0
+            if buf.endswith(b"\n"):
+                self._process(buf, final=True)
+            else:
+                self._process(buf + b"\n", final=True, last_partial=True)
+        if self._hist is not None:
+            block, self._hist = self._hist, None
+            self._message(_HIST_TAG + block.name.encode() + b"\t" + block.kind.encode())
+            for ln in block.lines:
+                self._message(ln)
+        return self._take_batch()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def columns(self) -> list[str]:
+        """The DataFrame's columns, in order."""
+        return list(self._stores)
+
+    def frame(self) -> pd.DataFrame:
+        """All rows so far as one DataFrame: per column, the batches' chunks concatenated
+        (after which the parser keeps only the concatenation). The result is a shallow
+        copy under pandas copy-on-write: changing it does not change the parser's data."""
+        if self._frame_cache is None or self._frame_rows != self.row_count:
+            self._frame_cache = None
+            data: dict[str, Any] = {}
+            for name, st in self._stores.items():
+                arr = st.to_pandas(st.consolidate(), self._categories_for(name))
+                if st.store == "cat":
+                    st.chunks = [np.asarray(arr.codes)]   # keep the small codes only
+                data[name] = arr
+            self._frame_cache = pd.DataFrame(data, copy=False)
+            self._frame_rows = self.row_count
+        return self._frame_cache.copy(deep=False)
+
+    # ---- buffering ------------------------------------------------------------------
+
+    def _add(self, data: bytes) -> None:
+        if self._overlong is not None:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._overlong_extend(data)
+                return
+            self._overlong_extend(data[:nl])
+            self._finish_overlong()
+            data = data[nl + 1:]
+            if not data:
+                return
+        self._chunks.append(data)
+        self._size += len(data)
+        nl = data.rfind(b"\n")
+        if nl >= 0:
+            self._nl_chunk = len(self._chunks) - 1
+            self._partial = len(data) - nl - 1
+        else:
+            self._partial += len(data)
+        if self._partial > self.max_line:
+            self._start_overlong()
+
+    def _start_overlong(self) -> None:
+        # Parse the whole lines before the long one first, so the order stays right.
+        if self._nl_chunk >= 0:
+            self._drain(final=True)
+        rest = b"".join(self._chunks)
+        self._chunks, self._size, self._nl_chunk, self._partial = [], 0, -1, 0
+        self._overlong = bytearray()
+        self._overlong_len = 0
+        self._overlong_tagged = False
+        self._overlong_tail = b""
+        self._overlong_extend(rest)
+
+    def _overlong_extend(self, data: bytes) -> None:
+        assert self._overlong is not None
+        window = self._overlong_tail + data
+        if not self._overlong_tagged and RECORD_TAG in window:
+            self._overlong_tagged = True
+        self._overlong_tail = window[-(len(RECORD_TAG) - 1):]
+        keep = self.max_line - len(self._overlong)
+        if keep > 0:
+            self._overlong += data[:keep]
+        self._overlong_len += len(data)
+
+    def _finish_overlong(self) -> None:
+        assert self._overlong is not None
+        head = bytes(self._overlong)
+        total = self._overlong_len
+        self._overlong = None
+        if total == len(head) and head.endswith(b"\r"):
+            head = head[:-1]
+        if self._overlong_tagged:
+            self._damage(head)
+        else:
+            more = total - len(head)
+            self._message(head, note=f" [... {more} more bytes of this line not kept]"
+                          if more > 0 else "")
+
+    def _drain(self, final: bool) -> None:
+        """Parse the whole lines buffered; keep the partial last line (and whatever the
+        processing holds back) for later."""
+        k = self._nl_chunk
+        if k < 0:
+            return
+        last = self._chunks[k]
+        cut = last.rfind(b"\n") + 1
+        tail_chunks = self._chunks[k + 1:]
+        if cut == len(last):
+            head, rest = last, b""
+        else:
+            head, rest = last[:cut], last[cut:]
+        buf = head if k == 0 else b"".join(self._chunks[:k] + [head])
+        consumed = self._process(buf, final=final)
+        held = buf[consumed:] if consumed < len(buf) else b""
+        new_chunks = [c for c in (held, rest) if c] + tail_chunks
+        self._chunks = new_chunks
+        self._size = sum(len(c) for c in new_chunks)
+        self._nl_chunk = 0 if held else -1
+        # _partial is unchanged: the bytes after the last newline are the same.
+
+    # ---- output bookkeeping ---------------------------------------------------------
+
+    def _message(self, line: bytes, note: str = "") -> None:
+        text = line.decode("utf-8", "backslashreplace") + note
+        self.messages.append(text)
+        self._new_messages.append(text)
+
+    def _damage(self, line: bytes) -> None:
+        self.damaged_count += 1
+        self._new_damaged += 1
+        if len(self.damaged) < self.max_damaged_kept:
+            self.damaged.append(line[: self.max_line])
+
+    def _take_batch(self) -> Batch:
+        pieces = self._batch_pieces
+        if not (pieces or self._new_messages or self._new_damaged or self._new_hists
+                or self._new_summaries):
+            return _EMPTY_BATCH
+        make: Callable[[], pd.DataFrame] | None = None
+        if pieces:
+            comm_categories = list(self._comm_categories)
+
+            def make() -> pd.DataFrame:
+                return self._batch_frame(pieces, comm_categories)
+
+        b = Batch(frame=make, messages=tuple(self._new_messages), rows=self._batch_rows,
+                  damaged=self._new_damaged, histograms=tuple(self._new_hists),
+                  summaries=tuple(self._new_summaries))
+        self._batch_pieces = []
+        self._batch_rows = 0
+        self._new_messages = []
+        self._new_damaged = 0
+        self._new_hists = []
+        self._new_summaries = []
+        return b
+
+    def _batch_frame(self, pieces: list[tuple[int, dict[str, list[Chunk]]]],
+                     comm_categories: list[str]) -> pd.DataFrame:
+        """The DataFrame of one Batch, from the chunks its parses produced."""
+        data: dict[str, Any] = {}
+        for name, st in self._stores.items():
+            chunk = st.concat([c for _, cols in pieces for c in cols[name]])
+            cats = comm_categories if name == "comm" else self._categories_for(name)
+            data[name] = st.to_pandas(chunk, cats)
+        frame = pd.DataFrame(data, copy=False)
+        start = pieces[0][0]
+        frame.index = pd.RangeIndex(start, start + len(frame))
+        return frame
+
+    def _categories_for(self, name: str) -> list[str] | None:
+        if name == "probe":
+            return self._probe_categories
+        if name == "comm":
+            return list(self._comm_categories)
+        return None
+
+    def _comm_code(self, text: str) -> int:
+        code = self._comm_codes.get(text)
+        if code is None:
+            code = len(self._comm_categories)
+            self._comm_codes[text] = code
+            self._comm_categories.append(text)
+        return code
+
+    # ---- batch processing -----------------------------------------------------------
+
+    def _process(self, buf: bytes, final: bool, last_partial: bool = False) -> int:
+        """Parse `buf` (whole lines, ends with a newline). Returns how many bytes were
+        consumed; the rest (a record whose print_regs dump is not complete yet) is held
+        back for the next call."""
+        if not buf:
+            return 0
+        self._pending_damage = []
+        if (self._fast_ok and not self._any_regs and not last_partial
+                and buf.startswith(_PREFIX)):
+            group = self._try_fast(buf)
+            if group is not None:
+                for _, t in sorted(self._pending_damage, key=lambda e: e[0]):
+                    self._damage(t)
+                self._emit([group], {})
+                return len(buf)
+            self._fast_ok = False     # skip the attempt for the next batch
+        else:
+            self._fast_ok = True
+        self._pending_damage = []
+        return self._vector(buf, final, last_partial)
+
+    def _try_fast(self, buf: bytes) -> _Group | None:
+        """The clean batch: nothing but well-formed records of one shape."""
+        if b"\0" in buf:
+            return None
+        # The CSV reader ends a row at \n, \r\n and a lone \r, and (ignore_empty_lines off)
+        # fails on an empty one: as many rows as \n means no lone \r and no empty line.
+        n_lf = int(np.count_nonzero(np.frombuffer(buf, dtype=np.uint8) == 10))
+        tab = buf.find(b"\t", 6)
+        digits = buf[6:tab]
+        if not digits.isdigit() or int(digits) >= len(self.schemas):
+            return None
+        sid = int(self._shape_of[int(digits)])
+        try:
+            return self._arrow_group(buf, sid, None, n_lf, one_shape=True)
+        except _ArrowReject:
+            return None
+
+    def _read_csv(self, buf: bytes, shape: _Shape) -> Any:
+        n = len(buf)
+        threads = _CPUS > 1 and n >= (1 << 20)
+        block = max(1 << 20, -(-n // _CPUS)) if threads else n + 1
+        ropts = pacsv.ReadOptions(column_names=shape.names, use_threads=threads,
+                                  block_size=block)
+        copts = pacsv.ConvertOptions(column_types=shape.types, null_values=[],
+                                     true_values=["@@sm1"], false_values=["@@"],
+                                     strings_can_be_null=False,
+                                     quoted_strings_can_be_null=False, check_utf8=False)
+        return pacsv.read_csv(pa.BufferReader(pa.py_buffer(buf)), read_options=ropts,
+                              parse_options=_CSV_PARSE, convert_options=copts)
+
+    def _arrow_group(self, buf: bytes, sid: int, lines: I64 | None, nrows: int,
+                     one_shape: bool, bounds: tuple[I64, I64] | None = None) -> _Group:
+        """Parse the record lines in `buf` (all of shape `sid` unless one_shape asks to
+        check that) with pyarrow. Raises _ArrowReject when the CSV read cannot vouch for
+        every line; rows that the per-column checks reject are dropped and reported as
+        damaged."""
+        shape = self._shapes[sid]
+        try:
+            tbl = self._read_csv(buf, shape)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise _ArrowReject(str(e)) from e
+        if tbl.num_rows != nrows:
+            raise _ArrowReject("row count")
+        if nrows:
+            if not (pc.all(tbl.column("tag")).as_py() and not pc.any(tbl.column("end")).as_py()):
+                raise _ArrowReject("tag")
+            mm = pc.min_max(tbl.column("idx")).as_py()
+            if mm["min"] < 0 or mm["max"] >= len(self.schemas):
+                raise _ArrowReject("probe index")
+        idx = _np_chunks(tbl.column("idx"))
+        if one_shape and nrows and len(self._shapes) > 1:
+            if not all(bool(np.all(self._shape_of[c] == sid)) for c in idx):
+                raise _ArrowReject("shape")
+        self._check_lenient(buf, tbl, shape)
+
+        nchunks = tbl.column("time").num_chunks
+        bad: list[BoolArr] | None = None
+
+        def mark(chunk_bad: list[BoolArr]) -> None:
+            nonlocal bad
+            if not any(b.any() for b in chunk_bad):
+                return
+            if bad is None:
+                bad = chunk_bad
+            else:
+                bad = [x | y for x, y in zip(bad, chunk_bad, strict=True)]
+
+        comm_vals, comm_col = _dict_values(tbl.column("comm"), _unescape_cached)
+        comm_ind = [_indices(ch) for ch in comm_col.chunks]
+        comm_bad = np.array([v is _BAD for v in comm_vals], dtype=np.bool_)
+        if comm_bad.any():
+            mark([comm_bad[i] for i in comm_ind])
+        fields: list[list[Chunk]] = []
+        for j, kind in enumerate(shape.kinds):
+            col = tbl.column(f"f{j}")
+            if kind in ("int", "uint"):
+                fields.append(_np_chunks(col))
+            elif kind == "hex":
+                parts = [_hex_chunk(ch) for ch in col.chunks]
+                fields.append([p[0] for p in parts])
+                mark([p[1] for p in parts])
+            elif kind == "str":
+                sparts = [_str_chunk(ch) for ch in col.chunks]
+                fields.append([p[0] for p in sparts])
+                mark([p[1] for p in sparts])
+            else:
+                evals, ecol = _dict_values(col, _errno_decode)
+                eind = [_indices(ch) for ch in ecol.chunks]
+                isbad = np.array([v is _BAD for v in evals], dtype=np.bool_)
+                if isbad.any():
+                    mark([isbad[i] for i in eind])
+                    evals[isbad] = None
+                fields.append([evals[i] for i in eind])
+        # comm categories only for the comms of rows that are kept
+        lut = np.full(len(comm_vals), -1, dtype=np.int32)
+        if bad is None:
+            used: Iterable[int] = range(len(comm_vals))
+        else:
+            used = np.unique(np.concatenate(
+                [i[~b] for i, b in zip(comm_ind, bad, strict=True)])).tolist()
+        for i in used:
+            lut[i] = self._comm_code(cast(str, comm_vals[i]))
+        g = _Group(shape=shape, n=nrows, lines=lines, idx=idx,
+                   time=_np_chunks(tbl.column("time")), pid=_np_chunks(tbl.column("pid")),
+                   tid=_np_chunks(tbl.column("tid")), cpu=_np_chunks(tbl.column("cpu")),
+                   comm=[lut[i] for i in comm_ind], fields=fields)
+        assert len(g.time) == nchunks
+        del tbl
+        if bad is not None:
+            g = self._drop_bad(g, np.concatenate(bad), buf, bounds)
+        return g
+
+    def _check_lenient(self, buf: bytes, tbl: Any, shape: _Shape) -> None:
+        """pyarrow's integer parser trims spaces and takes a 0x/0X prefix; records never
+        have either in a number. So every space, x and X of the batch must be inside the
+        text fields (comm, str, errno): count them in both."""
+        wanted = [c for c in b" xX" if bytes((c,)) in buf]
+        if not wanted:
+            return
+        a = np.frombuffer(buf, dtype=np.uint8)
+        text_cols = ["comm"] + [f"f{j}" for j, k in enumerate(shape.kinds)
+                                if k in ("str", "errno")]
+        for c in wanted:
+            total = int(np.count_nonzero(a == c))
+            inside = 0
+            for name in text_cols:
+                col = tbl.column(name)
+                if pa.types.is_dictionary(col.type):
+                    col = col.unify_dictionaries()
+                    if not col.num_chunks:
+                        continue
+                    per = np.array([v.count(c) for v in col.chunk(0).dictionary.to_pylist()],
+                                   dtype=np.int64)
+                    if per.any():
+                        for ch in col.chunks:
+                            inside += int(np.bincount(_indices(ch), minlength=len(per)) @ per)
+                else:
+                    for ch in col.chunks:
+                        _, data = _binary_parts(ch)
+                        inside += int(np.count_nonzero(data == c))
+            if inside != total:
+                raise _ArrowReject("space or 0x in a number")
+
+    def _line_bounds(self, buf: bytes) -> tuple[I64, I64]:
+        a = np.frombuffer(buf, dtype=np.uint8)
+        nl = np.flatnonzero(a == 10).astype(np.int64)
+        starts = np.empty_like(nl)
+        if nl.size:
+            starts[0] = 0
+            starts[1:] = nl[:-1] + 1
+        has_cr = (nl > starts) & (a[np.maximum(nl - 1, 0)] == 13)
+        return starts, nl - has_cr
+
+    def _drop_bad(self, g: _Group, bad: BoolArr, buf: bytes,
+                  bounds: tuple[I64, I64] | None) -> _Group:
+        starts, cend = bounds if bounds is not None else self._line_bounds(buf)
+        lines = g.line_numbers()
+        # rows are the lines of `buf` in order
+        for r in np.flatnonzero(bad).tolist():
+            self._pending_damage.append((int(lines[r]), buf[int(starts[r]):int(cend[r])]))
+        return g.keep(~bad)
+
+    def _python_group(self, sid: int, lines: I64, texts: list[bytes]) -> _Group:
+        """The reference path for a group the vectorized parse rejected."""
+        shape = self._shapes[sid]
+        recs: list[ParsedRecord] = []
+        keep: list[int] = []
+        for i, t in enumerate(texts):
+            rec = parse_record(t, self.schemas)
+            if rec is None or int(self._shape_of[rec.idx]) != sid:
+                self._pending_damage.append((int(lines[i]), t))
+            else:
+                recs.append(rec)
+                keep.append(i)
+        n = len(recs)
+        fields: list[list[Chunk]] = []
+        for j, kind in enumerate(shape.kinds):
+            vals = [r.fields[j] for r in recs]
+            if kind == "int":
+                fields.append([np.array(vals, dtype=np.int64).reshape(n)])
+            elif kind in ("uint", "hex"):
+                fields.append([np.array(vals, dtype=np.uint64).reshape(n)])
+            elif kind == "str":
+                fields.append([pa.array(vals, type=pa.string())])
+            else:
+                arr = np.empty(n, dtype=object)
+                arr[:] = vals
+                fields.append([arr])
+
+        def ints(vals: list[int]) -> list[I64]:
+            return [np.array(vals, dtype=np.int64).reshape(n)]
+
+        return _Group(
+            shape=shape, n=n, lines=lines[np.array(keep, dtype=np.int64)],
+            idx=ints([r.idx for r in recs]), time=ints([r.time_ns for r in recs]),
+            pid=ints([r.pid for r in recs]), tid=ints([r.tid for r in recs]),
+            cpu=ints([r.cpu for r in recs]),
+            comm=[np.array([self._comm_code(r.comm) for r in recs], dtype=np.int32).reshape(n)],
+            fields=fields)
+
+    def _vector(self, buf: bytes, final: bool, last_partial: bool) -> int:
+        """The general batch: index lines with numpy, classify them, parse the record lines
+        per shape, and handle the others in order."""
+        a = np.frombuffer(buf, dtype=np.uint8)
+        nl = np.flatnonzero(a == 10).astype(np.int64)
+        n = int(nl.size)
+        starts = np.empty_like(nl)
+        starts[0] = 0
+        starts[1:] = nl[:-1] + 1
+        has_cr = (nl > starts) & (a[np.maximum(nl - 1, 0)] == 13)
+        cend = nl - has_cr
+        last = a.size - 1
+        cand = (cend - starts) >= 9
+        for k, ch in enumerate(_PREFIX):
+            cand &= a[np.minimum(starts + k, last)] == ch
+        for k, ch in enumerate(_SUFFIX):
+            cand &= a[np.maximum(cend - 3 + k, 0)] == ch
+        if int(np.count_nonzero(a == 13)) != int(np.count_nonzero(has_cr)):
+            crpos = np.flatnonzero(a == 13)
+            ln = np.searchsorted(nl, crpos, side="left")
+            cand[ln[crpos != cend[ln]]] = False       # a \r inside the line
+        if b"\0" in buf:
+            cand[np.searchsorted(nl, np.flatnonzero(a == 0), side="left")] = False
+        if last_partial:
+            cand[n - 1] = False
+        # probe index: 1 to 3 digits between the first and the second tab
+        p = np.minimum(starts + 6, last)
+        d = [a[np.minimum(p + k, last)].astype(np.int64) - 48 for k in range(3)]
+        isdig = [(x >= 0) & (x <= 9) for x in d]
+        tab = [a[np.minimum(p + k, last)] == 9 for k in range(1, 4)]
+        idx = np.full(n, -1, dtype=np.int64)
+        one = isdig[0] & tab[0]
+        two = isdig[0] & isdig[1] & tab[1]
+        three = isdig[0] & isdig[1] & isdig[2] & tab[2]
+        idx[one] = d[0][one]
+        idx[two] = (d[0] * 10 + d[1])[two]
+        idx[three] = (d[0] * 100 + d[1] * 10 + d[2])[three]
+        idx[~cand] = -1
+        bad_idx = cand & ((idx < 0) | (idx >= len(self.schemas)))
+        # kind per line: 0 other, 1 record candidate, 2 damaged already
+        kind = np.zeros(n, dtype=np.int8)
+        kind[cand] = 1
+        kind[bad_idx] = 2
+        idx[bad_idx] = -1
+
+        def line(j: int) -> bytes:
+            return buf[int(starts[j]):int(cend[j])]
+
+        cut = n
+        regs: dict[int, tuple[int, ...]] = {}
+        dump_lines: set[int] = set()
+        if self._any_regs:
+            cut = self._match_dumps(kind, idx, line, n, final, regs, dump_lines)
+
+        # the lines that are not rows, in order: (line, text, damaged?)
+        events: list[tuple[int, bytes, bool]] = [
+            (j, line(j), kind[j] == 2) for j in np.flatnonzero(kind[:cut] != 1).tolist()
+            if j not in dump_lines]
+        groups: list[_Group] = []
+        rec_lines = np.flatnonzero(kind[:cut] == 1)
+        if rec_lines.size:
+            shape_ids = self._shape_of[idx[rec_lines]]
+            for sid in np.unique(shape_ids).tolist():
+                gl = rec_lines[shape_ids == sid] if len(self._shapes) > 1 else rec_lines
+                groups.append(self._parse_lines(buf, a, starts, cend, nl, gl, sid, n))
+        events.extend((j, t, True) for j, t in self._pending_damage)
+        events.sort(key=lambda e: e[0])
+        for _, t, damaged in events:
+            self._other_line(t, damaged)
+        if groups:
+            self._emit(groups, regs)
+        return int(nl[cut - 1]) + 1 if cut > 0 else 0
+
+    def _parse_lines(self, buf: bytes, a: npt.NDArray[np.uint8], starts: I64, cend: I64,
+                     nl: I64, gl: I64, sid: int, n: int) -> _Group:
+        """The record lines `gl` (all of shape sid) -> a group, vectorized if possible."""
+        if gl.size == n:
+            sub = buf
+            sub_bounds = (starts, cend)
+        else:
+            lens = nl[gl] + 1 - starts[gl]
+            if int(gl[-1]) - int(gl[0]) + 1 == gl.size:
+                sub = buf[int(starts[gl[0]]):int(nl[gl[-1]]) + 1]
+            else:
+                line_mask = np.zeros(n, dtype=np.bool_)
+                line_mask[gl] = True
+                sub = a[np.repeat(line_mask, nl + 1 - starts)].tobytes()
+            sub_starts = np.zeros(gl.size, dtype=np.int64)
+            sub_starts[1:] = np.cumsum(lens)[:-1]
+            sub_bounds = (sub_starts, sub_starts + (cend[gl] - starts[gl]))
+        try:
+            return self._arrow_group(sub, sid, gl, int(gl.size), one_shape=False,
+                                     bounds=sub_bounds)
+        except _ArrowReject:
+            texts = [buf[int(starts[j]):int(cend[j])] for j in gl.tolist()]
+            return self._python_group(sid, gl, texts)
+
+    def _match_dumps(self, kind: npt.NDArray[np.int8], idx: I64,
+                     line: Callable[[int], bytes], n: int, final: bool,
+                     regs: dict[int, tuple[int, ...]], dump_lines: set[int]) -> int:
+        """Find the print_regs() dump after each record of a print_regs probe: the next 10
+        dump lines in order, other output (at most MAX_FOREIGN_IN_DUMP lines, none of them a
+        record, a damaged line or a dump line out of order) may come between them. Returns
+        the line to hold back from (n: nothing held back)."""
+        rec = np.flatnonzero((kind == 1) & self._regs_probe[np.maximum(idx, 0)])
+        for r in rec.tolist():
+            k = 0
+            foreign = 0
+            vals: list[int] = []
+            taken: list[int] = []
+            j = r + 1
+            while k < DUMP_LINES:
+                if j >= n:
+                    if final:
+                        break
+                    return r
+                if kind[j] != 0:
+                    break
+                t = line(j)
+                if RECORD_TAG in t:
+                    break
+                m = _DUMP_RES[k].match(t)
+                if m is not None:
+                    vals.extend(int(g, 16) for g in m.groups())
+                    taken.append(j)
+                    k += 1
+                elif t.startswith(_DUMP_PREFIXES):
+                    break
+                else:
+                    foreign += 1
+                    if foreign > MAX_FOREIGN_IN_DUMP:
+                        break
+                j += 1
+            if k == DUMP_LINES:
+                regs[r] = tuple(vals)
+                dump_lines.update(taken)
+        return n
+
+    def _other_line(self, t: bytes, damaged: bool) -> None:
+        """A line that is not a row, in order: hist block, summary, damaged or message."""
+        if damaged or RECORD_TAG in t:
+            self._damage(t)
+            return
+        if self._hist is not None:
+            if t.startswith(_HIST_END):
+                block, self._hist = self._hist, None
+                text = b"\n".join(block.lines).decode("utf-8", "backslashreplace") + "\n"
+                try:
+                    h = parse_hist_block(text, block.name, block.kind or None)
+                except ValueError:
+                    self._message(_HIST_TAG + block.name.encode() + b"\t"
+                                  + block.kind.encode())
+                    for ln in block.lines:
+                        self._message(ln)
+                    self._message(t)
+                    return
+                self.histograms.append(h)
+                self._new_hists.append(h)
+            else:
+                self._hist.lines.append(t)
+            return
+        if t.startswith(_HIST_TAG):
+            parts = t.split(b"\t")
+            if parts[-1] == b"@@":
+                parts = parts[:-1]
+            name = parts[1].decode("utf-8", "backslashreplace") if len(parts) > 1 else ""
+            hkind = parts[2].decode("utf-8", "backslashreplace") if len(parts) > 2 else ""
+            self._hist = _HistBlock(name, hkind, [])
+            return
+        if t.startswith(_SUMMARY_TAG):
+            try:
+                s = parse_summary(t.decode("utf-8", "backslashreplace"))
+            except ValueError:
+                self._damage(t)
+                return
+            self.summaries.append(s)
+            self._new_summaries.append(s)
+            return
+        self._message(t)
+
+    # ---- assembling a batch's columns -----------------------------------------------
+
+    def _emit(self, groups: list[_Group], regs: dict[int, tuple[int, ...]]) -> None:
+        groups = [g for g in groups if g.n]
+        if not groups:
+            return
+        g0 = groups[0]
+        if (len(groups) == 1 and len(g0.shape.probes) == 1 and not self._reg_names
+                and (g0.lines is None or bool(np.all(g0.lines[1:] > g0.lines[:-1])))):
+            cols = self._columns_simple(g0)
+        else:
+            cols = self._columns_general([g.flat() for g in groups], regs)
+        n = sum(g.n for g in groups)
+        for name, st in self._stores.items():
+            st.chunks.extend(cols[name])
+        self._batch_pieces.append((self.row_count, cols))
+        self.row_count += n
+        self._batch_rows += n
+
+    def _columns_simple(self, g: _Group) -> dict[str, list[Chunk]]:
+        """One probe, rows in line order: the group's chunks are the columns."""
+        probe = g.shape.probes[0]
+        code = int(self._probe_code[probe])
+        cols: dict[str, list[Chunk]] = {
+            "time": g.time,
+            "probe": [np.full(len(c), code, dtype=np.int32) for c in g.idx],
+            "pid": g.pid, "tid": g.tid, "comm": g.comm, "cpu": g.cpu,
+        }
+        pos = self._field_pos[probe]
+        sizes = [len(c) for c in g.time]
+        for name in self._field_names:
+            st = self._stores[name]
+            j = pos.get(name)
+            if j is None:
+                cols[name] = [st.missing(k) for k in sizes]
+            else:
+                cols[name] = [st.adapt(c) for c in g.fields[j]]
+        return cols
+
+    def _columns_general(self, groups: list[_Group],
+                         regs: dict[int, tuple[int, ...]]) -> dict[str, list[Chunk]]:
+        """Several groups/probes (flattened: one chunk each): put the rows in line order and
+        each probe's fields in their columns."""
+        all_lines = np.concatenate([g.line_numbers() for g in groups])
+        order: I64 | None = None
+        if len(all_lines) > 1 and not bool(np.all(all_lines[1:] > all_lines[:-1])):
+            order = np.argsort(all_lines, kind="stable")
+        n = len(all_lines)
+
+        def cat(arrs: list[AnyArr]) -> AnyArr:
+            out = arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
+            return out if order is None else out[order]
+
+        cols: dict[str, list[Chunk]] = {
+            "time": [cat([g.time[0] for g in groups])],
+            "probe": [cat([self._probe_code[g.idx[0]] for g in groups])],
+            "pid": [cat([g.pid[0] for g in groups])],
+            "tid": [cat([g.tid[0] for g in groups])],
+            "comm": [cat([g.comm[0] for g in groups])],
+            "cpu": [cat([g.cpu[0] for g in groups])],
+        }
+        offsets = np.cumsum([0] + [g.n for g in groups])
+        for name in self._field_names:
+            # contributions: (rows in group-concatenated order or None for all, values)
+            contrib: list[tuple[I64 | None, Chunk]] = []
+            for gi, g in enumerate(groups):
+                for p in g.shape.probes:
+                    j = self._field_pos[p].get(name)
+                    if j is None:
+                        continue
+                    vals = g.fields[j][0]
+                    if len(g.shape.probes) == 1:
+                        rows = None
+                    else:
+                        rows = np.flatnonzero(g.idx[0] == p)
+                        if not rows.size:
+                            continue
+                        vals = (vals.take(pa.array(rows)) if isinstance(vals, pa.Array)
+                                else vals[rows])
+                    if rows is None:
+                        pos = (None if len(groups) == 1
+                               else np.arange(offsets[gi], offsets[gi + 1], dtype=np.int64))
+                    else:
+                        pos = rows + offsets[gi]
+                    contrib.append((pos, vals))
+            cols[name] = [self._assemble(self._stores[name], contrib, n, order)]
+
+        if self._reg_names:
+            row_lines = cat([g.line_numbers() for g in groups])
+            regvals = np.zeros((n, len(PRINT_REGS_COLUMNS)), dtype=np.uint64)
+            present = np.zeros(n, dtype=np.bool_)
+            if regs:
+                for r, ln in enumerate(row_lines.tolist()):
+                    v = regs.get(ln)
+                    if v is not None:
+                        regvals[r] = v
+                        present[r] = True
+            for ci, rname in enumerate(PRINT_REGS_COLUMNS):
+                if rname in self._reg_set:
+                    cols[rname] = [(np.ascontiguousarray(regvals[:, ci]), ~present)]
+        return cols
+
+    def _assemble(self, st: _ColumnStore, contrib: list[tuple[I64 | None, Chunk]], n: int,
+                  order: I64 | None) -> Chunk:
+        """One output column of a batch from the per-probe contributions, in line order."""
+        store = st.store
+        if not contrib:
+            return st.missing(n)
+        if store in ("int64", "uint64", "Int64", "UInt64"):
+            dt = np.int64 if store in ("int64", "Int64") else np.uint64
+            if len(contrib) == 1 and contrib[0][0] is None:
+                values = np.asarray(contrib[0][1]).astype(dt, copy=False)
+                present: BoolArr | None = None
+            else:
+                values = np.zeros(n, dtype=dt)
+                present = np.zeros(n, dtype=np.bool_)
+                for pos, v in contrib:
+                    if pos is None:
+                        values[:] = v
+                        present[:] = True
+                    else:
+                        values[pos] = v
+                        present[pos] = True
+            if order is not None:
+                values = values[order]
+                present = present[order] if present is not None else None
+            if store in ("int64", "uint64"):
+                return values
+            return (values, np.zeros(n, dtype=np.bool_) if present is None else ~present)
+        if store == "str":
+            if len(contrib) == 1 and contrib[0][0] is None:
+                arr = contrib[0][1]
+                return arr if order is None else arr.take(pa.array(order))
+            take = np.full(n, -1, dtype=np.int64)
+            chunks: list[Any] = []
+            base = 0
+            for pos, v in contrib:
+                k = len(v)
+                take[np.arange(n) if pos is None else pos] = np.arange(base, base + k)
+                chunks.append(v)
+                base += k
+            whole = pa.concat_arrays(chunks)
+            if order is not None:
+                take = take[order]
+            return whole.take(pa.array(take, mask=take < 0))
+        out = np.full(n, None, dtype=object)
+        for pos, v in contrib:
+            v = st.adapt(v)
+            if pos is None:
+                out[:] = v
+            else:
+                out[pos] = v
+        return out if order is None else out[order]

@@ -1,0 +1,757 @@
+"""Run stap: the target, the one place the stap command line is built, and the read loop.
+
+``stap`` runs under a pseudo-terminal (pexpect; this is the only module that imports it) so
+that stap, staprun and the ``-c`` workload line-buffer their output and stdout/stderr keep
+their relative order. The pty turns ``\\n`` into ``\\r\\n``; records.py strips it.
+
+Interrupting: Jupyter's stop button sends SIGINT to the kernel process only. stap lives in
+its own session (the pty), so it does not see it; :func:`run` forwards ONE SIGINT to stap's
+process group (what Ctrl-C in a terminal does), keeps reading so the ``end`` probes' output
+and stap's exit messages arrive, and only after ``grace`` seconds escalates to SIGTERM, then
+SIGKILL. A second stop during the grace period escalates at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import re
+import select
+import shlex
+import subprocess
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Literal
+
+from stapmagic.errors import OptionError, StapMagicError, StapNotFound
+
+__all__ = [
+    "RunStatus",
+    "StapProcess",
+    "Target",
+    "exec_argv",
+    "parse_target",
+    "run",
+    "stap_argv",
+    "stap_env",
+]
+
+TargetKind = Literal["local", "lab", "ssh"]
+
+# --------------------------------------------------------------------------------------
+# targets
+
+_SSH_FORM = "ssh://[user@]host[:port]"
+_ACCEPTED = f'"local", "lab" or "{_SSH_FORM}"'
+# POSIX-portable user names (plus the common '.'); no leading '-' (it would be an ssh option).
+_USER = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}"
+# DNS names / IPv4 literals: labels of letters, digits and '-', not starting or ending with '-'.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = rf"{_LABEL}(?:\.{_LABEL})*"
+_SSH_URL = re.compile(rf"ssh://(?:(?P<user>{_USER})@)?(?P<host>{_HOST})(?::(?P<port>[0-9]{{1,5}}))?/?")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where stap runs: ``local``, the ``lab`` VM, or ``ssh`` (``url`` = ``ssh://...``)."""
+
+    kind: TargetKind
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "lab", "ssh"):
+            raise OptionError(f"unknown target kind {self.kind!r}; use {_ACCEPTED}")
+        if self.kind == "ssh":
+            if self.url is None:
+                raise OptionError(f"an ssh target needs a URL of the form {_SSH_FORM}")
+            _parse_ssh(self.url)  # validates
+        elif self.url is not None:
+            raise OptionError(f"target {self.kind!r} takes no URL")
+
+    @property
+    def user(self) -> str | None:
+        return _parse_ssh(self.url)[0] if self.kind == "ssh" and self.url else None
+
+    @property
+    def host(self) -> str | None:
+        return _parse_ssh(self.url)[1] if self.kind == "ssh" and self.url else None
+
+    @property
+    def port(self) -> int | None:
+        return _parse_ssh(self.url)[2] if self.kind == "ssh" and self.url else None
+
+    @property
+    def destination(self) -> str | None:
+        """``user@host`` (or ``host``) for ssh's command line."""
+        if self.kind != "ssh" or not self.url:
+            return None
+        user, host, _ = _parse_ssh(self.url)
+        return f"{user}@{host}" if user else host
+
+    def __str__(self) -> str:
+        return self.url if self.kind == "ssh" and self.url else self.kind
+
+
+def _parse_ssh(url: str) -> tuple[str | None, str, int | None]:
+    m = _SSH_URL.fullmatch(url)
+    if m is None:
+        raise OptionError(_ssh_problem(url))
+    port: int | None = None
+    if m.group("port") is not None:
+        port = int(m.group("port"))
+        if not 1 <= port <= 65535:
+            raise OptionError(f"ssh port {port} is out of range (1-65535) in {url!r}; use {_SSH_FORM}")
+    return m.group("user"), m.group("host"), port
+
+
+def _ssh_problem(url: str) -> str:
+    """Say what is wrong with an ssh URL, as precisely as we can."""
+    form = f"; the accepted form is {_SSH_FORM}, e.g. ssh://root@stapmagic-lab:10022"
+    rest = url[len("ssh://"):] if url.startswith("ssh://") else url
+    if not url.startswith("ssh://"):
+        return f"an ssh target must start with ssh://, got {url!r}{form}"
+    bad = sorted({c for c in rest if not (c.isascii() and (c.isalnum() or c in "_.-@:/"))})
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        return f"ssh target {url!r} contains characters that are not allowed ({shown}){form}"
+    if not rest or rest.startswith("@") or rest.startswith(":"):
+        return f"ssh target {url!r} has no host{form}"
+    if rest.startswith("-") or "@-" in rest:
+        return f"ssh target {url!r}: user and host must not start with '-'{form}"
+    if rest.count("@") > 1:
+        return f"ssh target {url!r} has more than one '@'{form}"
+    hostport = rest.split("@", 1)[-1].rstrip("/")
+    if "/" in hostport:
+        return f"ssh target {url!r}: stap's ssh remote takes no /path{form}"
+    if hostport.count(":") > 1 or hostport.startswith("["):
+        return f"ssh target {url!r}: IPv6 literals are not supported (stap splits host:port at the first ':'){form}"
+    if ":" in hostport and not hostport.rsplit(":", 1)[1].isdigit():
+        return f"ssh target {url!r}: the port must be a number{form}"
+    return f"ssh target {url!r} is not a valid user/host{form}"
+
+
+def parse_target(text: str) -> Target:
+    """``"local"`` | ``"lab"`` | ``"ssh://[user@]host[:port]"`` -> :class:`Target`.
+
+    Strict: anything with spaces, quotes, shell characters, a leading ``-`` or a path is
+    rejected with an :class:`OptionError` naming the problem and the accepted form.
+    (``ssh://host`` without a user is accepted: an alias from ``~/.ssh/config`` is the form
+    that worked with stap's remote mode in the reference runs.)
+    """
+    if not isinstance(text, str):
+        raise OptionError(f"target must be a string: {_ACCEPTED}")
+    t = text.strip()
+    if t.lower() == "local":
+        return Target("local")
+    if t.lower() == "lab":
+        return Target("lab")
+    if not t:
+        raise OptionError(f"empty target; use {_ACCEPTED}")
+    if t.lower().startswith("ssh://"):
+        t = "ssh://" + t[len("ssh://"):]
+        _parse_ssh(t)
+        return Target("ssh", t)
+    raise OptionError(f"unknown target {text!r}; use {_ACCEPTED}")
+
+
+# --------------------------------------------------------------------------------------
+# the stap command line
+
+_DEFINE_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_DEFINE_VALUE = re.compile(r"[A-Za-z0-9_.+-]*")
+
+INSTALL_HINT = (
+    "Install SystemTap and the headers of the running kernel:\n"
+    "  Debian/Ubuntu: sudo apt-get install systemtap systemtap-runtime linux-headers-$(uname -r)\n"
+    "  Fedora/RHEL:   sudo dnf install systemtap systemtap-runtime kernel-devel-$(uname -r)\n"
+    "or run on the stapmagic lab VM instead: --target lab"
+)
+
+
+def _check_arg(what: str, value: str) -> str:
+    if not isinstance(value, str):
+        raise OptionError(f"{what} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise OptionError(f"{what} contains a NUL byte")
+    return value
+
+
+def _define_argv(define: str) -> str:
+    """Validate one ``NAME[=VALUE]`` define and return it as stap's -D argument."""
+    _check_arg("-D define", define)
+    name, eq, value = define.partition("=")
+    if not _DEFINE_NAME.fullmatch(name):
+        raise OptionError(
+            f"bad -D name {name!r} in {define!r}: names are [A-Z_][A-Z0-9_]* "
+            "(e.g. -D MAXACTION=10000)"
+        )
+    if eq and not _DEFINE_VALUE.fullmatch(value):
+        raise OptionError(
+            f"bad -D value {value!r} for {name}: values are [A-Za-z0-9_.+-]* "
+            "(e.g. -D MAXACTION=10000)"
+        )
+    return f"{name}={value}" if eq else name
+
+
+def _which_stap(required: bool = True) -> str:
+    path = shutil.which("stap")
+    if path is None:
+        if not required:
+            return "stap"
+        raise StapNotFound(f"stap (SystemTap) was not found on PATH.\n{INSTALL_HINT}")
+    return path
+
+
+def stap_argv(
+    target: Target,
+    script_text: str,
+    *,
+    guru: bool = False,
+    defines: Iterable[str] = (),
+    command: str | None = None,
+    pid: int | None = None,
+    verbose: int = 0,
+    extra: Sequence[str] = (),
+    require_stap: bool = True,
+) -> list[str]:
+    """The stap command line (argv, no shell anywhere) for ``script_text`` on ``target``.
+
+    Layout: ``PREFIX --color=never [-g] [-v...] [-D NAME=VALUE]... [-x PID] [-c CMD]
+    [EXTRA...] -e SCRIPT``. PREFIX is the resolved local ``stap`` (local), ``lab.stap_argv()``
+    (lab) or ``stap --remote=ssh://...`` (ssh; stap compiles locally and runs pass 5 on the
+    remote). ``command`` is ONE argv item: stap (staprun on the target) runs it, never our
+    shell. ``extra`` items are passed verbatim before ``-e``.
+
+    A missing local ``stap`` raises :class:`StapNotFound` with the install hint, unless
+    ``require_stap=False`` (``--dry-run``: then the bare name ``stap`` is used).
+    """
+    if not isinstance(target, Target):
+        raise OptionError(f"target must be a Target, got {type(target).__name__}")
+    _check_arg("script", script_text)
+    if not script_text.strip():
+        raise OptionError("the script is empty")
+    if target.kind == "local":
+        argv = [_which_stap(require_stap)]
+    elif target.kind == "lab":
+        from stapmagic import lab  # lazily: the lab module pulls in VM machinery
+
+        argv = list(lab.stap_argv())
+    else:
+        assert target.url is not None
+        argv = [_which_stap(require_stap), f"--remote={target.url}"]
+
+    # --color[=WHEN] takes an optional argument, so it must be attached with '='
+    # (cmdline.cxx: optional_argument; session.cxx: "never" | "auto" | "always", since 2.4).
+    # stap passes it on to staprun (buildrun.cxx). Under a pty "auto" would colour.
+    argv.append("--color=never")
+    if guru:
+        argv.append("-g")
+    if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
+        raise OptionError(f"verbose must be a non-negative integer, got {verbose!r}")
+    if verbose:
+        argv.append("-" + "v" * min(verbose, 5))
+    if isinstance(defines, str):
+        defines = (defines,)
+    for d in defines:
+        argv += ["-D", _define_argv(d)]
+    if pid is not None:
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise OptionError(f"-x needs a positive process id, got {pid!r}")
+        argv += ["-x", str(pid)]
+    if command is not None:
+        _check_arg("-c command", command)
+        if not command.strip():
+            raise OptionError("-c needs a command")
+        argv += ["-c", command]
+    if isinstance(extra, str):
+        raise OptionError("extra stap options must be a list of argv items, not one string")
+    for item in extra:
+        argv.append(_check_arg("extra stap option", item))
+    argv += ["-e", script_text]
+    return argv
+
+
+def exec_argv(target: Target, argv: Sequence[str]) -> list[str]:
+    """argv that runs the plain command ``argv`` on ``target`` (no local shell involved).
+
+    ssh joins its arguments into one remote shell line, so each item is shell-quoted.
+    """
+    items = [_check_arg("command argument", a) for a in argv]
+    if not items:
+        raise OptionError("empty command")
+    if target.kind == "local":
+        return items
+    if target.kind == "lab":
+        from stapmagic import lab
+
+        return list(lab.exec_argv(items))
+    dest = target.destination
+    assert dest is not None
+    out = ["ssh"]
+    if target.port is not None:
+        out += ["-p", str(target.port)]
+    out += ["-o", "BatchMode=yes", "--", dest]
+    out += [shlex.quote(a) for a in items]
+    return out
+
+
+def run_on_target(target: Target, argv: Sequence[str], *, timeout: float = 60.0,
+                  ok_codes: tuple[int, ...] = (0,)) -> str:
+    """Run a short plain command on `target` and return its stdout (OptionError on failure)."""
+    full = exec_argv(target, argv)
+    try:
+        done = subprocess.run(full, capture_output=True, timeout=timeout, check=False)  # noqa: S603
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OptionError(f"could not run {shlex.join(argv)} on the target: {exc}") from None
+    if done.returncode not in ok_codes:
+        err = done.stderr.decode(errors="replace").strip()
+        raise OptionError(f"{shlex.join(argv)} failed on the target (exit {done.returncode}): {err}")
+    return done.stdout.decode(errors="replace")
+
+
+def stap_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment stap runs with: the caller's, plus
+
+    - ``TERM=dumb``: no colours from stap, staprun or gcc on the pty;
+    - ``LC_MESSAGES=C``: English messages, which diagnose.py recognises (``LC_ALL``, which
+      would override it, is moved to ``LANG`` so the rest of the locale is kept).
+    """
+    env = dict(os.environ if base is None else base)
+    env["TERM"] = "dumb"
+    if "LC_ALL" in env:
+        lc_all = env.pop("LC_ALL")
+        if lc_all:
+            env["LANG"] = lc_all
+    env["LC_MESSAGES"] = "C"
+    return env
+
+
+# --------------------------------------------------------------------------------------
+# the process
+
+_READ_SIZE = 65536
+_READ_MAX = 1 << 20  # one read() call returns at most this much (drains what is ready)
+_PTY_SIZE = (1000, 32000)  # rows, cols: nothing on the far side wraps or truncates lines
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the forked child
+    # Python ignores SIGPIPE and may ignore/handle SIGINT; ignored signals survive exec, so
+    # give stap (and the -c workload) the default dispositions and an empty signal mask.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+class StapProcess:
+    """One child under a pty: spawn, read, signal its process group, reap."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        linger: float = 1.0,
+    ) -> None:
+        import pexpect
+
+        argv = [_check_arg("argv item", a) for a in argv]
+        if not argv:
+            raise OptionError("empty argv")
+        self.argv: tuple[str, ...] = tuple(argv)
+        self.linger = linger
+        self._eof = False
+        self._closed = False
+        self._dead_since: float | None = None
+        self._last_data = time.monotonic()
+        failure: StapMagicError | None = None
+        try:
+            self._child: Any = pexpect.spawn(
+                argv[0],
+                list(argv[1:]),
+                env=dict(stap_env() if env is None else env),
+                cwd=cwd,
+                echo=False,
+                encoding=None,
+                dimensions=_PTY_SIZE,
+                preexec_fn=_child_setup,
+                use_poll=True,
+            )
+        except pexpect.ExceptionPexpect as exc:
+            if "not found" in str(exc) or "not executable" in str(exc):
+                failure = StapNotFound(
+                    f"cannot run {argv[0]!r}: not found or not executable.\n{INSTALL_HINT}"
+                )
+            else:
+                failure = StapMagicError(f"cannot start {argv[0]!r}: {exc}")
+        except OSError as exc:  # exec failed in the child (bad interpreter, EACCES...)
+            why = exc.strerror or str(exc)
+            if exc.errno == errno.ENOENT and os.path.exists(argv[0]):
+                why = f"{why} (the file exists: is its #! interpreter missing?)"
+            failure = StapNotFound(f"cannot run {argv[0]!r}: {why}")
+        if failure is not None:
+            # ptyprocess left the half-made PtyProcess (pty fd, exited child) in a reference
+            # cycle through its exception's traceback; collect it now so its __del__ closes
+            # the fd and reaps the child instead of whenever the cyclic GC runs next.
+            gc.collect()
+            raise failure
+        # the child is a session and process-group leader (forkpty -> setsid), so its pid
+        # is its process group id. Never signal our own group by accident.
+        self.pid: int = int(self._child.pid)
+        self._pgid: int | None = self.pid if self.pid != os.getpgrp() else None
+        ptyproc = getattr(self._child, "ptyproc", None)
+        if ptyproc is not None:  # we reap ourselves; no fixed sleeps in close()
+            ptyproc.delayafterclose = 0.0
+            ptyproc.delayafterterminate = 0.05
+        self._poll = select.poll()
+        self._poll.register(self._child.child_fd, select.POLLIN | select.POLLPRI)
+
+    @classmethod
+    def spawn(
+        cls,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        linger: float = 1.0,
+    ) -> StapProcess:
+        """Start ``argv`` under a pty (DESIGN.md's name for the constructor)."""
+        return cls(argv, env=env, cwd=cwd, linger=linger)
+
+    # --- reading -------------------------------------------------------------------------
+
+    @property
+    def eof(self) -> bool:
+        return self._eof
+
+    def read(self, timeout: float) -> bytes | None:
+        """Wait up to ``timeout`` seconds for output.
+
+        Returns the bytes that are ready (up to 1 MiB, read in 64 KiB reads), ``b""`` when
+        nothing came yet, ``None`` at EOF: every holder of the pty closed it, or the child
+        exited and nothing more arrived for ``linger`` seconds (a background grandchild may
+        keep the pty open forever).
+        """
+        if self._eof or self._closed:
+            return None
+        got = bytearray()
+        wait_ms = max(0, int(timeout * 1000))
+        while len(got) < _READ_MAX:
+            try:
+                ready = self._poll.poll(wait_ms if not got else 0)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                ready = []
+            if not ready:
+                break
+            try:
+                data = os.read(self._child.child_fd, _READ_SIZE)
+            except OSError as exc:
+                if exc.errno != errno.EIO:  # EIO: Linux's "all slave fds closed"
+                    raise
+                data = b""
+            if not data:
+                self._eof = True
+                break
+            got += data
+        now = time.monotonic()
+        if got:
+            self._last_data = now
+            return bytes(got)
+        if self._eof:
+            return None
+        if not self.isalive():
+            if self._dead_since is None:
+                self._dead_since = now
+            if now - max(self._dead_since, self._last_data) >= self.linger:
+                self._eof = True
+                return None
+        return b""
+
+    # --- state ---------------------------------------------------------------------------
+
+    def isalive(self) -> bool:
+        """Whether the child runs; reaps it (non-blocking) once it exited."""
+        if self._closed:
+            return False
+        try:
+            return bool(self._child.isalive())
+        except Exception:  # ECHILD: someone else reaped it (SIGCHLD ignored, ...)
+            return False
+
+    @property
+    def exitstatus(self) -> int | None:
+        self.isalive()
+        status = self._child.exitstatus
+        return None if status is None else int(status)
+
+    @property
+    def signalstatus(self) -> int | None:
+        self.isalive()
+        sig = self._child.signalstatus
+        return None if sig is None else int(sig)
+
+    # --- signals -------------------------------------------------------------------------
+
+    def _signal(self, sig: int) -> bool:
+        """Send ``sig`` to the child's process group (stap, staprun/stapio, the -c workload,
+        as Ctrl-C in a terminal does); to the child alone while the group does not exist yet."""
+        if self._closed:
+            return False
+        if self._pgid is not None:
+            try:
+                os.killpg(self._pgid, sig)
+                return True
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                pass
+        if self.isalive():
+            try:
+                os.kill(self.pid, sig)
+                return True
+            except ProcessLookupError:
+                return False
+        return False
+
+    def interrupt(self) -> bool:
+        """SIGINT: stap stops, runs its ``end`` probes, prints their output, exits."""
+        return self._signal(signal.SIGINT)
+
+    def terminate(self) -> bool:
+        return self._signal(signal.SIGTERM)
+
+    def kill(self) -> bool:
+        return self._signal(signal.SIGKILL)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the child to exit; True when it has."""
+        deadline = time.monotonic() + timeout
+        while self.isalive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self, grace: float = 1.0) -> None:
+        """Stop the child if it still runs (SIGTERM, then SIGKILL), reap it, close the pty.
+
+        Idempotent; never raises for a child that cannot be killed (it is left to init)."""
+        if self._closed:
+            return
+        try:
+            if self.isalive():
+                self.terminate()
+                if not self.wait(grace):
+                    self.kill()
+                    self.wait(max(grace, 1.0))
+        finally:
+            self._closed = True
+            try:
+                self._poll.unregister(self._child.child_fd)
+            except (KeyError, ValueError, OSError):
+                pass
+            try:
+                self._child.close(force=True)
+            except Exception:  # PtyProcessError: unkillable (D state); the fd is closed anyway
+                fd = getattr(self._child, "child_fd", -1)
+                if isinstance(fd, int) and fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+
+    def __enter__(self) -> StapProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """How a run ended. ``exit_status`` is None when the process died of a signal
+    (``signal``); ``interrupted`` says we forwarded a stop (SIGINT); ``escalated`` whether
+    we had to go further."""
+
+    exit_status: int | None
+    signal: int | None
+    interrupted: bool
+    escalated: Literal["SIGTERM", "SIGKILL"] | None
+    duration: float
+    argv: Sequence[str] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    @property
+    def returncode(self) -> int | None:
+        """subprocess-style: the exit status, or ``-signal``."""
+        if self.exit_status is not None:
+            return self.exit_status
+        return -self.signal if self.signal is not None else None
+
+
+class _SigintCatcher:
+    """While active (main thread only, and only when SIGINT would raise KeyboardInterrupt),
+    SIGINT just counts. A KeyboardInterrupt raised mid-read could drop bytes already read
+    from the pty; a counter cannot. The previous handler is restored on exit."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def take(self) -> int:
+        n, self.count = self.count, 0
+        return n
+
+    def __enter__(self) -> _SigintCatcher:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                previous = signal.getsignal(signal.SIGINT)
+                if previous is signal.default_int_handler:
+                    signal.signal(signal.SIGINT, self._handler)
+                    self._previous, self._installed = previous, True
+            except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+
+class _Escalation:
+    """SIGINT once; after ``grace`` SIGTERM; after another ``grace`` SIGKILL. A further
+    stop request skips the wait for the next step."""
+
+    def __init__(self, proc: StapProcess, grace: float) -> None:
+        self.proc = proc
+        self.grace = grace
+        self.level = 0  # 0 nothing sent, 1 SIGINT, 2 SIGTERM, 3 SIGKILL
+        self.interrupted = False
+        self.escalated: Literal["SIGTERM", "SIGKILL"] | None = None
+        self.deadline: float | None = None
+
+    def request(self) -> None:
+        """A stop request (Ctrl-C, the stop event)."""
+        if self.level == 0:
+            self.interrupted = True
+            self.proc.interrupt()
+            self.level = 1
+            self.deadline = time.monotonic() + self.grace
+        else:
+            self._step()
+
+    def arm(self) -> None:
+        """Start the clock without a SIGINT (the output ended but the process lingers)."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.grace
+
+    def _step(self) -> None:
+        if self.level < 2:
+            self.proc.terminate()
+            self.level, self.escalated = 2, "SIGTERM"
+        elif self.level == 2:
+            self.proc.kill()
+            self.level, self.escalated = 3, "SIGKILL"
+        else:
+            self.level = 4  # given up
+        self.deadline = time.monotonic() + self.grace
+
+    def check(self) -> bool:
+        """Escalate when the deadline passed. Returns True once even SIGKILL did not end
+        the output (a stuck grandchild holds the pty): time to stop reading."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self._step()
+        return self.level >= 4
+
+
+def run(
+    argv: Sequence[str],
+    on_chunk: Callable[[bytes], None],
+    *,
+    stop: threading.Event | None = None,
+    grace: float = 5.0,
+    tick: Callable[[], None] | None = None,
+    tick_interval: float = 0.2,
+    env: Mapping[str, str] | None = None,
+    linger: float = 1.0,
+) -> RunStatus:
+    """Run ``argv`` under a pty until its output ends; feed every chunk to ``on_chunk``.
+
+    ``tick`` is called at most every ``tick_interval`` seconds, with or without new data
+    (the records parser flushes and the live view updates there). A stop - SIGINT to this
+    process (Jupyter's stop button; intercepted without raising while run() is active in the
+    main thread), a KeyboardInterrupt raised by a callback, or ``stop`` being set - sends
+    SIGINT to stap ONCE and keeps reading until EOF so the ``end`` probes' output arrives;
+    after ``grace`` seconds SIGTERM, after another ``grace`` SIGKILL; another stop request
+    skips the wait. Every byte read is passed on; the child is reaped and the pty closed
+    whatever happens. Exceptions from the callbacks (other than KeyboardInterrupt) stop the
+    child and propagate.
+    """
+    argv = list(argv)
+    started = time.monotonic()
+    poll_interval = max(0.005, min(0.05, tick_interval))
+    stop_seen = False
+    last_tick = started
+    # SIGINT only counts from here on: while spawning, reading, and while closing (a stop
+    # pressed during close() must not leave the pty open or the child unreaped).
+    with _SigintCatcher() as sigint:
+        proc = StapProcess(argv, env=env, linger=linger)
+        esc = _Escalation(proc, grace)
+        try:
+            eof = False
+            while True:
+                try:
+                    requests = sigint.take()
+                    if stop is not None and not stop_seen and stop.is_set():
+                        stop_seen = True
+                        requests += 1
+                    for _ in range(requests):
+                        esc.request()
+                    if esc.check():
+                        break
+                    if not eof:
+                        chunk = proc.read(poll_interval)
+                        if chunk is None:
+                            eof = True
+                        elif chunk:
+                            on_chunk(chunk)
+                    if eof:
+                        if not proc.isalive():
+                            break
+                        esc.arm()  # the pty closed but the process has not exited yet
+                        time.sleep(poll_interval / 5)
+                    if tick is not None:
+                        now = time.monotonic()
+                        if now - last_tick >= tick_interval:
+                            last_tick = now
+                            tick()
+                except KeyboardInterrupt:
+                    esc.request()
+        finally:
+            proc.close(grace=grace)  # instant when the child already exited
+    return RunStatus(
+        exit_status=proc.exitstatus,
+        signal=proc.signalstatus,
+        interrupted=esc.interrupted,
+        escalated=esc.escalated,
+        duration=time.monotonic() - started,
+        argv=tuple(argv),
+    )

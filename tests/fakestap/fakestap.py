@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""A stand-in for stap, for PROCESS-HANDLING tests only (streaming, signals, exit codes).
+
+It never probes anything and proves nothing about SystemTap; like pexpect's own fake ssh
+it only behaves like a process that prints, waits, handles signals and exits.
+
+    fakestap.py MODE [ARGS...]
+
+Modes:
+  stream GATE         print "line 1", wait until the file GATE exists (max 10 s; else
+                      print "TIMEOUT" and exit 3), print "line 2" and a last line with no
+                      newline, exit 0
+  mixed               records on stdout interleaved with messages on stderr, partial last line
+  sigint [READY]      print BEGIN and "hit N" every 20 ms; on SIGINT print "END hits=N",
+                      exit 0 (like stap's end probe); touch READY after the first hit
+  ignore-int          like sigint, but SIGINT only prints "ignoring SIGINT"; SIGTERM kills
+  ignore-int-term     ignores SIGINT and SIGTERM (prints a line for each): only SIGKILL works
+  segv N              print N lines, then die of SIGSEGV
+  exit CODE [TEXT]    print TEXT (default "bye"), exit CODE
+  flood N             print N numbered lines as fast as possible, exit 0
+  background PIDFILE  start a grandchild that keeps the pty open (sleeps 30 s; its pid goes
+                      to PIDFILE), print "parent done", exit 0 at once
+  linger-exit         close stdout/stderr (pty EOF) but keep running 30 s
+  stap ARGS...        pretend to be `stap`: print "ARGV <json of ARGS>" and exit 0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+
+def out(text: str, end: str = "\n", stream=None) -> None:
+    stream = stream or sys.stdout
+    stream.write(text + end)
+    stream.flush()
+
+
+def hits_loop(on_int, on_term=None, ready: str | None = None) -> None:
+    state = {"n": 0}
+    signal.signal(signal.SIGINT, lambda s, f: on_int(state))
+    if on_term is not None:
+        signal.signal(signal.SIGTERM, lambda s, f: on_term(state))
+    out("BEGIN")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state["n"] += 1
+        out(f"hit {state['n']}")
+        if ready and state["n"] == 1:
+            open(ready, "w").close()
+        time.sleep(0.02)
+    out("TIMEOUT")
+    sys.exit(3)
+
+
+def main(argv: list[str]) -> int:
+    mode, args = argv[0], argv[1:]
+    if mode == "stream":
+        gate = args[0]
+        out("line 1")
+        deadline = time.monotonic() + 10
+        while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                out("TIMEOUT")
+                return 3
+            time.sleep(0.01)
+        out("line 2")
+        out("last line without newline", end="")
+        return 0
+    if mode == "mixed":
+        for i in range(3):
+            out(f"@@sm1\t0\t{i}\t1\t1\t0\tpython3\t@@")
+            out(f"WARNING: message {i}", stream=sys.stderr)
+            time.sleep(0.01)
+        out("partial", end="")
+        return 0
+    if mode in ("sigint", "ignore-int", "ignore-int-term"):
+        def end(state):
+            out(f"END hits={state['n']}")
+            sys.exit(0)
+
+        def ignore_int(state):
+            out("ignoring SIGINT")
+
+        def ignore_term(state):
+            out("ignoring SIGTERM")
+
+        if mode == "sigint":
+            hits_loop(end, ready=args[0] if args else None)
+        elif mode == "ignore-int":
+            hits_loop(ignore_int)
+        else:
+            hits_loop(ignore_int, ignore_term)
+        return 0
+    if mode == "segv":
+        for i in range(int(args[0])):
+            out(f"row {i}")
+        signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(5)
+        return 4
+    if mode == "exit":
+        out(args[1] if len(args) > 1 else "bye")
+        return int(args[0])
+    if mode == "flood":
+        n = int(args[0])
+        w = sys.stdout.write
+        for i in range(n):
+            w(f"@@sm1\t0\t{i}\t@@\n")
+        sys.stdout.flush()
+        return 0
+    if mode == "background":
+        pid = os.fork()
+        if pid == 0:  # the grandchild keeps the pty (fds 0-2) open
+            time.sleep(30)
+            os._exit(0)
+        with open(args[0], "w") as f:
+            f.write(str(pid))
+        out("parent done")
+        return 0
+    if mode == "linger-exit":
+        out("closing output")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        time.sleep(30)
+        return 0
+    if mode == "stap":
+        out("Pass 5: starting run.", stream=sys.stderr)
+        out("ARGV " + json.dumps(args))
+        return 0
+    out(f"fakestap: unknown mode {mode!r}", stream=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
