@@ -578,10 +578,21 @@ def _build(force: bool, log: Log, keep_running: bool) -> tuple[Path, dict[str, A
         + "\n"
     )
     log(f"lab: build complete in {timings['total_this_run']:.1f} s ({timings})")
+    _prune_old_recipes(log)
     if keep_running:
         return root, state
     down(log=log)
     return root, None
+
+
+def _prune_old_recipes(log: Log) -> None:
+    """Trees of earlier recipes are ~2 GB each and never used again: remove them."""
+    current = _recipe_dir().resolve()
+    for child in cache_root().iterdir():
+        if (child.is_dir() and child.resolve() != current and re.fullmatch(r"[0-9a-f]{16}", child.name)
+                and not _mounts_under(child / "root")):
+            log(f"lab: removing the tree of an older recipe: {child}")
+            _safe_rmtree(child)
 
 
 def build(force: bool = False, log: Log = print) -> Path:

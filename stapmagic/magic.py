@@ -6,17 +6,22 @@ Options are parsed here, everything else happens in `pipeline`; domain errors be
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
 import shlex
 import sys
+import time
 from typing import Any
 
+import pandas as pd
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Float, Int, Unicode
+from traitlets import Bool, Float, Int, Unicode, default, observe
 
-from . import display, live, pipeline, plot  # noqa: F401  (plot registers the df.kprobe accessor)
+# plot registers the df.kprobe accessor
+from . import display, live, pipeline, plot, recording, runner  # noqa: F401
 from .errors import StapMagicError
 
 
@@ -34,8 +39,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _speed(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(text)
+    return value
+
+
 def _reg_list(text: str) -> tuple[str, ...]:
     return tuple(r.strip() for r in text.split(",") if r.strip())
+
+
+def _linear(text: str) -> tuple[int, int, int]:
+    lo, hi, step = (int(v) for v in text.split(","))
+    return lo, hi, step
 
 
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -100,6 +117,15 @@ def _common_options(func: Any) -> Any:
         argument("-q", "--quiet", action="store_true", help="no progress or live view"),
         argument("--bg", action="store_true",
                  help="run in the background: returns the run (.df, .stop(), .wait())"),
+        argument("--record", metavar="FILE", help="also save the run (stap's raw output) to FILE"),
+        argument("--replay", metavar="FILE",
+                 help="run the pipeline from a recording instead of stap"),
+        argument("--recording", metavar="NAME",
+                 help="this cell's recording, recordings/NAME.jsonl: made in mode record, "
+                      "replayed in mode replay (see KprobeMagics.mode)"),
+        argument("--replay-speed", type=_speed, metavar="X",
+                 help="replay pace: 0 as fast as possible (default), 1 as recorded, 2 twice "
+                      "as fast"),
     ]):
         func = deco(func)
     return func
@@ -117,8 +143,35 @@ class KprobeMagics(Magics):
     )
     string_max = Int(64, help="Length cap of str/ustr arguments.").tag(config=True)
     show_messages = Bool(True, help="Print stap's messages after each run.").tag(config=True)
+    mode = Unicode(help="live: run stap; record: run stap and save cells with --recording NAME; "
+                        "replay: replay those recordings; auto: $STAPMAGIC_MODE if set, else "
+                        "live where the target can run stap, else replay. Default: "
+                        "$STAPMAGIC_MODE or live.").tag(config=True)
+    recordings_dir = Unicode("recordings", help="Where --recording NAME lives (relative to "
+                                                "the working directory, i.e. the notebook's)."
+                             ).tag(config=True)
+    replay_speed = Float(0.0, help="Default --replay-speed: 0 as fast as possible, 1 as "
+                                   "recorded.").tag(config=True)
+
+    @default("target")
+    def _default_target(self) -> str:
+        return os.environ.get("STAPMAGIC_TARGET", "").strip() or "local"
+
+    @default("mode")
+    def _default_mode(self) -> str:
+        env = os.environ.get("STAPMAGIC_MODE", "").strip().lower()
+        return env if env in recording.MODES else "live"
+
+    @observe("mode")
+    def _mode_changed(self, change: Any) -> None:
+        self._resolved.clear()
+        try:
+            self._action(self.target, announce=True)
+        except StapMagicError as exc:
+            raise UsageError(str(exc)) from None
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        self._resolved: dict[tuple[str, str], tuple[str, str]] = {}
         super().__init__(shell=shell, **kwargs)
         self.runs: list[pipeline.ProbeRun] = []
 
@@ -132,6 +185,20 @@ class KprobeMagics(Magics):
               help="register columns, e.g. rip,rax,rdi (u_register values)")
     @argument("--print-regs", action="store_true",
               help="a print_regs() dump per event, split into one column per register")
+    @argument("--latency", action="store_true",
+              help="pair each FUNCTION with its return: one row per call with latency_ns")
+    @argument("--hist", metavar="WHAT",
+              help="latency, retval or ARG: an in-kernel log2 histogram per probe, printed "
+                   "at the end instead of rows (latency implies --latency)")
+    @argument("--hist-linear", type=_linear, metavar="MIN,MAX,STEP",
+              help="linear buckets for --hist instead of log2")
+    @argument("--count-by", metavar="KEY",
+              help="comm, pid, cpu, retval or ARG: in-kernel event counts per key")
+    @argument("--cmd-only", action="store_true",
+              help="with -c: only events of the command's process (target(), like -x)")
+    @argument("--list-running", action="store_true",
+              help="%%kprobe --list-running: a table of the live (--bg) runs")
+    @argument("--stop-all", action="store_true", help="%%kprobe --stop-all: stop every live run")
     @argument("spec", nargs="*", help="[MODULE:]FUNCTION[.return[:TYPE]] [NAME:TYPE ...]")
     @line_cell_magic
     def kprobe(self, line: str, cell: str | None = None) -> Any:
@@ -140,13 +207,14 @@ class KprobeMagics(Magics):
         %%kprobe tcp_v4_connect sk:ptr uaddr:ptr len:uint
         """
         args = self._parse(self.kprobe, line)
+        if args.list_running or args.stop_all:
+            if cell is not None or args.spec:
+                raise UsageError("--list-running and --stop-all take no spec: %kprobe --stop-all")
+            return self.list_running() if args.list_running else self._stop_all_verbose()
         first_line = " ".join(args.spec)
         opts = self._options(args)
-        try:
-            run = pipeline.prepare(first_line, cell or "", opts)
-        except StapMagicError as exc:
-            raise UsageError(str(exc)) from None
-        return self._go(run, args, opts)
+        run, plan = self._prepare("kprobe", args, opts, first_line, cell or "")
+        return self._go(run, args, opts, plan)
 
     # -- %%stap -----------------------------------------------------------------------
 
@@ -158,11 +226,8 @@ class KprobeMagics(Magics):
         """Run a hand-written SystemTap script through the same runner."""
         args = self._parse(self.stap, line)
         opts = self._options(args)
-        try:
-            run = pipeline.prepare_script(cell, opts)
-        except StapMagicError as exc:
-            raise UsageError(str(exc)) from None
-        return self._go(run, args, opts)
+        run, plan = self._prepare("stap", args, opts, "", cell)
+        return self._go(run, args, opts, plan)
 
     # -- shared ------------------------------------------------------------------------
 
@@ -192,12 +257,81 @@ class KprobeMagics(Magics):
             grace=self.grace,
             string_max=self.string_max,
             dry_run=args.dry_run,
+            latency=bool(getattr(args, "latency", False)),
+            hist=getattr(args, "hist", None),
+            hist_linear=getattr(args, "hist_linear", None),
+            count_by=getattr(args, "count_by", None),
+            command_only=bool(getattr(args, "cmd_only", False)),
         )
 
-    def _go(self, run: pipeline.ProbeRun, args: Any, opts: pipeline.ProbeOptions) -> Any:
+    def _action(self, target: str, announce: bool = False) -> tuple[str, str]:
+        """What cells do in the current mode on `target` (auto is resolved once per target)."""
+        key = (self.mode, target)
+        if key not in self._resolved:
+            action, why = recording.mode_for(self.mode, runner.parse_target(target))
+            self._resolved[key] = (action, why)
+            announce = True
+        action, why = self._resolved[key]
+        if announce:
+            rec = f"{self.recordings_dir}/NAME{recording.SUFFIX}"
+            head = f"stapmagic: mode {self.mode}" + (f" -> {action}" if self.mode == "auto" else "")
+            text = {
+                "live": f"every cell runs stap on target {target}; --recording is not written",
+                "record": f"cells run stap on target {target}; those with --recording NAME are "
+                          f"saved to {rec}",
+                "replay": f"cells with --recording NAME REPLAY {rec}, recorded on a real "
+                          "kernel; nothing is probed on this machine",
+            }[action]
+            print(f"{head} ({why}): {text}")
+        return action, why
+
+    def _prepare(self, kind: recording.Kind, args: Any, opts: pipeline.ProbeOptions,
+                 first_line: str, body: str) -> tuple[pipeline.ProbeRun, recording.Plan]:
+        """The run (live, to record, or from a recording) and the cell's recording plan."""
+        speed = self.replay_speed if args.replay_speed is None else args.replay_speed
+        action, why = "live", ""
+        if args.record is None and args.replay is None and self.mode != "live":
+            action, why = self._action(opts.target)
+        try:
+            if action == "replay" and args.recording is None and not args.dry_run:
+                # A bad spec is the better message; build it without touching the target.
+                offline = pipeline.replace_options(opts, dry_run=True)
+                if kind == "kprobe":
+                    pipeline.prepare(first_line, body, offline, build=lambda *a: [])
+                raise recording.ReplayError(
+                    f"mode {self.mode} replays ({why}), but this cell has no --recording NAME, "
+                    "so there is nothing to replay")
+            plan = recording.plan(kind, first_line, body, record=args.record,
+                                  replay=args.replay, name=args.recording, action=action,
+                                  speed=speed, directory=self.recordings_dir,
+                                  dry_run=args.dry_run)
+            if plan.replay is not None:
+                run = recording.prepare_replay(plan.replay, kind, first_line, body, opts)
+            elif kind == "kprobe":
+                run = pipeline.prepare(first_line, body, opts, lookup=plan.kallsyms)
+            else:
+                run = pipeline.prepare_script(body, opts)
+        except StapMagicError as exc:
+            raise UsageError(str(exc)) from None
+        return run, plan
+
+    def _go(self, run: pipeline.ProbeRun, args: Any, opts: pipeline.ProbeOptions,
+            plan: recording.Plan | None = None) -> Any:
         if args.dry_run:
             print(pipeline.dry_run_text(run))
             return None
+        plan = plan or recording.Plan()
+        recorder: recording.Recorder | None = None
+        source: recording.Player | None = None
+        if plan.replay is not None:
+            pace = ("as fast as possible" if plan.speed <= 0 else
+                    "at the recorded pace" if plan.speed == 1 else f"at {plan.speed:g}x speed")
+            print(f"stapmagic: {recording.describe(plan.replay)}; {pace}")
+            source = recording.Player(plan.replay, plan.speed)
+        elif plan.record is not None:
+            recorder = plan.start_recording(run, opts)
+            print(f"stapmagic: recording this run to {plan.record} (kernel "
+                  f"{recorder.header.kernel_release}, {recorder.header.stap_version})")
         view = None if args.quiet else live.LiveView()
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
@@ -208,13 +342,19 @@ class KprobeMagics(Magics):
                 if final:
                     view.close(run.summary())
             if final:
+                if recorder is not None:
+                    recorder.finish(run.status)
                 self._finish(run, args)
 
         self.runs.append(run)
+        tap = recorder.chunk if recorder is not None else None
         if args.bg:
-            pipeline.start(run, on_batch=on_batch, grace=opts.grace)
+            pipeline.start(run, on_batch=on_batch, grace=opts.grace, tap=tap, source=source)
+            if args.out:
+                self.shell.user_ns[args.out] = run
+            self.shell.user_ns["_kprobe"] = run
             return run
-        pipeline.execute(run, on_batch=on_batch, grace=opts.grace)
+        pipeline.execute(run, on_batch=on_batch, grace=opts.grace, tap=tap, source=source)
         return self._result(run, args)
 
     def _finish(self, run: pipeline.ProbeRun, args: Any) -> None:
@@ -224,8 +364,9 @@ class KprobeMagics(Magics):
         self._report(run)
 
     def _result(self, run: pipeline.ProbeRun, args: Any) -> Any:
-        """The frame (stored first, even for a failed run), or UsageError if stap failed."""
-        df = run.df
+        """The frame (stored first, even for a failed run), or UsageError if stap failed:
+        the events, or with --hist the histogram buckets, with --count-by the counts."""
+        df = run.result()
         df.attrs["kprobe_run"] = run
         if args.out:
             self.shell.user_ns[args.out] = df
@@ -244,11 +385,37 @@ class KprobeMagics(Magics):
                 print(f"stapmagic: {d.summary}", file=out)
         print(f"stapmagic: {run.summary()}", file=out)
 
-    def stop_all(self) -> None:
-        """Stop every live run (extension unload, interpreter exit)."""
-        for run in list(self.runs):
-            if run.running:
-                run.stop()
+    def stop_all(self, timeout: float | None = None) -> list[pipeline.ProbeRun]:
+        """Stop every live run (extension unload, interpreter exit): all are asked at once,
+        then waited for (each at most `timeout` s past stap's grace and escalation)."""
+        live_runs = [run for run in list(self.runs) if run.running]
+        for run in live_runs:
+            run.stop_event.set()
+        wait = timeout if timeout is not None else 3 * self.grace + 30
+        for run in live_runs:
+            run.wait(wait)
+        return live_runs
+
+    def _stop_all_verbose(self) -> None:
+        stopped = self.stop_all()
+        for run in stopped:
+            print(f"stapmagic: run {run.run_id} stopped: {run.summary()}")
+        if not stopped:
+            print("stapmagic: no run is live")
+
+    def list_running(self) -> Any:
+        """The live runs: id, probes, target, elapsed seconds, rows so far."""
+        now = time.time()
+        live_runs = [run for run in list(self.runs) if run.running]
+        return pd.DataFrame({
+            "id": pd.array([r.run_id for r in live_runs], dtype="int64"),
+            "probes": [", ".join(p.label for p in r.script.probes) if r.script is not None
+                       else "%%stap script" for r in live_runs],
+            "target": [r.target.url or r.target.kind for r in live_runs],
+            "elapsed_s": pd.array([round(now - r.started, 1) for r in live_runs],
+                                  dtype="float64"),
+            "rows": pd.array([r.parser.row_count for r in live_runs], dtype="int64"),
+        })
 
 
 def register(ipython: Any) -> None:
@@ -256,6 +423,10 @@ def register(ipython: Any) -> None:
     from . import one_line_cell
 
     ipython.register_magics(KprobeMagics)
+    magics = ipython.magics_manager.registry.get("KprobeMagics")
+    if magics is not None:
+        # Background runs hold a stap session (a kernel module) each: end them at exit.
+        atexit.register(magics.stop_all)
     display.install(ipython)
     transforms = ipython.input_transformer_manager.line_transforms
     if one_line_cell not in transforms:
@@ -270,6 +441,7 @@ def unregister(ipython: Any) -> None:
     magics = ipython.magics_manager.registry.get("KprobeMagics")
     if magics is not None:
         magics.stop_all()
+        atexit.unregister(magics.stop_all)
     transforms = ipython.input_transformer_manager.line_transforms
     if one_line_cell in transforms:
         transforms.remove(one_line_cell)

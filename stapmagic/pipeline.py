@@ -7,6 +7,7 @@ Nothing here knows about IPython: the magic parses options into `ProbeOptions`, 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shlex
 import threading
 import time
@@ -17,8 +18,9 @@ from typing import Any
 import pandas as pd
 
 from . import diagnose, records, runner
-from .errors import SpecError
-from .script import Script, ScriptOptions, generate, module_statement_probe
+from .errors import OptionError, SpecError
+from .hist import Histogram, Summary
+from .script import COUNT_KEYS, Script, ScriptOptions, generate, module_statement_probe
 from .spec import Spec, parse_spec
 
 
@@ -39,6 +41,14 @@ class ProbeOptions:
     grace: float = 5.0
     string_max: int = 64
     dry_run: bool = False
+    latency: bool = False
+    hist: str | None = None
+    hist_linear: tuple[int, int, int] | None = None
+    count_by: str | None = None
+    command_only: bool = False      # --cmd-only: events of the -c command's process only
+
+
+_run_ids = itertools.count(1)
 
 
 @dataclass
@@ -66,12 +76,24 @@ class ProbeRun:
     thread: threading.Thread | None = field(default=None, repr=False)
     skipped: int = 0
     transport_failures: int = 0
+    # --hist: the @@smh blocks and @@sms lines, collected from the batches as they come.
+    histograms: list[Histogram] = field(default_factory=list)
+    summaries: list[Summary] = field(default_factory=list)
+    run_id: int = field(default_factory=lambda: next(_run_ids))
 
     @property
     def df(self) -> pd.DataFrame:
         """Every row received so far (safe to read while a background run is live)."""
         with self.lock:
             return self.parser.frame()
+
+    def __repr__(self) -> str:
+        # Short: a --bg cell's value is the run itself, and attrs of frames show it too.
+        what = (", ".join(p.label for p in self.script.probes) if self.script is not None
+                else "%%stap script")
+        state = "running" if self.running else (self.summary() if self.status else "not run")
+        return (f"<ProbeRun {self.run_id}: {what} on {self.target.url or self.target.kind}; "
+                f"{self.parser.row_count} rows; {state}>")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ProbeRun:
         # pandas deep-copies df.attrs, where the magic keeps its run: a run is one live
@@ -84,6 +106,8 @@ class ProbeRun:
             c = diagnose.counters(batch.messages)
             self.skipped += c.skipped_probes
             self.transport_failures += c.transport_failures
+        self.histograms.extend(batch.histograms)
+        self.summaries.extend(batch.summaries)
 
     def stop(self, timeout: float | None = None) -> ProbeRun:
         """Ask stap to stop (SIGINT, then escalation) and wait for the end; keeps every row."""
@@ -129,6 +153,11 @@ class ProbeRun:
     def summary(self) -> str:
         """One line: rows, messages, damage, how it ended."""
         parts = [f"{self.parser.row_count} rows"]
+        notes = self._aggregate_notes()
+        if notes and self.script is not None and self.script.aggregate is not None \
+                and not self.parser.row_count:
+            parts = []  # an aggregating script prints no rows: "0 rows" says nothing
+        parts += notes
         c = self.counters
         if c.skipped_probes:
             parts.append(f"{c.skipped_probes} skipped probes")
@@ -147,14 +176,122 @@ class ProbeRun:
         return ", ".join(parts)
 
 
+    # -- aggregates (--latency, --hist, --count-by) ---------------------------------------
+
+    def _tag_total(self, tag: str, name: str) -> int:
+        with self.lock:
+            return sum(t.value for t in self.parser.tag_counts if t.tag == tag and t.name == name)
+
+    @property
+    def unpaired(self) -> int:
+        """Returns of .call+return probes without a recorded entry: skipped, never a row."""
+        return self._tag_total("smc", "unpaired")
+
+    @property
+    def count_overflow(self) -> int:
+        """--count-by events whose key came after the key array was full: not counted."""
+        return self._tag_total("smc", "count_overflow")
+
+    def _aggregate_notes(self) -> list[str]:
+        notes = []
+        agg = self.script.aggregate if self.script is not None else None
+        if agg is not None and agg.mode == "hist" and self.summaries:
+            notes.append(f"histogram of {sum(s.count for s in self.summaries)} events")
+        elif agg is not None and agg.mode == "count":
+            with self.lock:
+                keys = [t for t in self.parser.tag_counts if t.tag == "smk"]
+            if keys:
+                notes.append(f"{sum(t.value for t in keys)} events counted by {agg.of} "
+                             f"({len(keys)} keys)")
+        if self.unpaired:
+            notes.append(f"{self.unpaired} returns without a recorded entry were skipped")
+        if self.count_overflow:
+            notes.append(f"{self.count_overflow} events with a key past the first "
+                         f"{COUNT_KEYS} were not counted")
+        return notes
+
+    @property
+    def hist(self) -> pd.DataFrame:
+        """--hist: the buckets of every probe's histogram (probe, value, low, high, count;
+        [low, high) as in hist.py); attrs: kind, of, and the @count/@min/@max/@avg/@sum
+        summaries (`summaries` by probe; the fields themselves too when there is one)."""
+        frames = [h.frame.assign(probe=h.name) for h in self.histograms]
+        cols = ["probe", "value", "low", "high", "count"]
+        if frames:
+            df = pd.concat(frames, ignore_index=True)[cols]
+        else:
+            df = pd.DataFrame({"probe": pd.array([], dtype="str"),
+                               "value": pd.array([], dtype="int64"),
+                               "low": pd.array([], dtype="Int64"),
+                               "high": pd.array([], dtype="Int64"),
+                               "count": pd.array([], dtype="int64")})
+        df["probe"] = df["probe"].astype("category")
+        agg = self.script.aggregate if self.script is not None else None
+        df.attrs["kind"] = "linear" if agg and (agg.hist_kind or "").startswith("linear") \
+            else "log"
+        df.attrs["of"] = agg.of if agg else None
+        stats = {s.name: dataclasses.asdict(s) for s in self.summaries}
+        df.attrs["summaries"] = stats
+        if len(stats) == 1:
+            df.attrs.update({k: v for k, v in next(iter(stats.values())).items() if k != "name"})
+        df.attrs["kprobe_run"] = self
+        return df
+
+    @property
+    def counts(self) -> pd.DataFrame:
+        """--count-by: one row per (probe, key) with its count, most frequent first."""
+        agg = self.script.aggregate if self.script is not None else None
+        labels = [p.label for p in self.script.probes] if self.script is not None else []
+        kinds = dict(zip(labels, agg.key_kinds if agg else (), strict=False))
+        with self.lock:
+            lines = [t for t in self.parser.tag_counts if t.tag == "smk"]
+        used = {kinds.get(t.name, "str") for t in lines} or set(agg.key_kinds if agg else ())
+
+        def key(t: records.TagCount) -> Any:
+            kind = kinds.get(t.name, "str")
+            if kind == "str":
+                return records.unescape_text(t.key.encode())
+            return int(t.key, 16 if kind == "hex" else 10)
+
+        keys = [key(t) for t in lines]
+        if used and used <= {"int"}:
+            key_col: Any = pd.array(keys, dtype="int64")
+        elif used and used <= {"uint", "hex"}:
+            key_col = pd.array(keys, dtype="uint64")
+        elif used <= {"str"}:
+            key_col = pd.array(keys, dtype="str")
+        else:
+            key_col = pd.array(keys, dtype=object)
+        df = pd.DataFrame({"probe": pd.Categorical([t.name for t in lines]), "key": key_col,
+                           "count": pd.array([t.value for t in lines], dtype="int64")})
+        df = df.sort_values("count", ascending=False, kind="stable", ignore_index=True)
+        df.attrs["count_by"] = agg.of if agg else None
+        df.attrs["kprobe_run"] = self
+        return df
+
+    def result(self) -> pd.DataFrame:
+        """What the magic returns: the histogram (--hist), the counts (--count-by), or df."""
+        agg = self.script.aggregate if self.script is not None else None
+        if agg is None:
+            return self.df
+        return self.hist if agg.mode == "hist" else self.counts
+
+
 def script_options(opts: ProbeOptions) -> ScriptOptions:
+    if opts.command_only and opts.command is None:
+        raise OptionError("--cmd-only keeps the events of the -c command: give -c CMD")
     return ScriptOptions(
         count=opts.count,
         duration=opts.duration,
         regs=opts.regs,
         print_regs=opts.print_regs,
-        filter_pid=opts.pid is not None,
+        # target() is the -x PID, or the process stap started for -c.
+        filter_pid=opts.pid is not None or opts.command_only,
         string_max=opts.string_max,
+        latency=opts.latency,
+        hist=opts.hist,
+        hist_linear=opts.hist_linear,
+        count_by=opts.count_by,
     )
 
 
@@ -232,8 +369,14 @@ def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
     return dataclasses.replace(spec, probes=tuple(probes))
 
 
+ArgvBuilder = Callable[[str, ProbeOptions, runner.Target], list[str]]
+# Plays the role of runner.run: (argv, on_chunk, *, stop, grace, tick) -> RunStatus.
+Source = Callable[..., runner.RunStatus]
+
+
 def prepare(first_line: str, body: str, opts: ProbeOptions, *,
             lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
+            build: ArgvBuilder = build_argv,
             ) -> ProbeRun:
     """Parse, generate and build the command line; raises SpecError/OptionError early."""
     target = runner.parse_target(opts.target)
@@ -246,15 +389,16 @@ def prepare(first_line: str, body: str, opts: ProbeOptions, *,
             "after %%kprobe or on the lines below it"
         )
     script = generate(spec, script_options(opts))
-    argv = build_argv(script.text, opts, target)
+    argv = build(script.text, opts, target)
     return ProbeRun(spec, script, argv, target, records.RecordParser(script.probes),
                     script_text=script.text)
 
 
-def prepare_script(text: str, opts: ProbeOptions) -> ProbeRun:
+def prepare_script(text: str, opts: ProbeOptions, *, build: ArgvBuilder = build_argv,
+                   ) -> ProbeRun:
     """A hand-written SystemTap script (%%stap) through the same runner."""
     target = runner.parse_target(opts.target)
-    argv = build_argv(text, opts, target)
+    argv = build(text, opts, target)
     return ProbeRun(None, None, argv, target, records.RecordParser(()), script_text=text)
 
 
@@ -263,13 +407,19 @@ def execute(
     *,
     on_batch: Callable[[ProbeRun, records.Batch, bool], None] | None = None,
     grace: float = 5.0,
+    tap: Callable[[bytes], None] | None = None,
+    source: Source | None = None,
 ) -> ProbeRun:
     """Run stap to the end (or to an interrupt) feeding the parser; never raises on stap failure.
 
     `on_batch(run, batch, final)` sees every batch; `final` is True once, at the end.
+    `tap(chunk)` sees stap's raw output first (the recorder); `source` replaces runner.run
+    (a replay: recording.Player), so a replay goes through exactly this code.
     """
 
     def on_chunk(data: bytes) -> None:
+        if tap is not None:
+            tap(data)
         with run.lock:
             run.parser.feed(data)
 
@@ -281,7 +431,8 @@ def execute(
             on_batch(run, batch, False)
 
     try:
-        run.status = runner.run(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
+        play = runner.run if source is None else source
+        run.status = play(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
     finally:
         with run.lock:
             batch = run.parser.close()
@@ -304,10 +455,13 @@ def start(
     *,
     on_batch: Callable[[ProbeRun, records.Batch, bool], None] | None = None,
     grace: float = 5.0,
+    tap: Callable[[bytes], None] | None = None,
+    source: Source | None = None,
 ) -> ProbeRun:
     """`execute` in a background thread; the run's `df` grows while it runs."""
     thread = threading.Thread(
-        target=execute, args=(run,), kwargs={"on_batch": on_batch, "grace": grace},
+        target=execute, args=(run,),
+        kwargs={"on_batch": on_batch, "grace": grace, "tap": tap, "source": source},
         name=f"stapmagic-run-{id(run):x}", daemon=True,
     )
     run.thread = thread

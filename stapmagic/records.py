@@ -20,6 +20,8 @@ once; `frame()` concatenates them column by column.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +49,8 @@ __all__ = [
     "format_record",
     "parse_record",
     "parse_print_regs",
+    "TagCount",
+    "parse_tag_count",
 ]
 
 RECORD_TAG = b"@@sm1"
@@ -55,6 +59,30 @@ _SUFFIX = b"\t@@"
 _HIST_TAG = b"@@smh\t"
 _HIST_END = b"@@smh-end"
 _SUMMARY_TAG = b"@@sms\t"
+_COUNTER_TAG = b"@@smc\t"
+_KEYS_TAG = b"@@smk\t"
+
+
+@dataclass(frozen=True)
+class TagCount:
+    """A `@@smc <TAB> name <TAB> probe_index <TAB> value <TAB> @@` counter (key: the probe
+    index) or a `@@smk <TAB> name <TAB> key <TAB> count <TAB> @@` count per key (name: the
+    probe label; key: as printed, text_str-escaped for strings). tag: "smc" or "smk"."""
+
+    tag: str
+    name: str
+    key: str
+    value: int
+
+
+def parse_tag_count(line: bytes) -> TagCount:
+    """Parse one `@@smc`/`@@smk` line (a trailing ``\\r`` is ignored); ValueError if bad."""
+    parts = line.rstrip(b"\r\n").split(b"\t")
+    if len(parts) != 5 or parts[0] not in (b"@@smc", b"@@smk") or parts[4] != b"@@" or \
+            not re.fullmatch(rb"-?\d+", parts[3]):
+        raise ValueError(f"not an @@smc/@@smk line: {line!r}")
+    text = [p.decode("utf-8", "backslashreplace") for p in parts[:3]]
+    return TagCount(text[0][2:], text[1], text[2], int(parts[3]))
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -71,8 +99,9 @@ _UINT64_MAX = (1 << 64) - 1
 
 # What text_str() prints verbatim: printable ASCII except `"` and `\`.
 _PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in (0x22, 0x5C))
-# What may appear raw inside an escaped field: the above plus `\` (starting an escape).
-_FIELD_CHARS = _PLAIN + b"\\"
+# What may appear raw inside an escaped field: the above plus `\` and `"` (a `"` only as
+# part of the escape `\"`).
+_FIELD_CHARS = _PLAIN + b'\\"'
 _SHORT_ESCAPES = {7: b"\\a", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t",
                   11: b"\\v", 0x22: b'\\"', 0x5C: b"\\\\"}
 _UNESCAPE_SIMPLE = {ord("a"): 7, ord("b"): 8, ord("f"): 12, ord("n"): 10, ord("r"): 13,
@@ -154,15 +183,19 @@ def unescape_text(b: bytes) -> str:
     if b.translate(None, _FIELD_CHARS):
         raise ValueError("raw byte that text_str() escapes")
     if b"\\" not in b:
+        if b'"' in b:
+            raise ValueError('raw "')
         return b.decode("ascii")
     out = bytearray()
     pos = 0
     while True:
         j = b.find(b"\\", pos)
+        seg = b[pos:] if j < 0 else b[pos:j]
+        if b'"' in seg:
+            raise ValueError('raw "')
+        out += seg
         if j < 0:
-            out += b[pos:]
             break
-        out += b[pos:j]
         m = _ESCAPE_RE.match(b, j)
         if m is None:
             raise ValueError(f"bad escape at {j}")
@@ -547,6 +580,24 @@ class _Group:
                        for f in g.fields])
 
 
+@dataclass
+class _Parsed:
+    """What the vectorized parse of a batch of one shape produced (no parser state yet:
+    comm as its decoded dictionary and indices; bad: rows the column checks rejected)."""
+
+    sid: int
+    n: int
+    idx: list[I64]
+    time: list[I64]
+    pid: list[I64]
+    tid: list[I64]
+    cpu: list[I64]
+    comm_vals: AnyArr
+    comm_ind: list[I64]
+    fields: list[list[Chunk]]
+    bad: BoolArr | None
+
+
 # --------------------------------------------------------------------------------------
 # Vectorized conversions
 # --------------------------------------------------------------------------------------
@@ -574,7 +625,8 @@ def _binary_parts(arr: Any) -> tuple[I64, npt.NDArray[np.uint8]]:
 
 
 def _rows_of(positions: I64, offs: I64) -> I64:
-    return cast(I64, np.searchsorted(offs, positions, side="right") - 1)
+    rows: I64 = np.searchsorted(offs, positions, side="right") - 1
+    return rows
 
 
 def _hex_chunk(arr: Any) -> tuple[U64, BoolArr]:
@@ -604,10 +656,11 @@ def _str_chunk(arr: Any) -> tuple[Any, BoolArr]:
     offs, data = _binary_parts(arr)
     n = len(offs) - 1
     bad = np.zeros(n, dtype=np.bool_)
-    badpos = np.flatnonzero(~_TEXT_OK[data] & (data != 0x5C))
+    special = (data == 0x5C) | (data == 0x22)       # \ and " : checked by unescape_text
+    badpos = np.flatnonzero(~_TEXT_OK[data] & ~special)
     if badpos.size:
         bad[_rows_of(badpos, offs)] = True
-    bspos = np.flatnonzero(data == 0x5C)
+    bspos = np.flatnonzero(special)
     if not bspos.size and not badpos.size:
         return arr.view(pa.string()), bad
     esc_rows = set(_rows_of(bspos, offs).tolist())
@@ -667,13 +720,84 @@ def _np_chunks(col: Any) -> list[AnyArr]:
 # --------------------------------------------------------------------------------------
 
 
+_NUMERIC_STORES = ("time", "cat", "int64", "uint64", "Int64", "UInt64")
+_STORE_DTYPE: dict[str, Any] = {"time": np.int64, "cat": np.int32, "int64": np.int64,
+                                "uint64": np.uint64, "Int64": np.int64, "UInt64": np.uint64}
+# Rows reserved up front in every numeric column: anonymous memory that is not touched
+# until rows arrive, so this costs address space, not RSS. Rows are copied in while they
+# are hot in cache and frame() returns views, with no concatenation. Past it the columns
+# grow x2 (one copy).
+INITIAL_ROWS = 1 << 22
+_HUGE = 2 << 20
+
+
+def _reserve(nbytes: int) -> mmap.mmap:
+    """Anonymous memory for a column. Beyond its first 2 MiB it asks for transparent huge
+    pages: a page fault per 2 MiB instead of per 4 KiB (faults are most of the cost of
+    filling fresh memory; a small table stays on small pages)."""
+    m = mmap.mmap(-1, max(nbytes, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if nbytes > 2 * _HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):
+            m.madvise(mmap.MADV_HUGEPAGE, _HUGE, nbytes - _HUGE)
+    return m
+
+
+def _empty(capacity: int, dtype: Any) -> AnyArr:
+    dt = np.dtype(dtype)
+    return np.frombuffer(_reserve(capacity * dt.itemsize), dtype=dt, count=capacity)
+
+
+class _Table:
+    """The numeric columns of all rows so far, contiguous, with spare capacity."""
+
+    def __init__(self, dtypes: dict[str, Any], capacity: int = INITIAL_ROWS) -> None:
+        self.n = 0
+        self.capacity = capacity
+        self.generation = 0          # bumped when the arrays are replaced by bigger ones
+        self.arrays: dict[str, AnyArr] = {k: _empty(capacity, dt) for k, dt in dtypes.items()}
+
+    def reserve(self, k: int) -> None:
+        need = self.n + k
+        if need <= self.capacity:
+            return
+        cap = self.capacity
+        while cap < need:
+            cap *= 2
+        for key, old in self.arrays.items():
+            new = _empty(cap, old.dtype)
+            new[: self.n] = old[: self.n]
+            self.arrays[key] = new
+        self.capacity = cap
+        self.generation += 1
+
+    def write(self, key: str, start: int, chunks: Sequence[AnyArr]) -> None:
+        arr = self.arrays[key]
+        pos = start
+        for c in chunks:
+            k = len(c)
+            arr[pos:pos + k] = c
+            pos += k
+
+
 class _ColumnStore:
-    """The chunks of one output column, and how to turn one into a pandas array."""
+    """One output column: numeric ones live in the parser's _Table, str/errno/object ones
+    as a list of chunks."""
 
     def __init__(self, name: str, store: Store) -> None:
         self.name = name
         self.store = store
+        self.numeric = store in _NUMERIC_STORES
+        self.nullable = store in ("Int64", "UInt64")
         self.chunks: list[Chunk] = []
+
+    def keys(self) -> list[tuple[str, Any]]:
+        """The _Table arrays of this column (values, and the mask for Int64/UInt64)."""
+        if not self.numeric:
+            return []
+        keys = [(self.name, _STORE_DTYPE[self.store])]
+        if self.nullable:
+            keys.append((self.name + "\0mask", np.bool_))
+        return keys
 
     def to_pandas(self, chunk: Chunk, categories: Sequence[str] | None) -> Any:
         s = self.store
@@ -685,10 +809,20 @@ class _ColumnStore:
             return pd.arrays.IntegerArray(chunk[0], chunk[1])
         if s == "cat":
             assert categories is not None
-            return pd.Categorical.from_codes(chunk, categories=categories, validate=False)
+            return cast(Any, pd.Categorical).from_codes(chunk, categories=list(categories),
+                                                        validate=False)
         if s == "str":
             return pd.array(chunk, dtype="str")
         return pd.Series(chunk, dtype=object, copy=False)
+
+    def from_table(self, table: _Table, start: int, end: int, copy: bool) -> Chunk:
+        v = table.arrays[self.name][start:end]
+        if copy:
+            v = v.copy()
+        if not self.nullable:
+            return v
+        m = table.arrays[self.name + "\0mask"][start:end]
+        return (v, m.copy() if copy else m)
 
     def concat(self, chunks: Sequence[Chunk]) -> Chunk:
         if not chunks:
@@ -700,21 +834,11 @@ class _ColumnStore:
     def consolidate(self) -> Chunk:
         """All chunks as one; the chunks are replaced by it (so memory is held once)."""
         whole = self.concat(self.chunks)
-        self.chunks = [whole] if self.store != "str" else list(whole.chunks)
+        self.chunks = list(whole.chunks) if self.store == "str" else [whole]
         return whole
 
     def empty(self) -> Chunk:
-        s = self.store
-        if s in ("time", "int64"):
-            return np.zeros(0, dtype=np.int64)
-        if s == "uint64":
-            return np.zeros(0, dtype=np.uint64)
-        if s == "cat":
-            return np.zeros(0, dtype=np.int32)
-        if s in ("Int64", "UInt64"):
-            return (np.zeros(0, dtype=np.int64 if s == "Int64" else np.uint64),
-                    np.zeros(0, dtype=np.bool_))
-        if s == "str":
+        if self.store == "str":
             return pa.chunked_array([], type=pa.string())
         return np.zeros(0, dtype=object)
 
@@ -733,12 +857,10 @@ class _ColumnStore:
     def adapt(self, chunk: Chunk) -> Chunk:
         """A group's field chunk (ndarray or pa array) -> this store's chunk type."""
         s = self.store
-        if s in ("int64", "uint64"):
+        if s in ("int64", "uint64", "str"):
             return chunk
         if s in ("Int64", "UInt64"):
             return (chunk, np.zeros(len(chunk), dtype=np.bool_))
-        if s == "str":
-            return chunk
         if isinstance(chunk, pa.Array):
             return np.array(chunk.to_pylist(), dtype=object)
         if chunk.dtype != object:
@@ -796,6 +918,7 @@ class RecordParser:
         self.row_count = 0
         self.histograms: list[Histogram] = []
         self.summaries: list[Summary] = []
+        self.tag_counts: list[TagCount] = []     # @@smc / @@smk lines, in order
 
         self._chunks: list[bytes] = []
         self._size = 0
@@ -811,12 +934,18 @@ class RecordParser:
         self._fast_ok = True
         self._frame_cache: pd.DataFrame | None = None
         self._frame_rows = -1
+        # Internal frames whose shallow copies were handed out: while they live, pandas
+        # copy-on-write copies before a user's in-place change, so the rows we hold (and
+        # hand out again later) stay as parsed.
+        self._anchors: list[pd.DataFrame] = []
+        self._anchor_generation = 0
 
         self._new_messages: list[str] = []
         self._new_damaged = 0
         self._new_hists: list[Histogram] = []
         self._new_summaries: list[Summary] = []
-        self._batch_pieces: list[tuple[int, dict[str, list[Chunk]]]] = []
+        # per parse: (first row, rows, the str/errno/object chunks)
+        self._batch_pieces: list[tuple[int, int, dict[str, list[Chunk]]]] = []
         self._batch_rows = 0
 
         self._plan()
@@ -873,6 +1002,7 @@ class RecordParser:
         for r in self._reg_names:
             self._stores[r] = _ColumnStore(r, "UInt64")
         self._regs_probe = np.array([s.print_regs for s in schemas] or [False], dtype=np.bool_)
+        self._table = _Table({k: dt for st in self._stores.values() for k, dt in st.keys()})
 
         shapes: dict[tuple[ColumnKind, ...], int] = {}
         self._shape_of = np.zeros(max(1, len(schemas)), dtype=np.int64)
@@ -936,19 +1066,24 @@ class RecordParser:
         return list(self._stores)
 
     def frame(self) -> pd.DataFrame:
-        """All rows so far as one DataFrame: per column, the batches' chunks concatenated
-        (after which the parser keeps only the concatenation). The result is a shallow
-        copy under pandas copy-on-write: changing it does not change the parser's data."""
+        """All rows so far as one DataFrame. Numeric columns are views of the parser's
+        contiguous columns (no copy); the result is a shallow copy under pandas
+        copy-on-write, so changing it does not change the parser's rows."""
         if self._frame_cache is None or self._frame_rows != self.row_count:
-            self._frame_cache = None
+            table = self._table
+            if table.generation != self._anchor_generation:
+                self._anchors = []          # older frames view arrays we no longer use
+                self._anchor_generation = table.generation
             data: dict[str, Any] = {}
             for name, st in self._stores.items():
-                arr = st.to_pandas(st.consolidate(), self._categories_for(name))
-                if st.store == "cat":
-                    st.chunks = [np.asarray(arr.codes)]   # keep the small codes only
-                data[name] = arr
+                if st.numeric:
+                    chunk = st.from_table(table, 0, table.n, copy=False)
+                else:
+                    chunk = st.consolidate()
+                data[name] = st.to_pandas(chunk, self._categories_for(name))
             self._frame_cache = pd.DataFrame(data, copy=False)
             self._frame_rows = self.row_count
+            self._anchors.append(self._frame_cache)
         return self._frame_cache.copy(deep=False)
 
     # ---- buffering ------------------------------------------------------------------
@@ -1070,17 +1205,22 @@ class RecordParser:
         self._new_summaries = []
         return b
 
-    def _batch_frame(self, pieces: list[tuple[int, dict[str, list[Chunk]]]],
+    def _batch_frame(self, pieces: list[tuple[int, int, dict[str, list[Chunk]]]],
                      comm_categories: list[str]) -> pd.DataFrame:
-        """The DataFrame of one Batch, from the chunks its parses produced."""
+        """The DataFrame of one Batch: its rows copied out of the table, its str/object
+        chunks."""
+        start = pieces[0][0]
+        end = start + sum(k for _, k, _ in pieces)
         data: dict[str, Any] = {}
         for name, st in self._stores.items():
-            chunk = st.concat([c for _, cols in pieces for c in cols[name]])
+            if st.numeric:
+                chunk = st.from_table(self._table, start, end, copy=True)
+            else:
+                chunk = st.concat([c for _, _, cols in pieces for c in cols[name]])
             cats = comm_categories if name == "comm" else self._categories_for(name)
             data[name] = st.to_pandas(chunk, cats)
         frame = pd.DataFrame(data, copy=False)
-        start = pieces[0][0]
-        frame.index = pd.RangeIndex(start, start + len(frame))
+        frame.index = pd.RangeIndex(start, end)
         return frame
 
     def _categories_for(self, name: str) -> list[str] | None:
@@ -1109,11 +1249,9 @@ class RecordParser:
         self._pending_damage = []
         if (self._fast_ok and not self._any_regs and not last_partial
                 and buf.startswith(_PREFIX)):
-            group = self._try_fast(buf)
-            if group is not None:
-                for _, t in sorted(self._pending_damage, key=lambda e: e[0]):
-                    self._damage(t)
-                self._emit([group], {})
+            parsed = self._fast_work(buf)
+            if parsed is not None:
+                self._apply_fast(buf, parsed)
                 return len(buf)
             self._fast_ok = False     # skip the attempt for the next batch
         else:
@@ -1121,22 +1259,30 @@ class RecordParser:
         self._pending_damage = []
         return self._vector(buf, final, last_partial)
 
-    def _try_fast(self, buf: bytes) -> _Group | None:
-        """The clean batch: nothing but well-formed records of one shape."""
+    def _fast_work(self, buf: bytes) -> _Parsed | None:
+        """The clean batch, nothing but well-formed records of one shape: parsed (without
+        touching parser state yet). None if the batch is not clean."""
         if b"\0" in buf:
             return None
-        # The CSV reader ends a row at \n, \r\n and a lone \r, and (ignore_empty_lines off)
-        # fails on an empty one: as many rows as \n means no lone \r and no empty line.
+        # The CSV reader ends a row at \n, \r\n and a lone \r, and (ignore_empty_lines
+        # off) fails on an empty one: as many rows as \n means no lone \r, no empty line.
         n_lf = int(np.count_nonzero(np.frombuffer(buf, dtype=np.uint8) == 10))
         tab = buf.find(b"\t", 6)
         digits = buf[6:tab]
         if not digits.isdigit() or int(digits) >= len(self.schemas):
             return None
-        sid = int(self._shape_of[int(digits)])
         try:
-            return self._arrow_group(buf, sid, None, n_lf, one_shape=True)
+            return self._arrow_parse(buf, int(self._shape_of[int(digits)]), n_lf,
+                                     one_shape=True)
         except _ArrowReject:
             return None
+
+    def _apply_fast(self, buf: bytes, parsed: _Parsed) -> None:
+        self._pending_damage = []
+        group = self._finish(parsed, buf, None, None)
+        for _, t in sorted(self._pending_damage, key=lambda e: e[0]):
+            self._damage(t)
+        self._emit([group], {})
 
     def _read_csv(self, buf: bytes, shape: _Shape) -> Any:
         n = len(buf)
@@ -1157,6 +1303,10 @@ class RecordParser:
         check that) with pyarrow. Raises _ArrowReject when the CSV read cannot vouch for
         every line; rows that the per-column checks reject are dropped and reported as
         damaged."""
+        return self._finish(self._arrow_parse(buf, sid, nrows, one_shape), buf, lines, bounds)
+
+    def _arrow_parse(self, buf: bytes, sid: int, nrows: int, one_shape: bool) -> _Parsed:
+        """The part of _arrow_group that touches no parser state."""
         shape = self._shapes[sid]
         try:
             tbl = self._read_csv(buf, shape)
@@ -1176,7 +1326,6 @@ class RecordParser:
                 raise _ArrowReject("shape")
         self._check_lenient(buf, tbl, shape)
 
-        nchunks = tbl.column("time").num_chunks
         bad: list[BoolArr] | None = None
 
         def mark(chunk_bad: list[BoolArr]) -> None:
@@ -1214,23 +1363,29 @@ class RecordParser:
                     mark([isbad[i] for i in eind])
                     evals[isbad] = None
                 fields.append([evals[i] for i in eind])
-        # comm categories only for the comms of rows that are kept
-        lut = np.full(len(comm_vals), -1, dtype=np.int32)
-        if bad is None:
-            used: Iterable[int] = range(len(comm_vals))
+        return _Parsed(sid=sid, n=nrows, idx=idx, time=_np_chunks(tbl.column("time")),
+                       pid=_np_chunks(tbl.column("pid")), tid=_np_chunks(tbl.column("tid")),
+                       cpu=_np_chunks(tbl.column("cpu")), comm_vals=comm_vals,
+                       comm_ind=comm_ind, fields=fields,
+                       bad=None if bad is None else np.concatenate(bad))
+
+    def _finish(self, p: _Parsed, buf: bytes, lines: I64 | None,
+                bounds: tuple[I64, I64] | None) -> _Group:
+        """The main-thread part of _arrow_group: comm categories (only for the comms of
+        rows that are kept) and the damaged rows."""
+        lut = np.full(len(p.comm_vals), -1, dtype=np.int32)
+        if p.bad is None:
+            used: Iterable[int] = range(len(p.comm_vals))
         else:
-            used = np.unique(np.concatenate(
-                [i[~b] for i, b in zip(comm_ind, bad, strict=True)])).tolist()
+            keep = ~p.bad
+            used = np.unique(np.concatenate(p.comm_ind)[keep]).tolist()
         for i in used:
-            lut[i] = self._comm_code(cast(str, comm_vals[i]))
-        g = _Group(shape=shape, n=nrows, lines=lines, idx=idx,
-                   time=_np_chunks(tbl.column("time")), pid=_np_chunks(tbl.column("pid")),
-                   tid=_np_chunks(tbl.column("tid")), cpu=_np_chunks(tbl.column("cpu")),
-                   comm=[lut[i] for i in comm_ind], fields=fields)
-        assert len(g.time) == nchunks
-        del tbl
-        if bad is not None:
-            g = self._drop_bad(g, np.concatenate(bad), buf, bounds)
+            lut[i] = self._comm_code(cast(str, p.comm_vals[i]))
+        g = _Group(shape=self._shapes[p.sid], n=p.n, lines=lines, idx=p.idx, time=p.time,
+                   pid=p.pid, tid=p.tid, cpu=p.cpu, comm=[lut[i] for i in p.comm_ind],
+                   fields=p.fields)
+        if p.bad is not None:
+            g = self._drop_bad(g, p.bad, buf, bounds)
         return g
 
     def _check_lenient(self, buf: bytes, tbl: Any, shape: _Shape) -> None:
@@ -1499,6 +1654,12 @@ class RecordParser:
             self.summaries.append(s)
             self._new_summaries.append(s)
             return
+        if t.startswith(_COUNTER_TAG) or t.startswith(_KEYS_TAG):
+            try:
+                self.tag_counts.append(parse_tag_count(t))
+            except ValueError:
+                self._damage(t)
+            return
         self._message(t)
 
     # ---- assembling a batch's columns -----------------------------------------------
@@ -1514,9 +1675,22 @@ class RecordParser:
         else:
             cols = self._columns_general([g.flat() for g in groups], regs)
         n = sum(g.n for g in groups)
+        table = self._table
+        start = table.n
+        table.reserve(n)
+        keep: dict[str, list[Chunk]] = {}
         for name, st in self._stores.items():
-            st.chunks.extend(cols[name])
-        self._batch_pieces.append((self.row_count, cols))
+            chunks = cols[name]
+            if st.nullable:
+                table.write(name, start, [c[0] for c in chunks])
+                table.write(name + "\0mask", start, [c[1] for c in chunks])
+            elif st.numeric:
+                table.write(name, start, chunks)
+            else:
+                st.chunks.extend(chunks)
+                keep[name] = chunks
+        table.n = start + n
+        self._batch_pieces.append((self.row_count, n, keep))
         self.row_count += n
         self._batch_rows += n
 

@@ -22,16 +22,33 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import OptionError, SpecError
-from .spec import ARG_TYPES, MAX_ARGS, RET_TYPES, Probe, Spec
+
+# The schema types live in schema.py (shared with records.py); re-exported here.
+from .schema import Column, ColumnKind, ProbeSchema
+from .spec import ARG_TYPES, MAX_ARGS, RESERVED_NAMES, RET_TYPES, Arg, Probe, Spec
 
 __all__ = [
     "Column", "ProbeSchema", "Script", "ScriptOptions", "generate", "module_statement_probe",
     "schema_for", "MAX_PRINTF_ARGS", "PAIR_SLOTS", "REGS_ALLOWED", "RECORD_TAG",
-    "COUNTER_TAG", "FAULT_TEXT", "STRING_MAX_LIMIT",
+    "COUNTER_TAG", "FAULT_TEXT", "STRING_MAX_LIMIT", "HIST_TAG", "HIST_END_TAG", "SUMMARY_TAG",
+    "KEYS_TAG", "COUNT_KEYS", "HIST_LINEAR_MAX_BUCKETS", "Aggregate", "pair_up",
 ]
 
 RECORD_TAG = "@@sm1"
 COUNTER_TAG = "@@smc"
+HIST_TAG = "@@smh"
+HIST_END_TAG = "@@smh-end"
+SUMMARY_TAG = "@@sms"
+KEYS_TAG = "@@smk"
+# Distinct keys a --count-by array holds (SystemTap's default MAXMAPENTRIES; the end probe's
+# foreach over them stays within MAXACTION_INTERRUPTIBLE). Events with a new key past it are
+# counted as `count_overflow` instead of raising "array overflow", which would end the run.
+COUNT_KEYS = 2048
+# runtime/stat-common.c _stp_stat_calc_buckets: (stop - start) / interval + 3 buckets (the
+# two extra are under/overflow) must not exceed STP_MAX_BUCKETS (128); start/stop/interval
+# are C ints there.
+HIST_LINEAR_MAX_BUCKETS = 125
+_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 # translate.cxx: `if (e->args.size() > 32) ... "too many arguments to print"`.
 MAX_PRINTF_ARGS = 32
 # Slots of the wrapping (`%`) arrays that carry .call+return entries to their return: calls in
@@ -48,33 +65,47 @@ REGS_ALLOWED: tuple[str, ...] = (
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
 )
 
-ColumnKind = Literal["int", "uint", "hex", "str", "errno"]
-
-
 @dataclass(frozen=True)
-class Column:
-    """One record field after `comm`: `int` %d, `uint` %u, `hex` %x, `str`/`errno` %s."""
+class Aggregate:
+    """What an aggregating script (`--hist`, `--count-by`) prints instead of records.
 
-    name: str
-    kind: ColumnKind
+    mode "hist": per probe one `@@sms` summary and, when it saw events, one `@@smh` block
+    of kind `hist_kind` (`log` or `linear:START:STOP:INTERVAL`), named by the probe label.
+    mode "count": per probe `@@smk` lines, keys printed as `key_kinds[probe index]`.
+    of: what is aggregated (`latency`, `retval`, an argument name; `comm`, `pid`, ...).
+    """
 
-
-@dataclass(frozen=True)
-class ProbeSchema:
-    """The fields of one probe's records; `print_regs`: a 10-line dump follows each record."""
-
-    label: str
-    columns: tuple[Column, ...]
-    print_regs: bool
+    mode: Literal["hist", "count"]
+    of: str
+    hist_kind: str | None = None
+    key_kinds: tuple[ColumnKind, ...] = ()
 
 
 @dataclass(frozen=True)
 class Script:
-    """The script text, one schema per `spec.probes` entry, and whether it needs `stap -g`."""
+    """The script text, one schema per `spec.probes` entry, and whether it needs `stap -g`.
+
+    probes: the schemas of the probes as generated (after `--latency` pairing); aggregate:
+    set when the script prints aggregates at the end instead of one record per event.
+    """
 
     text: str
     probes: tuple[ProbeSchema, ...]
     guru: bool
+    aggregate: Aggregate | None = None
+
+
+def _check_linear(lin: tuple[int, int, int]) -> None:
+    if len(lin) != 3 or any(type(v) is not int for v in lin):
+        raise OptionError(f"--hist-linear wants MIN,MAX,STEP integers, got {lin!r}")
+    lo, hi, step = lin
+    if not (_INT32_MIN <= lo < hi <= _INT32_MAX and 0 < step <= _INT32_MAX):
+        raise OptionError(f"--hist-linear {lo},{hi},{step}: needs MIN < MAX, STEP > 0, all "
+                          f"within a C int (SystemTap stores them as int)")
+    if (hi - lo) // step > HIST_LINEAR_MAX_BUCKETS:
+        raise OptionError(f"--hist-linear {lo},{hi},{step}: {(hi - lo) // step} buckets; "
+                          f"SystemTap allows at most {HIST_LINEAR_MAX_BUCKETS} "
+                          "((MAX - MIN) / STEP): raise STEP")
 
 
 @dataclass(frozen=True)
@@ -84,9 +115,13 @@ class ScriptOptions:
     count: `-n N`, stop after N records in total. duration: `-T SECONDS`.
     regs: `--regs rip,rax`: one uint64 hex column per register, from u_register() (register()
     is the signed 64-bit reading of the same value: rax=-1988929344 vs u_rax=0xffffffff897358c0).
-    print_regs: `--print-regs`. filter_pid: `-x PID`, keep only events of target().
-    hist: reserved for `--hist` (histograms, `@@smh` blocks); not implemented yet.
+    print_regs: `--print-regs`. filter_pid: `-x PID` or `--cmd-only`, keep only events of
+    target() (the -x process, or the -c command's).
     string_max: bytes read per str/ustr argument.
+    latency: `--latency`, every FUNCTION entry probe becomes a `.call+return` pair.
+    hist: `--hist latency|retval|ARG`, an in-kernel histogram per probe instead of records
+    (`latency` implies `latency`); hist_linear: `--hist-linear MIN,MAX,STEP` (else log2).
+    count_by: `--count-by comm|pid|cpu|retval|ARG`, in-kernel event counts per key.
     """
 
     count: int | None = None
@@ -94,8 +129,11 @@ class ScriptOptions:
     regs: tuple[str, ...] = ()
     print_regs: bool = False
     filter_pid: bool = False
-    hist: str | None = None
     string_max: int = 64
+    latency: bool = False
+    hist: str | None = None
+    hist_linear: tuple[int, int, int] | None = None
+    count_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.count is not None and (isinstance(self.count, bool) or self.count < 1):
@@ -115,8 +153,24 @@ class ScriptOptions:
         if self.regs and self.print_regs:
             raise OptionError("--print-regs already gives every register as a column; "
                               "drop --regs")
-        if self.hist is not None:
-            raise OptionError("--hist is not implemented yet")
+        for opt, value, builtin in (("--hist", self.hist, ("latency", "retval")),
+                                    ("--count-by", self.count_by,
+                                     ("comm", "pid", "cpu", "retval"))):
+            if value is None or value in builtin:
+                continue
+            if not _ARG_NAME.fullmatch(value) or value in RESERVED_NAMES:
+                raise OptionError(f"{opt} takes {', '.join(builtin)} or an argument name of "
+                                  f"the spec, not {value!r}")
+        if self.hist is not None and self.count_by is not None:
+            raise OptionError("--hist and --count-by: choose one aggregation")
+        if self.hist_linear is not None:
+            if self.hist is None:
+                raise OptionError("--hist-linear needs --hist (what to put in the histogram)")
+            _check_linear(self.hist_linear)
+        if (self.hist is not None or self.count_by is not None) and (
+                self.regs or self.print_regs):
+            raise OptionError("--regs/--print-regs print per-event records; --hist and "
+                              "--count-by print only aggregates")
 
 
 # -- the tables ------------------------------------------------------------------------------
@@ -272,7 +326,7 @@ def _guards(opts: ScriptOptions) -> list[str]:
     # stapio's own reads/opens are noise, and a hot probe they hit crashed a test guest.
     g = ["if (pid() == stp_pid()) next  # skip stapio itself"]
     if opts.filter_pid:
-        g.append("if (pid() != target()) next  # -x PID")
+        g.append("if (pid() != target()) next  # -x PID or --cmd-only")
     return g
 
 
@@ -282,6 +336,63 @@ def _count(opts: ScriptOptions) -> tuple[list[str], list[str]]:
         return [], []
     return (["k = ++__sm_n", f"if (k > {opts.count}) next"],
             [f"if (k == {opts.count}) exit()"])
+
+
+@dataclass(frozen=True)
+class _Agg:
+    """How one probe aggregates instead of printing: `value` is the expression (a handler
+    local or a tapset call) that goes into the histogram or is the counting key."""
+
+    mode: Literal["hist", "count"]
+    value: str
+    arg: int | None = None          # the one argument the handler must read
+    retval: bool = False            # the handler must compute rv
+    latency: bool = False           # the handler must compute lat
+    key_kind: ColumnKind = "int"
+    key_print: str = "k"            # how `probe end` prints the foreach key k
+
+
+def _aggregation(probe: Probe, opts: ScriptOptions) -> _Agg | None:
+    what = opts.hist if opts.hist is not None else opts.count_by
+    if what is None:
+        return None
+    mode: Literal["hist", "count"] = "hist" if opts.hist is not None else "count"
+    opt = f"--{'hist' if mode == 'hist' else 'count-by'} {what}"
+    if what == "latency":
+        if probe.kind != "pair":
+            raise OptionError(f"{opt}: {probe.label} has no entry to measure from; probe "
+                              "FUNCTION (paired with its return) or FUNCTION.call+return")
+        return _Agg(mode, "lat", latency=True)
+    if what == "retval":
+        if probe.kind == "entry":
+            raise OptionError(f"{opt}: {probe.label} is an entry probe; use "
+                              "FUNCTION.return:TYPE, FUNCTION.call+return:TYPE or --latency")
+        assert probe.rettype is not None
+        return _Agg(mode, "rv", retval=True, key_kind=_KIND[probe.rettype])
+    if what in ("comm", "pid", "cpu"):
+        if what == "comm":
+            # The raw name is the key (cheaper per event); escaped once, when printed.
+            return _Agg(mode, "execname()", key_kind="str", key_print="text_str(k)")
+        return _Agg(mode, f"{what}()")
+    arg = next((a for a in probe.args if a.name == what), None)
+    if arg is None:
+        names = ", ".join(a.name for a in probe.args if a.name) or "none"
+        raise OptionError(f"{opt}: {probe.label} has no argument {what!r} "
+                          f"(its arguments: {names})")
+    kind = _KIND[arg.type]
+    if mode == "hist" and kind == "str":
+        raise OptionError(f"{opt}: {what} is a string; a histogram needs a number "
+                          "(--count-by counts strings)")
+    # str arguments are text_str-escaped when read (__sm_kstr/__sm_ustr): printed as they are.
+    return _Agg(mode, f"a{arg.index}", arg=arg.index, key_kind=kind)
+
+
+def _reads(probe: Probe, agg: _Agg | None) -> list[Arg]:
+    """The arguments a handler reads: all named ones for records, only the aggregated one."""
+    named = [a for a in probe.args if a.name is not None]
+    if agg is None:
+        return named
+    return [a for a in named if a.index == agg.arg]
 
 
 def _retval_fields(probe: Probe) -> tuple[list[str], list[tuple[str, str]]]:
@@ -294,7 +405,22 @@ def _retval_fields(probe: Probe) -> tuple[list[str], list[tuple[str, str]]]:
     return body, fields
 
 
-def _tail(idx: int, fields: list[tuple[str, str]], opts: ScriptOptions) -> list[str]:
+def _tail(idx: int, fields: list[tuple[str, str]], opts: ScriptOptions,
+          agg: _Agg | None) -> list[str]:
+    """The end of a handler: the record (and its register dump), or the aggregation."""
+    if agg is not None and agg.mode == "hist":
+        return [f"__sm_h{idx} <<< {agg.value}"]
+    if agg is not None:
+        c = f"__sm_k{idx}"
+        return [
+            f"key = {agg.value}",
+            f"if (key in {c}) {c}[key]++",
+            f"else if (__sm_kn{idx} < {COUNT_KEYS}) {{",
+            f"\t__sm_kn{idx}++",
+            f"\t{c}[key] = 1",
+            "} else",
+            f"\t__sm_kover{idx}++  # array full: counted, not keyed",
+        ]
     fields = fields + [("%x", f'u_register("{reg}")') for reg in opts.regs]
     out = _printf(idx, fields)
     if opts.print_regs:
@@ -302,40 +428,43 @@ def _tail(idx: int, fields: list[tuple[str, str]], opts: ScriptOptions) -> list[
     return out
 
 
-def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions) -> None:
+def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=False)
     before, after = _count(opts)
-    body = _guards(opts) + ["now = gettimeofday_ns()"] + before
+    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else []) + before
     fields: list[tuple[str, str]] = []
-    reads = [a for a in probe.args if a.name is not None]
+    reads = _reads(probe, agg)
     if reads:
         body.append("asmlinkage()")
     for arg in reads:
         body.append(f"a{arg.index} = {_reader(arg.type, arg.index, opts.string_max)}")
         fields.append((_FORMAT[_KIND[arg.type]], f"a{arg.index}"))
-    w.probe(comments, point, body + _tail(idx, fields, opts) + after)
+    w.probe(comments, point, body + _tail(idx, fields, opts, agg) + after)
 
 
-def _return(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions) -> None:
+def _return(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions,
+            agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=True)
     before, after = _count(opts)
     rbody, fields = _retval_fields(probe)
-    body = _guards(opts) + ["now = gettimeofday_ns()"] + before + rbody
-    w.probe(comments, point, body + _tail(idx, fields, opts) + after)
+    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else []) + before
+    if agg is None or agg.retval:
+        body += rbody
+    w.probe(comments, point, body + _tail(idx, fields, opts, agg) + after)
 
 
-def _pair_globals(idx: int, probe: Probe) -> list[str]:
+def _pair_globals(idx: int, probe: Probe, agg: _Agg | None) -> list[str]:
     names = [f"__sm_p{idx}_depth", f"__sm_p{idx}_t0"]
-    names += [f"__sm_p{idx}_a{a.index}" for a in probe.args if a.name is not None]
+    names += [f"__sm_p{idx}_a{a.index}" for a in _reads(probe, agg)]
     return [f"global {n}%[{PAIR_SLOTS}]" for n in names] + [f"global __sm_p{idx}_unpaired"]
 
 
-def _pair(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions) -> None:
+def _pair(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> None:
     """Entry stores time and arguments under [tid, depth]; the return pops its own depth, so
     recursion pairs each return with its own entry. A return without a stored entry (the call
     began before the probes, or its slot was overwritten) is counted, never a row."""
     p = f"__sm_p{idx}"
-    reads = [a for a in probe.args if a.name is not None]
+    reads = _reads(probe, agg)
     comments, point = _probe_point(probe, ret=False)
     body = _guards(opts) + ["t = tid()", f"d = {p}_depth[t]++", f"{p}_t0[t, d] = gettimeofday_ns()"]
     if reads:
@@ -346,8 +475,10 @@ def _pair(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions) -> None:
 
     comments, point = _probe_point(probe, ret=True)
     before, after = _count(opts)
-    body = _guards(opts) + [
-        "now = gettimeofday_ns()",
+    # An aggregate that does not use the latency skips the clock (and an unused local, which
+    # stap would warn about).
+    timed = agg is None or agg.latency
+    body = _guards(opts) + (["now = gettimeofday_ns()"] if timed else []) + [
         "t = tid()",
         f"d = --{p}_depth[t]",
         f"if (d <= 0) delete {p}_depth[t]",
@@ -355,18 +486,20 @@ def _pair(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions) -> None:
         f"\t{p}_unpaired++",
         "\tnext",
         "}",
-        f"lat = now - {p}_t0[t, d]",
-        f"delete {p}_t0[t, d]",
     ]
+    if timed:
+        body.append(f"lat = now - {p}_t0[t, d]")
+    body.append(f"delete {p}_t0[t, d]")
     fields: list[tuple[str, str]] = []
     for arg in reads:
         body += [f"a{arg.index} = {p}_a{arg.index}[t, d]", f"delete {p}_a{arg.index}[t, d]"]
         fields.append((_FORMAT[_KIND[arg.type]], f"a{arg.index}"))
     rbody, rfields = _retval_fields(probe)
-    body += before + rbody
+    body += before + (rbody if agg is None or agg.retval else [])
     fields += rfields + [("%d", "lat")]
-    w.probe(["# .call+return return half: one row per completed call"], point,
-            body + _tail(idx, fields, opts) + after)
+    w.probe(["# .call+return return half: one row per completed call"
+             if agg is None else "# .call+return return half: aggregate each completed call"],
+            point, body + _tail(idx, fields, opts, agg) + after)
 
 
 _STRING_HELPERS = (
@@ -381,36 +514,132 @@ _STRING_HELPERS = (
     "}",
 )
 
+_LABEL = re.compile(r"[A-Za-z0-9_.:+]+")
+
+
+def _label(probe: Probe) -> str:
+    """The probe label, checked before it goes into a format string (no `%`, `"`, `\\`)."""
+    if not _LABEL.fullmatch(probe.label):
+        raise SpecError(f"refusing label {probe.label!r} in a script", probe.text)
+    return probe.label
+
+
+def pair_up(spec: Spec) -> Spec:
+    """`--latency`: every FUNCTION entry probe becomes FUNCTION.call+return (return type
+    `long`, as when none is written); return and pair probes stay as they are."""
+    probes = []
+    for probe in spec.probes:
+        if probe.kind == "entry":
+            if probe.address is not None:
+                raise OptionError(f"--latency: {probe.label} is an address probe, which has no "
+                                  "return to pair with; drop it or --latency")
+            suffix = ".call+return"
+            probe = dataclasses.replace(probe, kind="pair", rettype="long",
+                                        label=probe.label + suffix)
+        probes.append(probe)
+    return Spec(tuple(probes))
+
+
+def _hist_kind(opts: ScriptOptions) -> tuple[str, str]:
+    """(kind string of the @@smh tag, the histogram call's extra arguments)."""
+    if opts.hist_linear is None:
+        return "log", ""
+    lo, hi, step = opts.hist_linear
+    return f"linear:{lo}:{hi}:{step}", f", {lo}, {hi}, {step}"
+
+
+def _end_hist(idx: int, name: str, opts: ScriptOptions) -> list[str]:
+    """Print one probe's histogram and summary; @min/@max/@avg/@sum and the histogram of an
+    empty aggregate are errors in SystemTap, so an empty one prints its count (0) only."""
+    h = f"__sm_h{idx}"
+    kind, extra = _hist_kind(opts)
+    func = "@hist_log" if opts.hist_linear is None else "@hist_linear"
+    stats = ", ".join(f"@{op}({h})" for op in ("count", "min", "max", "avg", "sum"))
+    head = _str_literal(f"{HIST_TAG}\\t{name}\\t{kind}\\n")
+    end = _str_literal(f"{HIST_END_TAG}\\n")
+    summary = _str_literal(f"{SUMMARY_TAG}\\t{name}" + "\\t%d" * 5 + "\\t@@\\n")
+    empty = _str_literal(f"{SUMMARY_TAG}\\t{name}\\t0" + "\\t" * 5 + "@@\\n")
+    return [
+        f"if (@count({h}) > 0) {{",
+        f"\tprintf({head})",
+        f"\tprint({func}({h}{extra}))",
+        f"\tprintf({end})",
+        f"\tprintf({summary}, {stats})",
+        "} else",
+        f"\tprintf({empty})",
+    ]
+
+
+def _end_count(idx: int, name: str, agg: _Agg) -> list[str]:
+    """Print one probe's counts, most frequent first, one `@@smk` line per key."""
+    c = f"__sm_k{idx}"
+    line = _str_literal(f"{KEYS_TAG}\\t{name}\\t{_FORMAT[agg.key_kind]}\\t%d\\t@@\\n")
+    over = _str_literal(f"{COUNTER_TAG}\\tcount_overflow\\t{idx}\\t%d\\t@@\\n")
+    return [
+        f"foreach (k in {c}-)",
+        f"\tprintf({line}, {agg.key_print}, {c}[k])",
+        f"printf({over}, __sm_kover{idx})",
+    ]
+
 
 def generate(spec: Spec, opts: ScriptOptions) -> Script:
-    """The SystemTap script for `spec`; its records follow DESIGN.md's `@@sm1` format."""
+    """The SystemTap script for `spec`; its records follow DESIGN.md's `@@sm1` format, or,
+    with `--hist`/`--count-by`, only aggregates printed by `probe end` (which also runs on
+    SIGINT, -T, -n and the end of -c)."""
     if not spec.probes:
         raise SpecError("no probe given: name a kernel function, e.g. tcp_v4_connect")
     for probe in spec.probes:
         _check_probe(probe)
+    if opts.latency or opts.hist == "latency":
+        spec = pair_up(spec)
+    aggs = [_aggregation(p, opts) for p in spec.probes]
     w = _Writer()
-    w.add(f"# generated by stapmagic: one {RECORD_TAG} record per event (see DESIGN.md)")
+    if opts.hist is not None or opts.count_by is not None:
+        w.add("# generated by stapmagic: aggregates only, printed by `probe end` "
+              "(see DESIGN.md)")
+    else:
+        w.add(f"# generated by stapmagic: one {RECORD_TAG} record per event (see DESIGN.md)")
     globals_: list[str] = []
     if opts.count is not None:
         globals_.append("global __sm_n")
     pairs = [i for i, p in enumerate(spec.probes) if p.kind == "pair"]
     for i in pairs:
-        globals_ += _pair_globals(i, spec.probes[i])
+        globals_ += _pair_globals(i, spec.probes[i], aggs[i])
+    for i, agg in enumerate(aggs):
+        if agg is not None and agg.mode == "hist":
+            globals_.append(f"global __sm_h{i}  # statistics (<<<)")
+        elif agg is not None:
+            globals_ += [f"global __sm_k{i}[{COUNT_KEYS}]", f"global __sm_kn{i}",
+                         f"global __sm_kover{i}"]
     if globals_:
         w.add("", *globals_)
-    if any(a.type in ("str", "ustr") and a.name is not None
-           for p in spec.probes for a in p.args):
+    if any(a.type in ("str", "ustr") for p, agg in zip(spec.probes, aggs, strict=True)
+           for a in _reads(p, agg)):
         w.add(*(line.replace("FAULT", FAULT_TEXT) for line in _STRING_HELPERS))
     for idx, probe in enumerate(spec.probes):
-        {"entry": _entry, "return": _return, "pair": _pair}[probe.kind](w, idx, probe, opts)
+        {"entry": _entry, "return": _return, "pair": _pair}[probe.kind](
+            w, idx, probe, opts, aggs[idx])
     if opts.duration is not None:
         ms = max(1, round(opts.duration * 1000))
         w.probe([], f"timer.ms({ms})", ["exit()  # -T"])
-    # Extension point: --hist adds its globals above and prints @@smh blocks from here.
+    # One end probe per aggregate: each handler has its own MAXACTION_INTERRUPTIBLE budget
+    # (10 * MAXACTION), which a foreach over COUNT_KEYS keys needs.
+    for idx, agg in enumerate(aggs):
+        if agg is None:
+            continue
+        name = _label(spec.probes[idx])
+        w.probe([], "end", _end_hist(idx, name, opts) if agg.mode == "hist"
+                else _end_count(idx, name, agg))
     if pairs:
         w.probe([], "end", [
             f'printf("{COUNTER_TAG}\\tunpaired\\t{i}\\t%d\\t@@\\n", __sm_p{i}_unpaired)'
             for i in pairs])
     text = "\n".join(w.lines) + "\n"
     schemas = tuple(schema_for(p, opts) for p in spec.probes)
-    return Script(text, schemas, any(p.address is not None for p in spec.probes))
+    aggregate = None
+    if opts.hist is not None:
+        aggregate = Aggregate("hist", opts.hist, hist_kind=_hist_kind(opts)[0])
+    elif opts.count_by is not None:
+        aggregate = Aggregate("count", opts.count_by,
+                              key_kinds=tuple(a.key_kind for a in aggs if a is not None))
+    return Script(text, schemas, any(p.address is not None for p in spec.probes), aggregate)

@@ -1,0 +1,573 @@
+"""Record a stap run to one file and replay it through the same pipeline.
+
+A recording is JSON lines (UTF-8), one object per line:
+
+1. the header: ``{"format": "stapmagic-recording", "version": 1, ...}`` with what was asked
+   (``kind`` kprobe|stap, ``spec`` text, ``options``), what ran (``script``, ``argv``,
+   ``target``), where (``kernel_release`` from ``uname -r`` on the target, ``stap_version``
+   from ``stap -V`` with the same stap the run used), ``kallsyms`` (the target's
+   /proc/kallsyms lines the spec was resolved against, for MODULE:FUNCTION probes),
+   ``started`` (Unix time) and ``stapmagic_version``;
+2. one ``{"t": SECONDS, "data": BASE64}`` per chunk of stap's raw output, in arrival order,
+   ``t`` counted from the start of the run. stap runs under a pty, so stdout and stderr are
+   ONE stream here, merged in the order they arrived (``"streams": "pty-merged"``);
+3. the end: ``{"end": {"exit_status", "signal", "interrupted", "escalated", "duration"}}``.
+
+Replaying feeds the chunks to a fresh parser through ``pipeline.execute`` (``source=``), so
+the DataFrame, messages, diagnoses and live view come out of the same code as a live run.
+A recording is only replayed for the cell that made it: same kind, spec and options (the
+target, -q and the grace period aside), and the script this stapmagic generates from them
+must be the recorded one; otherwise :class:`ReplayError` names the difference.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import __version__, pipeline, runner
+from .errors import ReplayError, StapMagicError
+
+__all__ = [
+    "FORMAT",
+    "SUFFIX",
+    "VERSION",
+    "Chunk",
+    "End",
+    "Header",
+    "KallsymsCapture",
+    "Plan",
+    "Player",
+    "Recorder",
+    "Recording",
+    "check_match",
+    "describe",
+    "load",
+    "mode_for",
+    "plan",
+    "prepare_replay",
+    "recording_path",
+    "stap_version",
+    "target_can_run_stap",
+]
+
+FORMAT = "stapmagic-recording"
+VERSION = 1
+SUFFIX = ".jsonl"
+STREAMS = "pty-merged"
+Kind = Literal["kprobe", "stap"]
+MODES = ("live", "record", "replay", "auto")
+
+# Options that do not change what stap is asked to do, so a replay may differ in them.
+_NOT_COMPARED = frozenset({"target", "verbose", "grace", "dry_run"})
+# How the magic line spells each option, for error messages.
+_FLAG = {
+    "count": "-n", "duration": "-T", "command": "-c", "pid": "-x", "regs": "--regs",
+    "print_regs": "--print-regs", "guru": "--guru", "defines": "-D",
+    "string_max": "KprobeMagics.string_max", "latency": "--latency", "hist": "--hist",
+    "count_by": "--count-by",
+}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+
+# -- the file ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    """What was asked, what ran, and where (the first line of a recording)."""
+
+    kind: Kind
+    spec: str
+    options: dict[str, Any]
+    script: str
+    argv: list[str]
+    target: str
+    kernel_release: str
+    stap_version: str
+    started: float
+    kallsyms: list[str] = field(default_factory=list)
+    stapmagic_version: str = __version__
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "streams": STREAMS,
+                **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], where: str) -> Header:
+        if obj.get("format") != FORMAT:
+            raise ReplayError(f"{where} is not a stapmagic recording (no {FORMAT!r} header)")
+        if obj.get("version") != VERSION:
+            raise ReplayError(f"{where} is a version {obj.get('version')!r} recording; this "
+                              f"stapmagic reads version {VERSION}: re-record it")
+        try:
+            return cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if f.name in obj})
+        except TypeError as exc:
+            raise ReplayError(f"{where}: bad header ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Bytes stap wrote (stdout and stderr merged by the pty), `t` seconds into the run."""
+
+    t: float
+    data: bytes
+
+
+@dataclass(frozen=True)
+class End:
+    """How the recorded run ended (runner.RunStatus without the argv)."""
+
+    exit_status: int | None
+    signal: int | None
+    interrupted: bool
+    escalated: Literal["SIGTERM", "SIGKILL"] | None
+    duration: float
+
+    @classmethod
+    def of(cls, status: runner.RunStatus | None, duration: float) -> End:
+        if status is None:
+            return cls(None, None, False, None, duration)
+        return cls(status.exit_status, status.signal, status.interrupted, status.escalated,
+                   status.duration)
+
+    def status(self, argv: Sequence[str]) -> runner.RunStatus:
+        return runner.RunStatus(exit_status=self.exit_status, signal=self.signal,
+                                interrupted=self.interrupted, escalated=self.escalated,
+                                duration=self.duration, argv=tuple(argv))
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    header: Header
+    chunks: tuple[Chunk, ...]
+    end: End
+
+    @property
+    def output(self) -> bytes:
+        """stap's whole output as it arrived."""
+        return b"".join(c.data for c in self.chunks)
+
+
+def load(path: str | os.PathLike[str]) -> Recording:
+    """Read a recording; ReplayError if it is missing, not a recording, or truncated."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReplayError(f"no recording {p} (make it with --record, or in mode record)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReplayError(f"cannot read recording {p}: {exc}") from None
+    lines = text.splitlines()
+    try:
+        objs = [json.loads(ln) for ln in lines if ln.strip()]
+    except json.JSONDecodeError as exc:
+        raise ReplayError(f"{p} is not a stapmagic recording (line {exc.lineno}: {exc.msg})") from None
+    if not objs or not isinstance(objs[0], dict):
+        raise ReplayError(f"{p} is not a stapmagic recording (empty)")
+    header = Header.from_json(objs[0], str(p))
+    chunks: list[Chunk] = []
+    end: End | None = None
+    for n, obj in enumerate(objs[1:], start=2):
+        if end is not None:
+            raise ReplayError(f"{p}: data after the end line (line {n})")
+        if isinstance(obj, dict) and "end" in obj:
+            try:
+                end = End(**obj["end"])
+            except TypeError as exc:
+                raise ReplayError(f"{p}: bad end line ({exc})") from None
+        elif isinstance(obj, dict) and "t" in obj and "data" in obj:
+            chunks.append(Chunk(float(obj["t"]), base64.b64decode(obj["data"])))
+        else:
+            raise ReplayError(f"{p}: line {n} is neither a chunk nor the end")
+    if end is None:
+        raise ReplayError(f"{p} is truncated: the run it recorded never ended (no end line)")
+    return Recording(p, header, tuple(chunks), end)
+
+
+class Recorder:
+    """Writes one run: the header now, each chunk as it arrives, the end line at close.
+
+    The file is written under ``NAME.partial`` and renamed when closed, so an existing
+    recording is only replaced by a complete one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], header: Header,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        self.header = header
+        self._clock = clock
+        self._t0 = clock()
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._file = self._partial.open("w", encoding="utf-8")
+        self._write(header.to_json())
+        self.chunks = 0
+        self.closed = False
+
+    def _write(self, obj: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(obj, ensure_ascii=True, separators=(",", ":")) + "\n")
+
+    def chunk(self, data: bytes) -> None:
+        """One chunk of stap's output (the `tap` of pipeline.execute)."""
+        t = self._clock() - self._t0
+        with self._lock:
+            if self.closed:
+                return
+            self._write({"t": round(t, 6), "data": base64.b64encode(data).decode("ascii")})
+            self.chunks += 1
+
+    def close(self, status: runner.RunStatus | None) -> Path:
+        """Write the end line and put the file in place; idempotent."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._write({"end": dataclasses.asdict(End.of(status, self._clock() - self._t0))})
+                self._file.close()
+                os.replace(self._partial, self.path)
+        return self.path
+
+    def finish(self, status: runner.RunStatus | None) -> Path | None:
+        """Close after a run; a run that never started (no output, no exit) leaves no file."""
+        if (self.chunks == 0 and (status is None or (
+                status.exit_status is None and status.signal is None and not status.interrupted))):
+            self.abandon()
+            return None
+        return self.close(status)
+
+    def abandon(self) -> None:
+        """Drop the partial file (the run never started)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._file.close()
+                self._partial.unlink(missing_ok=True)
+
+
+# -- facts about the target -------------------------------------------------------------------
+
+
+def stap_version(target: runner.Target) -> str:
+    """First line of ``stap -V`` from the stap that runs the scripts for `target`.
+
+    For the lab that is the chroot's stap (passes 1-4 run there), i.e. ``lab.stap_argv()``
+    without the remote options; for ssh targets stap compiles locally, so the local one.
+    """
+    if target.kind == "lab":
+        from . import lab
+
+        prefix = lab.stap_argv()
+        cut = next(i for i, a in enumerate(prefix) if os.path.basename(a) == "stap")
+        argv = [*prefix[: cut + 1], "-V"]
+    else:
+        found = shutil.which("stap")
+        if found is None:
+            return "unknown (no stap on PATH)"
+        argv = [found, "-V"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=120, check=False,  # noqa: S603
+                              env=runner.stap_env())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    text = (done.stderr + done.stdout).decode(errors="replace")
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return first or f"unknown (stap -V exit status {done.returncode})"
+
+
+def kernel_release(target: runner.Target) -> str:
+    try:
+        return runner.run_on_target(target, ["uname", "-r"]).strip()
+    except StapMagicError as exc:
+        return f"unknown ({exc})"
+
+
+def target_can_run_stap(target: runner.Target) -> tuple[bool, str]:
+    """Whether a live run can work on `target`, and why (cheap checks, nothing is compiled)."""
+    if target.kind == "lab":
+        from . import lab
+
+        if lab.is_up():
+            return True, "the lab VM is up"
+        return False, "the lab VM is not running (python -m stapmagic.lab up)"
+    if target.kind == "ssh":
+        return True, f"target {target} (not checked)"
+    if shutil.which("stap") is None:
+        return False, "no `stap` on PATH"
+    if os.geteuid() != 0:
+        import grp
+
+        groups = {grp.getgrgid(g).gr_name for g in os.getgroups()}
+        if not groups & {"stapusr", "stapdev"}:
+            return False, "not root and not in the stapusr group"
+    release = os.uname().release
+    if not Path(f"/lib/modules/{release}/build").exists():
+        return False, f"no kernel headers for {release} (/lib/modules/{release}/build)"
+    return True, "local stap, root, kernel headers present"
+
+
+def mode_for(mode: str, target: runner.Target, env: Mapping[str, str] | None = None,
+             ) -> tuple[Literal["live", "record", "replay"], str]:
+    """Resolve `mode` (live|record|replay|auto) to what a cell does, with the reason.
+
+    ``auto``: ``$STAPMAGIC_MODE`` when it names another mode (so a notebook that says
+    ``auto`` can be run in any mode from outside), else live when the target can run stap,
+    else replay.
+    """
+    env = os.environ if env is None else env
+    if mode not in MODES:
+        raise ReplayError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode == "auto":
+        outside = env.get("STAPMAGIC_MODE", "").strip().lower()
+        if outside and outside != "auto":
+            if outside not in MODES:
+                raise ReplayError(f"STAPMAGIC_MODE={outside!r}: use one of {', '.join(MODES)}")
+            return outside, f"STAPMAGIC_MODE={outside}"  # type: ignore[return-value]
+        ok, why = target_can_run_stap(target)
+        return ("live", why) if ok else ("replay", f"stap cannot run here: {why}")
+    return mode, f"mode {mode}"  # type: ignore[return-value]
+
+
+def recording_path(name: str, directory: str | os.PathLike[str]) -> Path:
+    """``DIRECTORY/NAME.jsonl`` for a --recording NAME (a plain name, no path)."""
+    if not _NAME.match(name):
+        raise ReplayError(f"--recording takes a plain name ([A-Za-z0-9_.-], e.g. 01_connect), "
+                          f"not {name!r}")
+    return Path(directory) / (name if name.endswith(SUFFIX) else name + SUFFIX)
+
+
+# -- matching ---------------------------------------------------------------------------------
+
+
+def spec_text(kind: Kind, first_line: str, body: str) -> str:
+    """The cell's spec as recorded: the magic-line spec and the body, as typed."""
+    if kind == "stap":
+        return body
+    if not first_line.strip():
+        return body
+    return f"{first_line}\n{body}" if body.strip() else first_line
+
+
+def _spec_lines(kind: Kind, text: str) -> list[str]:
+    """Whitespace-insensitive view; kprobe specs also drop blank and comment lines."""
+    out = [" ".join(ln.split()) for ln in text.splitlines()]
+    if kind == "kprobe":
+        return [ln for ln in out if ln and not ln.startswith("#")]
+    return [ln for ln in out if ln]
+
+
+def options_json(opts: pipeline.ProbeOptions) -> dict[str, Any]:
+    data = json.loads(json.dumps(dataclasses.asdict(opts)))
+    assert isinstance(data, dict)
+    return data
+
+
+def _show(value: Any) -> str:
+    return "not given" if value is None or value == [] or value is False else json.dumps(value)
+
+
+def check_match(header: Header, kind: Kind, spec: str, opts: pipeline.ProbeOptions,
+                where: str = "the recording") -> None:
+    """ReplayError naming the first difference between the cell and the recording."""
+    if header.kind != kind:
+        raise ReplayError(f"{where} is of a %%{header.kind} cell, this is a %%{kind} cell")
+    if _spec_lines(kind, header.spec) != _spec_lines(kind, spec):
+        old, new = _spec_lines(kind, header.spec), _spec_lines(kind, spec)
+        diff = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+                    min(len(old), len(new)))
+        a = old[diff] if diff < len(old) else "(nothing)"
+        b = new[diff] if diff < len(new) else "(nothing)"
+        what = "script" if kind == "stap" else "spec"
+        raise ReplayError(f"the {what} differs from {where}: recorded `{a}`, this cell `{b}`")
+    current = options_json(opts)
+    defaults = options_json(pipeline.ProbeOptions())
+    for name in sorted(set(current) | set(header.options)):
+        if name in _NOT_COMPARED:
+            continue
+        rec = header.options.get(name, defaults.get(name))
+        now = current.get(name, defaults.get(name))
+        if rec != now:
+            flag = _FLAG.get(name, name)
+            raise ReplayError(f"option {flag} differs from {where}: recorded {_show(rec)}, "
+                              f"this cell {_show(now)}")
+
+
+class KallsymsCapture:
+    """A `lookup` for pipeline.prepare that remembers what the target answered."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, target: runner.Target, names: Sequence[str]) -> list[str]:
+        lines = pipeline.kallsyms_lines(target, names)
+        self.lines.extend(ln for ln in lines if ln not in self.lines)
+        return lines
+
+
+def _recorded_lookup(header: Header) -> Callable[[runner.Target, Sequence[str]], list[str]]:
+    def lookup(target: runner.Target, names: Sequence[str]) -> list[str]:
+        wanted = set(names)
+        return [ln for ln in header.kallsyms if len(ln.split()) >= 3 and ln.split()[2] in wanted]
+
+    return lookup
+
+
+def prepare_replay(rec: Recording, kind: Kind, first_line: str, body: str,
+                   opts: pipeline.ProbeOptions) -> pipeline.ProbeRun:
+    """A ProbeRun for the cell, checked against `rec`, that touches no target."""
+    where = str(rec.path)
+    check_match(rec.header, kind, spec_text(kind, first_line, body), opts, where)
+    opts = dataclasses.replace(opts, target=rec.header.target)
+
+    def recorded_argv(text: str, o: pipeline.ProbeOptions, t: runner.Target) -> list[str]:
+        return list(rec.header.argv)
+
+    if kind == "stap":
+        run = pipeline.prepare_script(body, opts, build=recorded_argv)
+    else:
+        run = pipeline.prepare(first_line, body, opts, lookup=_recorded_lookup(rec.header),
+                               build=recorded_argv)
+    if run.script_text != rec.header.script:
+        ours: list[str] = run.script_text.splitlines()
+        theirs: list[str] = rec.header.script.splitlines()
+        n = next((i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b),
+                 min(len(ours), len(theirs)))
+        raise ReplayError(
+            f"the script this stapmagic generates differs from the one in {where} (line {n + 1}"
+            f": recorded `{theirs[n] if n < len(theirs) else '(end)'}`, now "
+            f"`{ours[n] if n < len(ours) else '(end)'}`): stapmagic changed since the "
+            "recording; re-record it (scripts/record_notebooks.py for the notebooks)")
+    return run
+
+
+def header_for(run: pipeline.ProbeRun, kind: Kind, first_line: str, body: str,
+               opts: pipeline.ProbeOptions, kallsyms: Sequence[str] = ()) -> Header:
+    """The header of a recording of `run` (asks the target for its kernel and stap version)."""
+    return Header(
+        kind=kind,
+        spec=spec_text(kind, first_line, body),
+        options=options_json(opts),
+        script=run.script_text,
+        argv=list(run.argv),
+        target=str(run.target),
+        kernel_release=kernel_release(run.target),
+        stap_version=stap_version(run.target),
+        started=time.time(),
+        kallsyms=list(kallsyms),
+    )
+
+
+@dataclass
+class Plan:
+    """What one cell does with recordings: nothing, record to `record`, or play `replay`."""
+
+    kind: Kind = "kprobe"
+    first_line: str = ""
+    body: str = ""
+    record: Path | None = None
+    replay: Recording | None = None
+    speed: float = 0.0
+    kallsyms: KallsymsCapture = field(default_factory=KallsymsCapture)
+
+    def start_recording(self, run: pipeline.ProbeRun, opts: pipeline.ProbeOptions) -> Recorder:
+        assert self.record is not None
+        return Recorder(self.record, header_for(run, self.kind, self.first_line, self.body, opts,
+                                                self.kallsyms.lines))
+
+
+def plan(kind: Kind, first_line: str, body: str, *, record: str | None, replay: str | None,
+         name: str | None, action: str, speed: float, directory: str | os.PathLike[str],
+         dry_run: bool = False) -> Plan:
+    """The cell's Plan from --record FILE, --replay FILE, --recording NAME and the mode's
+    `action` (live|record|replay); loads the recording to replay."""
+    if record and replay:
+        raise ReplayError("--record and --replay exclude each other")
+    if name is not None and (record or replay):
+        raise ReplayError("--recording NAME is the notebook form of --record/--replay "
+                          "(the mode decides which); give only one of them")
+    if speed < 0:
+        raise ReplayError(f"--replay-speed must be 0 or more, not {speed}")
+    p = Plan(kind, first_line, body, speed=speed)
+    path: Path | None = Path(replay) if replay else Path(record) if record else None
+    if name is not None:
+        path = recording_path(name, directory)
+    if replay or (name is not None and action == "replay"):
+        assert path is not None
+        p.replay = load(path)
+    elif (record or (name is not None and action == "record")) and not dry_run:
+        p.record = path
+    return p
+
+
+def describe(rec: Recording) -> str:
+    """One line saying what is replayed: file, when, which kernel and stap, which target."""
+    h = rec.header
+    when = _dt.datetime.fromtimestamp(h.started, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"REPLAY of {rec.path} (recorded {when} on Linux {h.kernel_release}, target "
+            f"{h.target}, {h.stap_version}); no stap runs here")
+
+
+# -- playing ----------------------------------------------------------------------------------
+
+
+class Player:
+    """A `source` for pipeline.execute: plays a recording the way runner.run plays stap.
+
+    `speed` 0 (or less) delivers every chunk at once; 1 at the recorded pace; 2 twice as
+    fast. A stop (the run's stop event, Ctrl-C) ends the replay early, as interrupted.
+    """
+
+    def __init__(self, rec: Recording, speed: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rec = rec
+        self.speed = speed
+        self._clock = clock
+        self._sleep = sleep
+
+    def __call__(self, argv: Sequence[str], on_chunk: Callable[[bytes], None], *,
+                 stop: threading.Event | None = None, grace: float = 5.0,
+                 tick: Callable[[], None] | None = None, tick_interval: float = 0.2,
+                 ) -> runner.RunStatus:
+        start = self._clock()
+        last_tick = start
+        try:
+            for chunk in self.rec.chunks:
+                if self.speed > 0:
+                    due = start + chunk.t / self.speed
+                    while True:
+                        if stop is not None and stop.is_set():
+                            return self._stopped(argv, start)
+                        left = due - self._clock()
+                        if left <= 0:
+                            break
+                        self._sleep(min(left, tick_interval))
+                        if tick is not None and self._clock() - last_tick >= tick_interval:
+                            last_tick = self._clock()
+                            tick()
+                if stop is not None and stop.is_set():
+                    return self._stopped(argv, start)
+                on_chunk(chunk.data)
+                if tick is not None and self._clock() - last_tick >= tick_interval:
+                    last_tick = self._clock()
+                    tick()
+        except KeyboardInterrupt:
+            return self._stopped(argv, start)
+        return self.rec.end.status(argv)
+
+    def _stopped(self, argv: Sequence[str], start: float) -> runner.RunStatus:
+        return runner.RunStatus(exit_status=None, signal=None, interrupted=True, escalated=None,
+                                duration=self._clock() - start, argv=tuple(argv))
