@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
+
 from stapmagic import lab, pipeline, records, runner  # noqa: E402
 from stapmagic.schema import ProbeSchema  # noqa: E402
 
@@ -138,7 +140,7 @@ class PipelineResult:
     parser: CountingParser
     wall: float                      # spawn to the end of execute()
     first_row: float | None          # first on_batch with rows (what the user sees)
-    frame: object = None
+    frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     batches: list[tuple[float, frozenset[int]]] = field(default_factory=list)
 
     def first_row_of(self, pid: int) -> float | None:

@@ -120,6 +120,13 @@ def _ingest(variant: str) -> None:
           f"median {res['ratio_median']:.2f}")
     key = "ingest_vs_read_csv" if variant == "dec" else f"ingest_vs_read_csv_{variant}"
     print(f"{key}={res['ratio_best']:.2f}")
+    SUMMARY.append(("ingest" if variant == "dec" else f"ingest_{variant}",
+                    "streaming ingest / read_csv throughput (best)",
+                    f"{res['ratio_best']:.2f}x", "target >= 1.0"))
+
+
+# (benchmark, figure, value, note) rows for the table `all` ends with
+SUMMARY: list[tuple[str, str, str, str]] = []
 
 
 BENCHES: dict[str, Bench] = {}
@@ -141,6 +148,33 @@ def bench_ingest() -> None:
 @register("ingest_hex", "benchmark 1, hex pointer arguments (read_csv needs int(x, 16))")
 def bench_ingest_hex() -> None:
     _ingest("hex")
+
+
+def _lab(fn_name: str) -> None:
+    """Run one lab benchmark from bench/labreport.py; no lab -> Skip with the reason."""
+    from bench import labbench, labreport
+
+    try:
+        getattr(labreport, fn_name)(table, SUMMARY)
+    except labbench.NoLab as e:
+        raise Skip(str(e)) from None
+
+
+@register("throughput", "benchmark 2 (lab): magic rows vs stap -o FILE lines, timer K records/ms "
+          "sweep + ksys_read under dd")
+def bench_throughput() -> None:
+    _lab("throughput")
+
+
+@register("first-event", "benchmark 3 (lab): time to first row, cold and warm, vs bpftrace")
+def bench_first_event() -> None:
+    _lab("first_event")
+
+
+@register("aggregation", "benchmark 4 (lab): dd slowdown, record per hit vs in-kernel "
+          "@hist_log vs bpftrace hist()")
+def bench_aggregation() -> None:
+    _lab("aggregation")
 
 
 DEFAULT_ALL = ["ingest"]
@@ -171,6 +205,19 @@ def main(argv: Sequence[str]) -> int:
             print(f"  skipped: {e}")
             continue
         print(f"  ({time.perf_counter() - t:.1f} s)")
+    if len(names) > 1 and SUMMARY:
+        print(f"\n== summary ({time.strftime('%Y-%m-%d %H:%M %Z')})")
+        print(table(machine_info()))
+        try:
+            from bench import labbench
+
+            if any(n in ("throughput", "first-event", "aggregation") for n in names) \
+                    and labbench.lab.is_up():
+                print(table(labbench.versions()))
+        except Exception as e:  # the versions are a courtesy; the figures are printed
+            print(f"(guest versions unavailable: {e})")
+        print()
+        print(table(SUMMARY, ["benchmark", "figure", "value", "note"]))
     return status
 
 

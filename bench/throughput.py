@@ -54,8 +54,8 @@ probe timer.ms(1) {
 	ticks++
 	for (i = 0; i < k; i++) {
 		seq++
-		printf("@@sm1\t0\t%d\t%d\t%d\t%d\t%s\t%d\t@@\n", now, pid(), tid(), cpu(),
-		       text_str(execname()), seq)
+		printf("@@sm1\t0\t%d\t%d\t%d\t%d\t%s\t%d\t@@\n",
+			now, pid(), tid(), cpu(), text_str(execname()), seq)
 	}
 	if (ticks == ticks_max) {
 		t_last = now

@@ -9,16 +9,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import shlex
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import diagnose, records, runner
-from .errors import OptionError, SpecError
+from .errors import OptionError, SpecError, StapMagicError
 from .hist import Histogram, Summary
 from .script import COUNT_KEYS, Script, ScriptOptions, generate, module_statement_probe
 from .spec import Spec, parse_spec
@@ -80,6 +82,8 @@ class ProbeRun:
     histograms: list[Histogram] = field(default_factory=list)
     summaries: list[Summary] = field(default_factory=list)
     run_id: int = field(default_factory=lambda: next(_run_ids))
+    # How the run ended, when stap's own messages do not say (killed, connection lost).
+    end_diagnoses: list[diagnose.Diagnosis] = field(default_factory=list)
 
     @property
     def df(self) -> pd.DataFrame:
@@ -137,7 +141,11 @@ class ProbeRun:
 
     @property
     def diagnoses(self) -> list[diagnose.Diagnosis]:
-        return diagnose.diagnose(self.messages)
+        found = diagnose.diagnose(self.messages)
+        if self.end_diagnoses:
+            # they name the cause the generic "stap failed in pass 5" fallback could not
+            found = [d for d in found if d.code != "stap_failed"]
+        return self.end_diagnoses + found
 
     @property
     def counters(self) -> diagnose.Counters:
@@ -169,7 +177,7 @@ class ProbeRun:
             if self.status.interrupted:
                 parts.append("interrupted")
             elif self.status.signal:
-                parts.append(f"stap killed by signal {self.status.signal}")
+                parts.append(f"stap killed by {_signal_name(self.status.signal)}")
             elif self.status.exit_status:
                 parts.append(f"stap exit status {self.status.exit_status}")
             parts.append(f"{self.status.duration:.1f}s")
@@ -254,10 +262,11 @@ class ProbeRun:
             return int(t.key, 16 if kind == "hex" else 10)
 
         keys = [key(t) for t in lines]
+        # via numpy: pd.array() of Python ints above 2**63 goes through float64
         if used and used <= {"int"}:
-            key_col: Any = pd.array(keys, dtype="int64")
+            key_col: Any = np.array(keys, dtype=np.int64)
         elif used and used <= {"uint", "hex"}:
-            key_col = pd.array(keys, dtype="uint64")
+            key_col = np.array(keys, dtype=np.uint64)
         elif used <= {"str"}:
             key_col = pd.array(keys, dtype="str")
         else:
@@ -444,10 +453,70 @@ def execute(
                 exit_status=None, signal=None, interrupted=False, escalated=None,
                 duration=run.finished - run.started, argv=run.argv,
             )
+        elif source is None:
+            run.end_diagnoses = ending_diagnoses(run)
         if on_batch is not None:
             on_batch(run, batch, True)
         run.done.set()
     return run
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def ending_diagnoses(run: ProbeRun, *,
+                     reachable: Callable[[runner.Target], str | None] | None = None,
+                     ) -> list[diagnose.Diagnosis]:
+    """What ended a run when stap's messages do not say: stap killed from outside, or (on a
+    remote target) stap's ssh connection lost mid-run. `reachable(target)` returns None when
+    the target answers, else why not (default: one `true` over ssh)."""
+    status = run.status
+    if status is None or status.interrupted or status.exit_status == 0:
+        return []
+    rows = run.parser.row_count
+    kept = f"The {rows} rows received before are kept."
+    if status.signal is not None:
+        name = _signal_name(status.signal)
+        return [diagnose.Diagnosis(
+            code="stap_killed",
+            summary=(f"stap was killed by {name} (signal {status.signal}) before the run "
+                     f"ended, by something other than stapmagic (kill -9, the OOM killer...). "
+                     f"{kept}"),
+            detail=(), severity="error")]
+    if run.target.kind == "local":
+        return []
+    if any(d.severity == "error" and d.code != "stap_failed"
+           for d in diagnose.diagnose(run.messages)):
+        return []  # stap said what went wrong
+    passes = [m for m in run.messages if m.startswith("Pass ")]
+    if not rows and not any(m.startswith("Pass 5: starting run") for m in passes):
+        return []  # it did not get to the run: not a lost session
+    why = (reachable or _target_problem)(run.target)
+    where = "the lab VM" if run.target.kind == "lab" else str(run.target)
+    detail = tuple(m for m in passes if "failed" in m)
+    if why is None:
+        summary = (f"the connection to the target ({where}) was lost during the run: stap's ssh "
+                   f"session ended without a word from stap (the ssh client died or the network "
+                   f"dropped). The target answers again now. {kept}")
+        code = "connection_lost"
+    else:
+        hint = (" (python -m stapmagic.lab status)" if run.target.kind == "lab" else "")
+        summary = (f"the connection to the target ({where}) was lost during the run, and the "
+                   f"target does not answer now: is it down?{hint} ({why}). {kept}")
+        code = "target_unreachable"
+    return [diagnose.Diagnosis(code=code, summary=summary, detail=detail, severity="error")]
+
+
+def _target_problem(target: runner.Target) -> str | None:
+    try:
+        runner.run_on_target(target, ["true"], timeout=30.0)
+    except StapMagicError as exc:
+        return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return None
 
 
 def start(

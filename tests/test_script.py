@@ -14,9 +14,11 @@ import pytest
 
 from stapmagic.errors import OptionError, SpecError
 from stapmagic.script import (
+    COUNT_KEYS,
     MAX_PRINTF_ARGS,
     PAIR_SLOTS,
     REGS_ALLOWED,
+    Aggregate,
     Column,
     ProbeSchema,
     Script,
@@ -53,6 +55,16 @@ CASES = {
                                 "vfs_read.return:long", count=100, duration=2.5,
                                 filter_pid=True),
     "module_by_address": _module_by_address,
+    # issue 4: pairing by option, in-kernel histograms and counts
+    "latency_option": lambda: gen("tcp_v4_connect sk:ptr len:uint", "tcp_v4_connect.return:int",
+                                  latency=True),
+    "hist_latency": lambda: gen("tcp_v4_connect sk:ptr", hist="latency"),
+    "hist_retval": lambda: gen("tcp_v4_connect.return:int", hist="retval", count=1000),
+    "hist_linear_arg": lambda: gen("tcp_v4_connect _ _ len:uint", "tcp_v6_connect _ _ len:uint",
+                                   hist="len", hist_linear=(0, 64, 8)),
+    "count_by_comm": lambda: gen("tcp_v4_connect", filter_pid=True, count_by="comm"),
+    "count_by_str_arg": lambda: gen("do_sys_openat2.call+return:int dfd:int name:ustr",
+                                    count_by="name"),
 }
 
 
@@ -346,3 +358,132 @@ def test_bad_options(kw):
 
 def test_regs_allowed_are_register_columns():
     assert set(REGS_ALLOWED) <= set(REGISTER_COLUMNS)
+
+
+# -- issue 4: --latency, --hist, --count-by ----------------------------------------------------
+
+def test_latency_pairs_entry_probes_only():
+    script = gen("tcp_v4_connect sk:ptr", "tcp_v4_connect.return:int\nf.call+return:u32",
+                 latency=True)
+    assert [p.label for p in script.probes] == [
+        "tcp_v4_connect.call+return", "tcp_v4_connect.return", "f.call+return"]
+    assert script.probes[0].columns == (Column("sk", "hex"), Column("retval", "int"),
+                                        Column("errno", "errno"), Column("latency_ns", "int"))
+    assert script.probes[2].columns[0] == Column("retval", "uint")
+    assert script.aggregate is None
+    # the same script as writing .call+return (return type long) by hand
+    assert script.text == gen("tcp_v4_connect.call+return sk:ptr",
+                              "tcp_v4_connect.return:int\nf.call+return:u32").text
+
+
+def test_latency_refuses_address_probes():
+    with pytest.raises(OptionError, match="address probe"):
+        gen("0xffffffff8125e2a0", guru=True, latency=True)
+
+
+def test_aggregating_scripts_print_no_records():
+    for kw in (dict(hist="latency"), dict(hist="retval", latency=True), dict(hist="len"),
+               dict(count_by="comm"), dict(count_by="len"), dict(count_by="retval",
+                                                                 latency=True)):
+        script = gen("tcp_v4_connect sk:ptr _ len:uint", "g len:int", **kw)
+        assert "@@sm1" not in script.text.replace(
+            "one @@sm1 record per event", ""), kw
+        assert "now = gettimeofday_ns()" not in script.text or kw.get("hist") == "latency"
+        paired = kw.get("latency") or kw.get("hist") == "latency"
+        assert script.text.count("\nprobe end\n") == 2 + bool(paired)  # + the unpaired counters
+
+
+def test_hist_values_per_kind():
+    assert "__sm_h0 <<< lat" in gen("f", hist="latency").text
+    assert "__sm_h0 <<< rv" in gen("f.return:int", hist="retval").text
+    text = gen("f a:int b:ptr", hist="b").text
+    assert "a2 = pointer_arg(2)" in text and "__sm_h0 <<< a2" in text
+    assert "int_arg(1)" not in text  # only what is aggregated is read
+    assert gen("f", hist="latency").aggregate == Aggregate("hist", "latency", "log")
+    assert gen("f a:int", hist="a", hist_linear=(-10, 10, 5)).aggregate == Aggregate(
+        "hist", "a", "linear:-10:10:5")
+
+
+def test_hist_end_guards_empty_aggregates():
+    text = gen("f a:int", "g a:int", hist="a", hist_linear=(0, 100, 10)).text
+    for i, name in enumerate(("f", "g")):
+        h = f"__sm_h{i}"
+        end = text[text.index(f"if (@count({h}) > 0)"):]
+        end = end[:end.index("\n}\n")]
+        guarded, empty = end.split("} else")
+        assert f"@min({h})" in guarded and f"@min({h})" not in empty
+        assert f"print(@hist_linear({h}, 0, 100, 10))" in guarded
+        assert f'printf("@@smh\\t{name}\\tlinear:0:100:10\\n")' in guarded
+        assert f'printf("@@sms\\t{name}\\t0\\t\\t\\t\\t\\t@@\\n")' in empty
+
+
+def test_summary_and_key_formats_match_the_parsers():
+    """The tag lines the end probes print have the field counts hist.py/records.py read."""
+    text = gen("f a:str", count_by="a").text + gen("f", hist="latency").text
+    fmts: dict[str, str] = {}
+    for f in re.findall(r'printf\("(@@sm[skc][^"]*)"', text):
+        fmts.setdefault(f.split("\\t")[0], f)
+    assert fmts["@@sms"].split("\\t") == ["@@sms", "f.call+return", "%d", "%d", "%d", "%d",
+                                          "%d", "@@\\n"]
+    assert fmts["@@smk"].split("\\t") == ["@@smk", "f", "%s", "%d", "@@\\n"]
+    assert fmts["@@smc"].split("\\t") == ["@@smc", "count_overflow", "0", "%d", "@@\\n"]
+
+
+@pytest.mark.parametrize("key,expr,printed,kind", [
+    ("comm", "key = execname()", "text_str(k)", "str"),
+    ("pid", "key = pid()", "%d\\t%d\\t@@\\n\", k,", "int"),
+    ("cpu", "key = cpu()", "%d\\t%d\\t@@\\n\", k,", "int"),
+    ("p", "key = a1", "%x\\t%d\\t@@\\n\", k,", "hex"),
+    ("s", "key = a2", "%s\\t%d\\t@@\\n\", k,", "str"),
+])
+def test_count_by_keys(key, expr, printed, kind):
+    script = gen("f p:ptr s:str", count_by=key)
+    assert expr in script.text and printed in script.text
+    assert f"global __sm_k0[{COUNT_KEYS}]" in script.text
+    assert "foreach (k in __sm_k0-)" in script.text
+    assert script.aggregate == Aggregate("count", key, key_kinds=(kind,))
+
+
+def test_count_by_cannot_overflow_the_array():
+    text = gen("f", count_by="pid").text
+    assert f"else if (__sm_kn0 < {COUNT_KEYS}) {{" in text
+    assert "__sm_kover0++" in text
+
+
+@pytest.mark.parametrize("first,body,kw,needle", [
+    ("f.return:int", "", dict(hist="latency"), "no entry to measure from"),
+    ("f", "", dict(hist="retval"), "is an entry probe"),
+    ("f", "", dict(count_by="retval"), "is an entry probe"),
+    ("f a:int", "g", dict(hist="a"), "g has no argument 'a'"),
+    ("f a:str", "", dict(hist="a"), "is a string"),
+    ("f.return", "", dict(count_by="x"), "has no argument 'x'"),
+])
+def test_aggregation_errors_name_the_probe(first, body, kw, needle):
+    with pytest.raises(OptionError, match=needle):
+        gen(first, body, **kw)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(hist="latency_ns"), dict(hist="pid"), dict(hist="a b"), dict(count_by="time"),
+    dict(count_by='x"'), dict(hist="latency", count_by="comm"), dict(hist_linear=(0, 10, 1)),
+    dict(hist="a", hist_linear=(0, 10, 0)), dict(hist="a", hist_linear=(10, 0, 1)),
+    dict(hist="a", hist_linear=(0, 126, 1)), dict(hist="a", hist_linear=(0, 1 << 31, 1 << 30)),
+    dict(hist="latency", regs=("rip",)), dict(count_by="comm", print_regs=True),
+])
+def test_bad_aggregation_options(kw):
+    with pytest.raises(OptionError):
+        ScriptOptions(**kw)
+
+
+def test_linear_bucket_limit_is_systemtaps():
+    ScriptOptions(hist="a", hist_linear=(0, 125, 1))  # (stop - start) / interval + 3 == 128
+    with pytest.raises(OptionError, match="at most 125"):
+        ScriptOptions(hist="a", hist_linear=(0, 126, 1))
+
+
+def test_one_end_probe_per_aggregate():
+    """Each end handler has its own action budget, which a foreach over the keys needs."""
+    text = gen("f", "g\nh.return", count_by="comm").text
+    ends = re.findall(r"probe end\n\{\n(.*?)\n\}", text, re.S)
+    assert len(ends) == 3
+    assert [e.count("foreach") for e in ends] == [1, 1, 1]

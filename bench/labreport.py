@@ -1,0 +1,142 @@
+"""Tables for the lab benchmarks (2-4), called by run.py's dispatcher.
+
+Each function runs its benchmark, prints its tables, and appends its headline figures to
+`summary` as (benchmark, figure, value, note) rows. NoLab means: skip with that message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench import labbench as L
+
+Table = Callable[..., str]
+Summary = list[tuple[str, str, str, str]]
+
+_versions_printed = False
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + ln for ln in text.splitlines())
+
+
+def _start(table: Table) -> None:
+    """Check the lab; print the guest's versions once per process."""
+    global _versions_printed
+    L.require_lab()
+    if not _versions_printed:
+        print(_indent(table(L.versions())))
+        _versions_printed = True
+
+
+def _rate(x: float | None) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x / 1000:.0f}k/s" if x >= 1000 else f"{x:.0f}/s"
+
+
+def throughput(table: Table, summary: Summary) -> None:
+    from bench import throughput as T
+
+    _start(table)
+    res = T.run(out=lambda s: print("  " + s))
+
+    def rows_of(pairs: Sequence[dict[str, Any]], guard: str) -> list[list[str]]:
+        rows = []
+        for p in pairs:
+            f, h, m = p["file"], p["host"] or {}, p["magic"]
+            rows.append([
+                f"timer K={p['k']}/ms{guard}", _rate(p["rate"]), str(f["ok"]),
+                str(h.get("ok", "-")), str(m["ok"]), str(m["raw"]), str(m["damaged"]),
+                str(m["pty_loss"]),
+                f"{f['lost'] + f['transport_failures']}/{m['lost'] + m['transport_failures']}",
+                f"{p['ratio']:.3f}", "yes" if p["held"] else "no: " + p["why"],
+            ])
+        return rows
+
+    rows = rows_of(res["timer"], "") + rows_of(res["no_guard"], " (no overload guard)")
+    for r in res["real"]:
+        f, h, m = r["file"], r["host"] or {}, r["magic"]
+        rows.append([
+            f"ksys_read, dd x{r['n']}", _rate(r["rate"]), str(f["ok"]), str(h.get("ok", "-")),
+            str(m["ok"]), str(m["raw"]), str(m["damaged"]), str(m["pty_loss"]),
+            f"{f['lost'] + f['transport_failures']}/{m['lost'] + m['transport_failures']}",
+            f"{r['ratio']:.3f}", "yes" if r["held"] else "no",
+        ])
+    print(table(rows, ["probe", "rate", "-o FILE", "host file", "magic rows", "pty @@sm1",
+                       "damaged", "pty loss", "stap lost f/m", "ratio", "held (>=0.9, 0 loss)"]))
+    held = [p for p in res["timer"] if p["held"]]
+    best = max(held, key=lambda p: p["rate"] or 0) if held else None
+    print(f"  highest timer rate held: {_rate(best['rate']) if best else 'none'}"
+          + (f" (K={best['k']}/ms)" if best else ""))
+    pty_loss = sum(p["magic"]["pty_loss"] for p in [*res["timer"], *res["no_guard"],
+                                                    *res["real"]])
+    print(f"  records lost between the pty and the DataFrame, all runs: {pty_loss}")
+    summary.append(("throughput", "highest timer rate held (ratio >= 0.9, no pty loss)",
+                    _rate(best["rate"]) if best else "none", f"K={best['k']}/ms" if best else ""))
+    summary.append(("throughput", "records lost pty -> DataFrame (all runs)", str(pty_loss),
+                    "target 0"))
+    ratios = [r["ratio"] for r in res["real"]]
+    summary.append(("throughput", "ksys_read under dd: magic rows / -o FILE lines",
+                    " ".join(f"{x:.2f}" for x in ratios), "target >= 0.9"))
+
+
+def first_event(table: Table, summary: Summary) -> None:
+    from bench import first_event as F
+
+    _start(table)
+    res = F.run(out=lambda s: print("  " + s))
+    warm = [w["first_row"] for w in res["warm"] if w["first_row"] is not None]
+    bpf = [b["first_event"] for b in res["bpftrace"] if b["first_event"] is not None]
+    cold = res["cold"]["first_row"]
+    wm, bm = L.med(warm), L.med(bpf)
+    w0 = res["warm"][0] if res["warm"] else {}
+    inside = res["inside"]
+    st_in = L.med([g["staprun"]["first"] for g in inside
+                   if g.get("staprun") and g["staprun"]["first"] is not None])
+    bt_in = L.med([g["bpftrace"]["first"] for g in inside
+                   if g.get("bpftrace") and g["bpftrace"]["first"] is not None])
+    rows = [
+        ["ssh round trip to the guest (median)", L.fmt_s(L.med(res["ssh"])), ""],
+        ["stapmagic cold (compile)", L.fmt_s(cold), L.ratio(cold, bm)],
+        [f"stapmagic warm (median of {len(warm)})", L.fmt_s(wm), L.ratio(wm, bm)],
+        ["  warm: Pass 1 line at the pty", L.fmt_s(w0.get("pass1")), ""],
+        ["  warm: Pass 5 (run) starts", L.fmt_s(w0.get("pass5")), ""],
+        ["  warm: first @@sm1 byte at the pty", L.fmt_s(w0.get("first_record")), ""],
+        [f"bpftrace (median of {len(bpf)})", L.fmt_s(bm), "1.00x"],
+        ["inside the guest: staprun, cached module", L.fmt_s(st_in), L.ratio(st_in, bt_in)],
+        ["inside the guest: bpftrace", L.fmt_s(bt_in), "1.00x"],
+    ]
+    print(table(rows, ["time to first event", "seconds", "vs bpftrace"]))
+    cached = all(w["cached"] for w in res["warm"])
+    print(f"  warm runs used stap's cache (Pass 4: using cached): {cached}; cold compiled: "
+          f"{res['cold']['compiled']}")
+    summary.append(("first-event", "warm start / bpftrace (host clock, incl. ssh)",
+                    L.ratio(wm, bm), f"{L.fmt_s(wm)} vs {L.fmt_s(bm)}; goal < 1"))
+    summary.append(("first-event", "cold start / bpftrace", L.ratio(cold, bm), L.fmt_s(cold)))
+    summary.append(("first-event", "inside the guest: staprun / bpftrace", L.ratio(st_in, bt_in),
+                    f"{L.fmt_s(st_in)} vs {L.fmt_s(bt_in)}"))
+
+
+def aggregation(table: Table, summary: Summary) -> None:
+    from bench import aggregation as A
+
+    _start(table)
+    res = A.run(out=lambda s: print("  " + s))
+    rows = []
+    for s in A.summarize(res):
+        rows.append([s["name"], L.fmt_s(s["median"]), str(s["n_ok"]),
+                     f"{s['slowdown']:.2f}x" if s["slowdown"] else "-",
+                     f"{s['us_per_hit']:.2f}" if s["us_per_hit"] == s["us_per_hit"] else "-"])
+    print(table(rows, [f"dd bs=1 count={res['n']} in the guest", "median dd time", "runs",
+                       "slowdown", "extra us/hit"]))
+    by = {s["name"]: s for s in A.summarize(res)}
+    for name in ("records", "hist", "bpftrace", "bt-print"):
+        if name in by and by[name]["slowdown"]:
+            summary.append(("aggregation", f"slowdown of dd: {name}",
+                            f"{by[name]['slowdown']:.2f}x",
+                            f"{by[name]['us_per_hit']:.2f} us/hit"))
+    if "hist" in by and "bpftrace" in by and by["bpftrace"]["us_per_hit"]:
+        summary.append(("aggregation", "per-hit cost: stap hist / bpftrace hist",
+                        f"{by['hist']['us_per_hit'] / by['bpftrace']['us_per_hit']:.2f}x", ""))
