@@ -214,11 +214,12 @@ def measure_memory(which: str, path: str, variant: str) -> dict[str, Any]:
 
 # ---- the benchmark ------------------------------------------------------------------
 
-def _time(fn: Callable[[], pd.DataFrame]) -> tuple[float, pd.DataFrame]:
+def _time(fn: Callable[[], pd.DataFrame]) -> tuple[float, float, pd.DataFrame]:
+    """(wall seconds, CPU seconds of this process, all threads; the result)."""
     gc.collect()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     df = fn()
-    return time.perf_counter() - t, df
+    return time.perf_counter() - t, time.process_time() - c, df
 
 
 def run(variant: str = "dec", n: int = N_RECORDS, repeats: int = 3,
@@ -232,12 +233,14 @@ def run(variant: str = "dec", n: int = N_RECORDS, repeats: int = 3,
     sizes = chunk_sizes(len(data))
     t = time.perf_counter()
     times: dict[str, list[float]] = {"read_csv": [], "ingest": []}
+    cpu: dict[str, list[float]] = {"read_csv": [], "ingest": []}
     frames: dict[str, pd.DataFrame] = {}
     for _ in range(repeats):     # interleaved, so background load hits both alike
         for name, fn in (("read_csv", lambda: read_csv_frame(data, schema)),
                          ("ingest", lambda: ingest_frame(data, schema, sizes))):
-            el, df = _time(fn)
+            el, c, df = _time(fn)
             times[name].append(el)
+            cpu[name].append(c)
             frames[name] = df
             del df
     out(f"timed {repeats} interleaved rounds in {time.perf_counter() - t:.1f} s")
@@ -255,7 +258,7 @@ def run(variant: str = "dec", n: int = N_RECORDS, repeats: int = 3,
         mem = {w: measure_memory(w, f.name, variant) for w in ("read_csv", "ingest")}
     out(f"measured memory in child processes in {time.perf_counter() - t:.1f} s")
     res: dict[str, Any] = {"variant": variant, "records": n, "bytes": len(data),
-                           "times": times, "memory": mem}
+                           "times": times, "cpu": cpu, "memory": mem}
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     res["ratio_best"] = best["read_csv"] / best["ingest"]

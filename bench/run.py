@@ -101,9 +101,10 @@ def _ingest(variant: str) -> None:
         rows.append([
             "pandas.read_csv (C engine)" if name == "read_csv" else "RecordParser (streaming)",
             f"{best:.2f} s", f"{med:.2f} s", f"{n / best / 1e6:.2f} M/s",
-            f"{nbytes / best / 1e6:.0f} MB/s",
+            f"{nbytes / best / 1e6:.0f} MB/s", f"{min(res['cpu'][name]):.2f} s",
         ])
-    print(table(rows, ["", "best", "median", "events/s", "MB/s"]))
+    print(table(rows, ["", "best", "median", "events/s", "MB/s", "CPU (best)"]))
+    print("  (wall time of the interleaved rounds; CPU: process time of all threads)")
     print()
     mrows = []
     for name in ("read_csv", "ingest"):
@@ -118,8 +119,13 @@ def _ingest(variant: str) -> None:
     print()
     print(f"  ratio (read_csv time / ingest time): best {res['ratio_best']:.2f}, "
           f"median {res['ratio_median']:.2f}")
+    cpu_ratio = min(res["cpu"]["read_csv"]) / min(res["cpu"]["ingest"])
+    print(f"  CPU ratio (read_csv CPU / ingest CPU): {cpu_ratio:.2f}")
     key = "ingest_vs_read_csv" if variant == "dec" else f"ingest_vs_read_csv_{variant}"
-    print(f"{key}={res['ratio_best']:.2f}")
+    mem = res["memory"]["ingest"]
+    RESULT_LINES.append(f"ingest_peak_rss_vs_frame{'' if variant == 'dec' else '_' + variant}"
+                        f"={mem['rss_peak_extra'] / mem['frame_bytes']:.2f}")
+    RESULT_LINES.append(f"{key}={res['ratio_best']:.2f}")
     SUMMARY.append(("ingest" if variant == "dec" else f"ingest_{variant}",
                     "streaming ingest / read_csv throughput (best)",
                     f"{res['ratio_best']:.2f}x", "target >= 1.0"))
@@ -127,6 +133,9 @@ def _ingest(variant: str) -> None:
 
 # (benchmark, figure, value, note) rows for the table `all` ends with
 SUMMARY: list[tuple[str, str, str, str]] = []
+# key=value lines, printed last (so `python bench/run.py ingest` ends with
+# ingest_vs_read_csv=<ratio>)
+RESULT_LINES: list[str] = []
 
 
 BENCHES: dict[str, Bench] = {}
@@ -218,6 +227,10 @@ def main(argv: Sequence[str]) -> int:
             print(f"(guest versions unavailable: {e})")
         print()
         print(table(SUMMARY, ["benchmark", "figure", "value", "note"]))
+    if RESULT_LINES:
+        print()
+        for line in RESULT_LINES:
+            print(line)
     return status
 
 

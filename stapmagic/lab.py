@@ -870,6 +870,11 @@ def status() -> dict[str, Any] | None:
     return state
 
 
+def last_state() -> dict[str, Any] | None:
+    """The state file of the last boot, whether or not that VM still runs."""
+    return _read_state()
+
+
 def is_up() -> bool:
     return status() is not None
 

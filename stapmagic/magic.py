@@ -71,6 +71,7 @@ def failure_text(run: pipeline.ProbeRun, out: str | None) -> str:
         lines.extend("    | " + ln for ln in d.detail)
     if not errors:
         lines.extend("    | " + ln for ln in worth_showing(run.messages)[-15:])
+    lines.extend(run.notes)
     where = f"`{out}` and `_kprobe.df`" if out else "`_kprobe.df`"
     lines.append(f"({run.summary()}; the {run.parser.row_count} rows received are in {where}, "
                  "stap's messages in `_kprobe.messages`)")

@@ -455,6 +455,8 @@ def execute(
             )
         elif source is None:
             run.end_diagnoses = ending_diagnoses(run)
+        if not run.ok and run.target.kind == "lab":
+            run.notes.extend(lab_post_mortem())
         if on_batch is not None:
             on_batch(run, batch, True)
         run.done.set()
@@ -517,6 +519,20 @@ def _target_problem(target: runner.Target) -> str | None:
     except StapMagicError as exc:
         return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return None
+
+
+def lab_post_mortem() -> list[str]:
+    """After a failed lab run: say so if the VM itself died (e.g. the guest kernel crashed)."""
+    from . import lab
+
+    if lab.is_up():
+        return []
+    state = lab.last_state()
+    serial = str(state.get("serial_log", "")) if state else ""
+    crash = lab.guest_crash(serial) if serial else None
+    what = f"the guest kernel crashed ({crash})" if crash else "the lab VM is no longer running"
+    return [f"{what}; serial console: {serial or 'n/a'}; restart it with "
+            "`python -m stapmagic.lab up` (a disposable VM: nothing is lost but this run)"]
 
 
 def start(

@@ -11,11 +11,14 @@ lines and parses them in batches:
   split into register columns of that record (`PRINT_REGS_COLUMNS`).
 * Every other line is a message (decoded utf-8, errors="backslashreplace"), kept in order.
 
-Speed: a batch is checked with a handful of whole-buffer operations and parsed by pyarrow's
-multithreaded CSV reader with explicit column types; only when a batch is not clean (message
-lines, several record shapes, damage) are lines indexed with numpy, and only damaged groups
-fall back to the per-line reference parser `parse_record`. Each batch's columns are stored
-once; `frame()` concatenates them column by column.
+Speed: a batch (batch_bytes of whole lines, or what flush() finds) is checked with a few
+whole-buffer operations and parsed by pyarrow's (multithreaded) CSV reader with explicit
+column types; `@@sm1`/`@@` are read as bool (true_values/false_values), so a wrong tag is a
+conversion error at no cost. Only when a batch is not clean (message lines, several record
+shapes, damage) are its lines indexed with numpy, and only a group the vectorized parse
+rejects goes through the per-line reference parser `parse_record`. The numeric columns of
+every row live in one contiguous, pre-reserved (untouched until used) array per column:
+each batch is copied in while hot and `frame()` returns views, without concatenating.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import contextlib
 import mmap
 import os
 import re
+import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -629,24 +634,37 @@ def _rows_of(positions: I64, offs: I64) -> I64:
     return rows
 
 
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+_ARANGE16_I8 = np.arange(16, dtype=np.int8)
+
+
 def _hex_chunk(arr: Any) -> tuple[U64, BoolArr]:
-    """Hex digits (1..16, no 0x) -> uint64, and the mask of rows that are not such."""
+    """Hex digits (1..16, no 0x) -> uint64, and the mask of rows that are not such.
+
+    Each value's last 16 bytes (a window ending at its end offset, over the data with 16
+    '0' bytes in front) are gathered as an (n, 16) uint8 matrix, the bytes before the value
+    set to '0', turned into nibbles with uint8 arithmetic and packed into big-endian
+    8-byte words. One bytes.translate() checks every digit; only when it finds a bad
+    one are the rows looked at one by one."""
     offs, data = _binary_parts(arr)
     n = len(offs) - 1
     lens = offs[1:] - offs[:-1]
     bad = (lens < 1) | (lens > 16)
-    nib = _HEX_LUT[data]
-    badpos = np.flatnonzero(nib == 255)
-    if badpos.size:
+    if not n:
+        return np.zeros(0, dtype=np.uint64), bad
+    if data.tobytes().translate(None, _HEX_DIGITS):
+        badpos = np.flatnonzero(_HEX_LUT[data] == 255)
         bad[_rows_of(badpos, offs)] = True
-    if not n or not data.size:
-        return np.zeros(n, dtype=np.uint64), bad | (n > 0)
-    shift = 16 - np.clip(lens, 0, 16)
-    pos = offs[:-1, None] + (_ARANGE16[None, :] - shift[:, None])
-    valid = _ARANGE16[None, :] >= shift[:, None]
-    m = np.where(valid, nib[np.clip(pos, 0, data.size - 1)], 0).astype(np.uint8)
-    m[m == 255] = 0
-    packed = np.ascontiguousarray((m[:, 0::2] << 4) | m[:, 1::2])
+        data = np.where(_HEX_LUT[data] == 255, np.uint8(0x30), data)
+    padded = np.empty(data.size + 16, dtype=np.uint8)
+    padded[:16] = 0x30
+    padded[16:] = data
+    win = np.lib.stride_tricks.sliding_window_view(padded, 16)[offs[1:]]   # copies n x 16
+    shift = (16 - np.clip(lens, 0, 16)).astype(np.int8)
+    win[_ARANGE16_I8[None, :] < shift[:, None]] = 0x30
+    d = (win | 0x20) - 0x30                      # '0'-'9' -> 0-9, 'a'-'f'/'A'-'F' -> 49-54
+    d -= (d > 9).astype(np.uint8) * 39
+    packed = np.ascontiguousarray((d[:, 0::2] << 4) | d[:, 1::2])
     return packed.view(">u8").ravel().astype(np.uint64), bad
 
 
@@ -896,7 +914,7 @@ class RecordParser:
     """Incremental parser of stap's output; see the module docstring.
 
     Each parsed row, message, damaged line, histogram and summary is reported once, in the
-    Batch of the feed()/flush()/close() call that parsed it.
+    Batch of the next flush() or close() (feed() only buffers and parses).
 
     batch_bytes: feed() parses once this much is buffered (flush() parses whatever whole
     lines are buffered, close() everything). max_line: a line longer than this is not
@@ -932,12 +950,14 @@ class RecordParser:
         self._pending_damage: list[tuple[int, bytes]] = []
         self._hist: _HistBlock | None = None
         self._fast_ok = True
+        self._threads_off = 0          # batches to read single-threaded (see _read_csv)
+        self._thread_gain = 2.0
         self._frame_cache: pd.DataFrame | None = None
         self._frame_rows = -1
         # Internal frames whose shallow copies were handed out: while they live, pandas
         # copy-on-write copies before a user's in-place change, so the rows we hold (and
         # hand out again later) stay as parsed.
-        self._anchors: list[pd.DataFrame] = []
+        self._anchors: list[tuple[pd.DataFrame, weakref.ref[pd.DataFrame]]] = []
         self._anchor_generation = 0
 
         self._new_messages: list[str] = []
@@ -1018,15 +1038,17 @@ class RecordParser:
     # ---- public API -----------------------------------------------------------------
 
     def feed(self, data: bytes) -> Batch:
-        """Buffer `data` (any chunk of stap's output); parse if batch_bytes or more are
-        buffered. Returns what was parsed (usually nothing)."""
+        """Buffer `data` (any chunk of stap's output); parse the whole lines if batch_bytes
+        or more are buffered. Returns an empty Batch: what feed() parses is reported by the
+        next flush() or close(), so a caller that only looks at those (the runner's timer
+        and the end) misses nothing, and nothing is reported twice."""
         if self._closed:
             raise ValueError("feed() after close()")
         if data:
             self._add(bytes(data))
         if self._size >= self.batch_bytes and self._nl_chunk >= 0:
             self._drain(final=False)
-        return self._take_batch()
+        return _EMPTY_BATCH
 
     def flush(self) -> Batch:
         """Parse every whole line buffered so far (the live view calls this on a timer)."""
@@ -1083,8 +1105,12 @@ class RecordParser:
                 data[name] = st.to_pandas(chunk, self._categories_for(name))
             self._frame_cache = pd.DataFrame(data, copy=False)
             self._frame_rows = self.row_count
-            self._anchors.append(self._frame_cache)
-        return self._frame_cache.copy(deep=False)
+        out = self._frame_cache.copy(deep=False)
+        # keep the internal frame while the copy lives (only those: frame() may be called
+        # on every tick of a long run)
+        self._anchors = [(f, r) for f, r in self._anchors if r() is not None]
+        self._anchors.append((self._frame_cache, weakref.ref(out)))
+        return out
 
     # ---- buffering ------------------------------------------------------------------
 
@@ -1285,8 +1311,13 @@ class RecordParser:
         self._emit([group], {})
 
     def _read_csv(self, buf: bytes, shape: _Shape) -> Any:
+        """pyarrow's CSV reader with the shape's column types. Big batches use its threads
+        while they pay: when the other cores are busy (threads bring no speed, only ~7%
+        more CPU) it reads single-threaded for a while, then tries threads again."""
         n = len(buf)
-        threads = _CPUS > 1 and n >= (1 << 20)
+        threads = _CPUS > 1 and n >= (1 << 20) and self._threads_off <= 0
+        if not threads and self._threads_off > 0 and n >= (1 << 20):
+            self._threads_off -= 1
         block = max(1 << 20, -(-n // _CPUS)) if threads else n + 1
         ropts = pacsv.ReadOptions(column_names=shape.names, use_threads=threads,
                                   block_size=block)
@@ -1294,8 +1325,18 @@ class RecordParser:
                                      true_values=["@@sm1"], false_values=["@@"],
                                      strings_can_be_null=False,
                                      quoted_strings_can_be_null=False, check_utf8=False)
-        return pacsv.read_csv(pa.BufferReader(pa.py_buffer(buf)), read_options=ropts,
-                              parse_options=_CSV_PARSE, convert_options=copts)
+        w, c = time.perf_counter(), time.process_time()
+        tbl = pacsv.read_csv(pa.BufferReader(pa.py_buffer(buf)), read_options=ropts,
+                             parse_options=_CSV_PARSE, convert_options=copts)
+        if threads:
+            wall = time.perf_counter() - w
+            if wall > 0.002:
+                eff = (time.process_time() - c) / wall      # cores busy while reading
+                self._thread_gain = 0.5 * self._thread_gain + 0.5 * eff
+                if self._thread_gain < 1.2:
+                    self._threads_off = 16
+                    self._thread_gain = 2.0
+        return tbl
 
     def _arrow_group(self, buf: bytes, sid: int, lines: I64 | None, nrows: int,
                      one_shape: bool, bounds: tuple[I64, I64] | None = None) -> _Group:

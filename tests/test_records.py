@@ -408,6 +408,21 @@ def test_batches() -> None:
         p.feed(b"x")
 
 
+def test_feed_parses_but_flush_reports() -> None:
+    """feed() parses once batch_bytes are buffered (memory stays bounded) but reports
+    nothing itself: the next flush()/close() reports it, once."""
+    p = RecordParser([CONNECT], batch_bytes=100)
+    lines = [format_record(0, i, i, i, 0, "a", [i, i, i], schema=CONNECT) for i in range(50)]
+    for ln in lines:
+        assert p.feed(pty(ln)).empty
+    p.feed(b"msg\r\n@@smh\th\tlog\r\nvalue |---- count\r\n    1 |@ 1\r\n@@smh-end\r\n")
+    assert p.row_count >= 40 and p._size < 400       # parsed already, little buffered
+    b = p.flush()
+    assert b.rows == 50 and b.messages == ("msg",) and len(b.histograms) == 1
+    assert list(b.frame["pid"]) == list(range(50))
+    assert p.flush().empty and p.close().empty
+
+
 # ---- print_regs() dumps ---------------------------------------------------------------
 
 def regs_in_text(text: str) -> dict[str, int]:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import warnings
+
 import pytest
 
 
@@ -9,15 +12,32 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.lab)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def lab():
-    """The running lab VM; skip (locally) or fail (in CI) when it is not up."""
-    import os
+    """The running lab VM; skip (locally) or fail (in CI) when it is not up.
 
+    In CI a lab that died since the last test (a guest kernel crash ends qemu) is booted
+    again once per death, with a warning naming the crash: the test that saw it has failed
+    already, and the rest of the suite still gets a kernel.
+    """
     from stapmagic import lab as labmod
 
-    if not labmod.is_up():
-        if os.environ.get("CI"):
+    if labmod.is_up():
+        return labmod
+    if os.environ.get("CI"):
+        state = labmod.last_state()
+        crash = labmod.guest_crash(str(state.get("serial_log", ""))) if state else None
+        if state is None:
             pytest.fail("the lab VM is not up: .ci/run must boot it (python -m stapmagic.lab up)")
-        pytest.skip("lab VM not running: python -m stapmagic.lab up")
-    return labmod
+        import shutil
+        import time
+
+        serial = str(state.get("serial_log", ""))
+        kept = f"{serial}.down-{int(time.time())}"
+        if os.path.exists(serial):
+            shutil.copy(serial, kept)  # up() starts a new console log
+        warnings.warn(f"lab VM was down (guest crash: {crash}; console kept in {kept}); "
+                      "booting it again", stacklevel=1)
+        labmod.up(log=lambda *a: None)
+        return labmod
+    pytest.skip("lab VM not running: python -m stapmagic.lab up")

@@ -37,18 +37,21 @@ def workload_pid(run: pipeline.ProbeRun) -> int:
     raise AssertionError(f"the workload printed no pid: {run.messages}")
 
 
-def module_name(run: pipeline.ProbeRun) -> str:
-    """The kernel module of this run, from stap's Pass 4 line (compiled or cached)."""
+def module_hash(run: pipeline.ProbeRun) -> str:
+    """`stap_HASH_`: this run's module, from stap's Pass 4 line (compiled or cached). staprun
+    loads it as stap_HASH_PID (PID: its own), so the hash is what identifies it."""
     for msg in run.messages:
         if msg.startswith("Pass 4:"):
-            m = re.search(r"(stap_[0-9a-f]+_\d+)\.ko", msg)
+            m = re.search(r"(stap_[0-9a-f]{32}_)", msg)
             if m:
                 return m.group(1)
     raise AssertionError(f"no Pass 4 line naming the module: {run.messages}")
 
 
-def loaded_modules() -> set[str]:
-    return {line.split()[0] for line in guest("cat", "/proc/modules").splitlines() if line}
+def loaded(prefix: str) -> list[str]:
+    """The guest's modules whose name starts with `prefix`."""
+    return [line.split()[0] for line in guest("cat", "/proc/modules").splitlines()
+            if line.startswith(prefix)]
 
 
 def wait_for(cond, timeout: float = ROWS_TIMEOUT, what: str = "condition") -> None:
@@ -189,8 +192,8 @@ def test_e_background_run_grows_and_stop_keeps_rows(cell, ip):
         assert r.running, r.summary()
         first = len(r.df)
         wait_for(lambda: len(r.df) > first, timeout=60, what="the frame to grow")
-        module = module_name(r)
-        assert module in loaded_modules()
+        module = module_hash(r)
+        assert loaded(module)
         table = ip.run_line_magic("kprobe", "--list-running")
         row = table[table["id"] == r.run_id]
         assert len(row) == 1 and row["probes"].iloc[0] == "tcp_v4_connect"
@@ -200,7 +203,7 @@ def test_e_background_run_grows_and_stop_keeps_rows(cell, ip):
     assert not r.running and r.interrupted
     rows = len(r.df)
     assert rows >= 3 and rows == r.parser.row_count
-    assert module not in loaded_modules()
+    assert not loaded(module)
     pid = workload_pid(r)
     assert not re.search(rf"^\s*{pid}\s", guest("ps", "-eo", "pid"), re.M)
     table = ip.run_line_magic("kprobe", "--list-running")
