@@ -7,7 +7,7 @@ the figure: measured inside the guest, so no ssh, compile or module load is in i
 Side by side in each repetition (order rotated per repetition):
 
 * base:     dd alone (over ssh, nothing probed);
-* records:  the magic's own `%%kprobe ksys_read fd:int count:ulong` (one `@@sm1` record per
+* records:  the magic's own `%%kprobe ksys_read fd:int buf:ptr count:ulong` (one `@@sm1` record per
             hit through the pty into the DataFrame), dd as `-c`;
 * hist:     a `%%stap`-style script: `h <<< count` per hit, `@hist_log(h)` printed once at
             the end in the magic's `@@smh` block (the magic has no `--hist` yet);
@@ -68,7 +68,7 @@ def base(n: int) -> dict[str, Any]:
 
 def records(n: int) -> dict[str, Any]:
     opts = pipeline.ProbeOptions(command=dd_command(n), target="lab")
-    run = pipeline.prepare("ksys_read fd:int count:ulong", "", opts)
+    run = pipeline.prepare("ksys_read fd:int buf:ptr count:ulong", "", opts)
     assert run.script is not None
     res = L.run_pipeline(run, run.script.probes)
     msgs = "\n".join(res.messages)

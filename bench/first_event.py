@@ -82,7 +82,7 @@ def guest_side(module: Any) -> dict[str, Any]:
     module with staprun, and bpftrace, each to its first event line."""
     out: dict[str, Any] = {}
     if module is not None and module.exists():
-        ko = "/tmp/stapmagic_bench_first.ko"
+        ko = f"/tmp/{module.name}"  # staprun takes the module name from the file name
         L.push_to_guest(module, ko)
         # -R: a unique module name, in case someone else runs the same module right now
         out["staprun"] = L.guest_timed("@@sm1", ["staprun", "-R", "-c", BPF_COMMAND, ko])

@@ -118,12 +118,16 @@ class CountingParser(records.RecordParser):
         self.raw_records = 0
         self.raw_bytes = 0
         self.arrivals: dict[bytes, float] = {}
+        self.last_record: float | None = None
         self._tail = b""
 
     def feed(self, data: bytes) -> records.Batch:
         window = self._tail + data
         # the tail is shorter than the tag, so no occurrence is counted twice
-        self.raw_records += window.count(records.RECORD_TAG)
+        n = window.count(records.RECORD_TAG)
+        self.raw_records += n
+        if n:
+            self.last_record = time.perf_counter() - self.t0
         self._tail = window[-(len(records.RECORD_TAG) - 1):]
         self.raw_bytes += len(data)
         if len(self.arrivals) < len(self.MARKERS):
@@ -205,6 +209,12 @@ _LOST = re.compile(r"There were (\d+) lost messages and (\d+) lost bytes")
 _OVERLOAD = re.compile(r"probe overhead .*exceeded threshold")
 
 
+def damaged_text(parser: records.RecordParser) -> str:
+    """The damaged lines kept by a parser: stap's stderr can land inside a record line on the
+    pty (stdout and stderr share it), and then an ERROR hides there."""
+    return "\n".join(b.decode(errors="replace") for b in parser.damaged)
+
+
 def transport_failures(text: str) -> int:
     return sum(int(m) for m in _TRANSPORT.findall(text))
 
@@ -219,22 +229,49 @@ def overloaded(text: str) -> bool:
 
 def stap_to_host(text: str, *, command: str | None = None, extra: Sequence[str] = (),
                  defines: Sequence[str] = (), timeout: float = 600.0,
-                 ) -> tuple[int, bytes, str, float]:
-    """stap on the lab with its stdout going to a host temp file (no pty, no parser): the
-    transport alone. Returns (exit code, stdout bytes, stderr text, wall seconds)."""
-    import tempfile
+                 ) -> tuple[int, bytes, str, float, tuple[float, float] | None]:
+    """stap on the lab with its stdout read from a plain pipe on the host, nothing parsed:
+    the transport alone. Returns (exit code, stdout bytes, stderr text, wall seconds,
+    arrival times of the first and the last `@@sm1` chunk)."""
+    import os
+    import threading
 
     argv = runner.stap_argv(LAB, text, command=command, defines=defines, verbose=1,
                             extra=list(extra))
-    with tempfile.TemporaryFile() as f:
-        t0 = time.perf_counter()
-        done = subprocess.run(argv, stdout=f, stderr=subprocess.PIPE,  # noqa: S603
-                              timeout=timeout, check=False, stdin=subprocess.DEVNULL,
-                              env=runner.stap_env())
-        wall = time.perf_counter() - t0
-        f.seek(0)
-        data = f.read()
-    return done.returncode, data, done.stderr.decode(errors="replace"), wall
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,  # noqa: S603
+                            stdin=subprocess.DEVNULL, env=runner.stap_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    err: list[bytes] = []
+    stderr = proc.stderr
+
+    def drain_stderr() -> None:  # a full stderr pipe would stall stap
+        err.append(stderr.read())
+
+    reader = threading.Thread(target=drain_stderr, daemon=True)
+    reader.start()
+    chunks: list[bytes] = []
+    tail = b""
+    first = last = None
+    fd = proc.stdout.fileno()
+    while True:
+        if time.perf_counter() - t0 > timeout:
+            proc.kill()
+            break
+        data = os.read(fd, 1 << 20)
+        if not data:
+            break
+        chunks.append(data)
+        window = tail + data
+        if records.RECORD_TAG in window:
+            last = time.perf_counter() - t0
+            first = last if first is None else first
+        tail = window[-(len(records.RECORD_TAG) - 1):]
+    rc = proc.wait()
+    reader.join(timeout=30)
+    wall = time.perf_counter() - t0
+    span = (first, last) if first is not None and last is not None else None
+    return rc, b"".join(chunks), b"".join(err).decode(errors="replace"), wall, span
 
 
 # --------------------------------------------------------------------------------------
@@ -299,22 +336,23 @@ def bpftrace(program: str, command: str | None = None, timeout: float = 300.0) -
 
 
 # A timer that runs in the guest: argv[1] is the line prefix that marks an event; the rest
-# is the command. Prints when the first such line came, measured inside the guest.
+# is the command. Prints when the first such line of the workload came (its pid is in the
+# line's fields; the workload prints "workload pid=P"), measured inside the guest.
 _GUEST_TIMER = """
-import subprocess, sys, time
+import re, subprocess, sys, time
 pat = sys.argv[1].encode()
 t0 = time.monotonic()
 p = subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-first = None
-n = 0
+seen = []
 for line in p.stdout:
-    if line.startswith(pat):
-        n += 1
-        if first is None:
-            first = time.monotonic() - t0
+    seen.append((time.monotonic() - t0, line))
 p.wait()
+total = time.monotonic() - t0
+m = re.search(rb"workload pid=(\\d+)", b"".join(ln for _, ln in seen))
+pid = m.group(1) if m else None
+ev = [t for t, ln in seen if ln.startswith(pat) and (pid is None or pid in ln.split())]
 print("guest-timer first=%s total=%.3f events=%d rc=%d" % (
-    "-" if first is None else "%.3f" % first, time.monotonic() - t0, n, p.returncode))
+    "%.3f" % ev[0] if ev else "-", total, len(ev), p.returncode))
 """
 _GUEST_TIMER_OUT = re.compile(r"guest-timer first=(\S+) total=(\S+) events=(\d+) rc=(-?\d+)")
 

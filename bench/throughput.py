@@ -15,7 +15,7 @@ Probes:
   sequence numbers show gaps (records stap dropped before they reached the pty) apart from
   losses between the pty and the DataFrame (raw `@@sm1` lines the pty delivered vs rows +
   damaged lines in the parser);
-* a real function: the magic's own `%%kprobe ksys_read fd:int count:ulong` script under
+* a real function: the magic's own `%%kprobe ksys_read fd:int buf:ptr count:ulong` script under
   `dd if=/dev/zero of=/dev/null bs=1 count=N` (N reads), rows of comm `dd` compared.
 
 A rate is held when rows / file lines >= 0.9 and no record is lost between the pty and the
@@ -106,7 +106,8 @@ def _pipeline_figures(res: L.PipelineResult, comm: str | None = None) -> dict[st
     df = res.frame
     rows_all = len(df)
     rows = int((df["comm"] == comm).sum()) if comm else rows_all
-    msgs = "\n".join(res.messages)
+    msgs = "\n".join(res.messages) + "\n" + L.damaged_text(res.parser)
+    first, last = res.parser.arrivals.get(b"@@sm1"), res.parser.last_record
     out: dict[str, Any] = {
         "ok": rows, "rows_all": rows_all, "damaged": res.run.damaged,
         "raw": res.parser.raw_records,
@@ -114,14 +115,24 @@ def _pipeline_figures(res: L.PipelineResult, comm: str | None = None) -> dict[st
         "transport_failures": L.transport_failures(msgs), "lost": L.lost_messages(msgs),
         "overload": L.overloaded(msgs), "rc_ok": res.run.ok, "wall": res.wall,
         "end": _end_line(msgs), "dd": _dd_seconds(msgs), "text": msgs,
+        "exit": res.run.status.exit_status if res.run.status else None,
+        "drain": _drain(res.parser.raw_records, first, last),
     }
     if "seq" in df.columns and rows_all:
         out["unique"] = int(df["seq"].nunique())
     return out
 
 
+def _drain(n: int, first: float | None, last: float | None) -> float | None:
+    """Records per second from the first to the last record's arrival on the host."""
+    if first is None or last is None or last - first < 0.05:
+        return None
+    return n / (last - first)
+
+
 def _file_figures(rc: int, text: str, wall: float, counts: dict[str, Any]) -> dict[str, Any]:
-    return {**counts, "rc": rc, "wall": wall, "transport_failures": L.transport_failures(text),
+    return {**counts, "rc": rc, "exit": rc, "wall": wall,
+            "transport_failures": L.transport_failures(text),
             "lost": L.lost_messages(text), "overload": L.overloaded(text),
             "dd": _dd_seconds(text), "text": text}
 
@@ -139,10 +150,11 @@ def compare(text: str, schemas: tuple[ProbeSchema, ...], *, command: str | None 
     L.guest("rm", "-f", GUEST_FILE)
     h = None
     if host:
-        rc, data, err, wall = L.stap_to_host(text, command=command, extra=extra,
-                                             defines=defines)
-        h = _file_figures(rc, err + data.decode(errors="replace")[-4000:], wall,
-                          count_bytes(data, nfields, comm))
+        rc, data, err, wall, span = L.stap_to_host(text, command=command, extra=extra,
+                                                   defines=defines)
+        counts = count_bytes(data, nfields, comm)
+        h = _file_figures(rc, err + data.decode(errors="replace")[-4000:], wall, counts)
+        h["drain"] = _drain(counts["lines"], *(span or (None, None)))
     run = L.script_run(text, command=command, extra=extra, defines=defines)
     m = _pipeline_figures(L.run_pipeline(run, schemas), comm)
     return {"file": f, "host": h, "magic": m}
@@ -164,14 +176,16 @@ def judge(pair: dict[str, Any]) -> dict[str, Any]:
     if end and end[2] > 0:
         rate = end[0] / (end[2] / 1e9)   # records the probe emitted per second of ticks
     held = bool(f["ok"]) and ratio >= HELD_RATIO and m["pty_loss"] == 0
-    return {"ratio": ratio, "rate": rate, "held": held}
+    # records the probe emitted that never reached the pty (stap's own drops, early ends)
+    gaps = end[0] - m["unique"] if end and "unique" in m else None
+    return {"ratio": ratio, "rate": rate, "held": held, "gaps": gaps}
 
 
 def real_function_pair(n: int = DD_READS, host: bool = True) -> dict[str, Any]:
     """The magic's generated ksys_read script under dd: rows of dd vs the file's lines."""
     cmd = f"dd if=/dev/zero of=/dev/null bs=1 count={n}"
     opts = pipeline.ProbeOptions(command=cmd, target="lab")
-    run = pipeline.prepare("ksys_read fd:int count:ulong", "", opts)
+    run = pipeline.prepare("ksys_read fd:int buf:ptr count:ulong", "", opts)
     assert run.script is not None
     pair = compare(run.script_text, run.script.probes, command=cmd, comm="dd", host=host)
     pair["n"] = n
@@ -194,6 +208,8 @@ def _why_not(pair: dict[str, Any]) -> str:
     why = []
     if f["overload"] or m["overload"]:
         why.append("stap aborted: probe overhead exceeded threshold")
+    if m.get("exit") not in (0, None) and not why:
+        why.append(f"stap exit status {m['exit']}")
     if m["pty_loss"]:
         why.append(f"{m['pty_loss']} records lost between pty and DataFrame")
     if pair["ratio"] == pair["ratio"] and pair["ratio"] < HELD_RATIO:

@@ -51,7 +51,8 @@ class Counters:
     ``errors``: runtime errors (stap's ``Number of errors: N`` when it printed one,
     otherwise the number of runtime ``ERROR:`` lines); ``skipped_probes``: probe hits
     that did not run (``skipped probes: M``); ``transport_failures``: lost output buffers
-    (``There were N transport failures``); ``warnings``: ``WARNING:`` lines.
+    (``There were N transport failures``) and lost relay messages (``There were N lost
+    messages``); ``warnings``: ``WARNING:`` lines.
     """
 
     errors: int = 0
@@ -130,6 +131,10 @@ _SKIPPED_TOO_MANY = re.compile(r"Skipped too many probes")
 # runtime/transport/transport.c:
 #   "There were %d transport failures. Try stap -s to increase the buffer size from %d."
 _TRANSPORT = re.compile(r"There were (\d+) transport failures?\.(?: Try stap -s to increase the buffer size from (\d+)\.)?")
+# staprun/relay.c (serialized output; seen in a real lab run under load):
+#   "WARNING: There were %u lost messages and %u lost bytes."
+# relay messages (one per probe handler's output) that stapio never received: lost records.
+_LOST_MESSAGES = re.compile(r"There were (\d+) lost messages and (\d+) lost bytes")
 
 # translate.cxx emit_module_exit(): "Number of errors: %d, skipped probes: %d"
 _NUM_ERRORS = re.compile(r"Number of errors: (\d+), skipped probes: (\d+)")
@@ -510,6 +515,21 @@ def _diagnose_runtime(blocks: Sequence[_Block], add: _Adder) -> None:
                 count=n,
             ))
             continue
+        m = _LOST_MESSAGES.search(h)
+        if m:
+            n = int(m.group(1))
+            add(b.start, Diagnosis(
+                code="transport_failures",
+                summary=(
+                    f"{n} output message(s) were lost between the kernel and stapio (it did "
+                    "not keep up): some records are missing. Print less or filter (e.g. -x "
+                    "PID); bigger buffers (stap -s 64: MB per CPU) absorb longer bursts."
+                ),
+                detail=b.lines,
+                severity="warning",
+                count=n,
+            ))
+            continue
         m = _NUM_ERRORS.search(h)
         if m:
             errs, skipped = int(m.group(1)), int(m.group(2))
@@ -738,6 +758,9 @@ def counters(lines: Sequence[str]) -> Counters:
             skipped += int(m.group(2))
             continue
         m = _TRANSPORT.search(line)
+        if m:
+            transport += int(m.group(1))
+        m = _LOST_MESSAGES.search(line)
         if m:
             transport += int(m.group(1))
     errors = reported_errors if reported_errors is not None else error_lines

@@ -139,7 +139,11 @@ class KprobeMagics(Magics):
     target = Unicode("local", help="Default target: local, lab or ssh://user@host[:port].").tag(
         config=True
     )
-    grace = Float(5.0, help="Seconds stap gets after SIGINT before SIGTERM, then SIGKILL.").tag(
+    grace = Float(
+        10.0,
+        help="Seconds stap gets after SIGINT before SIGTERM, then SIGKILL (a remote stap "
+        "needs a few: the end probes, the module unload and ssh round trips under TCG).",
+    ).tag(
         config=True
     )
     string_max = Int(64, help="Length cap of str/ustr arguments.").tag(config=True)

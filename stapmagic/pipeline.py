@@ -40,7 +40,7 @@ class ProbeOptions:
     defines: tuple[str, ...] = ()
     target: str = "local"
     verbose: int = 1
-    grace: float = 5.0
+    grace: float = 10.0
     string_max: int = 64
     dry_run: bool = False
     latency: bool = False
@@ -210,7 +210,7 @@ class ProbeRun:
                 keys = [t for t in self.parser.tag_counts if t.tag == "smk"]
             if keys:
                 notes.append(f"{sum(t.value for t in keys)} events counted by {agg.of} "
-                             f"({len(keys)} keys)")
+                             f"({len(keys)} key{'' if len(keys) == 1 else 's'})")
         if self.unpaired:
             notes.append(f"{self.unpaired} returns without a recorded entry were skipped")
         if self.count_overflow:
@@ -415,7 +415,7 @@ def execute(
     run: ProbeRun,
     *,
     on_batch: Callable[[ProbeRun, records.Batch, bool], None] | None = None,
-    grace: float = 5.0,
+    grace: float = 10.0,
     tap: Callable[[bytes], None] | None = None,
     source: Source | None = None,
 ) -> ProbeRun:
@@ -440,8 +440,11 @@ def execute(
             on_batch(run, batch, False)
 
     try:
-        play = runner.run if source is None else source
-        run.status = play(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
+        if source is None:
+            run.status = runner.run(run.argv, on_chunk, stop=run.stop_event, grace=grace,
+                                    tick=tick, group_signals=run.target.kind == "local")
+        else:
+            run.status = source(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
     finally:
         with run.lock:
             batch = run.parser.close()
@@ -455,7 +458,7 @@ def execute(
             )
         elif source is None:
             run.end_diagnoses = ending_diagnoses(run)
-        if not run.ok and run.target.kind == "lab":
+        if not run.ok and run.target.kind == "lab" and source is None:  # a replay: no lab
             run.notes.extend(lab_post_mortem())
         if on_batch is not None:
             on_batch(run, batch, True)
@@ -539,7 +542,7 @@ def start(
     run: ProbeRun,
     *,
     on_batch: Callable[[ProbeRun, records.Batch, bool], None] | None = None,
-    grace: float = 5.0,
+    grace: float = 10.0,
     tap: Callable[[bytes], None] | None = None,
     source: Source | None = None,
 ) -> ProbeRun:

@@ -358,8 +358,14 @@ class StapProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         linger: float = 1.0,
+        group_signals: bool = True,
     ) -> None:
         import pexpect
+
+        # Remote stap (--remote=ssh://) must get SIGINT alone: signalling its group also hits
+        # its ssh child, which dies at once and cuts the channel the `end` output and the
+        # module unload travel over (seen on the lab: SIGINT to the group always escalated).
+        self.group_signals = group_signals
 
         argv = [_check_arg("argv item", a) for a in argv]
         if not argv:
@@ -503,7 +509,7 @@ class StapProcess:
         as Ctrl-C in a terminal does); to the child alone while the group does not exist yet."""
         if self._closed:
             return False
-        if self._pgid is not None:
+        if self._pgid is not None and (self.group_signals or sig == signal.SIGKILL):
             try:
                 os.killpg(self._pgid, sig)
                 return True
@@ -692,6 +698,7 @@ def run(
     tick_interval: float = 0.2,
     env: Mapping[str, str] | None = None,
     linger: float = 1.0,
+    group_signals: bool = True,
 ) -> RunStatus:
     """Run ``argv`` under a pty until its output ends; feed every chunk to ``on_chunk``.
 
@@ -713,7 +720,7 @@ def run(
     # SIGINT only counts from here on: while spawning, reading, and while closing (a stop
     # pressed during close() must not leave the pty open or the child unreaped).
     with _SigintCatcher() as sigint:
-        proc = StapProcess(argv, env=env, linger=linger)
+        proc = StapProcess(argv, env=env, linger=linger, group_signals=group_signals)
         esc = _Escalation(proc, grace)
         try:
             eof = False

@@ -295,6 +295,18 @@ def test_transport_failures_counted_across_lines():
     assert counters(lines).transport_failures == 15
 
 
+def test_lost_relay_messages_counted_as_lost_output():
+    # staprun/relay.c, verbatim from a lab run (ksys_read under dd bs=1, stap 5.1, TCG)
+    lines = ["20000 bytes (20 kB, 20 KiB) copied, 5.02121 s, 4.0 kB/s",
+             "WARNING: There were 2054 lost messages and 0 lost bytes."]
+    ds = diagnose(lines)
+    assert codes(ds) == ["transport_failures"]
+    assert ds[0].count == 2054 and ds[0].severity == "warning"
+    assert "records are missing" in ds[0].summary
+    assert counters(lines) == Counters(errors=0, skipped_probes=0, transport_failures=2054,
+                                       warnings=1)
+
+
 def test_fatal_registration_error():
     # translate.cxx emit_module_init(): _stp_error("probe %s registration error ... (rc %d)")
     lines = ['ERROR: probe kprobe.function("foo") registration error [man warning::pass5] (rc -2)',

@@ -63,3 +63,17 @@ def test_notebook_runs_in_replay_mode(path, monkeypatch, tmp_path):
             replays += 1
     assert replays == probe_cells >= 1
     nbformat.write(nb, tmp_path / path.name)  # the executed notebook stays a valid notebook
+
+
+def test_binder_conditions_replay_automatically(tmp_path):
+    """As on mybinder.org: no STAPMAGIC_* settings and no stap: `auto` picks replay by
+    itself and the first cell says so."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAPMAGIC_")}
+    env["PATH"] = str(Path(sys.executable).parent)  # nothing else: surely no stap
+    nb = notebooks.execute(NOTEBOOKS[0], timeout=120, env=env)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    text = "".join(o.get("text", "") for o in first.outputs)
+    assert "mode auto -> replay (stap cannot run here: no `stap` on PATH)" in text, text

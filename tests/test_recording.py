@@ -350,3 +350,30 @@ def test_env_sets_defaults(monkeypatch):
     monkeypatch.delenv("STAPMAGIC_MODE")
     m = KprobeMagics(shell=None)
     assert m.target == "local" and m.mode == "live"
+
+
+def test_replay_never_touches_the_recorded_target(ip, fake, no_stap, monkeypatch):
+    """A failed lab run, replayed where there is no lab (Binder): nothing may ask the lab
+    (no post-mortem, no reachability check, no kallsyms, no stap command line)."""
+    _, err = run(ip, f"%%kprobe -q --record rec.jsonl {SPEC}")
+    assert err is None, err
+    path = fake["tmp"] / "rec.jsonl"
+    lines = [json.loads(ln) for ln in path.read_text().splitlines()]
+    lines[0]["target"] = "lab"
+    lines[-1]["end"]["exit_status"] = 1
+    path.write_text("".join(json.dumps(obj) + "\n" for obj in lines))
+
+    from stapmagic import lab, runner
+
+    def forbidden(*a, **kw):
+        raise AssertionError("a replay asked the target")
+
+    for mod, name in ((lab, "is_up"), (lab, "status"), (lab, "stap_argv"), (lab, "exec_argv"),
+                      (runner, "run_on_target"), (runner, "run")):
+        monkeypatch.setattr(mod, name, forbidden)
+    no_stap()
+    _, err = run(ip, f"%%kprobe -q --replay rec.jsonl {SPEC}")
+    assert isinstance(err, UsageError), err
+    replayed = ip.user_ns["_kprobe"]
+    assert replayed.status.exit_status == 1 and len(replayed.df) == 2
+    assert str(replayed.target) == "lab" and not replayed.notes

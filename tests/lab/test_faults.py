@@ -255,28 +255,38 @@ def test_transport_lost_keeps_rows_says_connection_lost_leaves_nothing(cell):
 AFTER_WORKLOAD = ('probe kprobe.function("do_nanosleep") {\n'
                   '\tif (execname() != "sleep" || (ppid() != target() && pid() != target())) next\n')
 
+# A hit that runs long: counted iterations, not a clock (under nested TCG the guest's clocks
+# jump by host scheduling stalls, so a busy-wait on them ends at random).
+def busy(iterations: int) -> str:
+    return (f"\tc0 = get_cycles()\n\tfor (i = 0; i < {iterations}; i++) {{ x += i }}\n"
+            '\tprintf("busy: %d iterations, %d cycles on cpu %d\\n", i, get_cycles() - c0, '
+            "cpu())\n}\n")
+
 FAULTS = {
     # an unbounded loop: 100000 iterations against MAXACTION_INTERRUPTIBLE's default 10000
     "maxaction": ((), AFTER_WORKLOAD + "\tfor (i = 0; i < 100000; i++) { }\n}\n",
                   "python3 connect_a_few.py 20; sleep 10"),
-    # 300 ms busy in one hit; every hit checks its own last 1M cycles against 50M
+    # one hit of 10M loop iterations (~4 10^8 cycles here); every hit checks its own last
+    # 1M cycles against 50M
     "probe_overhead": (
         ("MAXACTION=100000000", "STP_OVERLOAD_THRESHOLD=50000000LL",
          "STP_OVERLOAD_INTERVAL=1000000LL"),
-        AFTER_WORKLOAD + "\tt = gettimeofday_ns(); c0 = get_cycles()\n"
-        "\twhile (gettimeofday_ns() - t < 300000000) { }\n"
-        '\tprintf("busy: %d ns, %d cycles\\n", gettimeofday_ns() - t, get_cycles() - c0)\n}\n',
+        AFTER_WORKLOAD + busy(10_000_000),
         "python3 connect_a_few.py 20; sleep 10"),
-    # timer.profile on both CPUs (two spinners keep both ticking) holds one global's write
-    # lock 20 ms per tick once armed: the other CPU gives up after MAXTRYLOCK tries (1 ms)
-    # and skips; the 4th skip is more than MAXSKIPPED=3.
+    # the sleep's hit holds a global's write lock while busy (stap takes it at the first use
+    # and drops it after the last, hence a use at each end); timer.profile reads it on the
+    # other CPU (a spinner keeps that one ticking), gives up after MAXTRYLOCK tries (1 ms)
+    # and skips (once: perf then throttles the slow handler); one skip is more than
+    # MAXSKIPPED=0. Only one probe writes the global,
+    # so nothing contends before the workload is done.
     "skipped_too_many": (
-        ("MAXACTION=100000000", "STP_NO_OVERLOAD", "MAXSKIPPED=3"),
-        "global __sm7_armed, __sm7_g\n" + AFTER_WORKLOAD + "\t__sm7_armed = 1\n}\n"
-        "probe timer.profile {\n\tif (!__sm7_armed) next\n\t__sm7_g++\n"
-        "\tt = gettimeofday_ns()\n\twhile (gettimeofday_ns() - t < 20000000) { }\n}\n",
-        "python3 connect_a_few.py 20; sleep 1; "
-        "timeout 8 sh -c 'while :; do :; done' & timeout 8 sh -c 'while :; do :; done'; wait"),
+        ("MAXACTION=100000000", "STP_NO_OVERLOAD", "MAXSKIPPED=0"),
+        "global __sm7_g\n" + AFTER_WORKLOAD + "\t__sm7_g = 1\n"
+        + busy(50_000_000)[:-2] + "\t__sm7_g = 2\n}\n"
+        + "probe timer.profile {\n\tif (__sm7_g) next\n}\n",
+        # the spinner gets going while python3 waits (not a `sleep`: that would arm it)
+        "python3 connect_a_few.py 20; timeout 5 sh -c 'while :; do :; done' & "
+        "python3 -c 'import time; time.sleep(0.8)'; sleep 1; wait"),
 }
 
 

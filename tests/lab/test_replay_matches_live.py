@@ -26,7 +26,7 @@ def cell(ip, lab, monkeypatch, tmp_path):
 
 
 def test_replay_gives_the_live_frame_and_messages(cell, ip, tmp_path, capsys):
-    spec = '-c "python3 connect_fail.py" tcp_v4_connect.return:int'
+    spec = '--cmd-only -c "python3 connect_fail.py" tcp_v4_connect.return:int'
     err, live = cell(f"%%kprobe -o live --record rec.jsonl {spec}")
     assert err is None, err
     assert len(ip.user_ns["live"]) == 4  # connect_fail.py: 2 good connects, 2 rejected

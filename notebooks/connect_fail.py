@@ -1,0 +1,1 @@
+../stapmagic/labfiles/connect_fail.py

@@ -1,0 +1,1 @@
+../stapmagic/labfiles/read_files.py

@@ -1,0 +1,118 @@
+"""100 consecutive probe runs in one Python process (one notebook kernel's life), every fifth
+stopped from outside while it runs: nothing leaks on the host (processes, pty fds, threads,
+memory) or in the guest (modules, stapio/staprun).
+
+Runs go through the pipeline (prepare/start/stop: what the magic calls) so IPython's own
+output history does not hold the frames. Each run is as cheap as the lab allows: one cached
+module, one connect. Under TCG a run takes 6-15 s, so this test takes 10-25 minutes.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+
+from stapmagic import pipeline
+from test_faults import (
+    assert_guest_clean,
+    assert_host_clean,
+    guest_leftovers,
+    module_hash,
+    workload_pid,
+)
+
+RUNS = 100
+STOP_EVERY = 5
+TAG = f"STAPMAGIC_SOAK_{os.getpid()}"
+# What a stopped run's -c command does after its connect: sleep (it stays behind for the
+# rest of its 8 s: SystemTap leaves a -c command on a remote target running).
+STOPPED_COMMAND = "python3 connect_a_few.py 1; sleep 8"
+DONE_COMMAND = "python3 connect_a_few.py 1"
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def fds() -> dict[int, str]:
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # the directory's own fd, closed by now
+    return out
+
+
+def ptys() -> list[str]:
+    return [t for t in fds().values() if t == "/dev/ptmx" or t.startswith("/dev/pts/")]
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def one_run(n: int) -> pipeline.ProbeRun:
+    stopped = n % STOP_EVERY == 0
+    opts = pipeline.ProbeOptions(command=STOPPED_COMMAND if stopped else DONE_COMMAND,
+                                 target="lab", verbose=1, defines=(TAG,))
+    run = pipeline.start(pipeline.prepare("tcp_v4_connect", "", opts))
+    if stopped:
+        deadline = time.monotonic() + 300
+        while not any(m.startswith("did 1 connects") for m in run.messages):
+            assert run.running, f"run {n} ended before it was stopped: {run.messages[-8:]}"
+            assert time.monotonic() < deadline, f"run {n}: no workload output"
+            time.sleep(0.1)
+        run.stop(120)
+    else:
+        run.wait(300)
+    assert run.done.is_set(), f"run {n} did not end: {run.messages[-8:]}"
+    assert run.thread is not None
+    run.thread.join(10)
+    assert not run.thread.is_alive()
+    assert run.ok, f"run {n}: {run.summary()}: {run.messages[-8:]}"
+    assert run.interrupted == stopped, run.summary()
+    df = run.df
+    assert (df["pid"] == workload_pid(run.messages)).sum() == 1, (n, run.summary())
+    return run
+
+
+def test_100_runs_leak_nothing(lab):
+    t0 = time.monotonic()
+    base_threads = threading.active_count()
+    hash_ = ""
+    at10: dict[str, object] = {}
+    durations = []
+    for n in range(1, RUNS + 1):
+        t = time.monotonic()
+        run = one_run(n)
+        durations.append(time.monotonic() - t)
+        hash_ = hash_ or module_hash(run.messages)
+        assert module_hash(run.messages) == hash_  # one cached module for every run
+        del run
+        assert_host_clean()
+        assert not ptys(), ptys()
+        assert threading.active_count() == base_threads
+        if n % 10 == 0:
+            # the guest unloads a stopped run's module a moment after stap exits
+            assert_guest_clean(hash_, timeout=60)
+        if n == 10:
+            gc.collect()
+            at10 = {"rss": rss_kib(), "fds": sorted(fds()), "threads": threads()}
+
+    gc.collect()
+    assert sorted(fds()) == at10["fds"]
+    assert threads() == at10["threads"]
+    grown = rss_kib() - int(at10["rss"])  # type: ignore[arg-type]
+    # 90 runs of a few rows each: anything kept per run would show; allocator noise will not
+    assert grown < 48 * 1024, f"RSS grew by {grown} KiB over 90 runs"
+    assert not guest_leftovers(hash_)
+    total = time.monotonic() - t0
+    print(f"\n{RUNS} runs in {total:.0f} s: {min(durations):.1f}-{max(durations):.1f} s each, "
+          f"RSS after run 10 {at10['rss']} KiB, after run {RUNS} {rss_kib()} KiB")
