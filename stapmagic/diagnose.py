@@ -166,6 +166,12 @@ _INSERT = re.compile(r"Couldn't insert module \S*?'([^']*)': (.*)")
 # staprun/mainloop.c: "Child process exited with signal %d (%s)"
 _CHILD_SIGNAL = re.compile(r"Child process exited with signal (\d+) \(([^)]*)\)")
 
+# remote.cxx remote::create(): `cerr << e.what() << " on remote '" << uri << "'"`, e.g.
+# "error receiving hello from stapsh on remote 'ssh://host'", "error establishing ssh
+# connection on remote '...'". stap then runs passes 1-4 for no target and exits 0 (main.cxx
+# overwrites that rc), so this line is the only sign that nothing ran.
+_REMOTE_FAILED = re.compile(r"^(\S.*) on remote '([^']*)'$")
+
 # main.cxx: "Pass 2: analysis failed.", "Pass 5: run failed." ...: the generic fallback
 _PASS_FAILED = re.compile(r"^Pass (\d): \w+ failed")
 _ERROR_LINE = re.compile(r"^(?:semantic error|parse error|ERROR):")
@@ -582,6 +588,19 @@ def _diagnose_runtime(blocks: Sequence[_Block], add: _Adder) -> None:
             add(b.start, Diagnosis(
                 code="module_insert_failed",
                 summary=f"staprun could not load the probe module ({why}): {fix}.",
+                detail=b.lines,
+                severity="error",
+            ))
+            continue
+        m = _REMOTE_FAILED.search(h)
+        if m:
+            add(b.start, Diagnosis(
+                code="remote_failed",
+                summary=(
+                    f"stap could not start its session on the target {m.group(2)} "
+                    f"({m.group(1)}), so nothing ran there: check that the target answers "
+                    "(ssh HOST true) and has stapsh; stap itself reports success here."
+                ),
                 detail=b.lines,
                 severity="error",
             ))

@@ -153,8 +153,11 @@ class ProbeRun:
 
     @property
     def ok(self) -> bool:
-        """True when stap exited 0 on its own or was stopped by us."""
+        """True when stap exited 0 on its own or was stopped by us (and did run: stap exits 0
+        when it could not reach a remote target at all)."""
         if self.status is None:
+            return False
+        if any(d.code == "remote_failed" for d in self.diagnoses):
             return False
         return self.status.exit_status == 0 or self.status.interrupted
 

@@ -7,9 +7,9 @@ Two things the stock staprun does not do for a remote (`stap --remote`) run:
   (module paths, relative to the scratch directory, are made absolute first);
 - when the run is stopped (SIGINT -> stapsh `quit`), stapio unloads the module but leaves the
   -c command running, re-parented to init and holding the ssh channel open, so the host's
-  stap never sees the end of its output. stapsh starts this wrapper as the leader of a new
-  session, which the -c command inherits: whatever is left of this process group when
-  staprun exits is ended here.
+  stap never sees the end of its output. stapsh, this wrapper, staprun/stapio and the -c
+  command share stapsh's process group (seen with ps on the lab): whatever else is left of
+  that group when staprun exits is ended here.
 """
 import os
 import signal
@@ -41,9 +41,10 @@ while True:
 
 
 def leftovers(pgid):
+    """Members of process group `pgid` other than its leader (stapsh) and this wrapper."""
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
+        if entry.isdigit() and int(entry) not in (os.getpid(), pgid):
             try:
                 if os.getpgid(int(entry)) == pgid:
                     pids.append(int(entry))
@@ -52,7 +53,9 @@ def leftovers(pgid):
     return pids
 
 
-for sig in (signal.SIGTERM, signal.SIGKILL):
+# Only a run with a -c command has one to end; stapio also calls `staprun -d MODULE` (through
+# this wrapper) to unload, and that instance must leave the group alone.
+for sig in (signal.SIGTERM, signal.SIGKILL) if "-c" in args else ():
     left = leftovers(os.getpgrp())
     if not left:
         break

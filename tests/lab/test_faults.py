@@ -248,6 +248,33 @@ def test_transport_lost_keeps_rows_says_connection_lost_leaves_nothing(cell):
     assert_guest_clean(module_hash(run.messages))
 
 
+def test_transport_lost_at_the_handshake_is_an_error_not_an_empty_result(lab):
+    """stap exits 0 when it cannot start its remote session (main.cxx overwrites the rc):
+    without its one message line this would be an empty frame that looks like "no events"."""
+    opts = pipeline.ProbeOptions(command="python3 connect_a_few.py 1", target="lab",
+                                 defines=(TAG,))
+    run = pipeline.start(pipeline.prepare("tcp_v4_connect", "", opts))
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and run.running and time.monotonic() < deadline:
+        ssh = [pid for pid, comm in host_descendants() if comm == "ssh"]
+        if ssh:
+            os.kill(ssh[0], signal.SIGKILL)
+            killed = ssh[0]
+        time.sleep(0.005)
+    run.wait(300)
+    assert killed is not None, "stap started no ssh"
+    assert run.status.exit_status == 0  # what stap says, wrongly
+    assert not run.ok
+    (first, *_) = run.diagnoses
+    assert first.code == "remote_failed"
+    assert "ssh://stapmagic-lab" in first.summary and "nothing ran there" in first.summary
+    assert run.df.empty
+    text = failure_text(run, None)
+    assert text.startswith("stap could not start its session on the target ssh://stapmagic-lab")
+    assert_host_clean()
+
+
 # --------------------------------------------------------------------------------------
 # SystemTap's runtime limits (through the pipeline)
 
@@ -333,6 +360,17 @@ def _status(exit_status: int | None = 1, sig: int | None = None,
             interrupted: bool = False) -> runner.RunStatus:
     return runner.RunStatus(exit_status=exit_status, signal=sig, interrupted=interrupted,
                             escalated=None, duration=1.0)
+
+
+def test_remote_session_failure_is_an_error_despite_exit_0():
+    line = "error receiving hello from stapsh on remote 'ssh://stapmagic-lab'"
+    run = _ended(_status(0), [line])
+    assert not run.ok
+    assert [d.code for d in run.diagnoses] == ["remote_failed"]
+    assert run.diagnoses[0].detail == (line,)
+    run = _ended(_status(0), ["error establishing ssh connection on remote 'ssh://u@h:22'"])
+    assert "ssh://u@h:22" in run.diagnoses[0].summary and not run.ok
+    assert _ended(_status(0), ["WARNING: x"]).ok  # and a clean run stays ok
 
 
 def test_ending_diagnoses_unreachable_target_is_named():

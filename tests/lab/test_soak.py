@@ -14,7 +14,6 @@ import os
 import threading
 import time
 
-from stapmagic import pipeline
 from test_faults import (
     assert_guest_clean,
     assert_host_clean,
@@ -22,6 +21,8 @@ from test_faults import (
     module_hash,
     workload_pid,
 )
+
+from stapmagic import pipeline
 
 RUNS = 100
 STOP_EVERY = 5

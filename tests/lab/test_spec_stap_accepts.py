@@ -33,7 +33,7 @@ FUNCTIONS = ("tcp_v4_connect", "vfs_read", "vfs_write", "do_sys_openat2", "tcp_s
 MODULE_FUNCTION = ("ext4", "ext4_file_open")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def p2(lab):
     """Runs `stap -p2 [-g] -e SCRIPT` in the lab's chroot; returns the CompletedProcess."""
     prefix = lab.stap_argv()
