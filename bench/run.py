@@ -162,11 +162,16 @@ def bench_ingest_hex() -> None:
 def _lab(fn_name: str) -> None:
     """Run one lab benchmark from bench/labreport.py; no lab -> Skip with the reason."""
     from bench import labbench, labreport
+    from stapmagic.errors import StapMagicError
 
     try:
         getattr(labreport, fn_name)(table, SUMMARY)
     except labbench.NoLab as e:
         raise Skip(str(e)) from None
+    except StapMagicError as e:  # the shared lab went away (or was restarted) mid-run
+        up = labbench.lab.is_up()
+        raise Skip(f"stopped: the lab {'failed a command' if up else 'went down'} mid-run "
+                   f"({str(e).splitlines()[0]})") from None
 
 
 @register("throughput", "benchmark 2 (lab): magic rows vs stap -o FILE lines, timer K records/ms "

@@ -299,3 +299,46 @@ def test_stap_cell_command_and_target_follow_the_same_rules(ip, capsys):
     assert isinstance(err, UsageError)
     err = run_cell(ip, '%%stap --dry-run -D "X=1;y"\nprobe begin { exit() }\n')
     assert isinstance(err, UsageError)
+
+
+# --------------------------------------------------------------------------------------
+# --record / --replay / --recording
+
+
+@pytest.mark.parametrize("name", [
+    "../../etc/passwd", "/etc/passwd", "a/b", "$(id)", "`id`", "x;id", "-e", "--remote=x",
+    ".hidden", "a b", "a\\b", "~root", "",
+])
+def test_recording_names_are_plain_names(ip, capsys, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    err = run_cell(ip, f"%%kprobe -q --recording={shlex.quote(name)} tcp_v4_connect")
+    assert isinstance(err, UsageError), (name, err)
+    assert "--recording takes a plain name" in str(err)
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing run
+
+
+def test_replay_file_name_is_a_path_never_a_command(ip, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = "x;touch pwned;$(touch pwned2)`touch pwned3`.jsonl"
+    err = run_cell(ip, f"%%kprobe -q --replay {shlex.quote(name)} tcp_v4_connect")
+    assert isinstance(err, UsageError)
+    assert f"no recording {name}" in str(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_record_file_name_is_a_path_never_a_command(ip, tmp_path, monkeypatch):
+    """A real (fake-stap) run recorded to a file whose name is full of shell syntax."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    stap = bindir / "stap"
+    stap.write_text('#!/bin/sh\nif [ "$1" = "-V" ]; then echo "Systemtap translator/driver '
+                    '(version fake-9.9)" >&2; fi\nexit 0\n')
+    stap.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.chdir(tmp_path)
+    name = "r;touch pwned;$(touch pwned2)`touch pwned3`.jsonl"
+    err = run_cell(ip, f"%%kprobe -q --record {shlex.quote(name)} tcp_v4_connect")
+    assert err is None, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bin", name])
+    header = json.loads((tmp_path / name).read_text().splitlines()[0])
+    assert header  # a recording, at exactly the path given

@@ -2,7 +2,8 @@
 every row received before it, and leaves no process or module behind (host and guest).
 
 - stap killed with SIGKILL, and stap's ssh transport killed (what a dying VM or network looks
-  like from the host: the shared lab itself is never killed), through the magic;
+  like from the host: the shared lab itself is never killed), through the magic; the
+  transport killed at the handshake, where stap itself exits 0;
 - SystemTap's runtime limits (probe overhead, MAXACTION, skipped probes) through the pipeline:
   a %%kprobe spec gives the rows, and one extra probe in the same script provokes the fault
   once the workload has finished (%%kprobe alone cannot express a heavy probe).
