@@ -41,3 +41,34 @@ def lab():
         labmod.up(log=lambda *a: None)
         return labmod
     pytest.skip("lab VM not running: python -m stapmagic.lab up")
+
+
+@pytest.fixture
+def live_run(monkeypatch):
+    """The ProbeRun the next cell executes, visible (as `live_run["run"]`) while it runs."""
+    from stapmagic import pipeline
+
+    seen: dict = {}
+    original = pipeline.execute
+
+    def spy(run, **kw):
+        seen["run"] = run
+        return original(run, **kw)
+
+    monkeypatch.setattr(pipeline, "execute", spy)
+    return seen
+
+
+@pytest.fixture
+def cell(ip, lab):
+    """Run a cell against the lab as a notebook does; returns (value, error, run)."""
+    ip.run_line_magic("config", 'KprobeMagics.target = "lab"')
+
+    def go(text: str):
+        ip.user_ns.pop("_kprobe", None)
+        result = ip.run_cell(text)
+        return (result.result, result.error_before_exec or result.error_in_exec,
+                ip.user_ns.get("_kprobe"))
+
+    yield go
+    ip.run_line_magic("config", 'KprobeMagics.target = "local"')

@@ -18,40 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
+from labutil import LAB, loaded, module_hash, wait_for, workload_pid  # noqa: E402
 
 from stapmagic import pipeline, runner  # noqa: E402
-
-LAB = runner.Target("lab")
-ROWS_TIMEOUT = 300.0  # a cold compile under TCG on a busy host can take minutes
-
-
-def guest(*argv: str) -> str:
-    return runner.run_on_target(LAB, list(argv))
-
-
-def workload_pid(run: pipeline.ProbeRun) -> int:
-    for msg in run.messages:
-        m = re.search(r"workload pid=(\d+)", msg)
-        if m:
-            return int(m.group(1))
-    raise AssertionError(f"the workload printed no pid: {run.messages}")
-
-
-def module_hash(run: pipeline.ProbeRun) -> str:
-    """`stap_HASH_`: this run's module, from stap's Pass 4 line (compiled or cached). staprun
-    loads it as stap_HASH_PID (PID: its own), so the hash is what identifies it."""
-    for msg in run.messages:
-        if msg.startswith("Pass 4:"):
-            m = re.search(r"(stap_[0-9a-f]{32}_)", msg)
-            if m:
-                return m.group(1)
-    raise AssertionError(f"no Pass 4 line naming the module: {run.messages}")
-
-
-def loaded(prefix: str) -> list[str]:
-    """The guest's modules whose name starts with `prefix`."""
-    return [line.split()[0] for line in guest("cat", "/proc/modules").splitlines()
-            if line.startswith(prefix)]
 
 
 def end_workload(run: pipeline.ProbeRun) -> None:
@@ -61,29 +30,6 @@ def end_workload(run: pipeline.ProbeRun) -> None:
         m = re.search(r"workload pid=(\d+)", msg)
         if m:
             runner.run_on_target(LAB, ["kill", m.group(1)], ok_codes=(0, 1))
-
-
-def wait_for(cond, timeout: float = ROWS_TIMEOUT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-@pytest.fixture
-def cell(ip, lab):
-    """Run a cell against the lab; returns (value, error, run)."""
-    ip.run_line_magic("config", 'KprobeMagics.target = "lab"')
-
-    def go(text: str):
-        ip.user_ns.pop("_kprobe", None)
-        result = ip.run_cell(text)
-        return (result.result, result.error_before_exec or result.error_in_exec,
-                ip.user_ns.get("_kprobe"))
-
-    yield go
-    ip.run_line_magic("config", 'KprobeMagics.target = "local"')
 
 
 def sigint_once(ready, delay: float = 0.0) -> threading.Event:
@@ -100,20 +46,6 @@ def sigint_once(ready, delay: float = 0.0) -> threading.Event:
 
     threading.Thread(target=press, daemon=True).start()
     return fired
-
-
-@pytest.fixture
-def live_run(monkeypatch):
-    """The ProbeRun the next cell executes, visible while it runs."""
-    seen: dict[str, pipeline.ProbeRun] = {}
-    original = pipeline.execute
-
-    def spy(run, **kw):
-        seen["run"] = run
-        return original(run, **kw)
-
-    monkeypatch.setattr(pipeline, "execute", spy)
-    return seen
 
 
 def test_a_latency_pairs_each_call(cell):
