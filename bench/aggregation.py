@@ -9,6 +9,8 @@ Side by side in each repetition (order rotated per repetition):
 * base:     dd alone (over ssh, nothing probed);
 * records:  the magic's own `%%kprobe ksys_read fd:int buf:ptr count:ulong` (one `@@sm1` record per
             hit through the pty into the DataFrame), dd as `-c`;
+* rec->file: the same script with `stap -o FILE` (staprun writes to a guest file: no ssh,
+            no pty; the probe's and stapio's own cost);
 * hist:     a `%%stap`-style script: `h <<< count` per hit, `@hist_log(h)` printed once at
             the end in the magic's `@@smh` block (the magic has no `--hist` yet);
 * bpftrace: `kprobe:ksys_read { @ = hist(arg2); }` with dd as `-c`;
@@ -30,6 +32,7 @@ from stapmagic import pipeline
 
 N_READS = 200_000
 REPS = 3
+GUEST_FILE = "/tmp/stapmagic_bench_aggregation.out"
 
 HIST_SCRIPT = r"""# stapmagic bench: in-kernel histogram of ksys_read's count argument
 global h
@@ -78,6 +81,19 @@ def records(n: int) -> dict[str, Any]:
             "lost": L.lost_messages(msgs), "tf": L.transport_failures(msgs)}
 
 
+def records_file(n: int) -> dict[str, Any]:
+    """The same script as `records`, written by staprun straight to a guest file (`-o`):
+    the probe's own cost without the ssh transport and the host's share of the guest CPU."""
+    opts = pipeline.ProbeOptions(command=dd_command(n), target="lab")
+    run = pipeline.prepare("ksys_read fd:int buf:ptr count:ulong", "", opts)
+    L.guest("rm", "-f", GUEST_FILE)
+    rc, text, wall = L.stap_to_file(run.script_text, GUEST_FILE, command=dd_command(n))
+    _, lines, _, _ = L.guest_full(["grep", "-c", "^@@sm1", GUEST_FILE])  # exit 1: none
+    L.guest("rm", "-f", GUEST_FILE)
+    return {"dd": dd_seconds(text), "rc": rc, "lines": int(lines.strip() or 0),
+            "lost": L.lost_messages(text), "tf": L.transport_failures(text)}
+
+
 def hist(n: int) -> dict[str, Any]:
     run = L.script_run(HIST_SCRIPT, command=dd_command(n))
     res = L.run_pipeline(run, ())
@@ -98,6 +114,7 @@ def bpf(n: int, program: str) -> dict[str, Any]:
 VARIANTS: dict[str, Callable[[int], dict[str, Any]]] = {
     "base": base,
     "records": records,
+    "rec->file": records_file,
     "hist": hist,
     "bpftrace": lambda n: bpf(n, BPF_HIST),
     "bt-print": lambda n: bpf(n, BPF_PRINT),

@@ -143,11 +143,14 @@ def aggregation(table: Table, summary: Summary) -> None:
     print(table(rows, [f"dd bs=1 count={res['n']} in the guest", "median dd time", "runs",
                        "slowdown", "extra us/hit"]))
     by = {s["name"]: s for s in A.summarize(res)}
-    for name in ("records", "hist", "bpftrace", "bt-print"):
+    for name in ("records", "rec->file", "hist", "bpftrace", "bt-print"):
         if name in by and by[name]["slowdown"]:
             summary.append(("aggregation", f"slowdown of dd: {name}",
                             f"{by[name]['slowdown']:.2f}x",
                             f"{by[name]['us_per_hit']:.2f} us/hit"))
+    if "hist" in by and "records" in by and by["hist"]["us_per_hit"]:
+        summary.append(("aggregation", "per-hit cost: records / hist",
+                        f"{by['records']['us_per_hit'] / by['hist']['us_per_hit']:.1f}x", ""))
     if "hist" in by and "bpftrace" in by and by["bpftrace"]["us_per_hit"]:
         summary.append(("aggregation", "per-hit cost: stap hist / bpftrace hist",
                         f"{by['hist']['us_per_hit'] / by['bpftrace']['us_per_hit']:.2f}x", ""))

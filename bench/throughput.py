@@ -164,7 +164,7 @@ def timer_pair(k: int, ticks: int = TICKS, host: bool = True) -> dict[str, Any]:
     """One K, same module (K and the tick count are -G module parameters)."""
     gvals = ("-G", f"k={k}", "-G", f"ticks_max={ticks}")
     pair = compare(TIMER_SCRIPT, (SCHEMA,), extra=gvals, defines=DEFINES, host=host)
-    pair["k"] = k
+    pair["k"], pair["ticks"] = k, ticks
     return pair
 
 
@@ -175,10 +175,14 @@ def judge(pair: dict[str, Any]) -> dict[str, Any]:
     rate = None
     if end and end[2] > 0:
         rate = end[0] / (end[2] / 1e9)   # records the probe emitted per second of ticks
-    held = bool(f["ok"]) and ratio >= HELD_RATIO and m["pty_loss"] == 0
+    # a timer run counts only when the reference (-o FILE) ran all its ticks: when stap
+    # itself aborts (overload) there is no rate to compare at
+    complete = "k" not in pair or bool(f.get("end") and f["end"][1] == pair.get("ticks"))
+    held = (bool(f["ok"]) and complete and ratio >= HELD_RATIO and m["pty_loss"] == 0
+            and not m["overload"])
     # records the probe emitted that never reached the pty (stap's own drops, early ends)
     gaps = end[0] - m["unique"] if end and "unique" in m else None
-    return {"ratio": ratio, "rate": rate, "held": held, "gaps": gaps}
+    return {"ratio": ratio, "rate": rate, "held": held, "gaps": gaps, "complete": complete}
 
 
 def real_function_pair(n: int = DD_READS, host: bool = True) -> dict[str, Any]:
@@ -206,6 +210,8 @@ def _dd_seconds(text: str) -> float | None:
 def _why_not(pair: dict[str, Any]) -> str:
     f, m = pair["file"], pair["magic"]
     why = []
+    if not pair.get("complete", True):
+        why.append("-o FILE run ended early")
     if f["overload"] or m["overload"]:
         why.append("stap aborted: probe overhead exceeded threshold")
     if m.get("exit") not in (0, None) and not why:
@@ -226,7 +232,7 @@ def sweep(ks: tuple[int, ...], defines: tuple[str, ...], out: Callable[[str], No
         t = time.perf_counter()
         gvals = ("-G", f"k={k}", "-G", f"ticks_max={ticks}")
         pair = compare(TIMER_SCRIPT, (SCHEMA,), extra=gvals, defines=defines)
-        pair["k"] = k
+        pair["k"], pair["ticks"] = k, ticks
         pair.update(judge(pair))
         pair["why"] = "-" if pair["held"] else _why_not(pair)
         pairs.append(pair)

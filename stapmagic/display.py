@@ -46,7 +46,8 @@ def to_html(df: pd.DataFrame) -> str | None:
         return None
     opts = _options()
     opts.pop("min_rows")  # to_html truncates to max_rows only
-    return df.to_html(formatters={c: _hex for c in cols}, notebook=True, **opts)
+    html: str = df.to_html(formatters={c: _hex for c in cols}, notebook=True, **opts)
+    return html
 
 
 def to_text(df: pd.DataFrame, p: Any, cycle: bool) -> None:

@@ -19,9 +19,9 @@ import os
 import re
 import select
 import shlex
-import subprocess
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
