@@ -74,10 +74,13 @@ def records(n: int) -> dict[str, Any]:
     run = pipeline.prepare("ksys_read fd:int buf:ptr count:ulong", "", opts)
     assert run.script is not None
     res = L.run_pipeline(run, run.script.probes)
-    msgs = "\n".join(res.messages)
+    # dd's stderr shares the pty with the records and can land inside one (a damaged line)
+    msgs = "\n".join(res.messages) + "\n" + L.damaged_text(res.parser)
     df = res.frame
     return {"dd": dd_seconds(msgs), "ok": res.run.ok, "rows": len(df),
             "rows_dd": int((df["comm"] == "dd").sum()) if len(df) else 0,
+            "pty_loss": res.parser.raw_records - len(df) - res.run.damaged,
+            "damaged": res.run.damaged,
             "lost": L.lost_messages(msgs), "tf": L.transport_failures(msgs)}
 
 
@@ -97,7 +100,8 @@ def records_file(n: int) -> dict[str, Any]:
 def hist(n: int) -> dict[str, Any]:
     run = L.script_run(HIST_SCRIPT, command=dd_command(n))
     res = L.run_pipeline(run, ())
-    msgs = "\n".join(res.messages)
+    # dd's stderr shares the pty with the records and can land inside one (a damaged line)
+    msgs = "\n".join(res.messages) + "\n" + L.damaged_text(res.parser)
     hits = _HITS.search(msgs)
     return {"dd": dd_seconds(msgs), "ok": res.run.ok, "hits": int(hits.group(1)) if hits else None,
             "histograms": len(res.parser.histograms)}

@@ -239,7 +239,8 @@ def sweep(ks: tuple[int, ...], defines: tuple[str, ...], out: Callable[[str], No
         f, h, m = pair["file"], pair["host"] or {"ok": "-"}, pair["magic"]
         out(f"K={k}/ms: file {f['ok']} (lost {f['lost']}), host {h['ok']}, magic {m['ok']} "
             f"rows (raw {m['raw']}, damaged {m['damaged']}, lost {m['lost']}), ratio "
-            f"{pair['ratio']:.3f}: {'held' if pair['held'] else 'NOT held: ' + pair['why']} "
+            f"{pair['ratio']:.3f}, seq gaps {pair['gaps']}: "
+            f"{'held' if pair['held'] else 'NOT held: ' + pair['why']} "
             f"({time.perf_counter() - t:.0f} s)")
         misses = 0 if pair["held"] else misses + 1
         if misses >= 2:
