@@ -59,6 +59,11 @@ PAIR_SLOTS = 16384
 FAULT_TEXT = "<fault>"
 # kernel_string_n clamps its length to MAXSTRINGLEN - 1 (512 - 1 on 64-bit).
 STRING_MAX_LIMIT = 511
+# -n: stap reads integer literals as signed 64-bit; 2**63 wraps negative (then `k > N` drops
+# every event) and 2**63 - 1 makes `k > N` constant-false ("symbol without referent: k").
+MAX_COUNT = 10**18
+# -T: timer.ms(N) takes 1..86400000 (tapset-timers.cxx: hrtimer max_ns_interval, one day).
+MAX_DURATION = 86400.0
 # u_register() names (tapset/x86_64/registers.stp) that are also print_regs() columns.
 REGS_ALLOWED: tuple[str, ...] = (
     "rip", "rsp", "eflags", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
@@ -136,11 +141,14 @@ class ScriptOptions:
     count_by: str | None = None
 
     def __post_init__(self) -> None:
-        if self.count is not None and (isinstance(self.count, bool) or self.count < 1):
-            raise OptionError(f"-n needs a positive event count, got {self.count!r}")
+        if self.count is not None and (isinstance(self.count, bool)
+                                       or not 1 <= self.count <= MAX_COUNT):
+            raise OptionError(f"-n needs an event count from 1 to {MAX_COUNT}, "
+                              f"got {self.count!r}")
         if self.duration is not None and not (math.isfinite(self.duration)
-                                              and self.duration > 0):
-            raise OptionError(f"-T needs a positive number of seconds, got {self.duration!r}")
+                                              and 0 < self.duration <= MAX_DURATION):
+            raise OptionError(f"-T needs a number of seconds above 0, at most {MAX_DURATION:.0f} "
+                              f"(one day: SystemTap's timer limit), got {self.duration!r}")
         if not 1 <= self.string_max <= STRING_MAX_LIMIT:
             raise OptionError(f"string length must be 1..{STRING_MAX_LIMIT} "
                               f"(SystemTap's MAXSTRINGLEN), got {self.string_max}")

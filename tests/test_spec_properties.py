@@ -120,7 +120,7 @@ def build_options(rng: random.Random) -> ScriptOptions:
     regs = () if print_regs else tuple(rng.sample(REGS_ALLOWED, rng.randrange(0, 6)))
     return ScriptOptions(
         count=rng.choice([None, rng.randrange(1, 10**9)]),
-        duration=rng.choice([None, rng.uniform(0.001, 1e6)]),
+        duration=rng.choice([None, rng.uniform(0.001, 86400.0)]),
         regs=regs, print_regs=print_regs, filter_pid=rng.random() < 0.5,
         string_max=rng.randrange(1, 512))
 
