@@ -418,3 +418,32 @@ def test_ending_diagnosis_replaces_the_generic_fallback():
     assert [d.code for d in run.diagnoses] == ["connection_lost"]
     assert run.diagnoses[0].detail == ("Pass 5: run failed.  [man error::pass5]",)
     assert isinstance(run.diagnoses[0], diagnose.Diagnosis)
+
+
+# --------------------------------------------------------------------------------------
+# the lab VM itself dies mid-run (last in this file: it boots the lab again)
+
+
+def test_lab_vm_killed_mid_run_keeps_rows_and_names_the_cause(cell, lab):
+    """qemu SIGKILLed while the probe runs (what a host OOM kill or a guest crash look like):
+    the error says the VM is gone, the rows received before are kept, nothing stays on the
+    host; then the lab is booted again for the tests after this one."""
+    state = lab.last_state()
+    assert state is not None
+    qemu = int(state["pid"])
+    fired: dict[str, object] = {}
+    thread = inject_when_quiet(cell.live, lambda: qemu, fired)
+    try:
+        err, run = cell(KILL_CELL)
+        thread.join(5)
+        assert "pid" in fired, f"the fault was never injected: {run and run.messages}"
+        assert isinstance(err, UsageError), err
+        text = str(err)
+        assert "the lab VM is no longer running" in text, text
+        assert "python -m stapmagic.lab up" in text
+        assert not run.interrupted and not run.ok
+        check_rows_kept(run, text, workload_rows=5)
+        assert_host_clean()
+    finally:
+        lab.up(log=lambda *a: None)
+    assert lab.is_up()
