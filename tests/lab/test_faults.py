@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import pytest
 from IPython.core.error import UsageError
+from labutil import guest, workload_pid
 
 from stapmagic import diagnose, pipeline, runner
 from stapmagic.magic import failure_text
@@ -38,10 +39,6 @@ _HASH = re.compile(r"\bstap_([0-9a-f]{32})_")
 
 # --------------------------------------------------------------------------------------
 # helpers (test_soak.py uses them too)
-
-
-def guest(*argv: str, ok_codes: tuple[int, ...] = (0,)) -> str:
-    return runner.run_on_target(LAB, list(argv), ok_codes=ok_codes)
 
 
 def module_hash(messages: list[str]) -> str:
@@ -117,14 +114,6 @@ def assert_host_clean(timeout: float = 15.0) -> None:
         return not left
 
     assert wait_for(clean, timeout, step=0.2), f"processes left under this one: {left}"
-
-
-def workload_pid(messages: list[str]) -> int:
-    for msg in messages:
-        m = re.search(r"workload pid=(\d+)", msg)
-        if m:
-            return int(m.group(1))
-    raise AssertionError(f"the workload printed no pid: {messages}")
 
 
 def execute_bounded(run: pipeline.ProbeRun, timeout: float = 420.0) -> pipeline.ProbeRun:
@@ -337,7 +326,13 @@ def test_runtime_limit_keeps_rows_and_is_diagnosed(lab, code):
     assert any(line in text for line in first.detail)  # stap's own line is shown
     df = run.df
     assert len(df) == run.parser.row_count
-    assert (df["pid"] == workload_pid(run.messages)).sum() == 20
+    mine = int((df["pid"] == workload_pid(run.messages)).sum())
+    if code == "skipped_too_many":
+        # The skip comes from a race (timer.profile vs the lock); once in 6 lab runs it came
+        # before the workload's 20th connect. Rows up to the fault are what must be kept.
+        assert 1 <= mine <= 20, mine
+    else:
+        assert mine == 20  # these faults are provoked after the workload is done
     assert f"the {run.parser.row_count} rows received are in" in text
     assert_host_clean()
     assert_guest_clean(module_hash(run.messages))
