@@ -17,12 +17,12 @@ its own even while other runs use the same spec.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable
 
+import labutil
 import pytest
 from IPython.core.error import UsageError
 from labutil import guest, workload_pid
@@ -32,9 +32,6 @@ from stapmagic.magic import failure_text
 
 LAB = runner.Target("lab")
 TAG = f"STAPMAGIC_FAULTS_{os.getpid()}"
-# "Pass 3: translated to C into ".../stap_HASH_PID_src.c"", "Pass 4: using cached
-# .../stap_HASH_PID.ko"; in the guest the module is stap_HASH_<staprun pid>.
-_HASH = re.compile(r"\bstap_([0-9a-f]{32})_")
 
 
 # --------------------------------------------------------------------------------------
@@ -42,12 +39,8 @@ _HASH = re.compile(r"\bstap_([0-9a-f]{32})_")
 
 
 def module_hash(messages: list[str]) -> str:
-    for msg in messages:
-        if msg.startswith(("Pass 3:", "Pass 4:")):
-            m = _HASH.search(msg)
-            if m:
-                return m.group(1)
-    raise AssertionError(f"no module name in stap's -v lines: {messages[:8]}")
+    """The run's bare script hash: in the guest its module is stap_HASH_<staprun pid>."""
+    return labutil.module_hash(messages)[len("stap_"):-1]
 
 
 def guest_leftovers(hash_: str) -> list[str]:
