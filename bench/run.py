@@ -95,11 +95,14 @@ def _ingest(variant: str) -> None:
     res = ingest.run(variant, out=lambda s: print("  " + s))
     n, nbytes = res["records"], res["bytes"]
     rows = []
-    for name in ("read_csv", "ingest"):
+    labels = {"read_csv": "pandas.read_csv (C engine)",
+              "ingest": "RecordParser (streaming)",
+              "ingest_pyarrow": "  the same, pyarrow path"}
+    for name in res["times"]:
         ts = res["times"][name]
         best, med = min(ts), statistics.median(ts)
         rows.append([
-            "pandas.read_csv (C engine)" if name == "read_csv" else "RecordParser (streaming)",
+            labels[name],
             f"{best:.2f} s", f"{med:.2f} s", f"{n / best / 1e6:.2f} M/s",
             f"{nbytes / best / 1e6:.0f} MB/s", f"{min(res['cpu'][name]):.2f} s",
         ])
@@ -121,6 +124,9 @@ def _ingest(variant: str) -> None:
           f"median {res['ratio_median']:.2f}")
     cpu_ratio = min(res["cpu"]["read_csv"]) / min(res["cpu"]["ingest"])
     print(f"  CPU ratio (read_csv CPU / ingest CPU): {cpu_ratio:.2f}")
+    if "ingest_pyarrow" in res["times"]:
+        pa_ratio = min(res["times"]["read_csv"]) / min(res["times"]["ingest_pyarrow"])
+        print(f"  without the compiled scanner (pyarrow path): {pa_ratio:.2f}")
     key = "ingest_vs_read_csv" if variant == "dec" else f"ingest_vs_read_csv_{variant}"
     mem = res["memory"]["ingest"]
     RESULT_LINES.append(f"ingest_peak_rss_vs_frame{'' if variant == 'dec' else '_' + variant}"

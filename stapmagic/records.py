@@ -514,6 +514,8 @@ class _Shape:
     probes: list[int]
     names: list[str] = field(default_factory=list)
     types: dict[str, Any] = field(default_factory=dict)
+    scan_kinds: bytes | None = None     # for _recscan.scan; None: a kind it does not parse
+    probe_ok: bytes = b""               # per probe index: 1 if the probe has this shape
 
 
 _BINARY_DICT = pa.dictionary(pa.int32(), pa.binary())
@@ -598,7 +600,7 @@ class _Parsed:
     tid: list[I64]
     cpu: list[I64]
     comm_vals: AnyArr
-    comm_ind: list[I64]
+    comm_ind: Sequence[npt.NDArray[np.integer[Any]]]
     fields: list[list[Chunk]]
     bad: BoolArr | None
 
@@ -793,7 +795,9 @@ class _Table:
         pos = start
         for c in chunks:
             k = len(c)
-            arr[pos:pos + k] = c
+            dest = arr[pos:pos + k]
+            if not (k and dest.ctypes.data == c.ctypes.data):   # not already in place
+                dest[...] = c
             pos += k
 
 
@@ -894,6 +898,15 @@ _CSV_PARSE = pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=F
                                 escape_char=False, newlines_in_values=False,
                                 ignore_empty_lines=False)
 _CPUS = os.cpu_count() or 1
+
+try:
+    from . import _recscan
+except ImportError:        # installed without a C compiler: pyarrow parses every batch
+    _recscan = None        # type: ignore[assignment]
+# Which parser takes a clean batch first: "compiled" (_recscan.c, one pass, strict like
+# parse_record) or "pyarrow" (its CSV reader, then the column checks).
+SCANNER: Literal["compiled", "pyarrow"] = "pyarrow" if _recscan is None else "compiled"
+_SCAN_KINDS: dict[str, bytes] = {"int": b"i", "uint": b"u", "hex": b"x"}
 
 
 class _ArrowReject(Exception):
@@ -1034,6 +1047,10 @@ class RecordParser:
                 self._shapes.append(_make_shape(kinds, []))
             self._shapes[shapes[kinds]].probes.append(i)
             self._shape_of[i] = shapes[kinds]
+        for sid, shape in enumerate(self._shapes):
+            shape.probe_ok = bytes(int(s == sid) for s in self._shape_of[:len(schemas)])
+            if all(k in _SCAN_KINDS for k in shape.kinds):
+                shape.scan_kinds = b"".join(_SCAN_KINDS[k] for k in shape.kinds)
 
     # ---- public API -----------------------------------------------------------------
 
@@ -1297,11 +1314,54 @@ class RecordParser:
         digits = buf[6:tab]
         if not digits.isdigit() or int(digits) >= len(self.schemas):
             return None
+        sid = int(self._shape_of[int(digits)])
+        if _recscan is not None and self._shapes[sid].scan_kinds is not None:
+            scanned = self._scan(buf, sid, n_lf)
+            if scanned is not None:
+                return scanned
         try:
-            return self._arrow_parse(buf, int(self._shape_of[int(digits)]), n_lf,
-                                     one_shape=True)
+            return self._arrow_parse(buf, sid, n_lf, one_shape=True)
         except _ArrowReject:
             return None
+
+    def _scan(self, buf: bytes, sid: int, nrows: int) -> _Parsed | None:
+        """The compiled parse of a clean batch of shape `sid`; None if it is not one."""
+        shape = self._shapes[sid]
+        assert _recscan is not None and shape.scan_kinds is not None
+        # Columns the batch's rows will be copied into anyway are parsed straight into the
+        # table's unused rows (nothing reads past table.n; _Table.write skips the copy):
+        # no fresh memory to fault in, no second pass.
+        table = self._table
+        table.reserve(nrows)
+        start = table.n
+        direct = len(shape.probes) == 1
+
+        def out(name: str | None, dtype: Any) -> AnyArr:
+            st = self._stores.get(name) if direct and name is not None else None
+            if st is not None and st.store in ("time", "int64", "uint64") \
+                    and table.arrays[st.name].dtype == dtype:
+                return table.arrays[st.name][start:start + nrows]
+            return np.empty(nrows, dtype=dtype)
+
+        idx = np.empty(nrows, dtype=np.int64)
+        t, pid, tid, cpu = (out(name, np.int64) for name in ("time", "pid", "tid", "cpu"))
+        comm = np.empty(nrows, dtype=np.int32)
+        cols = self.schemas[shape.probes[0]].columns
+        fields = [out(c.name, np.dtype(np.int64 if k == "int" else np.uint64))
+                  for c, k in zip(cols, shape.kinds, strict=True)]
+        raw = _recscan.scan(buf, shape.scan_kinds, shape.probe_ok, nrows, idx, t, pid, tid,
+                            cpu, comm, fields)
+        if raw is None:
+            return None
+        comm_vals = np.empty(len(raw), dtype=object)
+        for i, b in enumerate(raw):
+            try:
+                comm_vals[i] = _unescape_cached(b)
+            except ValueError:
+                return None
+        return _Parsed(sid=sid, n=nrows, idx=[idx], time=[t], pid=[pid], tid=[tid], cpu=[cpu],
+                       comm_vals=comm_vals, comm_ind=[comm], fields=[[f] for f in fields],
+                       bad=None)
 
     def _apply_fast(self, buf: bytes, parsed: _Parsed) -> None:
         self._pending_damage = []

@@ -25,3 +25,16 @@ def fake_stap_path(monkeypatch, tmp_path):
     fake_dir = REPO / "tests" / "fakestap"
     monkeypatch.setenv("PATH", f"{fake_dir}{os.pathsep}{os.environ['PATH']}")
     return fake_dir
+
+
+@pytest.fixture(scope="module", params=["compiled", "pyarrow"])
+def scanner(request):
+    """Run a module's parser tests once per first parser of a clean batch: the compiled
+    scanner, and pyarrow's CSV reader (all an install without a C compiler has)."""
+    from stapmagic import records
+
+    saved = records._recscan
+    if request.param == "pyarrow":
+        records._recscan = None
+    yield request.param
+    records._recscan = saved

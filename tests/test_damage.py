@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 from stapmagic.records import RecordParser, format_record
 from stapmagic.schema import Column, ProbeSchema
 
+# Every test here runs with the compiled scanner and with pyarrow (conftest.scanner).
+pytestmark = pytest.mark.usefixtures("scanner")
+
 CONNECT = ProbeSchema("tcp_v4_connect", (Column("sk", "hex"), Column("uaddr", "hex"),
                                          Column("addr_len", "uint")), False)
 RET = ProbeSchema("tcp_v4_connect.return", (Column("retval", "int"), Column("errno", "errno")),

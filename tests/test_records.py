@@ -25,6 +25,9 @@ from stapmagic.records import (
 )
 from stapmagic.schema import PRINT_REGS_COLUMNS, Column, ProbeSchema
 
+# Every test here runs with the compiled scanner and with pyarrow (conftest.scanner).
+pytestmark = pytest.mark.usefixtures("scanner")
+
 REF = Path("/work/shared/reference")
 R48 = REF / "stap-4.8-linux-6.1"
 R51 = REF / "stap-5.1-linux-6.12"
