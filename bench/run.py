@@ -108,6 +108,8 @@ def _ingest(variant: str) -> None:
         ])
     print(table(rows, ["", "best", "median", "events/s", "MB/s", "CPU (best)"]))
     print("  (wall time of the interleaved rounds; CPU: process time of all threads)")
+    for name, ts in res["times"].items():
+        print(f"  {labels[name].strip()}, each round: " + " ".join(f"{t:.2f}" for t in ts))
     print()
     mrows = []
     for name in ("read_csv", "ingest"):

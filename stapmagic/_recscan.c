@@ -105,36 +105,35 @@ static int32_t dict_code(dict_t *d, const unsigned char *p, Py_ssize_t len, uint
 }
 
 /* Each parse_* reads one field and the TAB after it; returns the position after the TAB,
- * or NULL if the field is not what parse_record accepts. */
+ * or NULL if the field is not what parse_record accepts. They need no bounds checks: run_scan
+ * only runs on a batch whose last byte is '\n', which stops every loop here. */
 
-static const unsigned char *parse_u64(const unsigned char *p, const unsigned char *end,
-                                      uint64_t *out) {
+static const unsigned char *parse_u64(const unsigned char *p, uint64_t *out) {
     const unsigned char *s = p;
-    while (p < end && *p == '0') p++;          /* leading zeros: int() takes them too */
+    while (*p == '0') p++;          /* leading zeros: int() takes them too */
     const unsigned char *sig = p;
     uint64_t v = 0;
     /* 19 digits cannot overflow; only a 20th needs a check */
-    while (p < end && (unsigned)(*p - '0') < 10 && p - sig < 19) {
+    while ((unsigned)(*p - '0') < 10 && p - sig < 19) {
         v = v * 10 + (unsigned)(*p - '0');
         p++;
     }
-    if (p < end && (unsigned)(*p - '0') < 10) {
+    if ((unsigned)(*p - '0') < 10) {
         unsigned d = (unsigned)(*p - '0');
         if (v > (UINT64_MAX - d) / 10) return NULL;
         v = v * 10 + d;
         p++;
-        if (p < end && (unsigned)(*p - '0') < 10) return NULL;
+        if ((unsigned)(*p - '0') < 10) return NULL;
     }
-    if (p == s || p >= end || *p != '\t') return NULL;
+    if (p == s || *p != '\t') return NULL;
     *out = v;
     return p + 1;
 }
 
-static const unsigned char *parse_i64(const unsigned char *p, const unsigned char *end,
-                                      int64_t *out) {
-    int neg = p < end && *p == '-';
+static const unsigned char *parse_i64(const unsigned char *p, int64_t *out) {
+    int neg = *p == '-';
     uint64_t v;
-    p = parse_u64(p + neg, end, &v);
+    p = parse_u64(p + neg, &v);
     if (!p) return NULL;
     if (neg) {
         if (v > (uint64_t)INT64_MAX + 1) return NULL;
@@ -152,16 +151,15 @@ static const signed char HEXVAL[256] = {
     ['f'] = 16, ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
 };   /* digit value + 1; 0: not a hex digit */
 
-static const unsigned char *parse_hex(const unsigned char *p, const unsigned char *end,
-                                      uint64_t *out) {
+static const unsigned char *parse_hex(const unsigned char *p, uint64_t *out) {
     const unsigned char *s = p;
     uint64_t v = 0;
-    while (p < end && HEXVAL[*p]) {
+    while (HEXVAL[*p]) {
         if (p - s == 16) return NULL;
         v = (v << 4) | (uint64_t)(HEXVAL[*p] - 1);
         p++;
     }
-    if (p == s || p >= end || *p != '\t') return NULL;
+    if (p == s || *p != '\t') return NULL;
     *out = v;
     return p + 1;
 }
@@ -190,21 +188,21 @@ static int run_scan(job_t *j) {
         if (end - p < 6 || memcmp(p, "@@sm1\t", 6) != 0) return 1;
         p += 6;
         uint64_t u;
-        p = parse_u64(p, end, &u);
+        p = parse_u64(p, &u);
         if (!p || u >= (uint64_t)j->nprobes || !j->probe_ok[u]) return 1;
         j->idx[row] = (int64_t)u;
-        if (!(p = parse_i64(p, end, &j->time[row]))) return 1;
-        if (!(p = parse_i64(p, end, &j->pid[row]))) return 1;
-        if (!(p = parse_i64(p, end, &j->tid[row]))) return 1;
-        if (!(p = parse_i64(p, end, &j->cpu[row]))) return 1;
+        if (!(p = parse_i64(p, &j->time[row]))) return 1;
+        if (!(p = parse_i64(p, &j->pid[row]))) return 1;
+        if (!(p = parse_i64(p, &j->tid[row]))) return 1;
+        if (!(p = parse_i64(p, &j->cpu[row]))) return 1;
         /* comm: only what text_str() prints raw (0x20-0x7e; escapes are checked later) */
         const unsigned char *c = p;
         uint64_t h = 1469598103934665603ULL;
-        while (p < end && *p >= 0x20 && *p <= 0x7e) {
+        while (*p >= 0x20 && *p <= 0x7e) {
             h = (h ^ *p) * 1099511628211ULL;
             p++;
         }
-        if (p >= end || *p != '\t') return 1;
+        if (*p != '\t') return 1;
         int32_t code = dict_code(&j->dict, c, p - c, h);
         if (code < 0) return -1;
         j->comm[row] = code;
@@ -212,20 +210,20 @@ static int run_scan(job_t *j) {
         for (Py_ssize_t k = 0; k < j->nkinds; k++) {
             switch (j->kinds[k]) {
             case K_INT:
-                p = parse_i64(p, end, &((int64_t *)j->fields[k])[row]);
+                p = parse_i64(p, &((int64_t *)j->fields[k])[row]);
                 break;
             case K_UINT:
-                p = parse_u64(p, end, &((uint64_t *)j->fields[k])[row]);
+                p = parse_u64(p, &((uint64_t *)j->fields[k])[row]);
                 break;
             default:
-                p = parse_hex(p, end, &((uint64_t *)j->fields[k])[row]);
+                p = parse_hex(p, &((uint64_t *)j->fields[k])[row]);
             }
             if (!p) return 1;
         }
-        if (end - p < 3 || p[0] != '@' || p[1] != '@') return 1;
+        if (p[0] != '@' || p[1] != '@') return 1;
         p += 2;
         if (*p == '\r') p++;
-        if (p >= end || *p != '\n') return 1;
+        if (*p != '\n') return 1;
         p++;
         row++;
     }

@@ -23,7 +23,6 @@ each batch is copied in while hot and `frame()` returns views, without concatena
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import re
@@ -748,18 +747,13 @@ _STORE_DTYPE: dict[str, Any] = {"time": np.int64, "cat": np.int32, "int64": np.i
 # are hot in cache and frame() returns views, with no concatenation. Past it the columns
 # grow x2 (one copy).
 INITIAL_ROWS = 1 << 22
-_HUGE = 2 << 20
 
 
 def _reserve(nbytes: int) -> mmap.mmap:
-    """Anonymous memory for a column. Beyond its first 2 MiB it asks for transparent huge
-    pages: a page fault per 2 MiB instead of per 4 KiB (faults are most of the cost of
-    filling fresh memory; a small table stays on small pages)."""
-    m = mmap.mmap(-1, max(nbytes, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if nbytes > 2 * _HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
-        with contextlib.suppress(OSError):
-            m.madvise(mmap.MADV_HUGEPAGE, _HUGE, nbytes - _HUGE)
-    return m
+    """Anonymous memory for a column, on ordinary pages. (MADV_HUGEPAGE was tried: with the
+    kernel's default THP defrag=madvise a fault may stop for direct compaction, and ingest
+    spent up to 0.5 s of system time per 2M rows in such stalls; bench/RESULTS.md.)"""
+    return mmap.mmap(-1, max(nbytes, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 def _empty(capacity: int, dtype: Any) -> AnyArr:
