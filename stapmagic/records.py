@@ -11,14 +11,18 @@ lines and parses them in batches:
   split into register columns of that record (`PRINT_REGS_COLUMNS`).
 * Every other line is a message (decoded utf-8, errors="backslashreplace"), kept in order.
 
-Speed: a batch (batch_bytes of whole lines, or what flush() finds) is checked with a few
-whole-buffer operations and parsed by pyarrow's (multithreaded) CSV reader with explicit
-column types; `@@sm1`/`@@` are read as bool (true_values/false_values), so a wrong tag is a
-conversion error at no cost. Only when a batch is not clean (message lines, several record
-shapes, damage) are its lines indexed with numpy, and only a group the vectorized parse
-rejects goes through the per-line reference parser `parse_record`. The numeric columns of
-every row live in one contiguous, pre-reserved (untouched until used) array per column:
-each batch is copied in while hot and `frame()` returns views, without concatenating.
+Speed: a batch (batch_bytes of whole lines, or what flush() finds) of records of one shape
+whose fields are all int/uint/hex goes first to the compiled scanner (_recscan.c, when it was
+built: `SCANNER`), one strict pass that writes the numbers straight into the row table and
+gives up on anything `parse_record` would not accept. Otherwise, or when it gives up, the
+batch is parsed by pyarrow's (multithreaded) CSV reader with explicit column types;
+`@@sm1`/`@@` are read as bool (true_values/false_values), so a wrong tag is a conversion
+error at no cost. Only when a batch is not clean (message lines, several record shapes,
+damage) are its lines indexed with numpy, and only a group the vectorized parse rejects goes
+through the per-line reference parser `parse_record`. The numeric columns of every row live
+in one contiguous, pre-reserved (untouched until used) array per column: each batch is
+copied in while hot (or scanned in place) and `frame()` returns views, without
+concatenating.
 """
 
 from __future__ import annotations
