@@ -9,7 +9,10 @@ written with `format_record` and with the pty's CRLF line ends, are
   datetime64[ns], probe and comm category, the rest int64/uint64), with its fastest options
   (na_filter=False, QUOTE_NONE).
 
-Throughput is best-of-N wall time (this machine is shared; the median is printed too).
+A third contender, RecordParser without its compiled scanner (records._recscan set to None:
+what an install without a C compiler runs), is timed beside them when the scanner is built.
+
+One untimed warm-up round of each comes first. Throughput is best-of-N wall time (this machine is shared; the median is printed too).
 Peak extra memory is measured in a fresh child process per contender (so no earlier garbage
 hides growth): RSS sampled every millisecond minus the RSS before parsing, plus the peak of
 pyarrow's allocator (which tracemalloc does not see); the child also reports the final
@@ -129,7 +132,6 @@ def chunk_sizes(total: int, seed: int = 7) -> list[int]:
 def ingest_frame(data: bytes, schema: ProbeSchema, sizes: list[int],
                  flush_every: float = 0.2) -> pd.DataFrame:
     parser = RecordParser([schema])
-    assert records.SCANNER == "compiled" or records._recscan is None
     pos = 0
     last = time.monotonic()
     for s in sizes:
@@ -255,8 +257,7 @@ def run(variant: str = "dec", n: int = N_RECORDS, repeats: int = 5,
     # One untimed round first: on this VM the first touch of memory the process has not
     # used before costs ~2.5 ms/MB, and would land on whichever contender ran first.
     for fn in contenders.values():
-        del_me = fn()
-        del del_me
+        fn()
     times: dict[str, list[float]] = {k: [] for k in contenders}
     cpu: dict[str, list[float]] = {k: [] for k in contenders}
     frames: dict[str, pd.DataFrame] = {}

@@ -1334,8 +1334,8 @@ class RecordParser:
         start = table.n
         direct = len(shape.probes) == 1
 
-        def out(name: str | None, dtype: Any) -> AnyArr:
-            st = self._stores.get(name) if direct and name is not None else None
+        def out(name: str, dtype: Any) -> AnyArr:
+            st = self._stores.get(name) if direct else None
             if st is not None and st.store in ("time", "int64", "uint64") \
                     and table.arrays[st.name].dtype == dtype:
                 return table.arrays[st.name][start:start + nrows]
