@@ -5,8 +5,8 @@
  * else (a message line, damage, another shape, an overflowing number) makes it return None
  * and the Python paths take the batch. So it can only ever be faster, never different.
  *
- * The comm field is checked for the bytes text_str() prints and dictionary-encoded here;
- * unescaping the few distinct values is left to Python. The GIL is released while scanning,
+ * Text fields (comm, str and errno arguments) are checked for the bytes text_str() prints
+ * and dictionary-encoded here; unescaping the distinct values is left to Python. The GIL is released while scanning,
  * so the thread that reads the pty keeps reading.
  */
 #define PY_SSIZE_T_CLEAN
@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { K_INT = 'i', K_UINT = 'u', K_HEX = 'x' };
+enum { K_INT = 'i', K_UINT = 'u', K_HEX = 'x', K_STR = 's', K_ERRNO = 'e' };
 #define MAX_FIELDS 64
 
 typedef struct {
@@ -175,8 +175,24 @@ typedef struct {
     int64_t *idx, *time, *pid, *tid, *cpu;
     int32_t *comm;
     void *fields[MAX_FIELDS];
-    dict_t dict;
+    dict_t dicts[1 + MAX_FIELDS];   /* [0]: comm; [1 + k]: text field k */
+    int ndicts;
 } job_t;
+
+/* A text field (what text_str() prints raw: 0x20-0x7e, escapes checked later) and its TAB;
+ * its code in d goes to *code. NULL if it is not one; *code = -1 if out of memory. */
+static const unsigned char *parse_text(const unsigned char *p, dict_t *d, int32_t *code) {
+    const unsigned char *c = p;
+    uint64_t h = 1469598103934665603ULL;
+    while (*p >= 0x20 && *p <= 0x7e) {
+        h = (h ^ *p) * 1099511628211ULL;
+        p++;
+    }
+    *code = 0;
+    if (*p != '\t') return NULL;
+    *code = dict_code(d, c, p - c, h);
+    return *code < 0 ? NULL : p + 1;
+}
 
 /* 0: the whole batch parsed; 1: not clean; -1: out of memory. */
 static int run_scan(job_t *j) {
@@ -195,28 +211,24 @@ static int run_scan(job_t *j) {
         if (!(p = parse_i64(p, &j->pid[row]))) return 1;
         if (!(p = parse_i64(p, &j->tid[row]))) return 1;
         if (!(p = parse_i64(p, &j->cpu[row]))) return 1;
-        /* comm: only what text_str() prints raw (0x20-0x7e; escapes are checked later) */
-        const unsigned char *c = p;
-        uint64_t h = 1469598103934665603ULL;
-        while (*p >= 0x20 && *p <= 0x7e) {
-            h = (h ^ *p) * 1099511628211ULL;
-            p++;
-        }
-        if (*p != '\t') return 1;
-        int32_t code = dict_code(&j->dict, c, p - c, h);
-        if (code < 0) return -1;
-        j->comm[row] = code;
-        p++;
+        if (!(p = parse_text(p, &j->dicts[0], &j->comm[row])))
+            return j->comm[row] < 0 ? -1 : 1;
         for (Py_ssize_t k = 0; k < j->nkinds; k++) {
             switch (j->kinds[k]) {
+            case K_STR:
+            case K_ERRNO:
+                p = parse_text(p, &j->dicts[1 + k], &((int32_t *)j->fields[k])[row]);
+                if (!p && ((int32_t *)j->fields[k])[row] < 0) return -1;
+                break;
             case K_INT:
                 p = parse_i64(p, &((int64_t *)j->fields[k])[row]);
                 break;
             case K_UINT:
                 p = parse_u64(p, &((uint64_t *)j->fields[k])[row]);
                 break;
-            default:
+            case K_HEX:
                 p = parse_hex(p, &((uint64_t *)j->fields[k])[row]);
+                break;
             }
             if (!p) return 1;
         }
@@ -228,6 +240,19 @@ static int run_scan(job_t *j) {
         row++;
     }
     return row == j->nrows ? 0 : 1;
+}
+
+static PyObject *dict_values(const dict_t *d) {
+    PyObject *list = PyList_New((Py_ssize_t)d->used);
+    for (size_t k = 0; list && k < d->used; k++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)d->first[k], d->first_len[k]);
+        if (!b) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)k, b);
+    }
+    return list;
 }
 
 static int get_out(PyObject *obj, Py_buffer *view, Py_ssize_t nrows, Py_ssize_t itemsize) {
@@ -243,9 +268,10 @@ static int get_out(PyObject *obj, Py_buffer *view, Py_ssize_t nrows, Py_ssize_t 
 PyDoc_STRVAR(scan_doc,
 "scan(buf, kinds, probe_ok, nrows, idx, time, pid, tid, cpu, comm, fields) -> list | None\n\n"
 "Parse nrows record lines of one shape into the given int64 (idx, time, pid, tid, cpu),\n"
-"int32 (comm codes) and 8-byte (fields) arrays. kinds: one of b'iux' per field; probe_ok:\n"
-"one byte per probe index, nonzero for the probes of this shape. Returns the distinct raw\n"
-"comm values (bytes, in code order), or None if any line is not such a record.");
+"int32 (comm codes) and per field 8-byte (i, u, x) or int32 code (s, e) arrays. kinds: one\n"
+"of b'iuxse' per field; probe_ok: one byte per probe index, nonzero for the probes of this\n"
+"shape. Returns, for comm and then each s/e field, the list of its distinct raw values\n"
+"(bytes, in code order), or None if any line is not such a record.");
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer bufv, kindv, okv;
@@ -267,8 +293,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t k = 0; k < kindv.len; k++) {
         char c = ((const char *)kindv.buf)[k];
-        if (c != K_INT && c != K_UINT && c != K_HEX) {
-            PyErr_SetString(PyExc_ValueError, "kinds: only b'i', b'u' and b'x'");
+        if (c != K_INT && c != K_UINT && c != K_HEX && c != K_STR && c != K_ERRNO) {
+            PyErr_SetString(PyExc_ValueError, "kinds: only b'i', b'u', b'x', b's' and b'e'");
             goto done;
         }
     }
@@ -278,7 +304,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         nouts++;
     }
     for (Py_ssize_t k = 0; k < kindv.len; k++) {
-        if (get_out(PySequence_Fast_GET_ITEM(fields, k), &outs[nouts], nrows, 8) < 0)
+        char c = ((const char *)kindv.buf)[k];
+        Py_ssize_t size = c == K_STR || c == K_ERRNO ? 4 : 8;
+        if (get_out(PySequence_Fast_GET_ITEM(fields, k), &outs[nouts], nrows, size) < 0)
             goto done;
         j.fields[k] = outs[nouts].buf;
         nouts++;
@@ -296,9 +324,12 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     j.tid = outs[3].buf;
     j.cpu = outs[4].buf;
     j.comm = outs[5].buf;
-    if (dict_init(&j.dict, 64) < 0) {
-        PyErr_NoMemory();
-        goto done;
+    for (; j.ndicts < 1 + kindv.len; j.ndicts++) {
+        if (dict_init(&j.dicts[j.ndicts], 64) < 0) {
+            j.ndicts++;
+            PyErr_NoMemory();
+            goto done;
+        }
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -312,19 +343,18 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    result = PyList_New((Py_ssize_t)j.dict.used);
-    if (!result) goto done;
-    for (size_t k = 0; k < j.dict.used; k++) {
-        PyObject *b = PyBytes_FromStringAndSize((const char *)j.dict.first[k],
-                                                j.dict.first_len[k]);
-        if (!b) {
-            Py_CLEAR(result);
-            goto done;
+    result = PyList_New(0);
+    for (int n = 0; result && n < j.ndicts; n++) {
+        if (n > 0) {
+            char c = j.kinds[n - 1];
+            if (c != K_STR && c != K_ERRNO) continue;
         }
-        PyList_SET_ITEM(result, (Py_ssize_t)k, b);
+        PyObject *values = dict_values(&j.dicts[n]);
+        if (!values || PyList_Append(result, values) < 0) Py_CLEAR(result);
+        Py_XDECREF(values);
     }
 done:
-    dict_free(&j.dict);
+    for (int n = 0; n < j.ndicts; n++) dict_free(&j.dicts[n]);
     for (int k = 0; k < nouts; k++) PyBuffer_Release(&outs[k]);
     Py_XDECREF(fields);
     PyBuffer_Release(&bufv);

@@ -2,4 +2,5 @@ from collections.abc import Sequence
 from typing import Any
 
 def scan(buf: bytes, kinds: bytes, probe_ok: bytes, nrows: int, idx: Any, time: Any,
-         pid: Any, tid: Any, cpu: Any, comm: Any, fields: Sequence[Any]) -> list[bytes] | None: ...
+         pid: Any, tid: Any, cpu: Any, comm: Any,
+         fields: Sequence[Any]) -> list[list[bytes]] | None: ...

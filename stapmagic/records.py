@@ -12,7 +12,7 @@ lines and parses them in batches:
 * Every other line is a message (decoded utf-8, errors="backslashreplace"), kept in order.
 
 Speed: a batch (batch_bytes of whole lines, or what flush() finds) of records of one shape
-whose fields are all int/uint/hex goes first to the compiled scanner (_recscan.c, when it was
+goes first to the compiled scanner (_recscan.c, when it was
 built: `SCANNER`), one strict pass that writes the numbers straight into the row table and
 gives up on anything `parse_record` would not accept. Otherwise, or when it gives up, the
 batch is parsed by pyarrow's (multithreaded) CSV reader with explicit column types;
@@ -517,7 +517,7 @@ class _Shape:
     probes: list[int]
     names: list[str] = field(default_factory=list)
     types: dict[str, Any] = field(default_factory=dict)
-    scan_kinds: bytes | None = None     # for _recscan.scan; None: a kind it does not parse
+    scan_kinds: bytes = b""             # the kinds as _recscan.scan takes them
     probe_ok: bytes = b""               # per probe index: 1 if the probe has this shape
 
 
@@ -726,6 +726,14 @@ def _dict_values(col: Any, decode: Callable[[bytes], Any]) -> tuple[AnyArr, Any]
     return out, col
 
 
+def _decoded(raw: list[bytes], decode: Callable[[bytes], Any]) -> AnyArr:
+    """The distinct raw values of a text field, decoded (ValueError if one cannot be)."""
+    out = np.empty(len(raw), dtype=object)
+    for i, b in enumerate(raw):
+        out[i] = decode(b)
+    return out
+
+
 def _indices(chunk: Any) -> I64:
     return cast(I64, chunk.indices.to_numpy(zero_copy_only=False))
 
@@ -904,7 +912,8 @@ except ImportError:        # installed without a C compiler: pyarrow parses ever
 # Which parser takes a clean batch first: "compiled" (_recscan.c, one pass, strict like
 # parse_record) or "pyarrow" (its CSV reader, then the column checks).
 SCANNER: Literal["compiled", "pyarrow"] = "pyarrow" if _recscan is None else "compiled"
-_SCAN_KINDS: dict[str, bytes] = {"int": b"i", "uint": b"u", "hex": b"x"}
+_SCAN_KINDS: dict[str, bytes] = {"int": b"i", "uint": b"u", "hex": b"x", "str": b"s",
+                                 "errno": b"e"}
 
 
 class _ArrowReject(Exception):
@@ -1047,8 +1056,7 @@ class RecordParser:
             self._shape_of[i] = shapes[kinds]
         for sid, shape in enumerate(self._shapes):
             shape.probe_ok = bytes(int(s == sid) for s in self._shape_of[:len(schemas)])
-            if all(k in _SCAN_KINDS for k in shape.kinds):
-                shape.scan_kinds = b"".join(_SCAN_KINDS[k] for k in shape.kinds)
+            shape.scan_kinds = b"".join(_SCAN_KINDS[k] for k in shape.kinds)
 
     # ---- public API -----------------------------------------------------------------
 
@@ -1313,7 +1321,7 @@ class RecordParser:
         if not digits.isdigit() or int(digits) >= len(self.schemas):
             return None
         sid = int(self._shape_of[int(digits)])
-        if _recscan is not None and self._shapes[sid].scan_kinds is not None:
+        if _recscan is not None:
             scanned = self._scan(buf, sid, n_lf)
             if scanned is not None:
                 return scanned
@@ -1325,7 +1333,7 @@ class RecordParser:
     def _scan(self, buf: bytes, sid: int, nrows: int) -> _Parsed | None:
         """The compiled parse of a clean batch of shape `sid`; None if it is not one."""
         shape = self._shapes[sid]
-        assert _recscan is not None and shape.scan_kinds is not None
+        assert _recscan is not None
         # Columns the batch's rows will be copied into anyway are parsed straight into the
         # table's unused rows (nothing reads past table.n; _Table.write skips the copy):
         # no fresh memory to fault in, no second pass.
@@ -1345,20 +1353,30 @@ class RecordParser:
         t, pid, tid, cpu = (out(name, np.int64) for name in ("time", "pid", "tid", "cpu"))
         comm = np.empty(nrows, dtype=np.int32)
         cols = self.schemas[shape.probes[0]].columns
-        fields = [out(c.name, np.dtype(np.int64 if k == "int" else np.uint64))
+        text = ("str", "errno")
+        fields = [np.empty(nrows, dtype=np.int32) if k in text      # codes of the values
+                  else out(c.name, np.dtype(np.int64 if k == "int" else np.uint64))
                   for c, k in zip(cols, shape.kinds, strict=True)]
         raw = _recscan.scan(buf, shape.scan_kinds, shape.probe_ok, nrows, idx, t, pid, tid,
                             cpu, comm, fields)
         if raw is None:
             return None
-        comm_vals = np.empty(len(raw), dtype=object)
-        for i, b in enumerate(raw):
-            try:
-                comm_vals[i] = _unescape_cached(b)
-            except ValueError:
-                return None
+        try:
+            comm_vals = _decoded(raw[0], _unescape_cached)
+            values = iter(raw[1:])
+            chunks: list[Chunk] = []
+            for f, k in zip(fields, shape.kinds, strict=True):
+                if k == "errno":
+                    chunks.append(_decoded(next(values), _errno_decode)[f])
+                elif k == "str":
+                    strs = pa.array(_decoded(next(values), _unescape_cached), type=pa.string())
+                    chunks.append(strs.take(pa.array(f)))
+                else:
+                    chunks.append(f)
+        except ValueError:      # an escape text_str() cannot have printed
+            return None
         return _Parsed(sid=sid, n=nrows, idx=[idx], time=[t], pid=[pid], tid=[tid], cpu=[cpu],
-                       comm_vals=comm_vals, comm_ind=[comm], fields=[[f] for f in fields],
+                       comm_vals=comm_vals, comm_ind=[comm], fields=[[c] for c in chunks],
                        bad=None)
 
     def _apply_fast(self, buf: bytes, parsed: _Parsed) -> None:
