@@ -71,7 +71,7 @@ def base(n: int) -> dict[str, Any]:
 
 def records(n: int) -> dict[str, Any]:
     opts = pipeline.ProbeOptions(command=dd_command(n), target="lab")
-    run = pipeline.prepare("ksys_read fd:int buf:ptr count:ulong", "", opts)
+    run = pipeline.prepare(L.KSYS_READ_SPEC, "", opts)
     assert run.script is not None
     res = L.run_pipeline(run, run.script.probes)
     # dd's stderr shares the pty with the records and can land inside one (a damaged line)
@@ -88,7 +88,7 @@ def records_file(n: int) -> dict[str, Any]:
     """The same script as `records`, written by staprun straight to a guest file (`-o`):
     the probe's own cost without the ssh transport and the host's share of the guest CPU."""
     opts = pipeline.ProbeOptions(command=dd_command(n), target="lab")
-    run = pipeline.prepare("ksys_read fd:int buf:ptr count:ulong", "", opts)
+    run = pipeline.prepare(L.KSYS_READ_SPEC, "", opts)
     L.guest("rm", "-f", GUEST_FILE)
     rc, text, wall = L.stap_to_file(run.script_text, GUEST_FILE, command=dd_command(n))
     _, lines, _, _ = L.guest_full(["grep", "-c", "^@@sm1", GUEST_FILE])  # exit 1: none

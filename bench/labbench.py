@@ -209,6 +209,10 @@ _LOST = re.compile(r"There were (\d+) lost messages and (\d+) lost bytes")
 _OVERLOAD = re.compile(r"probe overhead .*exceeded threshold")
 
 
+# The magic's own cell on a hot function, in benchmarks 2 and 4 (dd as -c).
+KSYS_READ_SPEC = "ksys_read fd:int buf:ptr count:ulong"
+
+
 def damaged_text(parser: records.RecordParser) -> str:
     """The damaged lines kept by a parser: stap's stderr can land inside a record line on the
     pty (stdout and stderr share it), and then an ERROR hides there."""

@@ -36,6 +36,12 @@ def _rate(x: float | None) -> str:
     return f"{x / 1000:.0f}k/s" if x >= 1000 else f"{x:.0f}/s"
 
 
+def _best_held(pairs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The held run of the highest rate, or None."""
+    held = [p for p in pairs if p["held"]]
+    return max(held, key=lambda p: p["rate"] or 0) if held else None
+
+
 def throughput(table: Table, summary: Summary) -> None:
     from bench import throughput as T
 
@@ -69,12 +75,10 @@ def throughput(table: Table, summary: Summary) -> None:
     print(table(rows, ["probe", "emitted", "-o FILE", "host pipe", "magic rows", "damaged",
                        "pty loss", "stap lost f/h/m", "drain host", "drain magic", "ratio",
                        "held (>=0.9, no pty loss)"]))
-    held = [p for p in res["timer"] if p["held"]]
-    best = max(held, key=lambda p: p["rate"] or 0) if held else None
+    best = _best_held(res["timer"])
     print(f"  highest timer rate held: {_rate(best['rate']) if best else 'none'}"
           + (f" (K={best['k']}/ms)" if best else ""))
-    ng = [p for p in res["no_guard"] if p["held"]]
-    best_ng = max(ng, key=lambda p: p["rate"] or 0) if ng else None
+    best_ng = _best_held(res["no_guard"])
     if res["no_guard"]:
         print(f"  highest rate held with -D STP_NO_OVERLOAD: "
               f"{_rate(best_ng['rate']) if best_ng else 'none'}")

@@ -189,7 +189,7 @@ def real_function_pair(n: int = DD_READS, host: bool = True) -> dict[str, Any]:
     """The magic's generated ksys_read script under dd: rows of dd vs the file's lines."""
     cmd = f"dd if=/dev/zero of=/dev/null bs=1 count={n}"
     opts = pipeline.ProbeOptions(command=cmd, target="lab")
-    run = pipeline.prepare("ksys_read fd:int buf:ptr count:ulong", "", opts)
+    run = pipeline.prepare(L.KSYS_READ_SPEC, "", opts)
     assert run.script is not None
     pair = compare(run.script_text, run.script.probes, command=cmd, comm="dd", host=host)
     pair["n"] = n

@@ -140,7 +140,7 @@ class KprobeMagics(Magics):
         config=True
     )
     grace = Float(
-        10.0,
+        pipeline.DEFAULT_GRACE,
         help="Seconds stap gets after SIGINT before SIGTERM, then SIGKILL (a remote stap "
         "needs a few: the end probes, the module unload and ssh round trips under TCG).",
     ).tag(

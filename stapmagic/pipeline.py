@@ -25,6 +25,10 @@ from .hist import Histogram, Summary
 from .script import COUNT_KEYS, Script, ScriptOptions, generate, module_statement_probe
 from .spec import Spec, parse_spec
 
+# Seconds stap gets after SIGINT before SIGTERM, then SIGKILL. A remote stap needs a few:
+# the end probes, the module unload and ssh round trips under TCG.
+DEFAULT_GRACE = 10.0
+
 
 @dataclass(frozen=True)
 class ProbeOptions:
@@ -40,7 +44,7 @@ class ProbeOptions:
     defines: tuple[str, ...] = ()
     target: str = "local"
     verbose: int = 1
-    grace: float = 10.0
+    grace: float = DEFAULT_GRACE
     string_max: int = 64
     dry_run: bool = False
     latency: bool = False
@@ -418,7 +422,7 @@ def execute(
     run: ProbeRun,
     *,
     on_batch: Callable[[ProbeRun, records.Batch, bool], None] | None = None,
-    grace: float = 10.0,
+    grace: float = DEFAULT_GRACE,
     tap: Callable[[bytes], None] | None = None,
     source: Source | None = None,
 ) -> ProbeRun:
@@ -545,7 +549,7 @@ def start(
     run: ProbeRun,
     *,
     on_batch: Callable[[ProbeRun, records.Batch, bool], None] | None = None,
-    grace: float = 10.0,
+    grace: float = DEFAULT_GRACE,
     tap: Callable[[bytes], None] | None = None,
     source: Source | None = None,
 ) -> ProbeRun:
