@@ -45,7 +45,7 @@ def to_html(df: pd.DataFrame) -> str | None:
     if not cols:
         # A for_type printer that returns None means "no HTML" to IPython, not "fall back to
         # _repr_html_": every frame would lose its table after %load_ext.
-        own: str | None = df._repr_html_()
+        own: str | None = getattr(df, "_repr_html_")()  # noqa: B009 (untyped in pandas-stubs)
         return own
     opts = _options()
     opts.pop("min_rows")  # to_html truncates to max_rows only
