@@ -83,6 +83,9 @@ OFFSET_PATHS: tuple[tuple[str, str], ...] = (
     ("sk_buff", "protocol"),
     ("sk_buff", "data"),
     ("sk_buff", "sk"),
+    ("sk_buff", "__cloned_offset"),  # zero-length markers in front of bitfield bytes
+    ("sk_buff", "__pkt_type_offset"),
+    ("sk_buff", "__mono_tc_offset"),
     ("msghdr", "msg_namelen"),
     ("super_block", "s_id"),
     ("qstr", "name"),
@@ -121,12 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--module", action="append", default=None,
                    help="a loaded module whose split BTF to capture too (default: ext4)")
     p.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "btf")
+    p.add_argument("--offsets-only", action="store_true",
+                   help="only refresh offsets.json (the kernel must be the one captured)")
     args = p.parse_args(argv)
     modules = args.module or ["ext4"]
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
 
+    if args.offsets_only:
+        _capture_offsets(out)
+        return 0
     meta: dict[str, object] = {
         "captured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "release": _guest_bytes(["uname", "-r"], 60).decode().strip(),
@@ -152,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     (out / "bpftrace_fentry.txt.xz").write_bytes(lzma.compress(listing, preset=9))
     print(f"listing: {listing.count(b'fentry:')} functions, {len(listing)} bytes", flush=True)
 
+    _capture_offsets(out)
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    print(f"done in {time.monotonic() - t0:.0f} s -> {out}")
+    return 0
+
+
+def _capture_offsets(out: Path) -> None:
     text = _guest_bytes(["bpftrace", "-e", _offsets_program()], 600).decode()
     offsets: dict[str, int] = {}
     sizes: dict[str, int] = {}
@@ -165,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bpftrace printed {len(offsets)} offsets, {len(sizes)} sizes:\n{text}")
     (out / "offsets.json").write_text(json.dumps(
         {"offsetof": offsets, "sizeof": sizes}, indent=1, sort_keys=True) + "\n")
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    print(f"done in {time.monotonic() - t0:.0f} s -> {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -271,8 +271,10 @@ class BTF:
             raise BTFError(f"BTF {self.name}: string section does not end with NUL")
         if self.base is None and d[s0] != 0:
             raise BTFError(f"BTF {self.name}: string section does not start with the empty string")
-        self._t0, self._t1 = t0, t0 + type_len
-        self._s0, self._s1 = s0, s0 + str_len
+        self._t0: int = t0
+        self._t1: int = t0 + type_len
+        self._s0: int = s0
+        self._s1: int = s0 + str_len
         self._u32x3 = struct.Struct(self._order + "III")
 
     def _walk(self) -> _Index:
@@ -306,7 +308,7 @@ class BTF:
             tid += 1
         funcs: dict[str, list[int]] = {}
         own, s0, s1, find = self.start_str_off, self._s0, self._s1, d.find
-        for fid, off in zip(func_ids, func_offs):
+        for fid, off in zip(func_ids, func_offs, strict=True):
             if off < own:
                 name = self.string(off)
             else:
@@ -582,6 +584,12 @@ class BTF:
 
     def _resolve(self, root: int, steps: Sequence[PathStep], text: str,
                  root_is_value: bool) -> Field:
+        cur, hops, bits, bitfield = self._walk_path(root, steps, text, root_is_value)
+        return self._leaf(cur, text, hops, bits, bitfield)
+
+    def _walk_path(self, root: int, steps: Sequence[PathStep], text: str,
+                   root_is_value: bool) -> tuple[int, tuple[int, ...], int, int | None]:
+        """(leaf type, pointer hops, bit offset from the last address, bitfield width)."""
         cur = root
         hops: list[int] = []
         bits = 0  # bit offset from the current base address
@@ -589,7 +597,7 @@ class BTF:
         bitfield: int | None = None
         where = text or "the value"
         prev_text = text[: steps[0].pos - len(steps[0].op)] if steps and text else "value"
-        for i, step in enumerate(steps):
+        for step in steps:
             t, _ = self.strip(cur)
             shown = self.decl(cur)
             tok_pos = step.pos - len(step.op)
@@ -649,7 +657,7 @@ class BTF:
             prev_text = text[: step.pos + len(step.name)] if text else step.name
         if in_hand:
             raise FieldPathError(f"{where}: a path needs at least one member", 0, len(text))
-        return self._leaf(cur, text, tuple(hops), bits, bitfield)
+        return cur, tuple(hops), bits, bitfield
 
     def _leaf(self, tid: int, text: str, hops: tuple[int, ...], bits: int,
               bitfield: int | None) -> Field:
@@ -714,8 +722,10 @@ class BTF:
     def offsetof(self, struct_name: str, path: str) -> int:
         """Byte offset of a ``.``-separated member path in a struct (like C's offsetof)."""
         steps = [PathStep(".", n, 0) for n in path.split(".")]
-        f = self.resolve_field(self.struct(struct_name).id, steps, path, root_is_value=False)
-        return f.offset
+        _, _, bits, bitfield = self._walk_path(self.struct(struct_name).id, steps, path, False)
+        if bitfield is not None:
+            raise BTFError(f"{struct_name}.{path} is a bitfield: it has no byte offset")
+        return bits // 8
 
 
 # ----------------------------------------------------------------------------------------
@@ -934,13 +944,11 @@ class _Dumper:
         # aggregates inline in a parameter list are rare enough that it is left out here.
         tabs = "\t" * min(lvl + 1, 13)
         out.append(("struct" if t.kind is Kind.STRUCT else "union") + " {")
-        for i, m in enumerate(t.members):
+        for m in t.members:
             out.append(f"\n{tabs}{self.decl(m.type, m.name, lvl + 1)}")
-            size = m.bitfield_size
-            if size:
-                out.append(f": {size}")
+            if m.bitfield_size:
+                out.append(f": {m.bitfield_size}")
             out.append(";")
-            del i
         if t.members or t.size:
             out.append("\n" + "\t" * min(lvl, 13) + "}")
         else:
