@@ -693,10 +693,10 @@ class BTF:
             return Field(text, hops, off, t.size, "enum", t.kind_flag, shown,
                          enumerators=t.enumerators)
         if t.kind is Kind.PTR:
-            kind = "string" if self._is_char(t.ref) else "pointer"
+            kind = "string" if self.is_char(t.ref) else "pointer"
             return Field(text, hops, off, 8, kind, False, shown)
         if t.kind is Kind.ARRAY:
-            if self._is_char(t.array_type):
+            if self.is_char(t.array_type):
                 return Field(text, hops, off, t.array_nelems, "char_array", False, shown,
                              length=t.array_nelems)
             raise FieldPathError(f"{text} is an array (`{shown}`): only char arrays (strings) "
@@ -709,7 +709,7 @@ class BTF:
         raise FieldPathError(f"{text} is `{shown}`, which cannot be read as a column", 0,
                              len(text))
 
-    def _is_char(self, tid: int) -> bool:
+    def is_char(self, tid: int) -> bool:
         """A C character type, under qualifiers only: ``u8``/``__u8`` buffers are bytes."""
         t = self.type(tid)
         for _ in range(MAX_CHAIN):
