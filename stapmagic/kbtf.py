@@ -76,9 +76,9 @@ def kernel_btf(target: _Channel, modules: Iterable[str] = (), *,
     done = _bytes(target, ["sha256sum", *paths], timeout)
     sums: dict[str, str] = {}
     for line in done.stdout.decode(errors="replace").splitlines():
-        m = _SHA_LINE.match(line.strip())
-        if m:
-            sums[m.group(2)] = m.group(1)
+        hit = _SHA_LINE.match(line.strip())
+        if hit:
+            sums[hit.group(2)] = hit.group(1)
     if "vmlinux" not in sums:
         err = done.stderr.decode(errors="replace").strip()
         raise NoBTF(f"the target kernel has no BTF ({BTF_DIR}/vmlinux: "
