@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from . import diagnose, records, runner
-from .errors import OptionError, SpecError, StapMagicError
+from .errors import OptionError, SpecError
 from .hist import Histogram, Summary
 from .script import COUNT_KEYS, Script, ScriptOptions, generate, module_statement_probe
 from .spec import Spec, parse_spec
+from .targets import kallsyms_symbols
 
 # Seconds stap gets after SIGINT before SIGTERM, then SIGKILL. A remote stap needs a few:
 # the end probes, the module unload and ssh round trips under TCG.
@@ -327,13 +328,7 @@ def build_argv(script_text: str, opts: ProbeOptions, target: runner.Target) -> l
 
 def kallsyms_lines(target: runner.Target, names: Sequence[str]) -> list[str]:
     """The target's /proc/kallsyms lines for exactly these symbol names."""
-    argv = ["grep", "-w"]
-    for name in names:
-        argv += ["-e", name]
-    # grep exits 1 when nothing matches: an answer, not a failure.
-    out = runner.run_on_target(target, [*argv, "/proc/kallsyms"], ok_codes=(0, 1))
-    wanted = set(names)
-    return [ln for ln in out.splitlines() if len(ln.split()) >= 3 and ln.split()[2] in wanted]
+    return target.kallsyms_lines(names)
 
 
 def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
@@ -351,12 +346,9 @@ def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
         return spec
     lines = lookup(target, sorted({p.function for p in wanted if p.function}))
     where: dict[str, list[tuple[int, str]]] = {}
-    for ln in lines:
-        parts = ln.split()
-        if parts[1].lower() not in ("t", "w"):
-            continue  # data symbols are no probe points
-        module = parts[3].strip("[]") if len(parts) > 3 else ""
-        where.setdefault(parts[2], []).append((int(parts[0], 16), module))
+    for sym in kallsyms_symbols(lines):  # malformed lines are skipped, never a traceback
+        if sym.is_text:  # data symbols are no probe points
+            where.setdefault(sym.name, []).append((sym.address, sym.module))
     probes = []
     for probe in spec.probes:
         if probe not in wanted:
@@ -449,7 +441,7 @@ def execute(
     try:
         if source is None:
             run.status = runner.run(run.argv, on_chunk, stop=run.stop_event, grace=grace,
-                                    tick=tick, group_signals=run.target.kind == "local")
+                                    tick=tick, target=run.target)
         else:
             run.status = source(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
     finally:
@@ -524,25 +516,12 @@ def ending_diagnoses(run: ProbeRun, *,
 
 
 def _target_problem(target: runner.Target) -> str | None:
-    try:
-        runner.run_on_target(target, ["true"], timeout=30.0)
-    except StapMagicError as exc:
-        return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return None
+    return target.problem()
 
 
 def lab_post_mortem() -> list[str]:
     """After a failed lab run: say so if the VM itself died (e.g. the guest kernel crashed)."""
-    from . import lab
-
-    if lab.is_up():
-        return []
-    state = lab.last_state()
-    serial = str(state.get("serial_log", "")) if state else ""
-    crash = lab.guest_crash(serial) if serial else None
-    what = f"the guest kernel crashed ({crash})" if crash else "the lab VM is no longer running"
-    return [f"{what}; serial console: {serial or 'n/a'}; restart it with "
-            "`python -m stapmagic.lab up` (a disposable VM: nothing is lost but this run)"]
+    return runner.Target("lab").post_mortem()
 
 
 def start(

@@ -21,6 +21,9 @@ Modes:
   background PIDFILE  start a grandchild that keeps the pty open (sleeps 30 s; its pid goes
                       to PIDFILE), print "parent done", exit 0 at once
   linger-exit         close stdout/stderr (pty EOF) but keep running 30 s
+  leave-child PIDFILE start a child that stays in our process group, ignores SIGHUP and
+                      holds nothing of the pty (sleeps 30 s; its pid goes to PIDFILE), print
+                      "parent done", exit 0 at once
   stap ARGS...        pretend to be `stap`: print "ARGV <json of ARGS>" and exit 0
 """
 
@@ -119,6 +122,20 @@ def main(argv: list[str]) -> int:
             os._exit(0)
         with open(args[0], "w") as f:
             f.write(str(pid))
+        out("parent done")
+        return 0
+    if mode == "leave-child":
+        pid = os.fork()
+        if pid == 0:  # like `nohup cmd &`: survives the pty's hangup, keeps our group
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            time.sleep(30)
+            os._exit(0)
+        with open(args[0] + ".tmp", "w") as f:
+            f.write(str(pid))
+        os.rename(args[0] + ".tmp", args[0])
         out("parent done")
         return 0
     if mode == "linger-exit":
