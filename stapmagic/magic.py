@@ -257,7 +257,7 @@ class KprobeMagics(Magics):
             print_regs=bool(getattr(args, "print_regs", False)),
             guru=args.guru,
             defines=tuple(args.defines),
-            target=args.target or self.target,
+            target=args.target if args.target is not None else self.target,
             verbose=0 if args.quiet else 1,
             grace=self.grace,
             string_max=self.string_max,

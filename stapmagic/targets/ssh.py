@@ -40,12 +40,14 @@ _SSH_URL = re.compile(
 # --- the -c wrapper ----------------------------------------------------------------------
 # Run by staprun as `sh -c WRAPPER` on the target. setsid: the workload and its children get a
 # process group of their own (the inner sh's $$, whether or not setsid had to fork), apart
-# from stapsh and staprun. $0 is the pid file, $1 the user's command, each one argument.
+# from stapsh and staprun. staprun's child is no group leader, so setsid execs in place and
+# target() stays the workload's pid; -w waits should it have to fork (util-linux setsid).
+# $0 is the pid file, $1 the user's command, each one argument.
 _INNER = ('cd || { echo "stapmagic: cannot change to the login directory" >&2; exit 126; }; '
           '{ echo $$ > "$0"; } 2>/dev/null || echo "stapmagic: cannot write $0 in the login '
           'directory: an interrupted run may leave this command running" >&2; '
           'exec sh -c "$1"')
-_HEAD = ["exec", "setsid", "sh", "-c", _INNER]
+_HEAD = ["exec", "setsid", "-w", "sh", "-c", _INNER]
 _PIDFILE = re.compile(r"\.stapmagic-c-[0-9a-f]{16}\.pgid")
 # Run over the exec channel after the run (in the login directory): end the group, drop the file.
 _END = ('f=$1; [ -f "$f" ] || exit 0; p=$(cat "$f"); rm -f "$f"; '
@@ -67,7 +69,7 @@ def wrap_workload(command: str, pidfile: str | None = None) -> str:
 def workload_pidfile(argv: Sequence[str]) -> str | None:
     """The pid file of the wrapped ``-c`` in a stap command line, if it has one."""
     for i, item in enumerate(argv[:-1]):
-        if item == "-c" and argv[i + 1].startswith("exec setsid sh -c "):
+        if item == "-c" and argv[i + 1].startswith("exec setsid -w sh -c "):
             try:
                 words = shlex.split(argv[i + 1])
             except ValueError:

@@ -24,7 +24,14 @@ Modes:
   leave-child PIDFILE start a child that stays in our process group, ignores SIGHUP and
                       holds nothing of the pty (sleeps 30 s; its pid goes to PIDFILE), print
                       "parent done", exit 0 at once
-  stap ARGS...        pretend to be `stap`: print "ARGV <json of ARGS>" and exit 0
+  stap ARGS...        pretend to be `stap`: print "ARGV <json of ARGS>" and exit 0. With
+                      FAKESTAP_REMOTE_SCRATCH set and a `-c CMD`, pretend to be
+                      `stap --remote` (stapsh + staprun on another machine): run `sh -c CMD`
+                      in that scratch directory, in another session (not our process group:
+                      it is "over there") but not as a group leader (staprun's child is
+                      none), HOME=FAKESTAP_REMOTE_HOME; print "CHILD PID" (that session's
+                      leader), exit 0 when CMD ends, or on SIGINT print "END" and exit 0
+                      leaving it running (stapio's `quit` does that)
 """
 
 from __future__ import annotations
@@ -148,6 +155,23 @@ def main(argv: list[str]) -> int:
     if mode == "stap":
         out("Pass 5: starting run.", stream=sys.stderr)
         out("ARGV " + json.dumps(args))
+        scratch = os.environ.get("FAKESTAP_REMOTE_SCRATCH")
+        if scratch and "-c" in args:
+            import subprocess
+
+            env = dict(os.environ, HOME=os.environ.get("FAKESTAP_REMOTE_HOME", "/"))
+            # like staprun's child: no group leader (an sh in a session of its own runs it)
+            child = subprocess.Popen(["sh", "-c", 'sh -c "$1" & wait $!', "sh",  # noqa: S603
+                                      args[args.index("-c") + 1]],
+                                     cwd=scratch, env=env, start_new_session=True)
+
+            def end(signum, frame):
+                out("END")
+                os._exit(0)
+
+            signal.signal(signal.SIGINT, end)
+            out(f"CHILD {child.pid}")
+            return 0 if child.wait() == 0 else 1
         return 0
     out(f"fakestap: unknown mode {mode!r}", stream=sys.stderr)
     return 2
