@@ -336,8 +336,10 @@ def test_interrupted_ssh_run_ends_the_workload_on_the_target(remote):
     """The fake stap leaves its -c command running when interrupted, as stapio does; the
     command is in a session of its own, "over there", so only the target's clean-up can end
     it (the test itself never signals it, except to clean up a failure)."""
-    (remote.home / "work.sh").write_text("sleep 60 & echo $! > bg.pid; sleep 60\n")
-    argv = runner.stap_argv(remote.target, SCRIPT, command="sh ./work.sh")
+    work = remote.home / "work.sh"  # absolute paths: this test is about the clean-up alone
+    work.write_text(f"echo $$ > {remote.home}/sh.pid; sleep 60 & echo $! > {remote.home}/bg.pid; "
+                    "sleep 60\n")
+    argv = runner.stap_argv(remote.target, SCRIPT, command=f"sh {shlex.quote(str(work))}")
     stop = threading.Event()
     out = bytearray()
 
@@ -357,12 +359,15 @@ def test_interrupted_ssh_run_ends_the_workload_on_the_target(remote):
             time.sleep(0.05)
         assert not any(map(_alive, pids)), "the -c workload outlived the interrupted run"
         assert [p.name for p in remote.home.iterdir() if p.name.startswith(".stapmagic-c-")] == []
-    finally:
+    finally:  # only if the clean-up failed: leave nothing behind
+        if (remote.home / "sh.pid").exists():
+            pids.append(int((remote.home / "sh.pid").read_text()))
         for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
 
 def test_end_workload_without_a_wrapped_command_asks_nothing(remote, monkeypatch):
