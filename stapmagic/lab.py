@@ -53,6 +53,7 @@ __all__ = [
     "status",
     "is_up",
     "stap_argv",
+    "client_argv",
     "exec_argv",
     "detect_accel",
     "main",
@@ -904,6 +905,12 @@ def stap_argv() -> list[str]:
     )
 
 
+def client_argv() -> list[str]:
+    """Prefix under which a command runs in the lab's chroot: its stap, and its ssh with the
+    ``stapmagic-lab`` alias (so ``ssh://stapmagic-lab`` works as a plain ssh target there)."""
+    return _chroot_argv(Path(_running_state()["root"]), [])
+
+
 def exec_argv(argv: list[str]) -> list[str]:
     """ssh joins its arguments into one remote shell line, hence the quoting."""
     state = _running_state()
@@ -950,7 +957,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cmd[:1] == ["--"]:
                 cmd = cmd[1:]
             if cmd:
-                argv_ = exec_argv(cmd)
+                # Like `ssh HOST cmd...`: one argument is the remote command line as written
+                # ('cmd; cmd' works); several are joined, each quoted (one word each).
+                remote = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+                argv_ = _chroot_argv(Path(state["root"]), ["ssh", HOST_ALIAS, "--", remote])
             else:
                 term = "TERM=" + os.environ.get("TERM", "vt100")
                 argv_ = _chroot_argv(Path(state["root"]), ["env", term, "ssh", "-t", HOST_ALIAS])

@@ -9,6 +9,7 @@ same on the lab reached as a plain ssh target.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import signal
@@ -40,6 +41,17 @@ from stapmagic.targets.ssh import SshTarget, workload_pidfile, wrap_workload
 
 FAKE_DIR = Path(__file__).resolve().parent / "fakestap"
 SCRIPT = 'probe begin { printf("x\\n") }'
+
+
+def _fakestap():
+    spec = importlib.util.spec_from_file_location("fakestap", FAKE_DIR / "fakestap.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+staprun_argv = _fakestap().staprun_argv
 
 
 def run_cell(ip, text):
@@ -251,7 +263,7 @@ def test_wrap_keeps_the_command_one_argument():
     cmd = "echo \"a'b\" $(id -u) `true`; printf '%s\\n' x | cat; exit 3 # ' \" \\"
     wrapped = wrap_workload(cmd, ".stapmagic-c-0123456789abcdef.pgid")
     words = shlex.split(wrapped)
-    assert words[:5] == ["exec", "setsid", "-w", "sh", "-c"]
+    assert words[:4] == ["setsid", "-w", "sh", "-c"]
     assert words[-2:] == [".stapmagic-c-0123456789abcdef.pgid", cmd]
     assert workload_pidfile(["stap", "-c", wrapped, "-e", "x"]) == \
         ".stapmagic-c-0123456789abcdef.pgid"
@@ -268,8 +280,8 @@ def test_wrap_keeps_the_command_one_argument():
     "printf '%s\\n' 'line\nbreak' > out.txt",
 ])
 def test_wrapped_command_does_exactly_what_the_command_does(tmp_path, cmd):
-    """Run by `sh -c` as staprun does: the same effect and exit status as the bare command
-    run in the login directory, no more (no injection through the wrapper)."""
+    """Run as staprun runs -c: the same effect and exit status as the bare command run in
+    the login directory, no more (no injection through the wrapper)."""
     results = []
     for i, text in enumerate((cmd, wrap_workload(cmd))):
         home = tmp_path / f"home{i}"
@@ -277,7 +289,7 @@ def test_wrapped_command_does_exactly_what_the_command_does(tmp_path, cmd):
         scratch = tmp_path / f"scratch{i}"
         scratch.mkdir()
         run_in = home if i == 0 else scratch  # the bare command is run where it should be
-        done = subprocess.run(["sh", "-c", text], cwd=run_in,  # noqa: S603
+        done = subprocess.run(staprun_argv(text), cwd=run_in,  # noqa: S603
                               env={**os.environ, "HOME": str(home)},
                               capture_output=True, timeout=30)
         files = sorted(p.name for p in home.iterdir() if not p.name.startswith(".stapmagic-c-"))
@@ -286,6 +298,7 @@ def test_wrapped_command_does_exactly_what_the_command_does(tmp_path, cmd):
         assert not list(scratch.iterdir())
     assert results[0] == results[1]
     assert "pwned" not in results[1][1]
+    assert staprun_argv(wrap_workload(cmd))[0] == "setsid"  # no shell between staprun and it
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """A host reached with stap's own ``--remote=ssh://...``: stap compiles here, pass 5 runs there
 through stapsh; plain commands go through ``ssh``.
 
-stapsh starts staprun in a scratch directory, and staprun runs the ``-c`` command there
-(``sh -c CMD``, in stapsh's process group). Two consequences, both handled from this side
-for every ssh target (the lab's staprun wrapper does the same inside its guest):
+stapsh starts staprun in a scratch directory, and staprun runs the ``-c`` command there, in
+stapsh's process group (runtime/staprun/start_cmd: split by wordexp(3) and exec'd, or
+``sh -c CMD`` when it holds shell metacharacters). Two consequences, both handled from this
+side for every ssh target (the lab's staprun wrapper does the same inside its guest):
 
 - a relative path in ``-c`` would resolve in that scratch directory: the command is wrapped so
   it runs in the login directory, where ``ssh HOST cmd`` runs too;
@@ -38,16 +39,18 @@ _SSH_URL = re.compile(
     rf"ssh://(?:(?P<user>{_USER})@)?(?P<host>{_HOST})(?::(?P<port>[0-9]{{1,5}}))?/?")
 
 # --- the -c wrapper ----------------------------------------------------------------------
-# Run by staprun as `sh -c WRAPPER` on the target. setsid: the workload and its children get a
-# process group of their own (the inner sh's $$, whether or not setsid had to fork), apart
-# from stapsh and staprun. staprun's child is no group leader, so setsid execs in place and
-# target() stays the workload's pid; -w waits should it have to fork (util-linux setsid).
-# $0 is the pid file, $1 the user's command, each one argument.
+# staprun splits the wrapper with wordexp (every metacharacter in it is quoted, so no shell
+# is involved) and execs setsid: the workload and its children get a process group of their
+# own (the inner sh's $$, whether or not setsid had to fork), apart from stapsh and staprun.
+# staprun's child is no group leader, so setsid execs in place and target() stays the
+# workload's pid; -w waits should it have to fork (util-linux setsid). No leading `exec`:
+# wordexp would make it the program. $0 is the pid file, $1 the user's command (run by sh -c,
+# as staprun itself runs a command with metacharacters), each one argument.
 _INNER = ('cd || { echo "stapmagic: cannot change to the login directory" >&2; exit 126; }; '
           '{ echo $$ > "$0"; } 2>/dev/null || echo "stapmagic: cannot write $0 in the login '
           'directory: an interrupted run may leave this command running" >&2; '
           'exec sh -c "$1"')
-_HEAD = ["exec", "setsid", "-w", "sh", "-c", _INNER]
+_HEAD = ["setsid", "-w", "sh", "-c", _INNER]
 _PIDFILE = re.compile(r"\.stapmagic-c-[0-9a-f]{16}\.pgid")
 # Run over the exec channel after the run (in the login directory): end the group, drop the file.
 _END = ('f=$1; [ -f "$f" ] || exit 0; p=$(cat "$f"); rm -f "$f"; '
@@ -69,7 +72,7 @@ def wrap_workload(command: str, pidfile: str | None = None) -> str:
 def workload_pidfile(argv: Sequence[str]) -> str | None:
     """The pid file of the wrapped ``-c`` in a stap command line, if it has one."""
     for i, item in enumerate(argv[:-1]):
-        if item == "-c" and argv[i + 1].startswith("exec setsid -w sh -c "):
+        if item == "-c" and argv[i + 1].startswith("setsid -w sh -c "):
             try:
                 words = shlex.split(argv[i + 1])
             except ValueError:

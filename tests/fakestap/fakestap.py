@@ -26,8 +26,8 @@ Modes:
                       "parent done", exit 0 at once
   stap ARGS...        pretend to be `stap`: print "ARGV <json of ARGS>" and exit 0. With
                       FAKESTAP_REMOTE_SCRATCH set and a `-c CMD`, pretend to be
-                      `stap --remote` (stapsh + staprun on another machine): run `sh -c CMD`
-                      in that scratch directory, in another session (not our process group:
+                      `stap --remote` (stapsh + staprun on another machine): run CMD as
+                      staprun does (staprun_argv) in that scratch directory, in another session (not our process group:
                       it is "over there") but not as a group leader (staprun's child is
                       none), HOME=FAKESTAP_REMOTE_HOME; print "CHILD PID" (that session's
                       leader), exit 0 when CMD ends, or on SIGINT print "END" and exit 0
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -64,6 +65,17 @@ def hits_loop(on_int, on_term=None, ready: str | None = None) -> None:
         time.sleep(0.02)
     out("TIMEOUT")
     sys.exit(3)
+
+
+def staprun_argv(command: str) -> list[str]:
+    """How staprun runs `stap -c COMMAND` (runtime/staprun start_cmd): split like a shell
+    would (wordexp(3); shlex here) and exec'd, or `sh -c COMMAND` when it holds an unquoted
+    shell metacharacter."""
+    lex = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    if any(tok and set(tok) <= set("();<>|&") for tok in lex):
+        return ["sh", "-c", command]
+    return shlex.split(command)
 
 
 def main(argv: list[str]) -> int:
@@ -161,8 +173,8 @@ def main(argv: list[str]) -> int:
 
             env = dict(os.environ, HOME=os.environ.get("FAKESTAP_REMOTE_HOME", "/"))
             # like staprun's child: no group leader (an sh in a session of its own runs it)
-            child = subprocess.Popen(["sh", "-c", 'sh -c "$1" & wait $!', "sh",  # noqa: S603
-                                      args[args.index("-c") + 1]],
+            child = subprocess.Popen(["sh", "-c", '"$@" & wait $!', "sh",  # noqa: S603
+                                      *staprun_argv(args[args.index("-c") + 1])],
                                      cwd=scratch, env=env, start_new_session=True)
 
             def end(signum, frame):
