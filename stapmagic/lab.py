@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from stapmagic.errors import LabError
+from stapmagic.targets import kallsyms_symbols
 
 __all__ = [
     "LabError",
@@ -522,7 +523,7 @@ def _capture_kallsyms(state: dict[str, Any], log: Log) -> None:
     )
     if r.returncode != 0:
         raise LabError(f"reading the guest's /proc/kallsyms failed: {r.stderr.strip()}")
-    lines = [" ".join(line.split()[:3]) for line in r.stdout.splitlines() if len(line.split()) >= 3]
+    lines = [f"{s.address:016x} {s.type} {s.name}" for s in kallsyms_symbols(r.stdout.splitlines())]
     if len(lines) < 10000 or not any(line.endswith(" tcp_v4_connect") for line in lines):
         raise LabError(f"guest /proc/kallsyms looks wrong ({len(lines)} lines)")
     if all(line.startswith("0000000000000000 ") for line in lines[:100]):
