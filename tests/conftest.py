@@ -19,8 +19,11 @@ def reference() -> Callable[[str], Path]:
     def path(name: str) -> Path:
         found = REFERENCE / name
         if not found.is_file():
-            pytest.fail(f"reference capture {name} is not in {REFERENCE}: copy it verbatim from "
-                        "the shared reference set and list it in the README there", pytrace=False)
+            pytest.fail(
+                f"reference capture {name} is not in {REFERENCE}: copy it verbatim from "
+                "the shared reference set and list it in the README there",
+                pytrace=False,
+            )
         return found
 
     return path

@@ -26,9 +26,14 @@ def min_python(spec: str) -> tuple[int, int]:
 def test_version_comes_from_the_package_metadata() -> None:
     assert stapmagic.__version__ == version("stapmagic")
     tree = ast.parse((REPO / "stapmagic" / "__init__.py").read_text())
-    literals = [node for node in ast.walk(tree) if isinstance(node, ast.Assign)
-                and any(getattr(t, "id", None) == "__version__" for t in node.targets)
-                and isinstance(node.value, ast.Constant) and node.value.value != "0+unknown"]
+    literals = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(getattr(t, "id", None) == "__version__" for t in node.targets)
+        and isinstance(node.value, ast.Constant)
+        and node.value.value != "0+unknown"
+    ]
     assert not literals, "__version__ is declared in pyproject.toml only"
 
 
@@ -41,8 +46,11 @@ def test_python_floor_covers_the_dependencies_and_the_tools() -> None:
 
 
 def test_binder_installs_the_project_with_its_declared_dependencies() -> None:
-    lines = [ln.strip() for ln in (REPO / "binder" / "requirements.txt").read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (REPO / "binder" / "requirements.txt").read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     assert lines == ["-e ."]  # the dependencies are pyproject.toml's, not a copy
     runtime = (REPO / "binder" / "runtime.txt").read_text().strip()
     m = re.fullmatch(r"python-3\.(\d+)", runtime)
@@ -51,13 +59,27 @@ def test_binder_installs_the_project_with_its_declared_dependencies() -> None:
 
 def test_not_lab_selects_the_host_side_tests_under_tests_lab() -> None:
     out = subprocess.run(  # noqa: S603 (argv list)
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         "-m", "not lab", "tests/lab"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not lab",
+            "tests/lab",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     selected = {line.split("[")[0] for line in out.stdout.splitlines() if "::" in line}
     # host-side: pure decisions, no VM
     assert "tests/lab/test_lab_infra.py::test_accel_pvm_device_means_tcg" in selected, out.stdout
-    assert ("tests/lab/test_faults.py::test_ending_diagnoses_unreachable_target_is_named"
-            in selected)
+    assert "tests/lab/test_faults.py::test_ending_diagnoses_unreachable_target_is_named" in selected
     # the lab: through `lab`, through `cell` (which uses `lab`), or marked by hand
     assert "tests/lab/test_soak.py::test_repeated_runs_leak_nothing" not in selected
     assert "tests/lab/test_seed_examples.py::test_1_entry_arguments" not in selected
