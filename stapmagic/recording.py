@@ -192,9 +192,18 @@ def _options(value: Any, name: str) -> dict[str, Any]:
 
 
 def _type_name(tp: Any) -> str:
-    return str(tp).replace("typing.", "").replace("NoneType", "null").replace(
-        "tuple[str, ...]", "a list of strings").replace("tuple[int, int, int]",
-                                                        "a list of 3 integers")
+    """How a ProbeOptions field type looks in JSON, for the error message."""
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of ({_type_name(args[0])})"
+        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
+    return {bool: "true or false", int: "a whole number", float: "a number",
+            str: "a string"}.get(tp, str(tp))
 
 
 def _started(value: Any, name: str) -> float:
@@ -376,7 +385,7 @@ def load(path: str | os.PathLike[str]) -> Recording:
                 header = Header.from_json(obj)
             elif isinstance(obj, dict) and "end" in obj:
                 if len(obj) != 1:
-                    raise _Bad(f"the end line has only `end`, not {_js(sorted(obj))}")
+                    raise _Bad(f"the end line must hold only `end`, not {_js(sorted(obj))}")
                 end = _end(obj["end"])
             elif isinstance(obj, dict) and ("t" in obj or "data" in obj):
                 chunks.append(_chunk(obj))

@@ -143,3 +143,7 @@ def test_hostile_bytes_are_replay_errors(tmp_path, raw):
     path.write_bytes(raw)
     with pytest.raises(ReplayError, match="h.jsonl"):
         recording.load(path)
+
+
+def test_every_header_field_is_checked():
+    assert set(recording._HEADER_CHECKS) == {f.name for f in dataclasses.fields(recording.Header)}
