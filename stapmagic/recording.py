@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import __version__, pipeline, runner
-from .errors import ReplayError
+from .errors import ReplayError, StapMagicError
 
 __all__ = [
     "FORMAT",

@@ -40,8 +40,13 @@ def _remote(argv: list[str]) -> str:
 
 
 def _sh(remote: str, cwd: Path) -> str:
-    return subprocess.run(["sh", "-c", remote], cwd=cwd, capture_output=True, text=True,  # noqa: S603
-                          check=True).stdout
+    return subprocess.run(
+        ["sh", "-c", remote],
+        cwd=cwd,
+        capture_output=True,
+        text=True,  # noqa: S603
+        check=True,
+    ).stdout
 
 
 def test_one_argument_is_the_command_string_as_written(shell, tmp_path):

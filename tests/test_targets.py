@@ -73,18 +73,25 @@ def test_parse_target_gives_one_implementation_per_kind():
     assert Target("ssh", "ssh://vm") == parse_target("ssh://vm")
     assert runner.Target is Target and runner.parse_target is parse_target
     assert [str(t) for t in (Target("local"), Target("lab"), ssh)] == [
-        "local", "lab", "ssh://root@vm:2222"]
+        "local",
+        "lab",
+        "ssh://root@vm:2222",
+    ]
     assert [t.kind for t in (Target("local"), Target("lab"), ssh)] == ["local", "lab", "ssh"]
-    assert [t.group_signals for t in (Target("local"), Target("lab"), ssh)] == [
-        True, False, False]
+    assert [t.group_signals for t in (Target("local"), Target("lab"), ssh)] == [True, False, False]
     assert Target("local").url is None and Target("lab").url is None
 
 
-@pytest.mark.parametrize(("args", "problem"), [
-    (("bogus",), "unknown target kind"), (("ssh",), "needs a URL"),
-    (("local", "ssh://x"), "takes no URL"), (("lab", "ssh://x"), "takes no URL"),
-    (("ssh", "ssh://a b"), "not allowed"),
-])
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (("bogus",), "unknown target kind"),
+        (("ssh",), "needs a URL"),
+        (("local", "ssh://x"), "takes no URL"),
+        (("lab", "ssh://x"), "takes no URL"),
+        (("ssh", "ssh://a b"), "not allowed"),
+    ],
+)
 def test_target_constructor_checks_like_before(args, problem):
     with pytest.raises(OptionError, match=problem):
         Target(*args)
@@ -109,8 +116,18 @@ def test_ssh_target_via_a_prefix():
     t = SshTarget("ssh://stapmagic-lab", via=("chroot", "/R", "env", "-i"))
     assert t.stap_prefix() == ["chroot", "/R", "env", "-i", "stap", "--remote=ssh://stapmagic-lab"]
     assert t.exec_argv(["uname", "-r"]) == [
-        "chroot", "/R", "env", "-i", "ssh", "-o", "BatchMode=yes", "--", "stapmagic-lab",
-        "uname", "-r"]
+        "chroot",
+        "/R",
+        "env",
+        "-i",
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "--",
+        "stapmagic-lab",
+        "uname",
+        "-r",
+    ]
     assert t == SshTarget("ssh://stapmagic-lab")  # the same place
 
 
@@ -190,21 +207,21 @@ def test_kallsyms_symbols_parse_and_skip_malformed_lines():
         "ffffffffc0a01000 t ext4_file_open\t[ext4]",
         "0000000000000000 W weak_fn [mod_x]",
         "ffffffff82000000 D some_data",
-        "zzzz T tcp_v4_connect",              # not hex
-        "ffffffff81a2b3c0",                   # truncated
-        "ffffffff81a2b3c0 T",                 # no name
+        "zzzz T tcp_v4_connect",  # not hex
+        "ffffffff81a2b3c0",  # truncated
+        "ffffffff81a2b3c0 T",  # no name
         "",
         "ffffffff81a2b3c0 TT tcp_v4_connect",  # bad type
-        "ffffffff81a2b3c0 T a b c",           # trailing junk
-        "1" * 40 + " T tcp_v4_connect",       # address beyond 64 bits
+        "ffffffff81a2b3c0 T a b c",  # trailing junk
+        "1" * 40 + " T tcp_v4_connect",  # address beyond 64 bits
         "ffffffffc0a01000 t ext4_file_open [ext4",  # unclosed module
     ]
     syms = kallsyms_symbols(lines)
     assert [(s.address, s.type, s.name, s.module, s.is_text) for s in syms] == [
-        (0xffffffff81a2b3c0, "T", "tcp_v4_connect", "", True),
-        (0xffffffffc0a01000, "t", "ext4_file_open", "ext4", True),
+        (0xFFFFFFFF81A2B3C0, "T", "tcp_v4_connect", "", True),
+        (0xFFFFFFFFC0A01000, "t", "ext4_file_open", "ext4", True),
         (0, "W", "weak_fn", "mod_x", True),
-        (0xffffffff82000000, "D", "some_data", "", False),
+        (0xFFFFFFFF82000000, "D", "some_data", "", False),
     ]
     assert [s.name for s in kallsyms_symbols(lines, ["ext4_file_open"])] == ["ext4_file_open"]
     assert kallsyms_filter(lines, ["tcp_v4_connect"]) == ["ffffffff81a2b3c0 T tcp_v4_connect"]
@@ -214,27 +231,30 @@ def _spec(text: str):
     return parse_spec(text, guru=True, first_line=text)
 
 
-@pytest.mark.parametrize("garbage", [
-    ["zzzz t ext4_file_open [ext4]"],
-    ["ffffffffc0a01000"],
-    ["ext4_file_open"],
-    ["", "  ", "\x00\x01"],
-    ["ffffffffc0a01000 t"],
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        ["zzzz t ext4_file_open [ext4]"],
+        ["ffffffffc0a01000"],
+        ["ext4_file_open"],
+        ["", "  ", "\x00\x01"],
+        ["ffffffffc0a01000 t"],
+    ],
+)
 def test_malformed_kallsyms_answer_is_a_spec_error_not_a_traceback(garbage):
     """Before: resolve_modules did int(parts[0], 16) and parts[1] on whatever came back."""
     spec = _spec("ext4:ext4_file_open")
     with pytest.raises(SpecError, match="no function ext4_file_open"):
-        pipeline.resolve_modules(spec, Target("local"), guru=True,
-                                 lookup=lambda t, names: list(garbage))
+        pipeline.resolve_modules(
+            spec, Target("local"), guru=True, lookup=lambda t, names: list(garbage)
+        )
 
 
 def test_well_formed_line_among_garbage_still_resolves():
     spec = _spec("ext4:ext4_file_open")
     lines = ["zzzz t ext4_file_open [ext4]", "ffffffffc0a01000 t ext4_file_open [ext4]"]
-    out = pipeline.resolve_modules(spec, Target("local"), guru=True,
-                                   lookup=lambda t, names: lines)
-    assert out.probes[0].address == 0xffffffffc0a01000
+    out = pipeline.resolve_modules(spec, Target("local"), guru=True, lookup=lambda t, names: lines)
+    assert out.probes[0].address == 0xFFFFFFFFC0A01000
 
 
 @dataclass(frozen=True)
@@ -248,8 +268,10 @@ class CannedTarget(LocalTarget):
 
 
 def test_kallsyms_lines_from_a_target_drop_malformed_lines():
-    t = CannedTarget("garbage T ext4_file_open\nffffffffc0a01000 t ext4_file_open [ext4]\n"
-                     "ffff t\nffffffff81000000 T other\n")
+    t = CannedTarget(
+        "garbage T ext4_file_open\nffffffffc0a01000 t ext4_file_open [ext4]\n"
+        "ffff t\nffffffff81000000 T other\n"
+    )
     assert t.kallsyms_lines(["ext4_file_open"]) == ["ffffffffc0a01000 t ext4_file_open [ext4]"]
     assert pipeline.kallsyms_lines(t, ["ext4_file_open"]) == t.kallsyms_lines(["ext4_file_open"])
 
@@ -265,20 +287,24 @@ def test_wrap_keeps_the_command_one_argument():
     words = shlex.split(wrapped)
     assert words[:4] == ["setsid", "-w", "sh", "-c"]
     assert words[-2:] == [".stapmagic-c-0123456789abcdef.pgid", cmd]
-    assert workload_pidfile(["stap", "-c", wrapped, "-e", "x"]) == \
-        ".stapmagic-c-0123456789abcdef.pgid"
+    assert (
+        workload_pidfile(["stap", "-c", wrapped, "-e", "x"]) == ".stapmagic-c-0123456789abcdef.pgid"
+    )
     assert workload_pidfile(["stap", "-c", cmd, "-e", "x"]) is None
     assert workload_pidfile(["stap", "-e", "-c"]) is None
     with pytest.raises(OptionError):
         wrap_workload("x", "../../etc/passwd")
 
 
-@pytest.mark.parametrize("cmd", [
-    "echo \"a'b\" \"$0\" ; printf '%s|' 1 '2 3' \"$HOME\" > out.txt",
-    "x='; touch pwned; '; echo \"$x\" > out.txt",
-    "echo $(printf '%s' '`touch pwned`') > out.txt; exit 7",
-    "printf '%s\\n' 'line\nbreak' > out.txt",
-])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        'echo "a\'b" "$0" ; printf \'%s|\' 1 \'2 3\' "$HOME" > out.txt',
+        "x='; touch pwned; '; echo \"$x\" > out.txt",
+        "echo $(printf '%s' '`touch pwned`') > out.txt; exit 7",
+        "printf '%s\\n' 'line\nbreak' > out.txt",
+    ],
+)
 def test_wrapped_command_does_exactly_what_the_command_does(tmp_path, cmd):
     """Run as staprun runs -c: the same effect and exit status as the bare command run in
     the login directory, no more (no injection through the wrapper)."""
@@ -289,9 +315,13 @@ def test_wrapped_command_does_exactly_what_the_command_does(tmp_path, cmd):
         scratch = tmp_path / f"scratch{i}"
         scratch.mkdir()
         run_in = home if i == 0 else scratch  # the bare command is run where it should be
-        done = subprocess.run(staprun_argv(text), cwd=run_in,  # noqa: S603
-                              env={**os.environ, "HOME": str(home)},
-                              capture_output=True, timeout=30)
+        done = subprocess.run(
+            staprun_argv(text),
+            cwd=run_in,  # noqa: S603
+            env={**os.environ, "HOME": str(home)},
+            capture_output=True,
+            timeout=30,
+        )
         files = sorted(p.name for p in home.iterdir() if not p.name.startswith(".stapmagic-c-"))
         written = (home / "out.txt").read_text() if (home / "out.txt").exists() else ""
         results.append((done.returncode, files, written.replace(str(home), "HOME")))
@@ -310,7 +340,7 @@ class LoopbackSsh(SshTarget):
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         full = super().exec_argv(argv)
-        remote = " ".join(full[full.index("--") + 2:])  # ssh joins its arguments with spaces
+        remote = " ".join(full[full.index("--") + 2 :])  # ssh joins its arguments with spaces
         return ["env", f"HOME={self.home}", "sh", "-c", f"cd && {remote}"]
 
 
@@ -320,10 +350,12 @@ def remote(tmp_path, fake_stap_path):
     scratch = tmp_path / "scratch"
     home.mkdir()
     scratch.mkdir()
-    env = runner.stap_env({**os.environ, "FAKESTAP_REMOTE_SCRATCH": str(scratch),
-                           "FAKESTAP_REMOTE_HOME": str(home)})
-    return types.SimpleNamespace(home=home, scratch=scratch, env=env,
-                                 target=LoopbackSsh("ssh://root@vm", home=str(home)))
+    env = runner.stap_env(
+        {**os.environ, "FAKESTAP_REMOTE_SCRATCH": str(scratch), "FAKESTAP_REMOTE_HOME": str(home)}
+    )
+    return types.SimpleNamespace(
+        home=home, scratch=scratch, env=env, target=LoopbackSsh("ssh://root@vm", home=str(home))
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -350,8 +382,9 @@ def test_interrupted_ssh_run_ends_the_workload_on_the_target(remote):
     command is in a session of its own, "over there", so only the target's clean-up can end
     it (the test itself never signals it, except to clean up a failure)."""
     work = remote.home / "work.sh"  # absolute paths: this test is about the clean-up alone
-    work.write_text(f"echo $$ > {remote.home}/sh.pid; sleep 60 & echo $! > {remote.home}/bg.pid; "
-                    "sleep 60\n")
+    work.write_text(
+        f"echo $$ > {remote.home}/sh.pid; sleep 60 & echo $! > {remote.home}/bg.pid; sleep 60\n"
+    )
     argv = runner.stap_argv(remote.target, SCRIPT, command=f"sh {shlex.quote(str(work))}")
     stop = threading.Event()
     out = bytearray()
@@ -362,11 +395,21 @@ def test_interrupted_ssh_run_ends_the_workload_on_the_target(remote):
 
     pids: list[int] = []
     try:
-        status = runner.run(argv, out.extend, stop=stop, env=remote.env, target=remote.target,
-                            grace=5, tick=tick, tick_interval=0.05)
+        status = runner.run(
+            argv,
+            out.extend,
+            stop=stop,
+            env=remote.env,
+            target=remote.target,
+            grace=5,
+            tick=tick,
+            tick_interval=0.05,
+        )
         assert status.interrupted and b"END" in out
-        pids = [int(bytes(out).split(b"CHILD ")[1].split()[0]),
-                int((remote.home / "bg.pid").read_text())]
+        pids = [
+            int(bytes(out).split(b"CHILD ")[1].split()[0]),
+            int((remote.home / "bg.pid").read_text()),
+        ]
         deadline = time.monotonic() + 3
         while any(map(_alive, pids)) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -132,11 +132,14 @@ class KallsymsSymbol:
 
 _KALLSYMS_LINE = re.compile(
     r"(?P<addr>[0-9a-fA-F]{1,16})\s+(?P<type>[A-Za-z])\s+(?P<name>\S+)"
-    r"(?:\s+\[(?P<module>[^\s\]]+)\])?\s*")
+    r"(?:\s+\[(?P<module>[^\s\]]+)\])?\s*"
+)
 
 
-def kallsyms_symbols(lines: Iterable[str], names: Iterable[str] | None = None,
-                     ) -> list[KallsymsSymbol]:
+def kallsyms_symbols(
+    lines: Iterable[str],
+    names: Iterable[str] | None = None,
+) -> list[KallsymsSymbol]:
     """The well-formed lines among `lines` (for exactly `names`, when given) as symbols.
 
     Anything else (a damaged or truncated line, a line that is no kallsyms line at all) is
@@ -147,16 +150,22 @@ def kallsyms_symbols(lines: Iterable[str], names: Iterable[str] | None = None,
         m = _KALLSYMS_LINE.fullmatch(line)
         if m is None or (wanted is not None and m.group("name") not in wanted):
             continue
-        out.append(KallsymsSymbol(int(m.group("addr"), 16), m.group("type"), m.group("name"),
-                                  m.group("module") or ""))
+        out.append(
+            KallsymsSymbol(
+                int(m.group("addr"), 16), m.group("type"), m.group("name"), m.group("module") or ""
+            )
+        )
     return out
 
 
 def kallsyms_filter(lines: Iterable[str], names: Iterable[str]) -> list[str]:
     """The lines of `lines` that are well-formed kallsyms lines for one of `names`."""
     wanted = set(names)
-    return [ln for ln in lines
-            if (m := _KALLSYMS_LINE.fullmatch(ln)) is not None and m.group("name") in wanted]
+    return [
+        ln
+        for ln in lines
+        if (m := _KALLSYMS_LINE.fullmatch(ln)) is not None and m.group("name") in wanted
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -218,19 +227,26 @@ class Target(metaclass=_TargetMeta):
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """argv that runs the plain command `argv` on the target (no local shell involved)."""
 
-    def run(self, argv: Sequence[str], *, timeout: float = 60.0,
-            ok_codes: tuple[int, ...] = (0,)) -> str:
+    def run(
+        self, argv: Sequence[str], *, timeout: float = 60.0, ok_codes: tuple[int, ...] = (0,)
+    ) -> str:
         """Run a short plain command on the target; its stdout (OptionError on failure)."""
         full = self.exec_argv(argv)
         try:
-            done = subprocess.run(full, capture_output=True, timeout=timeout,  # noqa: S603
-                                  check=False, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                full,
+                capture_output=True,
+                timeout=timeout,  # noqa: S603
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise OptionError(f"could not run {shlex.join(argv)} on the target: {exc}") from None
         if done.returncode not in ok_codes:
             err = done.stderr.decode(errors="replace").strip()
             raise OptionError(
-                f"{shlex.join(argv)} failed on the target (exit {done.returncode}): {err}")
+                f"{shlex.join(argv)} failed on the target (exit {done.returncode}): {err}"
+            )
         return done.stdout.decode(errors="replace")
 
     def workload(self, command: str) -> str:
@@ -284,8 +300,14 @@ class Target(metaclass=_TargetMeta):
 
 def _stap_version(argv: Sequence[str]) -> str:
     try:
-        done = subprocess.run(list(argv), capture_output=True, timeout=120,  # noqa: S603
-                              check=False, env=stap_env(), stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            list(argv),
+            capture_output=True,
+            timeout=120,  # noqa: S603
+            check=False,
+            env=stap_env(),
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
     text = (done.stderr + done.stdout).decode(errors="replace")

@@ -70,5 +70,7 @@ class LabTarget(Target):
         serial = str(state.get("serial_log", "")) if state else ""
         crash = lab.guest_crash(serial) if serial else None
         what = f"the guest kernel crashed ({crash})" if crash else "the lab VM is no longer running"
-        return [f"{what}; serial console: {serial or 'n/a'}; restart it with "
-                "`python -m stapmagic.lab up` (a disposable VM: nothing is lost but this run)"]
+        return [
+            f"{what}; serial console: {serial or 'n/a'}; restart it with "
+            "`python -m stapmagic.lab up` (a disposable VM: nothing is lost but this run)"
+        ]

@@ -36,7 +36,8 @@ _USER = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = rf"{_LABEL}(?:\.{_LABEL})*"
 _SSH_URL = re.compile(
-    rf"ssh://(?:(?P<user>{_USER})@)?(?P<host>{_HOST})(?::(?P<port>[0-9]{{1,5}}))?/?")
+    rf"ssh://(?:(?P<user>{_USER})@)?(?P<host>{_HOST})(?::(?P<port>[0-9]{{1,5}}))?/?"
+)
 
 # --- the -c wrapper ----------------------------------------------------------------------
 # staprun splits the wrapper with wordexp (every metacharacter in it is quoted, so no shell
@@ -46,18 +47,22 @@ _SSH_URL = re.compile(
 # workload's pid; -w waits should it have to fork (util-linux setsid). No leading `exec`:
 # wordexp would make it the program. $0 is the pid file, $1 the user's command (run by sh -c,
 # as staprun itself runs a command with metacharacters), each one argument.
-_INNER = ('cd || { echo "stapmagic: cannot change to the login directory" >&2; exit 126; }; '
-          '{ echo $$ > "$0"; } 2>/dev/null || echo "stapmagic: cannot write $0 in the login '
-          'directory: an interrupted run may leave this command running" >&2; '
-          'exec sh -c "$1"')
+_INNER = (
+    'cd || { echo "stapmagic: cannot change to the login directory" >&2; exit 126; }; '
+    '{ echo $$ > "$0"; } 2>/dev/null || echo "stapmagic: cannot write $0 in the login '
+    'directory: an interrupted run may leave this command running" >&2; '
+    'exec sh -c "$1"'
+)
 _HEAD = ["setsid", "-w", "sh", "-c", _INNER]
 _PIDFILE = re.compile(r"\.stapmagic-c-[0-9a-f]{16}\.pgid")
 # Run over the exec channel after the run (in the login directory): end the group, drop the file.
-_END = ('f=$1; [ -f "$f" ] || exit 0; p=$(cat "$f"); rm -f "$f"; '
-        'case $p in ""|*[!0-9]*) exit 0;; esac; '
-        'kill -s TERM -- "-$p" 2>/dev/null || exit 0; i=0; '
-        'while kill -s 0 -- "-$p" 2>/dev/null && [ $i -lt 10 ]; do sleep 0.2; i=$((i+1)); done; '
-        'kill -s KILL -- "-$p" 2>/dev/null; exit 0')
+_END = (
+    'f=$1; [ -f "$f" ] || exit 0; p=$(cat "$f"); rm -f "$f"; '
+    'case $p in ""|*[!0-9]*) exit 0;; esac; '
+    'kill -s TERM -- "-$p" 2>/dev/null || exit 0; i=0; '
+    'while kill -s 0 -- "-$p" 2>/dev/null && [ $i -lt 10 ]; do sleep 0.2; i=$((i+1)); done; '
+    'kill -s KILL -- "-$p" 2>/dev/null; exit 0'
+)
 
 
 def wrap_workload(command: str, pidfile: str | None = None) -> str:
@@ -77,8 +82,11 @@ def workload_pidfile(argv: Sequence[str]) -> str | None:
                 words = shlex.split(argv[i + 1])
             except ValueError:
                 return None
-            if len(words) == len(_HEAD) + 2 and words[: len(_HEAD)] == _HEAD \
-                    and _PIDFILE.fullmatch(words[len(_HEAD)]):
+            if (
+                len(words) == len(_HEAD) + 2
+                and words[: len(_HEAD)] == _HEAD
+                and _PIDFILE.fullmatch(words[len(_HEAD)])
+            ):
                 return words[len(_HEAD)]
     return None
 
@@ -92,14 +100,16 @@ def parse_ssh_url(url: str) -> tuple[str | None, str, int | None]:
     if m.group("port") is not None:
         port = int(m.group("port"))
         if not 1 <= port <= 65535:
-            raise OptionError(f"ssh port {port} is out of range (1-65535) in {url!r}; use {SSH_FORM}")
+            raise OptionError(
+                f"ssh port {port} is out of range (1-65535) in {url!r}; use {SSH_FORM}"
+            )
     return m.group("user"), m.group("host"), port
 
 
 def _ssh_problem(url: str) -> str:
     """Say what is wrong with an ssh URL, as precisely as we can."""
     form = f"; the accepted form is {SSH_FORM}, e.g. ssh://root@stapmagic-lab:10022"
-    rest = url[len("ssh://"):] if url.startswith("ssh://") else url
+    rest = url[len("ssh://") :] if url.startswith("ssh://") else url
     if not url.startswith("ssh://"):
         return f"an ssh target must start with ssh://, got {url!r}{form}"
     bad = sorted({c for c in rest if not (c.isascii() and (c.isalnum() or c in "_.-@:/"))})
@@ -116,8 +126,10 @@ def _ssh_problem(url: str) -> str:
     if "/" in hostport:
         return f"ssh target {url!r}: stap's ssh remote takes no /path{form}"
     if hostport.count(":") > 1 or hostport.startswith("["):
-        return (f"ssh target {url!r}: IPv6 literals are not supported (stap splits host:port at "
-                f"the first ':'){form}")
+        return (
+            f"ssh target {url!r}: IPv6 literals are not supported (stap splits host:port at "
+            f"the first ':'){form}"
+        )
     if ":" in hostport and not hostport.rsplit(":", 1)[1].isdigit():
         return f"ssh target {url!r}: the port must be a number{form}"
     return f"ssh target {url!r} is not a valid user/host{form}"
@@ -141,7 +153,7 @@ class SshTarget(Target):
     def parse(cls, text: str) -> Target | None:
         if not text.lower().startswith("ssh://"):
             return None
-        return cls("ssh://" + text[len("ssh://"):])
+        return cls("ssh://" + text[len("ssh://") :])
 
     @classmethod
     def from_url(cls, url: str | None) -> Target:

@@ -35,8 +35,9 @@ def _write(target: SshTarget, path: str, content: str) -> None:
 
 
 def _ps(target: SshTarget, pids: list[int]) -> str:
-    return target.run(["ps", "-o", "pid=,pgid=,comm=", "-p", ",".join(map(str, pids))],
-                      ok_codes=(0, 1))
+    return target.run(
+        ["ps", "-o", "pid=,pgid=,comm=", "-p", ",".join(map(str, pids))], ok_codes=(0, 1)
+    )
 
 
 def test_relative_c_path_runs_in_the_login_directory(ssh_lab):
@@ -55,8 +56,11 @@ def test_relative_c_path_runs_in_the_login_directory(ssh_lab):
 
 def test_interrupted_run_ends_the_workload_on_the_target(ssh_lab):
     target, tag = ssh_lab
-    _write(target, f"/root/{tag}.sh",
-           f"echo $$ > {tag}.pids; sleep 600 & echo $! >> {tag}.pids; echo READY; sleep 600\n")
+    _write(
+        target,
+        f"/root/{tag}.sh",
+        f"echo $$ > {tag}.pids; sleep 600 & echo $! >> {tag}.pids; echo READY; sleep 600\n",
+    )
     argv = runner.stap_argv(target, SCRIPT, command=f"sh ./{tag}.sh", defines=DEFINES)
     stop = threading.Event()
     out = bytearray()
