@@ -40,11 +40,11 @@ def _remote(argv: list[str]) -> str:
 
 
 def _sh(remote: str, cwd: Path) -> str:
-    return subprocess.run(
+    return subprocess.run(  # noqa: S603 (argv list, no shell)
         ["sh", "-c", remote],
         cwd=cwd,
         capture_output=True,
-        text=True,  # noqa: S603
+        text=True,
         check=True,
     ).stdout
 

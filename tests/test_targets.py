@@ -315,9 +315,9 @@ def test_wrapped_command_does_exactly_what_the_command_does(tmp_path, cmd):
         scratch = tmp_path / f"scratch{i}"
         scratch.mkdir()
         run_in = home if i == 0 else scratch  # the bare command is run where it should be
-        done = subprocess.run(
+        done = subprocess.run(  # noqa: S603 (argv list, no shell)
             staprun_argv(text),
-            cwd=run_in,  # noqa: S603
+            cwd=run_in,
             env={**os.environ, "HOME": str(home)},
             capture_output=True,
             timeout=30,

@@ -233,10 +233,10 @@ class Target(metaclass=_TargetMeta):
         """Run a short plain command on the target; its stdout (OptionError on failure)."""
         full = self.exec_argv(argv)
         try:
-            done = subprocess.run(
+            done = subprocess.run(  # noqa: S603 (argv list, no shell)
                 full,
                 capture_output=True,
-                timeout=timeout,  # noqa: S603
+                timeout=timeout,
                 check=False,
                 stdin=subprocess.DEVNULL,
             )
@@ -300,10 +300,10 @@ class Target(metaclass=_TargetMeta):
 
 def _stap_version(argv: Sequence[str]) -> str:
     try:
-        done = subprocess.run(
+        done = subprocess.run(  # noqa: S603 (argv list, no shell)
             list(argv),
             capture_output=True,
-            timeout=120,  # noqa: S603
+            timeout=120,
             check=False,
             env=stap_env(),
             stdin=subprocess.DEVNULL,
