@@ -5,7 +5,7 @@ how to run a plain command there, stap's version and the kernel release, whether
 what to say after a failed run, how a stop reaches stap (its whole process group, or stap
 alone), the ``-c`` workload's wrapping and clean-up, and the /proc/kallsyms lookup. One
 implementation per module (local.py, ssh.py, lab.py); a new kind of target (several hosts, a
-kernel's BTF fetched from the target) is one new module plus one entry in ``_KINDS``.
+kernel's BTF fetched from the target) is one new module plus one entry in ``_kinds()``.
 
 No pexpect here: runner.py runs stap; this package only runs short plain commands.
 """
