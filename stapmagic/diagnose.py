@@ -159,6 +159,7 @@ _UPROBE_UNREGISTER = re.compile(r"Can't resolve uprobe_unregister")
 
 # elaborate.cxx void_statement_reducer: print_warning("Eliding side-effect-free expression ", tok)
 _ELIDING = re.compile(r"^WARNING: Eliding side-effect-free expression\s*: identifier '([^']*)'")
+_ELIDING_ASMLINKAGE = re.compile(r"^WARNING: Eliding side-effect-free expression\s*: identifier 'asmlinkage'")
 
 # staprun/staprun.c: "Couldn't insert module '%s': %s" (moderror(): staprun_funcs.c)
 _INSERT = re.compile(r"Couldn't insert module \S*?'([^']*)': (.*)")
@@ -421,203 +422,139 @@ def _diagnose_resolution(blocks: Sequence[_Block], add: _Adder, root_cause: bool
             ))
 
 
+# The runtime messages: one rule per message kind, tried in this order on each block's first
+# line; the first rule that matches the line decides (the order only matters for a line that
+# two patterns would match). A rule's summary builder gets the match.
+
+
+@dataclass(frozen=True)
+class _Rule:
+    pattern: re.Pattern[str]
+    code: str
+    severity: Severity
+    # None: the rule's lines are collected and summed up after the loop (one
+    # errors_skipped for all "Number of errors" lines, one registration_error per rc)
+    summary: Callable[[re.Match[str]], str] | None
+    count: Callable[[re.Match[str]], int] | None = None
+
+
+def _insert_summary(m: re.Match[str]) -> str:
+    why = m.group(2).strip()
+    if "not permitted" in why or "Key was rejected" in why or "Required key" in why:
+        fix = (
+            "the kernel refused to load it: run as root, and check for Secure Boot / "
+            "kernel lockdown (cat /sys/kernel/security/lockdown), which forbids "
+            "unsigned modules"
+        )
+    elif "Invalid module format" in why or "wrong symbol version" in why or "Unknown symbol" in why:
+        fix = (
+            "it was built for another kernel: install the headers of the running kernel "
+            "(linux-headers-$(uname -r)) and clear the cache (~/.systemtap/cache)"
+        )
+    elif "File exists" in why:
+        fix = "a module of that name is still loaded: staprun -d NAME removes it"
+    else:
+        fix = "see stap's message below"
+    return f"staprun could not load the probe module ({why}): {fix}."
+
+
+def _transport_summary(m: re.Match[str]) -> str:
+    size = m.group(2)
+    bigger = f" from {size} MB" if size else ""
+    return (
+        f"{m.group(1)} output buffer(s) were lost on the way from the kernel: some records "
+        "are missing and lines around the gaps may be damaged. Give stap bigger "
+        f"buffers (stap -s 64: MB per CPU{bigger}) or print less."
+    )
+
+
+def _first_number(m: re.Match[str]) -> int:
+    return int(m.group(1))
+
+
+_RUNTIME_RULES: tuple[_Rule, ...] = (
+    _Rule(_ELIDING_ASMLINKAGE, "asmlinkage_elided", "info", lambda m: (
+        "Harmless: asmlinkage() does nothing on x86_64, so stap drops it "
+        "(the seed scripts call it out of habit).")),
+    _Rule(_ELIDING, "elided_expression", "warning", lambda m: (
+        f"stap dropped an expression with no effect ('{m.group(1)}'); if you meant "
+        "it to do something, assign or print its value.")),
+    _Rule(_OVERHEAD, "probe_overhead", "error", lambda m: (
+        "stap stopped the run: the probes used more CPU than its safety limit "
+        f"({m.group(1)} > {m.group(2)} cycles per interval). Probe a less hot "
+        "function, filter (e.g. by pid) or print less; -D STP_NO_OVERLOAD "
+        "disables the check (at your own risk).")),
+    _Rule(_MAXACTION, "maxaction", "error", lambda m: (
+        "A probe handler ran more statements than MAXACTION allows (default "
+        "1000) and stap stopped the run; raise it with -D MAXACTION=10000 or "
+        "do less per hit.")),
+    _Rule(_MAXNESTING, "maxnesting", "error", lambda m: (
+        "Functions nested deeper than MAXNESTING; raise it with -D MAXNESTING=N.")),
+    _Rule(_SKIPPED_TOO_MANY, "skipped_too_many", "error", lambda m: (
+        "stap stopped the run: more than MAXSKIPPED (default 100) probe hits were "
+        "skipped (reentrancy, lock contention or too many concurrent .return "
+        "probes). Raise the limit with -D MAXSKIPPED=N, for .return probes also "
+        "-D KRETACTIVE=N; stap -t shows the reasons.")),
+    _Rule(_TRANSPORT, "transport_failures", "warning", _transport_summary, _first_number),
+    _Rule(_LOST_MESSAGES, "transport_failures", "warning", lambda m: (
+        f"{m.group(1)} output message(s) were lost between the kernel and stapio (it did "
+        "not keep up): some records are missing. Print less or filter (e.g. -x "
+        "PID); bigger buffers (stap -s 64: MB per CPU) absorb longer bursts."),
+        _first_number),
+    _Rule(_NUM_ERRORS, "errors_skipped", "warning", None),
+    _Rule(_REGISTRATION, "registration_error", "warning", None),
+    _Rule(_UPROBE_UNREGISTER, "uprobe_unregister", "error", lambda m: (
+        "This SystemTap (5.1) cannot find uprobe_unregister, which Linux 6.12 "
+        "renamed, so the module refuses to start. Add -D "
+        "STAPCONF_UPROBE_UNREGISTER_EXPORTED (the lab target does; enough for "
+        "kprobe scripts) or use SystemTap >= 5.2.")),
+    _Rule(_INSERT, "module_insert_failed", "error", _insert_summary),
+    _Rule(_REMOTE_FAILED, "remote_failed", "error", lambda m: (
+        f"stap could not start its session on the target {m.group(2)} "
+        f"({m.group(1)}), so nothing ran there: check that the target answers "
+        "(ssh HOST true) and has stapsh; stap itself reports success here.")),
+    _Rule(_CHILD_SIGNAL, "command_killed", "info", lambda m: (
+        f"The -c command was killed by signal {m.group(1)} ({m.group(2)}); stap "
+        "kills it when the run ends or fails before it finished.")),
+)
+
+
 def _diagnose_runtime(blocks: Sequence[_Block], add: _Adder) -> None:
+    collected: dict[str, list[tuple[_Block, re.Match[str]]]] = {
+        r.code: [] for r in _RUNTIME_RULES if r.summary is None}
+    for b in blocks:
+        for rule in _RUNTIME_RULES:
+            m = rule.pattern.search(b.head)
+            if m is None:
+                continue
+            if rule.summary is None:
+                collected[rule.code].append((b, m))
+            else:
+                add(b.start, Diagnosis(
+                    code=rule.code,
+                    summary=rule.summary(m),
+                    detail=b.lines,
+                    severity=rule.severity,
+                    count=rule.count(m) if rule.count else None,
+                ))
+            break
+    _registration_diagnoses(collected["registration_error"], add)
+    _errors_skipped_diagnosis(collected["errors_skipped"], add)
+
+
+def _registration_diagnoses(hits: Sequence[tuple[_Block, re.Match[str]]], add: _Adder) -> None:
+    """One diagnosis per registration rc, naming the probes (stap prints one line each)."""
     registrations: dict[int, list[_Block]] = {}
     reg_names: dict[int, list[str]] = {}
     reg_fatal: dict[int, bool] = {}
-    skipped_total: int | None = None
-    skipped_first = -1
-    skipped_lines: list[str] = []
-    errors_total = 0
-    for b in blocks:
-        h = b.head
-        m = _ELIDING.search(h)
-        if m:
-            ident = m.group(1)
-            if ident == "asmlinkage":
-                add(b.start, Diagnosis(
-                    code="asmlinkage_elided",
-                    summary=(
-                        "Harmless: asmlinkage() does nothing on x86_64, so stap drops it "
-                        "(the seed scripts call it out of habit)."
-                    ),
-                    detail=b.lines,
-                    severity="info",
-                ))
-            else:
-                add(b.start, Diagnosis(
-                    code="elided_expression",
-                    summary=(
-                        f"stap dropped an expression with no effect ('{ident}'); if you meant "
-                        "it to do something, assign or print its value."
-                    ),
-                    detail=b.lines,
-                    severity="warning",
-                ))
-            continue
-        m = _OVERHEAD.search(h)
-        if m:
-            add(b.start, Diagnosis(
-                code="probe_overhead",
-                summary=(
-                    "stap stopped the run: the probes used more CPU than its safety limit "
-                    f"({m.group(1)} > {m.group(2)} cycles per interval). Probe a less hot "
-                    "function, filter (e.g. by pid) or print less; -D STP_NO_OVERLOAD "
-                    "disables the check (at your own risk)."
-                ),
-                detail=b.lines,
-                severity="error",
-            ))
-            continue
-        if _MAXACTION.search(h):
-            add(b.start, Diagnosis(
-                code="maxaction",
-                summary=(
-                    "A probe handler ran more statements than MAXACTION allows (default "
-                    "1000) and stap stopped the run; raise it with -D MAXACTION=10000 or "
-                    "do less per hit."
-                ),
-                detail=b.lines,
-                severity="error",
-            ))
-            continue
-        if _MAXNESTING.search(h):
-            add(b.start, Diagnosis(
-                code="maxnesting",
-                summary=(
-                    "Functions nested deeper than MAXNESTING; raise it with -D MAXNESTING=N."
-                ),
-                detail=b.lines,
-                severity="error",
-            ))
-            continue
-        if _SKIPPED_TOO_MANY.search(h):
-            add(b.start, Diagnosis(
-                code="skipped_too_many",
-                summary=(
-                    "stap stopped the run: more than MAXSKIPPED (default 100) probe hits were "
-                    "skipped (reentrancy, lock contention or too many concurrent .return "
-                    "probes). Raise the limit with -D MAXSKIPPED=N, for .return probes also "
-                    "-D KRETACTIVE=N; stap -t shows the reasons."
-                ),
-                detail=b.lines,
-                severity="error",
-            ))
-            continue
-        m = _TRANSPORT.search(h)
-        if m:
-            n = int(m.group(1))
-            size = m.group(2)
-            bigger = f" from {size} MB" if size else ""
-            add(b.start, Diagnosis(
-                code="transport_failures",
-                summary=(
-                    f"{n} output buffer(s) were lost on the way from the kernel: some records "
-                    "are missing and lines around the gaps may be damaged. Give stap bigger "
-                    f"buffers (stap -s 64: MB per CPU{bigger}) or print less."
-                ),
-                detail=b.lines,
-                severity="warning",
-                count=n,
-            ))
-            continue
-        m = _LOST_MESSAGES.search(h)
-        if m:
-            n = int(m.group(1))
-            add(b.start, Diagnosis(
-                code="transport_failures",
-                summary=(
-                    f"{n} output message(s) were lost between the kernel and stapio (it did "
-                    "not keep up): some records are missing. Print less or filter (e.g. -x "
-                    "PID); bigger buffers (stap -s 64: MB per CPU) absorb longer bursts."
-                ),
-                detail=b.lines,
-                severity="warning",
-                count=n,
-            ))
-            continue
-        m = _NUM_ERRORS.search(h)
-        if m:
-            errs, skipped = int(m.group(1)), int(m.group(2))
-            errors_total += errs
-            skipped_total = (skipped_total or 0) + skipped
-            skipped_first = b.start if skipped_first < 0 else skipped_first
-            skipped_lines.extend(b.lines)
-            continue
-        m = _REGISTRATION.search(h)
-        if m:
-            rc = int(m.group(4))
-            registrations.setdefault(rc, []).append(b)
-            name = m.group(3) or _strip_pp(m.group(2))
-            reg_names.setdefault(rc, [])
-            if name not in reg_names[rc]:
-                reg_names[rc].append(name)
-            reg_fatal[rc] = reg_fatal.get(rc, False) or m.group(1) == "ERROR"
-            continue
-        if _UPROBE_UNREGISTER.search(h):
-            add(b.start, Diagnosis(
-                code="uprobe_unregister",
-                summary=(
-                    "This SystemTap (5.1) cannot find uprobe_unregister, which Linux 6.12 "
-                    "renamed, so the module refuses to start. Add -D "
-                    "STAPCONF_UPROBE_UNREGISTER_EXPORTED (the lab target does; enough for "
-                    "kprobe scripts) or use SystemTap >= 5.2."
-                ),
-                detail=b.lines,
-                severity="error",
-            ))
-            continue
-        m = _INSERT.search(h)
-        if m:
-            why = m.group(2).strip()
-            if "not permitted" in why or "Key was rejected" in why or "Required key" in why:
-                fix = (
-                    "the kernel refused to load it: run as root, and check for Secure Boot / "
-                    "kernel lockdown (cat /sys/kernel/security/lockdown), which forbids "
-                    "unsigned modules"
-                )
-            elif "Invalid module format" in why or "wrong symbol version" in why or "Unknown symbol" in why:
-                fix = (
-                    "it was built for another kernel: install the headers of the running kernel "
-                    "(linux-headers-$(uname -r)) and clear the cache (~/.systemtap/cache)"
-                )
-            elif "File exists" in why:
-                fix = "a module of that name is still loaded: staprun -d NAME removes it"
-            else:
-                fix = "see stap's message below"
-            add(b.start, Diagnosis(
-                code="module_insert_failed",
-                summary=f"staprun could not load the probe module ({why}): {fix}.",
-                detail=b.lines,
-                severity="error",
-            ))
-            continue
-        m = _REMOTE_FAILED.search(h)
-        if m:
-            add(b.start, Diagnosis(
-                code="remote_failed",
-                summary=(
-                    f"stap could not start its session on the target {m.group(2)} "
-                    f"({m.group(1)}), so nothing ran there: check that the target answers "
-                    "(ssh HOST true) and has stapsh; stap itself reports success here."
-                ),
-                detail=b.lines,
-                severity="error",
-            ))
-            continue
-        m = _CHILD_SIGNAL.search(h)
-        if m:
-            add(b.start, Diagnosis(
-                code="command_killed",
-                summary=(
-                    f"The -c command was killed by signal {m.group(1)} ({m.group(2)}); stap "
-                    "kills it when the run ends or fails before it finished."
-                ),
-                detail=b.lines,
-                severity="info",
-            ))
-            continue
-
+    for b, m in hits:
+        rc = int(m.group(4))
+        registrations.setdefault(rc, []).append(b)
+        name = m.group(3) or _strip_pp(m.group(2))
+        reg_names.setdefault(rc, [])
+        if name not in reg_names[rc]:
+            reg_names[rc].append(name)
+        reg_fatal[rc] = reg_fatal.get(rc, False) or m.group(1) == "ERROR"
     for rc, bl in registrations.items():
         names = reg_names[rc]
         meaning = _RC_MEANING.get(rc, "see [man warning::pass5]")
@@ -637,22 +574,30 @@ def _diagnose_runtime(blocks: Sequence[_Block], add: _Adder) -> None:
             count=len(bl),
         ))
 
-    if skipped_total is not None and (skipped_total or errors_total):
-        parts = []
-        if skipped_total:
-            parts.append(
-                f"{skipped_total} probe hit(s) were skipped and recorded nothing (reentrancy, "
-                "contention, or .return probes beyond KRETACTIVE); rows are missing"
-            )
-        if errors_total:
-            parts.append(f"{errors_total} runtime error(s) occurred in probe handlers")
-        add(skipped_first, Diagnosis(
-            code="errors_skipped",
-            summary="; ".join(parts) + ". stap -t shows per-probe reasons.",
-            detail=tuple(skipped_lines),
-            severity="warning",
-            count=skipped_total,
-        ))
+
+def _errors_skipped_diagnosis(hits: Sequence[tuple[_Block, re.Match[str]]], add: _Adder) -> None:
+    """stap's "Number of errors: N, skipped probes: M" lines, summed into one warning."""
+    if not hits:
+        return
+    errors_total = sum(int(m.group(1)) for _, m in hits)
+    skipped_total = sum(int(m.group(2)) for _, m in hits)
+    if not (skipped_total or errors_total):
+        return
+    parts = []
+    if skipped_total:
+        parts.append(
+            f"{skipped_total} probe hit(s) were skipped and recorded nothing (reentrancy, "
+            "contention, or .return probes beyond KRETACTIVE); rows are missing"
+        )
+    if errors_total:
+        parts.append(f"{errors_total} runtime error(s) occurred in probe handlers")
+    add(hits[0][0].start, Diagnosis(
+        code="errors_skipped",
+        summary="; ".join(parts) + ". stap -t shows per-probe reasons.",
+        detail=tuple(line for b, _ in hits for line in b.lines),
+        severity="warning",
+        count=skipped_total,
+    ))
 
 
 def _strip_pp(pp: str) -> str:
