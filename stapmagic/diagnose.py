@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Counters", "Diagnosis", "Severity", "counters", "diagnose", "render"]
+__all__ = ["Counters", "Diagnosis", "Severity", "command_status", "counters", "diagnose", "render"]
 
 Severity = Literal["error", "warning", "info"]
 
@@ -164,8 +164,12 @@ _ELIDING_ASMLINKAGE = re.compile(r"^WARNING: Eliding side-effect-free expression
 # staprun/staprun.c: "Couldn't insert module '%s': %s" (moderror(): staprun_funcs.c)
 _INSERT = re.compile(r"Couldn't insert module \S*?'([^']*)': (.*)")
 
-# staprun/mainloop.c: "Child process exited with signal %d (%s)"
+# staprun/mainloop.c chld_proc(), stapio's SIGCHLD handler for the -c command (warn(): with
+# "WARNING: "): "Child process exited with signal %d (%s)" (strsignal) and "Child process
+# exited with status %d" (nothing for status 0). Either sets target_pid_failed_p, and
+# cleanup_and_exit() then exits 1 however the probes did, so stap says "Pass 5: run failed."
 _CHILD_SIGNAL = re.compile(r"Child process exited with signal (\d+) \(([^)]*)\)")
+_CHILD_STATUS = re.compile(r"Child process exited with status (\d+)")
 
 # remote.cxx remote::create(): `cerr << e.what() << " on remote '" << uri << "'"`, e.g.
 # "error receiving hello from stapsh on remote 'ssh://host'", "error establishing ssh
@@ -288,10 +292,27 @@ def diagnose(lines: Sequence[str]) -> list[Diagnosis]:
         if d not in result:
             result.append(d)
     if not any(d.severity == "error" for d in result):
-        fallback = _fallback(blocks)
+        fallback = _fallback(blocks, command_ended=command_status(clean) is not None)
         if fallback is not None:
             result.append(fallback)
     return result
+
+
+def command_status(lines: Iterable[str]) -> int | None:
+    """How the ``-c`` command ended, when stap reported that it failed: its exit status, or
+    ``-signal`` (subprocess's convention). None when stap reported nothing: the command
+    exited 0, was not given, or was still running when stap ended."""
+    status: int | None = None
+    for raw in lines:
+        line = _clean(raw)
+        m = _CHILD_STATUS.search(line)
+        if m:
+            status = int(m.group(1))
+            continue
+        m = _CHILD_SIGNAL.search(line)
+        if m:
+            status = -int(m.group(1))
+    return status
 
 
 def _diagnose_privilege(blocks: Sequence[_Block], add: _Adder) -> None:
@@ -516,6 +537,10 @@ _RUNTIME_RULES: tuple[_Rule, ...] = (
     _Rule(_CHILD_SIGNAL, "command_killed", "info", lambda m: (
         f"The -c command was killed by signal {m.group(1)} ({m.group(2)}); stap "
         "kills it when the run ends or fails before it finished.")),
+    _Rule(_CHILD_STATUS, "command_failed", "info", lambda m: (
+        f"The -c command exited with status {m.group(1)}, and stap ended the run with it: "
+        "every probe hit until then is in the result. stap reports its run as failed "
+        "whenever the command fails; that alone is not a stap failure.")),
 )
 
 
@@ -657,8 +682,11 @@ def _gcc_message(line: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _fallback(blocks: Sequence[_Block]) -> Diagnosis | None:
-    """stap failed for a reason not recognised above: say which pass and keep its errors."""
+def _fallback(blocks: Sequence[_Block], *, command_ended: bool = False) -> Diagnosis | None:
+    """stap failed for a reason not recognised above: say which pass and keep its errors.
+
+    ``command_ended``: stap reported that the -c command failed; a pass 5 failure with no
+    error line is then that and nothing else (staprun/mainloop.c exits 1 for it)."""
     failed: _Block | None = None
     errors: list[str] = []
     first = -1
@@ -669,6 +697,8 @@ def _fallback(blocks: Sequence[_Block]) -> Diagnosis | None:
             errors.extend(b.lines)
             first = b.start if first < 0 else first
     if failed is None and not errors:
+        return None
+    if command_ended and not errors and failed is not None and failed.head.startswith("Pass 5:"):
         return None
     if failed is None:
         return Diagnosis(

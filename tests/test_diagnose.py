@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stapmagic.diagnose import Counters, Diagnosis, counters, diagnose, render
+from stapmagic.diagnose import Counters, Diagnosis, command_status, counters, diagnose, render
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIRS = (REPO / "tests" / "fixtures" / "reference", REPO.parent / "shared" / "reference")
@@ -369,3 +369,48 @@ def test_counters_prefer_stap_s_own_error_count():
              "WARNING: Number of errors: 5, skipped probes: 2"]
     assert counters(lines) == Counters(errors=5, skipped_probes=2, transport_failures=0, warnings=1)
     assert counters(lines[:2]).errors == 2
+
+
+# --------------------------------------------------------------------------------------
+# the -c command's end (staprun/mainloop.c chld_proc; stapio then exits 1)
+
+CHILD_STATUS = "WARNING: Child process exited with status 1"
+PASS5_FAILED = "Pass 5: run failed.  [man error::pass5]"
+
+
+def test_failed_command_alone_is_no_stap_failure():
+    lines = ["Pass 5: starting run.", CHILD_STATUS, PASS5_FAILED]
+    ds = diagnose(lines)
+    assert codes(ds) == ["command_failed"]
+    assert ds[0].severity == "info" and "status 1" in ds[0].summary
+    assert ds[0].detail == (CHILD_STATUS,)
+    assert command_status(lines) == 1
+    assert command_status([line + "\r" for line in lines]) == 1  # as the pty delivers it
+
+
+def test_command_killed_by_stap_after_its_own_error():
+    # the module failed to start, stapio SIGKILLed the waiting command: stap's error stays
+    lines = reference_lines(f"{V51}/remote_ssh_stapsh_s_a.stderr")
+    assert command_status(lines) == -9
+    ds = diagnose(lines)
+    assert [d.code for d in ds if d.severity == "error"] == ["uprobe_unregister"]
+    assert "command_killed" in codes(ds)
+
+
+@pytest.mark.parametrize("own", [
+    "ERROR: division by 0 near operator '/' at <input>:1:30",   # a runtime error: fallback
+    "semantic error: no match",                                 # any pass's own error
+])
+def test_failed_command_does_not_hide_stap_s_own_error(own):
+    ds = diagnose([own, CHILD_STATUS, PASS5_FAILED])
+    assert any(d.severity == "error" for d in ds), codes(ds)
+
+
+def test_other_pass_failures_are_not_explained_by_the_command():
+    ds = diagnose([CHILD_STATUS, "Pass 4: compilation failed.  [man error::pass4]"])
+    assert [d.code for d in ds if d.severity == "error"] == ["pass4_failed"]
+
+
+def test_no_command_status_without_stap_s_line():
+    assert command_status(["Pass 5: run failed.  [man error::pass5]", "Child process"]) is None
+    assert command_status([]) is None
