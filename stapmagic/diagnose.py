@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Counters", "Diagnosis", "Severity", "command_status", "counters", "diagnose", "render"]
+__all__ = ["Counters", "Diagnosis", "Severity", "command_status", "counters",
+           "damaged_messages", "diagnose", "render"]
 
 Severity = Literal["error", "warning", "info"]
 
@@ -296,6 +297,29 @@ def diagnose(lines: Sequence[str]) -> list[Diagnosis]:
         if fallback is not None:
             result.append(fallback)
     return result
+
+
+# stapio's err()/warn() prefixes (staprun/staprun.h); where one starts inside a damaged
+# record line, stap's stderr landed in the middle of a record on the shared pty.
+_EMBEDDED = re.compile(r"(?:ERROR|WARNING): ")
+_RECORD_START = "@@sm"
+
+
+def damaged_messages(damaged: Iterable[bytes | str]) -> list[str]:
+    """stap's messages found inside damaged record lines (``RecordParser.damaged``): each
+    from its ``ERROR:``/``WARNING:`` up to the end of the line or the next record tag."""
+    found: list[str] = []
+    for raw in damaged:
+        line = _clean(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+        m = _EMBEDDED.search(line)
+        if m is None:
+            continue
+        text = line[m.start():]
+        cut = text.find(_RECORD_START)
+        text = (text[:cut] if cut >= 0 else text).rstrip()
+        if text:
+            found.append(text)
+    return found
 
 
 def command_status(lines: Iterable[str]) -> int | None:

@@ -150,7 +150,8 @@ class ProbeRun:
 
     @property
     def diagnoses(self) -> list[diagnose.Diagnosis]:
-        found = diagnose.diagnose(self.messages)
+        found = diagnose.diagnose(
+            self.messages + diagnose.damaged_messages(self.parser.damaged))
         if self.end_diagnoses:
             # they name the cause the generic "stap failed in pass 5" fallback could not
             found = [d for d in found if d.code != "stap_failed"]
@@ -517,8 +518,8 @@ def ending_diagnoses(run: ProbeRun, *,
         return []
     if status.command_status is not None:
         return []  # stapio reported the -c command's end: the session lasted to the end
-    if any(d.severity == "error" and d.code != "stap_failed"
-           for d in diagnose.diagnose(run.messages)):
+    said = run.messages + diagnose.damaged_messages(run.parser.damaged)
+    if any(d.severity == "error" and d.code != "stap_failed" for d in diagnose.diagnose(said)):
         return []  # stap said what went wrong
     passes = [m for m in run.messages if m.startswith("Pass ")]
     if not rows and not any(m.startswith("Pass 5: starting run") for m in passes):

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from stapmagic.diagnose import Counters, Diagnosis, command_status, counters, diagnose, render
+from stapmagic.diagnose import (
+    Counters,
+    Diagnosis,
+    command_status,
+    counters,
+    damaged_messages,
+    diagnose,
+    render,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIRS = (REPO / "tests" / "fixtures" / "reference", REPO.parent / "shared" / "reference")
@@ -414,3 +422,40 @@ def test_other_pass_failures_are_not_explained_by_the_command():
 def test_no_command_status_without_stap_s_line():
     assert command_status(["Pass 5: run failed.  [man error::pass5]", "Child process"]) is None
     assert command_status([]) is None
+
+
+# --------------------------------------------------------------------------------------
+# stap's messages inside damaged record lines (stdout and stderr share the pty)
+
+MAXACTION_LINE = "ERROR: MAXACTION exceeded near identifier 'x' at <input>:1:2"
+
+
+@pytest.mark.parametrize("damaged", [
+    f"@@sm1\t0\t12{MAXACTION_LINE}".encode(),                  # stderr inside a record
+    f"{MAXACTION_LINE}@@sm1\t0\t1700000000\t42\t@@".encode(),  # a record glued after it
+    f"@@sm1\t0\t12{MAXACTION_LINE}\r".encode(),                # as the pty delivers it
+])
+def test_error_inside_a_damaged_line_is_found(damaged):
+    assert damaged_messages([damaged]) == [MAXACTION_LINE]
+    assert codes(diagnose(damaged_messages([damaged]))) == ["maxaction"]
+
+
+def test_damaged_lines_without_a_message_give_nothing():
+    assert damaged_messages([b"@@sm1\t0\t12\t34", b"@@sm1\t0\t@@sm1\t1\t@@", b""]) == []
+
+
+def test_damaged_error_reaches_the_run_s_diagnoses():
+    from stapmagic import pipeline, runner
+
+    run = pipeline.prepare("tcp_v4_connect", "", pipeline.ProbeOptions(dry_run=True,
+                                                                      target="lab"))
+    run.parser.feed(f"Pass 5: starting run.\n@@sm1\t0\t12{MAXACTION_LINE}\n"
+                    "Pass 5: run failed.  [man error::pass5]\n".encode())
+    run.parser.close()
+    run.status = runner.RunStatus(exit_status=1, signal=None, interrupted=False,
+                                  escalated=None, duration=1.0)
+    assert run.damaged == 1 and MAXACTION_LINE not in run.messages
+    assert [d.code for d in run.diagnoses] == ["maxaction"]
+    assert not run.ok
+    # stap said what ended the run: no "connection lost", no ssh round trip to ask
+    assert pipeline.ending_diagnoses(run, reachable=lambda t: "asked") == []
