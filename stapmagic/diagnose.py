@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Counters", "Diagnosis", "Severity", "command_status", "counters",
-           "damaged_messages", "diagnose", "render"]
+__all__ = ["Counters", "Diagnosis", "LostOutput", "Severity", "command_status", "counters",
+           "damaged_messages", "diagnose", "lost_output", "render"]
 
 Severity = Literal["error", "warning", "info"]
 
@@ -60,6 +60,21 @@ class Counters:
     skipped_probes: int = 0
     transport_failures: int = 0
     warnings: int = 0
+
+
+@dataclass(frozen=True)
+class LostOutput:
+    """Output stap reported lost, per kind: ``transport_failures``, kernel-side buffers
+    (``There were N transport failures``), and ``lost_messages``, relay messages stapio
+    never received (``There were N lost messages and M lost bytes``)."""
+
+    transport_failures: int = 0
+    lost_messages: int = 0
+
+    @property
+    def total(self) -> int:
+        """Both kinds: what Counters.transport_failures counts."""
+        return self.transport_failures + self.lost_messages
 
 
 def render(d: Diagnosis) -> str:
@@ -775,12 +790,7 @@ def counters(lines: Sequence[str]) -> Counters:
             reported_errors = (reported_errors or 0) + int(m.group(1))
             skipped += int(m.group(2))
             continue
-        m = _TRANSPORT.search(line)
-        if m:
-            transport += int(m.group(1))
-        m = _LOST_MESSAGES.search(line)
-        if m:
-            transport += int(m.group(1))
+        transport += _lost_in(line).total
     errors = reported_errors if reported_errors is not None else error_lines
     return Counters(
         errors=errors,
@@ -788,3 +798,19 @@ def counters(lines: Sequence[str]) -> Counters:
         transport_failures=transport,
         warnings=warnings,
     )
+
+
+def _lost_in(line: str) -> LostOutput:
+    m = _TRANSPORT.search(line)
+    n = _LOST_MESSAGES.search(line)
+    return LostOutput(int(m.group(1)) if m else 0, int(n.group(1)) if n else 0)
+
+
+def lost_output(lines: Iterable[str]) -> LostOutput:
+    """Lost output stap reported in these lines, per kind (summed over the lines)."""
+    transport = lost = 0
+    for raw in lines:
+        one = _lost_in(_clean(raw))
+        transport += one.transport_failures
+        lost += one.lost_messages
+    return LostOutput(transport, lost)

@@ -16,10 +16,12 @@ import pytest
 from stapmagic.diagnose import (
     Counters,
     Diagnosis,
+    LostOutput,
     command_status,
     counters,
     damaged_messages,
     diagnose,
+    lost_output,
     render,
 )
 
@@ -459,3 +461,24 @@ def test_damaged_error_reaches_the_run_s_diagnoses():
     assert not run.ok
     # stap said what ended the run: no "connection lost", no ssh round trip to ask
     assert pipeline.ending_diagnoses(run, reachable=lambda t: "asked") == []
+
+
+# --------------------------------------------------------------------------------------
+# lost output per kind (bench/labbench.py reads these instead of its own patterns)
+
+TRANSPORT_LINE = ("WARNING: There were 12 transport failures. Try stap -s to increase the "
+                  "buffer size from 16.")
+LOST_LINE = "WARNING: There were 2054 lost messages and 0 lost bytes."
+
+
+def test_lost_output_counts_each_kind_apart():
+    lines = [TRANSPORT_LINE, LOST_LINE, TRANSPORT_LINE + "\r", "There were 3 lost messages"]
+    lost = lost_output(lines)
+    assert lost == LostOutput(transport_failures=24, lost_messages=2054)
+    assert lost.total == counters(lines).transport_failures == 2078
+    assert lost_output([]) == LostOutput() and LostOutput().total == 0
+
+
+def test_lost_output_finds_them_inside_damaged_lines():
+    damaged = [f"@@sm1\t0\t12{LOST_LINE}".encode()]
+    assert lost_output(damaged_messages(damaged)).lost_messages == 2054
