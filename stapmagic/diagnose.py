@@ -157,8 +157,13 @@ _NUM_ERRORS = re.compile(r"Number of errors: (\d+), skipped probes: (\d+)")
 
 # main.cxx: "Pass 4: compilation failed.  [man error::pass4]"
 _PASS4_FAILED = re.compile(r"Pass 4: compilation failed")
-# gcc/kbuild: "FILE:LINE:COL: error: MESSAGE", "FILE:LINE: error: ...", "error: ..."
-_GCC_ERROR = re.compile(r"(?:^|:\d+(?::\d+)?: )(?:fatal )?error: ")
+# gcc/kbuild: "FILE:LINE:COL: error: MESSAGE", "FILE:LINE: error: ...", "error: ...", and
+# "<command-line>: error: ..." where the error is in a macro defined on gcc's command line:
+# stap hands each -D NAME=VALUE to kbuild as is (seen on the lab: a -D value that is no
+# valid C, tests/fixtures/captures/bad_define_*), followed by gcc's note naming the macro.
+_GCC_ERROR = re.compile(r"(?:^|:\d+(?::\d+)?: |^<command-line>: )(?:fatal )?error: ")
+_CMDLINE_ERROR = re.compile(r"^<command-line>: (?:fatal )?error: ")
+_MACRO_EXPANSION = re.compile(r"note: in expansion of macro '([A-Za-z_][A-Za-z0-9_]*)'")
 # session.cxx / buildrun.cxx: 'Checking "%s" failed with error: %s'
 _HEADERS = re.compile(r"Checking \"\s*(\S+)\s*\" failed with error: (.*)")
 
@@ -699,9 +704,13 @@ def _diagnose_build(lines: Sequence[str], blocks: Sequence[_Block], add: _Adder)
             if error_at > 0 and "In function" in lines[error_at - 1]:
                 detail.append(lines[error_at - 1])
             detail.append(first_error)
+        at = i if first_error is None else max(0, error_at - 1)
+        if first_error is not None and _CMDLINE_ERROR.search(first_error):
+            add(at, _bad_define(first_error, lines[error_at + 1:i], detail, line))
+            break
         detail.append(line)
         what = _gcc_message(first_error) if first_error else "see the compiler output above"
-        add(i if first_error is None else max(0, error_at - 1), Diagnosis(
+        add(at, Diagnosis(
             code="pass4_failed",
             summary=(
                 f"The probe module did not compile: {what}. This usually means the "
@@ -712,6 +721,32 @@ def _diagnose_build(lines: Sequence[str], blocks: Sequence[_Block], add: _Adder)
             severity="error",
         ))
         break
+
+
+def _bad_define(error: str, after: Sequence[str], detail: list[str], failed: str) -> Diagnosis:
+    """Pass 4 failed in a macro from the command line: a -D value that is no valid C."""
+    name: str | None = None
+    for line in after:
+        if _GCC_ERROR.search(line):
+            break  # the next error: its notes are not about this one
+        m = _MACRO_EXPANSION.search(line)
+        if m:
+            name = m.group(1)
+            detail.append(line)
+            break
+    detail.append(failed)
+    which = f"the value given with -D {name}" if name else "a -D value"
+    return Diagnosis(
+        code="bad_define",
+        summary=(
+            f"The probe module did not compile: {which} is not valid C where the "
+            f"SystemTap runtime uses it ({_gcc_message(error)}). stap pastes -D NAME=VALUE "
+            "into the module's C source as is; SystemTap's limits (MAXACTION, MAXSKIPPED, "
+            "...) take a plain number, e.g. -D MAXACTION=10000."
+        ),
+        detail=tuple(detail),
+        severity="error",
+    )
 
 
 def _gcc_message(line: str) -> str:

@@ -482,3 +482,26 @@ def test_lost_output_counts_each_kind_apart():
 def test_lost_output_finds_them_inside_damaged_lines():
     damaged = [f"@@sm1\t0\t12{LOST_LINE}".encode()]
     assert lost_output(damaged_messages(damaged)).lost_messages == 2054
+
+
+# --------------------------------------------------------------------------------------
+# a -D value that passes the option check but is no valid C where the runtime uses it
+# (captured on the lab by scripts/capture_bad_define.py)
+
+CAPTURES = REPO / "tests" / "fixtures" / "captures"
+
+
+@pytest.mark.parametrize(("name", "error"), [
+    ("MAXSKIPPED", 'invalid suffix "x" on integer constant'),
+    ("MAXACTION", "'abc' undeclared"),
+])
+def test_bad_define_value_is_named_not_blamed_on_the_headers(name, error):
+    lines = (CAPTURES / f"bad_define_{name}.stderr").read_text().splitlines()
+    ds = diagnose(lines)
+    assert [d.code for d in ds if d.severity == "error"] == ["bad_define"]
+    (d,) = ds
+    assert f"-D {name}" in d.summary and error in d.summary
+    assert "older than the kernel" not in d.summary and "headers" not in d.summary
+    assert any(line.startswith("<command-line>: error:") for line in d.detail)
+    assert any(f"in expansion of macro '{name}'" in line for line in d.detail)
+    assert d.detail[-1] == "Pass 4: compilation failed.  [man error::pass4]"
