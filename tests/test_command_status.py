@@ -160,3 +160,22 @@ def test_failure_text_of_a_failed_run_still_raises(ip, fake, monkeypatch, tmp_pa
     assert isinstance(err, UsageError), err
     assert str(err).startswith("A probe handler ran more statements than MAXACTION")
     assert run.status.command_status == 1
+
+
+def test_a_replay_gets_the_command_status_from_the_recorded_output():
+    """A replay's source (recording.Player) returns the recorded RunStatus, which has no
+    command_status: execute() derives it from the output, as for a live run."""
+    run = pipeline.prepare("tcp_v4_connect", "", pipeline.ProbeOptions(dry_run=True))
+
+    def source(argv, on_chunk, **kw):
+        on_chunk(b"Pass 5: starting run.\r\n" + format_record(
+            0, 1, 7, 7, 0, "bash", [], schema=run.script.probes[0]).replace(b"\n", b"\r\n"))
+        kw["tick"]()
+        on_chunk(f"{CHILD}\r\n{PASS5}\r\n".encode())
+        return runner.RunStatus(exit_status=1, signal=None, interrupted=False, escalated=None,
+                                duration=1.0, argv=tuple(argv))
+
+    pipeline.execute(run, source=source)
+    assert run.status.command_status == 1
+    assert run.ok and len(run.df) == 1
+    assert "command exited with status 1" in run.summary()
