@@ -28,3 +28,14 @@ def test_failing_command_returns_rows_and_its_status(cell, capsys):
     assert "command exited with status 1" in run.summary()
     assert [d.code for d in run.diagnoses if d.severity != "info"] == []
     assert f"stapmagic: {run.summary()}" in printed.err
+
+
+def test_command_killed_by_a_signal_returns_rows_and_its_status(cell):
+    """stapio's other form: "Child process exited with signal 9 (Killed)"."""
+    value, err, run = cell("%%kprobe --target lab -q -c \"bash -c '(echo > /dev/tcp/127.0.0.1/9) "
+                           "2>/dev/null; kill -9 $$'\" tcp_v4_connect sk:ptr uaddr:ptr len:uint")
+    assert err is None, err
+    assert "WARNING: Child process exited with signal 9 (Killed)" in run.messages
+    assert run.status.exit_status == 1 and run.status.command_status == -9
+    assert run.ok and (value["comm"] == "bash").sum() == 1
+    assert "command killed by SIGKILL" in run.summary()
