@@ -28,15 +28,22 @@ def capture(define: str) -> Path:
 
     opts = pipeline.ProbeOptions(target="lab", defines=(define,))
     run = pipeline.prepare("tcp_v4_connect", "", opts)
-    done = subprocess.run(run.argv, capture_output=True, timeout=900, check=False,  # noqa: S603
-                          stdin=subprocess.DEVNULL, env=runner.stap_env())
+    done = subprocess.run(  # noqa: S603 - argv built by runner.stap_argv, no shell
+        run.argv,
+        capture_output=True,
+        timeout=900,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=runner.stap_env(),
+    )
     name = define.partition("=")[0]
     base = OUT / f"bad_define_{name}"
     OUT.mkdir(parents=True, exist_ok=True)
     # the argv from stap on (the lab's chroot prefix is this machine's), script included
     at = max(i for i, a in enumerate(run.argv) if a.endswith("stap") or a == "stap")
-    base.with_suffix(".cmd").write_text(json.dumps({"define": define,
-                                                    "argv": run.argv[at:]}, indent=1) + "\n")
+    base.with_suffix(".cmd").write_text(
+        json.dumps({"define": define, "argv": run.argv[at:]}, indent=1) + "\n"
+    )
     base.with_suffix(".stdout").write_bytes(done.stdout)
     base.with_suffix(".stderr").write_bytes(done.stderr)
     base.with_suffix(".rc").write_text(f"{done.returncode}\n")

@@ -16,8 +16,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Counters", "Diagnosis", "LostOutput", "Severity", "command_status", "counters",
-           "damaged_messages", "diagnose", "lost_output", "render"]
+__all__ = [
+    "Counters",
+    "Diagnosis",
+    "LostOutput",
+    "Severity",
+    "command_status",
+    "counters",
+    "damaged_messages",
+    "diagnose",
+    "lost_output",
+    "render",
+]
 
 Severity = Literal["error", "warning", "info"]
 
@@ -103,15 +113,21 @@ def _clean(line: str) -> str:
 #   "You are trying to run systemtap as a normal user."
 # staprun_funcs.c assert_uprobes_module_permissions():
 #   "You are trying to load the module %s as a normal user."
-_NORMAL_USER = re.compile(r"You are trying to (?:run systemtap|load the module \S+) as a normal user\.")
+_NORMAL_USER = re.compile(
+    r"You are trying to (?:run systemtap|load the module \S+) as a normal user\."
+)
 # session.cxx: "For users with the privilege level %s, the module created by compiling your
 # script must be signed by a trusted systemtap compile-server.  [man stap-server]"
-_PRIV_LEVEL = re.compile(r"For users with the privilege level (\S+), the module created by compiling")
+_PRIV_LEVEL = re.compile(
+    r"For users with the privilege level (\S+), the module created by compiling"
+)
 # client-nss.cxx: "Unable to find a suitable compile server.  [man stap-server]"
 _NO_SERVER = re.compile(r"Unable to find a suitable compile server")
 # staprun_funcs.c check_groups(): "Your privilege credentials (%s) are insufficient to load
 # the module %s (%s required)"
-_INSUFFICIENT = re.compile(r"Your privilege credentials \(\S+\) are insufficient to load the module")
+_INSUFFICIENT = re.compile(
+    r"Your privilege credentials \(\S+\) are insufficient to load the module"
+)
 
 # dwflpp.cxx setup_kernel(): "missing %s kernel/module debuginfo [man warning::debuginfo] under '%s'"
 _DEBUGINFO_MISSING = re.compile(r"missing \S+ kernel/module debuginfo")
@@ -146,7 +162,9 @@ _SKIPPED_TOO_MANY = re.compile(r"Skipped too many probes")
 
 # runtime/transport/transport.c:
 #   "There were %d transport failures. Try stap -s to increase the buffer size from %d."
-_TRANSPORT = re.compile(r"There were (\d+) transport failures?\.(?: Try stap -s to increase the buffer size from (\d+)\.)?")
+_TRANSPORT = re.compile(
+    r"There were (\d+) transport failures?\.(?: Try stap -s to increase the buffer size from (\d+)\.)?"
+)
 # staprun/relay.c (serialized output; seen in a real lab run under load):
 #   "WARNING: There were %u lost messages and %u lost bytes."
 # relay messages (one per probe handler's output) that stapio never received: lost records.
@@ -180,7 +198,9 @@ _UPROBE_UNREGISTER = re.compile(r"Can't resolve uprobe_unregister")
 
 # elaborate.cxx void_statement_reducer: print_warning("Eliding side-effect-free expression ", tok)
 _ELIDING = re.compile(r"^WARNING: Eliding side-effect-free expression\s*: identifier '([^']*)'")
-_ELIDING_ASMLINKAGE = re.compile(r"^WARNING: Eliding side-effect-free expression\s*: identifier 'asmlinkage'")
+_ELIDING_ASMLINKAGE = re.compile(
+    r"^WARNING: Eliding side-effect-free expression\s*: identifier 'asmlinkage'"
+)
 
 # staprun/staprun.c: "Couldn't insert module '%s': %s" (moderror(): staprun_funcs.c)
 _INSERT = re.compile(r"Couldn't insert module \S*?'([^']*)': (.*)")
@@ -203,7 +223,9 @@ _PASS_FAILED = re.compile(r"^Pass (\d): \w+ failed")
 _ERROR_LINE = re.compile(r"^(?:semantic error|parse error|ERROR):")
 
 # the probe point named in a "source:" line of a semantic error
-_PROBE_POINT = re.compile(r"\b(kprobe|kernel|module\(\"[^\"]*\"\))\.(?:function|statement)\(\"?([^\")]+)\"?\)")
+_PROBE_POINT = re.compile(
+    r"\b(kprobe|kernel|module\(\"[^\"]*\"\))\.(?:function|statement)\(\"?([^\")]+)\"?\)"
+)
 
 _RC_MEANING = {
     -22: (
@@ -334,7 +356,7 @@ def damaged_messages(damaged: Iterable[bytes | str]) -> list[str]:
         m = _EMBEDDED.search(line)
         if m is None:
             continue
-        text = line[m.start():]
+        text = line[m.start() :]
         cut = text.find(_RECORD_START)
         text = (text[:cut] if cut >= 0 else text).rstrip()
         if text:
@@ -379,94 +401,109 @@ def _diagnose_privilege(blocks: Sequence[_Block], add: _Adder) -> None:
     if first is None:
         return
     who = f" (you have only {level})" if level else ""
-    add(first, Diagnosis(
-        code="not_privileged",
-        summary=(
-            f"SystemTap needs root to compile and load a kernel module{who}: members of "
-            "'stapusr' can only load pre-signed modules, 'stapdev' is needed to build them. "
-            "Run the Jupyter kernel as root, add yourself to stapdev and stapusr "
-            "(`sudo usermod -aG stapdev,stapusr $USER`, then log in again), or use --target lab."
+    add(
+        first,
+        Diagnosis(
+            code="not_privileged",
+            summary=(
+                f"SystemTap needs root to compile and load a kernel module{who}: members of "
+                "'stapusr' can only load pre-signed modules, 'stapdev' is needed to build them. "
+                "Run the Jupyter kernel as root, add yourself to stapdev and stapusr "
+                "(`sudo usermod -aG stapdev,stapusr $USER`, then log in again), or use --target lab."
+            ),
+            detail=tuple(detail),
+            severity="error",
         ),
-        detail=tuple(detail),
-        severity="error",
-    ))
+    )
 
 
 def _diagnose_resolution(blocks: Sequence[_Block], add: _Adder, root_cause: bool) -> None:
     for i, b in enumerate(blocks):
         h = b.head
         if _SYMTAB_MISSING.search(h):
-            add(b.start, Diagnosis(
-                code="symbols_missing",
-                summary=(
-                    "stap found no kernel symbol table, so every kprobe.function() fails with "
-                    "'no match'. Debian ships a placeholder /boot/System.map; copy the live one: "
-                    "`cp /proc/kallsyms /boot/System.map-$(uname -r)` as root (Debian's "
-                    "SystemTap 5.x reads /usr/lib/debug/boot/System.map-$(uname -r) instead; for "
-                    "module functions drop kallsyms' [module] column: "
-                    "`awk '{print $1, $2, $3}' /proc/kallsyms`)."
+            add(
+                b.start,
+                Diagnosis(
+                    code="symbols_missing",
+                    summary=(
+                        "stap found no kernel symbol table, so every kprobe.function() fails with "
+                        "'no match'. Debian ships a placeholder /boot/System.map; copy the live one: "
+                        "`cp /proc/kallsyms /boot/System.map-$(uname -r)` as root (Debian's "
+                        "SystemTap 5.x reads /usr/lib/debug/boot/System.map-$(uname -r) instead; for "
+                        "module functions drop kallsyms' [module] column: "
+                        "`awk '{print $1, $2, $3}' /proc/kallsyms`)."
+                    ),
+                    detail=b.lines,
+                    severity="error",
                 ),
-                detail=b.lines,
-                severity="error",
-            ))
+            )
             continue
         if _DEBUGINFO_MISSING.search(h) or _DEBUGINFO_CANNOT.search(h):
             lines = list(b.lines)
             names: tuple[str, ...] = ()
             # the "semantic error" lines stap prints right after it belong to it
-            for nb in blocks[i + 1:i + 5]:
+            for nb in blocks[i + 1 : i + 5]:
                 if not nb.head.startswith("semantic error:"):
                     break
                 lines.extend(nb.lines)
                 names = names or _probe_names(nb)
                 if _NO_MATCH.search(nb.head) or _NO_MATCH_SIMILAR.search(nb.head):
                     break
-            add(b.start, Diagnosis(
-                code="debuginfo_missing",
-                summary=(
-                    "kernel.function()/module().function() probes need the kernel's DWARF "
-                    "debuginfo, which is not installed. %%kprobe does not need it: its "
-                    "kprobe.function() probes use only the symbol table, so write the probe "
-                    "as a %%kprobe spec (or kprobe.function(\"...\") in %%stap). Installing "
-                    "debuginfo also works (Debian: linux-image-$(uname -r)-dbg; Fedora: "
-                    "debuginfo-install kernel)."
+            add(
+                b.start,
+                Diagnosis(
+                    code="debuginfo_missing",
+                    summary=(
+                        "kernel.function()/module().function() probes need the kernel's DWARF "
+                        "debuginfo, which is not installed. %%kprobe does not need it: its "
+                        "kprobe.function() probes use only the symbol table, so write the probe "
+                        'as a %%kprobe spec (or kprobe.function("...") in %%stap). Installing '
+                        "debuginfo also works (Debian: linux-image-$(uname -r)-dbg; Fedora: "
+                        "debuginfo-install kernel)."
+                    ),
+                    detail=tuple(lines),
+                    severity="error",
+                    probes=names,
                 ),
-                detail=tuple(lines),
-                severity="error",
-                probes=names,
-            ))
+            )
             continue
         m = _NO_MATCH_SIMILAR.search(h)
         if m:
             similar = tuple(s.strip() for s in m.group(1).split(",") if s.strip())
             lines, names = _context(blocks, i)
             what = f"'{names[0]}'" if len(names) == 1 else "this probe point"
-            add(blocks[i - 1].start if len(lines) > len(b.lines) else b.start, Diagnosis(
-                code="no_match",
-                summary=(
-                    f"No kernel function matches {what}. Similar names: {', '.join(similar)}. "
-                    "Check the spelling against /proc/kallsyms; a function of a module needs "
-                    "the module loaded and its symbols in the System.map stap reads."
+            add(
+                blocks[i - 1].start if len(lines) > len(b.lines) else b.start,
+                Diagnosis(
+                    code="no_match",
+                    summary=(
+                        f"No kernel function matches {what}. Similar names: {', '.join(similar)}. "
+                        "Check the spelling against /proc/kallsyms; a function of a module needs "
+                        "the module loaded and its symbols in the System.map stap reads."
+                    ),
+                    detail=tuple(lines),
+                    severity="error",
+                    similar=similar,
+                    probes=names,
                 ),
-                detail=tuple(lines),
-                severity="error",
-                similar=similar,
-                probes=names,
-            ))
+            )
             continue
         if _NO_MATCH.search(h) and not root_cause:
             lines, names = _context(blocks, i)
             what = f"'{names[0]}'" if len(names) == 1 else "this probe point"
-            add(blocks[i - 1].start if len(lines) > len(b.lines) else b.start, Diagnosis(
-                code="no_match",
-                summary=(
-                    f"No kernel function matches {what}. Check the name in /proc/kallsyms "
-                    "(static functions may be inlined or renamed, e.g. name.isra.0)."
+            add(
+                blocks[i - 1].start if len(lines) > len(b.lines) else b.start,
+                Diagnosis(
+                    code="no_match",
+                    summary=(
+                        f"No kernel function matches {what}. Check the name in /proc/kallsyms "
+                        "(static functions may be inlined or renamed, e.g. name.isra.0)."
+                    ),
+                    detail=tuple(lines),
+                    severity="error",
+                    probes=names,
                 ),
-                detail=tuple(lines),
-                severity="error",
-                probes=names,
-            ))
+            )
             continue
         if _NEED_GURU.search(h):
             lines, names = _context(blocks, i)
@@ -478,13 +515,16 @@ def _diagnose_resolution(blocks: Sequence[_Block], add: _Adder, root_cause: bool
                 )
             else:
                 summary = "This script needs guru mode: rerun with --guru (stap -g)."
-            add(blocks[i - 1].start if len(lines) > len(b.lines) else b.start, Diagnosis(
-                code="need_guru",
-                summary=summary,
-                detail=tuple(lines),
-                severity="error",
-                probes=names,
-            ))
+            add(
+                blocks[i - 1].start if len(lines) > len(b.lines) else b.start,
+                Diagnosis(
+                    code="need_guru",
+                    summary=summary,
+                    detail=tuple(lines),
+                    severity="error",
+                    probes=names,
+                ),
+            )
 
 
 # The runtime messages: one rule per message kind, tried in this order on each block's first
@@ -538,59 +578,124 @@ def _first_number(m: re.Match[str]) -> int:
 
 
 _RUNTIME_RULES: tuple[_Rule, ...] = (
-    _Rule(_ELIDING_ASMLINKAGE, "asmlinkage_elided", "info", lambda m: (
-        "Harmless: asmlinkage() does nothing on x86_64, so stap drops it "
-        "(the seed scripts call it out of habit).")),
-    _Rule(_ELIDING, "elided_expression", "warning", lambda m: (
-        f"stap dropped an expression with no effect ('{m.group(1)}'); if you meant "
-        "it to do something, assign or print its value.")),
-    _Rule(_OVERHEAD, "probe_overhead", "error", lambda m: (
-        "stap stopped the run: the probes used more CPU than its safety limit "
-        f"({m.group(1)} > {m.group(2)} cycles per interval). Probe a less hot "
-        "function, filter (e.g. by pid) or print less; -D STP_NO_OVERLOAD "
-        "disables the check (at your own risk).")),
-    _Rule(_MAXACTION, "maxaction", "error", lambda m: (
-        "A probe handler ran more statements than MAXACTION allows (default "
-        "1000) and stap stopped the run; raise it with -D MAXACTION=10000 or "
-        "do less per hit.")),
-    _Rule(_MAXNESTING, "maxnesting", "error", lambda m: (
-        "Functions nested deeper than MAXNESTING; raise it with -D MAXNESTING=N.")),
-    _Rule(_SKIPPED_TOO_MANY, "skipped_too_many", "error", lambda m: (
-        "stap stopped the run: more than MAXSKIPPED (default 100) probe hits were "
-        "skipped (reentrancy, lock contention or too many concurrent .return "
-        "probes). Raise the limit with -D MAXSKIPPED=N, for .return probes also "
-        "-D KRETACTIVE=N; stap -t shows the reasons.")),
+    _Rule(
+        _ELIDING_ASMLINKAGE,
+        "asmlinkage_elided",
+        "info",
+        lambda m: (
+            "Harmless: asmlinkage() does nothing on x86_64, so stap drops it "
+            "(the seed scripts call it out of habit)."
+        ),
+    ),
+    _Rule(
+        _ELIDING,
+        "elided_expression",
+        "warning",
+        lambda m: (
+            f"stap dropped an expression with no effect ('{m.group(1)}'); if you meant "
+            "it to do something, assign or print its value."
+        ),
+    ),
+    _Rule(
+        _OVERHEAD,
+        "probe_overhead",
+        "error",
+        lambda m: (
+            "stap stopped the run: the probes used more CPU than its safety limit "
+            f"({m.group(1)} > {m.group(2)} cycles per interval). Probe a less hot "
+            "function, filter (e.g. by pid) or print less; -D STP_NO_OVERLOAD "
+            "disables the check (at your own risk)."
+        ),
+    ),
+    _Rule(
+        _MAXACTION,
+        "maxaction",
+        "error",
+        lambda m: (
+            "A probe handler ran more statements than MAXACTION allows (default "
+            "1000) and stap stopped the run; raise it with -D MAXACTION=10000 or "
+            "do less per hit."
+        ),
+    ),
+    _Rule(
+        _MAXNESTING,
+        "maxnesting",
+        "error",
+        lambda m: "Functions nested deeper than MAXNESTING; raise it with -D MAXNESTING=N.",
+    ),
+    _Rule(
+        _SKIPPED_TOO_MANY,
+        "skipped_too_many",
+        "error",
+        lambda m: (
+            "stap stopped the run: more than MAXSKIPPED (default 100) probe hits were "
+            "skipped (reentrancy, lock contention or too many concurrent .return "
+            "probes). Raise the limit with -D MAXSKIPPED=N, for .return probes also "
+            "-D KRETACTIVE=N; stap -t shows the reasons."
+        ),
+    ),
     _Rule(_TRANSPORT, "transport_failures", "warning", _transport_summary, _first_number),
-    _Rule(_LOST_MESSAGES, "transport_failures", "warning", lambda m: (
-        f"{m.group(1)} output message(s) were lost between the kernel and stapio (it did "
-        "not keep up): some records are missing. Print less or filter (e.g. -x "
-        "PID); bigger buffers (stap -s 64: MB per CPU) absorb longer bursts."),
-        _first_number),
+    _Rule(
+        _LOST_MESSAGES,
+        "transport_failures",
+        "warning",
+        lambda m: (
+            f"{m.group(1)} output message(s) were lost between the kernel and stapio (it did "
+            "not keep up): some records are missing. Print less or filter (e.g. -x "
+            "PID); bigger buffers (stap -s 64: MB per CPU) absorb longer bursts."
+        ),
+        _first_number,
+    ),
     _Rule(_NUM_ERRORS, "errors_skipped", "warning", None),
     _Rule(_REGISTRATION, "registration_error", "warning", None),
-    _Rule(_UPROBE_UNREGISTER, "uprobe_unregister", "error", lambda m: (
-        "This SystemTap (5.1) cannot find uprobe_unregister, which Linux 6.12 "
-        "renamed, so the module refuses to start. Add -D "
-        "STAPCONF_UPROBE_UNREGISTER_EXPORTED (the lab target does; enough for "
-        "kprobe scripts) or use SystemTap >= 5.2.")),
+    _Rule(
+        _UPROBE_UNREGISTER,
+        "uprobe_unregister",
+        "error",
+        lambda m: (
+            "This SystemTap (5.1) cannot find uprobe_unregister, which Linux 6.12 "
+            "renamed, so the module refuses to start. Add -D "
+            "STAPCONF_UPROBE_UNREGISTER_EXPORTED (the lab target does; enough for "
+            "kprobe scripts) or use SystemTap >= 5.2."
+        ),
+    ),
     _Rule(_INSERT, "module_insert_failed", "error", _insert_summary),
-    _Rule(_REMOTE_FAILED, "remote_failed", "error", lambda m: (
-        f"stap could not start its session on the target {m.group(2)} "
-        f"({m.group(1)}), so nothing ran there: check that the target answers "
-        "(ssh HOST true) and has stapsh; stap itself reports success here.")),
-    _Rule(_CHILD_SIGNAL, "command_killed", "info", lambda m: (
-        f"The -c command was killed by signal {m.group(1)} ({m.group(2)}); stap "
-        "kills it when the run ends or fails before it finished.")),
-    _Rule(_CHILD_STATUS, "command_failed", "info", lambda m: (
-        f"The -c command exited with status {m.group(1)}, and stap ended the run with it: "
-        "every probe hit until then is in the result. stap reports its run as failed "
-        "whenever the command fails; that alone is not a stap failure.")),
+    _Rule(
+        _REMOTE_FAILED,
+        "remote_failed",
+        "error",
+        lambda m: (
+            f"stap could not start its session on the target {m.group(2)} "
+            f"({m.group(1)}), so nothing ran there: check that the target answers "
+            "(ssh HOST true) and has stapsh; stap itself reports success here."
+        ),
+    ),
+    _Rule(
+        _CHILD_SIGNAL,
+        "command_killed",
+        "info",
+        lambda m: (
+            f"The -c command was killed by signal {m.group(1)} ({m.group(2)}); stap "
+            "kills it when the run ends or fails before it finished."
+        ),
+    ),
+    _Rule(
+        _CHILD_STATUS,
+        "command_failed",
+        "info",
+        lambda m: (
+            f"The -c command exited with status {m.group(1)}, and stap ended the run with it: "
+            "every probe hit until then is in the result. stap reports its run as failed "
+            "whenever the command fails; that alone is not a stap failure."
+        ),
+    ),
 )
 
 
 def _diagnose_runtime(blocks: Sequence[_Block], add: _Adder) -> None:
     collected: dict[str, list[tuple[_Block, re.Match[str]]]] = {
-        r.code: [] for r in _RUNTIME_RULES if r.summary is None}
+        r.code: [] for r in _RUNTIME_RULES if r.summary is None
+    }
     for b in blocks:
         for rule in _RUNTIME_RULES:
             m = rule.pattern.search(b.head)
@@ -599,13 +704,16 @@ def _diagnose_runtime(blocks: Sequence[_Block], add: _Adder) -> None:
             if rule.summary is None:
                 collected[rule.code].append((b, m))
             else:
-                add(b.start, Diagnosis(
-                    code=rule.code,
-                    summary=rule.summary(m),
-                    detail=b.lines,
-                    severity=rule.severity,
-                    count=rule.count(m) if rule.count else None,
-                ))
+                add(
+                    b.start,
+                    Diagnosis(
+                        code=rule.code,
+                        summary=rule.summary(m),
+                        detail=b.lines,
+                        severity=rule.severity,
+                        count=rule.count(m) if rule.count else None,
+                    ),
+                )
             break
     _registration_diagnoses(collected["registration_error"], add)
     _errors_skipped_diagnosis(collected["errors_skipped"], add)
@@ -630,18 +738,21 @@ def _registration_diagnoses(hits: Sequence[tuple[_Block, re.Match[str]]], add: _
         fatal = reg_fatal[rc]
         lead = "stap could not start: " if fatal else ""
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        add(bl[0].start, Diagnosis(
-            code="registration_error",
-            summary=(
-                f"{lead}{len(bl)} probe(s) could not be registered (rc {rc}): {shown}. "
-                f"{meaning[0].upper()}{meaning[1:]}."
-                + ("" if fatal else " The other probes ran.")
+        add(
+            bl[0].start,
+            Diagnosis(
+                code="registration_error",
+                summary=(
+                    f"{lead}{len(bl)} probe(s) could not be registered (rc {rc}): {shown}. "
+                    f"{meaning[0].upper()}{meaning[1:]}."
+                    + ("" if fatal else " The other probes ran.")
+                ),
+                detail=tuple(line for b in bl for line in b.lines),
+                severity="error" if fatal else "warning",
+                probes=tuple(names),
+                count=len(bl),
             ),
-            detail=tuple(line for b in bl for line in b.lines),
-            severity="error" if fatal else "warning",
-            probes=tuple(names),
-            count=len(bl),
-        ))
+        )
 
 
 def _errors_skipped_diagnosis(hits: Sequence[tuple[_Block, re.Match[str]]], add: _Adder) -> None:
@@ -660,13 +771,16 @@ def _errors_skipped_diagnosis(hits: Sequence[tuple[_Block, re.Match[str]]], add:
         )
     if errors_total:
         parts.append(f"{errors_total} runtime error(s) occurred in probe handlers")
-    add(hits[0][0].start, Diagnosis(
-        code="errors_skipped",
-        summary="; ".join(parts) + ". stap -t shows per-probe reasons.",
-        detail=tuple(line for b, _ in hits for line in b.lines),
-        severity="warning",
-        count=skipped_total,
-    ))
+    add(
+        hits[0][0].start,
+        Diagnosis(
+            code="errors_skipped",
+            summary="; ".join(parts) + ". stap -t shows per-probe reasons.",
+            detail=tuple(line for b, _ in hits for line in b.lines),
+            severity="warning",
+            count=skipped_total,
+        ),
+    )
 
 
 def _strip_pp(pp: str) -> str:
@@ -678,16 +792,19 @@ def _diagnose_build(lines: Sequence[str], blocks: Sequence[_Block], add: _Adder)
     for b in blocks:
         m = _HEADERS.search(b.head)
         if m:
-            add(b.start, Diagnosis(
-                code="kernel_headers_missing",
-                summary=(
-                    f"The running kernel's build tree is missing ({m.group(1)}: "
-                    f"{m.group(2).strip()}): install its headers, e.g. `apt-get install "
-                    "linux-headers-$(uname -r)` or `dnf install kernel-devel-$(uname -r)`."
+            add(
+                b.start,
+                Diagnosis(
+                    code="kernel_headers_missing",
+                    summary=(
+                        f"The running kernel's build tree is missing ({m.group(1)}: "
+                        f"{m.group(2).strip()}): install its headers, e.g. `apt-get install "
+                        "linux-headers-$(uname -r)` or `dnf install kernel-devel-$(uname -r)`."
+                    ),
+                    detail=b.lines,
+                    severity="error",
                 ),
-                detail=b.lines,
-                severity="error",
-            ))
+            )
             break
     for i, line in enumerate(lines):
         if not _PASS4_FAILED.search(line):
@@ -706,20 +823,23 @@ def _diagnose_build(lines: Sequence[str], blocks: Sequence[_Block], add: _Adder)
             detail.append(first_error)
         at = i if first_error is None else max(0, error_at - 1)
         if first_error is not None and _CMDLINE_ERROR.search(first_error):
-            add(at, _bad_define(first_error, lines[error_at + 1:i], detail, line))
+            add(at, _bad_define(first_error, lines[error_at + 1 : i], detail, line))
             break
         detail.append(line)
         what = _gcc_message(first_error) if first_error else "see the compiler output above"
-        add(at, Diagnosis(
-            code="pass4_failed",
-            summary=(
-                f"The probe module did not compile: {what}. This usually means the "
-                "SystemTap runtime is older than the kernel's headers; use a stap/kernel "
-                "pairing that agree (or --target lab)."
+        add(
+            at,
+            Diagnosis(
+                code="pass4_failed",
+                summary=(
+                    f"The probe module did not compile: {what}. This usually means the "
+                    "SystemTap runtime is older than the kernel's headers; use a stap/kernel "
+                    "pairing that agree (or --target lab)."
+                ),
+                detail=tuple(detail),
+                severity="error",
             ),
-            detail=tuple(detail),
-            severity="error",
-        ))
+        )
         break
 
 
@@ -785,8 +905,13 @@ def _fallback(blocks: Sequence[_Block], *, command_ended: bool = False) -> Diagn
     what = _first_error_text(errors) if errors else "see stap's messages"
     m = _PASS_FAILED.search(failed.head)
     n = m.group(1) if m else "?"
-    stage = {"1": "parsing", "2": "analysis", "3": "translation", "4": "compilation",
-             "5": "the run"}.get(n, "a pass")
+    stage = {
+        "1": "parsing",
+        "2": "analysis",
+        "3": "translation",
+        "4": "compilation",
+        "5": "the run",
+    }.get(n, "a pass")
     return Diagnosis(
         code="stap_failed",
         summary=f"stap failed in pass {n} ({stage}): {what}",
@@ -799,7 +924,7 @@ def _first_error_text(lines: Iterable[str]) -> str:
     for line in lines:
         for prefix in ("semantic error:", "parse error:", "ERROR:"):
             if line.startswith(prefix):
-                return line[len(prefix):].strip()
+                return line[len(prefix) :].strip()
     return "see stap's messages"
 
 

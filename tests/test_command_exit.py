@@ -35,9 +35,18 @@ def schema():
 def fake(fake_stap_path, monkeypatch, tmp_path):
     """The fake stap runs the -c command and prints three records first."""
     recs = b"".join(
-        format_record(0, 1_700_000_000_000_000_000 + i, 40 + i, 40 + i, 0, "bash",
-                      [0xFFFF888000000000 + i, 0xFFFFC90000000000 + i, 16], schema=schema())
-        for i in range(3))
+        format_record(
+            0,
+            1_700_000_000_000_000_000 + i,
+            40 + i,
+            40 + i,
+            0,
+            "bash",
+            [0xFFFF888000000000 + i, 0xFFFFC90000000000 + i, 16],
+            schema=schema(),
+        )
+        for i in range(3)
+    )
     path = tmp_path / "records.bin"
     path.write_bytes(recs)
     monkeypatch.setenv("FAKESTAP_PYTHON", sys.executable)
@@ -56,8 +65,11 @@ def fake(fake_stap_path, monkeypatch, tmp_path):
 def run_cell(ip, text):
     ip.user_ns.pop("_kprobe", None)
     result = ip.run_cell(text)
-    return result.result, result.error_before_exec or result.error_in_exec, \
-        ip.user_ns.get("_kprobe")
+    return (
+        result.result,
+        result.error_before_exec or result.error_in_exec,
+        ip.user_ns.get("_kprobe"),
+    )
 
 
 @pytest.mark.parametrize("target", [None, "ssh://root@vm"])
@@ -97,12 +109,24 @@ def test_command_that_succeeds_has_no_status_line(ip, fake):
 # stap that failed for its own reason stays a failure, whatever the command did
 
 
-def ended(messages: list[str], *, exit_status: int | None = 1, command_status: int | None = 1,
-          target: str = "lab") -> pipeline.ProbeRun:
-    run = pipeline.prepare_script("probe begin {}", pipeline.ProbeOptions(
-        target=target, dry_run=True))
-    run.status = runner.RunStatus(exit_status=exit_status, signal=None, interrupted=False,
-                                  escalated=None, duration=1.0, command_status=command_status)
+def ended(
+    messages: list[str],
+    *,
+    exit_status: int | None = 1,
+    command_status: int | None = 1,
+    target: str = "lab",
+) -> pipeline.ProbeRun:
+    run = pipeline.prepare_script(
+        "probe begin {}", pipeline.ProbeOptions(target=target, dry_run=True)
+    )
+    run.status = runner.RunStatus(
+        exit_status=exit_status,
+        signal=None,
+        interrupted=False,
+        escalated=None,
+        duration=1.0,
+        command_status=command_status,
+    )
     run.parser.messages.extend(messages)
     run.parser.row_count = 3
     return run
@@ -112,10 +136,13 @@ CHILD = "WARNING: Child process exited with status 1"
 PASS5 = "Pass 5: run failed.  [man error::pass5]"
 
 
-@pytest.mark.parametrize(("own", "code"), [
-    ("ERROR: MAXACTION exceeded near identifier 'x' at <input>:1:2", "maxaction"),
-    ("ERROR: something stapmagic has never seen", "stap_failed"),
-])
+@pytest.mark.parametrize(
+    ("own", "code"),
+    [
+        ("ERROR: MAXACTION exceeded near identifier 'x' at <input>:1:2", "maxaction"),
+        ("ERROR: something stapmagic has never seen", "stap_failed"),
+    ],
+)
 def test_stap_failure_with_a_failed_command_is_still_an_error(own, code):
     run = ended(["Pass 5: starting run.", own, CHILD, PASS5])
     asked: list[runner.Target] = []
@@ -128,8 +155,14 @@ def test_stap_failure_with_a_failed_command_is_still_an_error(own, code):
 
 def test_failed_command_but_stap_killed_is_an_error():
     run = ended([CHILD, PASS5], exit_status=None)
-    run.status = runner.RunStatus(exit_status=None, signal=9, interrupted=False, escalated=None,
-                                  duration=1.0, command_status=1)
+    run.status = runner.RunStatus(
+        exit_status=None,
+        signal=9,
+        interrupted=False,
+        escalated=None,
+        duration=1.0,
+        command_status=1,
+    )
     run.end_diagnoses = pipeline.ending_diagnoses(run, reachable=lambda t: None)
     assert not run.ok and run.diagnoses[0].code == "stap_killed"
 
@@ -153,7 +186,8 @@ def test_failure_text_of_a_failed_run_still_raises(ip, fake, monkeypatch, tmp_pa
     extra.write_text(
         "#!/bin/sh\n"
         f"echo 'ERROR: MAXACTION exceeded near identifier x at <input>:1:2' >&2\n"
-        f"echo '{CHILD}' >&2\necho '{PASS5}' >&2\nexit 1\n")
+        f"echo '{CHILD}' >&2\necho '{PASS5}' >&2\nexit 1\n"
+    )
     extra.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     _, err, run = run_cell(ip, f'%%kprobe -q -c "false" {SPEC}')
@@ -168,12 +202,22 @@ def test_a_replay_gets_the_command_status_from_the_recorded_output():
     run = pipeline.prepare("tcp_v4_connect", "", pipeline.ProbeOptions(dry_run=True))
 
     def source(argv, on_chunk, **kw):
-        on_chunk(b"Pass 5: starting run.\r\n" + format_record(
-            0, 1, 7, 7, 0, "bash", [], schema=run.script.probes[0]).replace(b"\n", b"\r\n"))
+        on_chunk(
+            b"Pass 5: starting run.\r\n"
+            + format_record(0, 1, 7, 7, 0, "bash", [], schema=run.script.probes[0]).replace(
+                b"\n", b"\r\n"
+            )
+        )
         kw["tick"]()
         on_chunk(f"{CHILD}\r\n{PASS5}\r\n".encode())
-        return runner.RunStatus(exit_status=1, signal=None, interrupted=False, escalated=None,
-                                duration=1.0, argv=tuple(argv))
+        return runner.RunStatus(
+            exit_status=1,
+            signal=None,
+            interrupted=False,
+            escalated=None,
+            duration=1.0,
+            argv=tuple(argv),
+        )
 
     pipeline.execute(run, source=source)
     assert run.status.command_status == 1

@@ -8,8 +8,10 @@ during the run". It must return its rows, with the command's status in the resul
 from __future__ import annotations
 
 # port 9 (discard) refuses in the guest, so the last connect fails and bash exits 1
-CELL = ("%%kprobe --target lab -c \"bash -c 'for i in 1 2 3; do (echo > /dev/tcp/127.0.0.1/9) "
-        "2>/dev/null; done'\" tcp_v4_connect sk:ptr uaddr:ptr len:uint")
+CELL = (
+    "%%kprobe --target lab -c \"bash -c 'for i in 1 2 3; do (echo > /dev/tcp/127.0.0.1/9) "
+    "2>/dev/null; done'\" tcp_v4_connect sk:ptr uaddr:ptr len:uint"
+)
 
 
 def test_failing_command_returns_rows_and_its_status(cell, capsys):
@@ -32,8 +34,10 @@ def test_failing_command_returns_rows_and_its_status(cell, capsys):
 
 def test_command_killed_by_a_signal_returns_rows_and_its_status(cell):
     """stapio's other form: "Child process exited with signal 9 (Killed)"."""
-    value, err, run = cell("%%kprobe --target lab -q -c \"bash -c '(echo > /dev/tcp/127.0.0.1/9) "
-                           "2>/dev/null; kill -9 $$'\" tcp_v4_connect sk:ptr uaddr:ptr len:uint")
+    value, err, run = cell(
+        "%%kprobe --target lab -q -c \"bash -c '(echo > /dev/tcp/127.0.0.1/9) "
+        "2>/dev/null; kill -9 $$'\" tcp_v4_connect sk:ptr uaddr:ptr len:uint"
+    )
     assert err is None, err
     assert "WARNING: Child process exited with signal 9 (Killed)" in run.messages
     assert run.status.exit_status == 1 and run.status.command_status == -9
