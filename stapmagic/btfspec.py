@@ -9,19 +9,22 @@ bpftrace counts them). Everything put into generated code is checked here first.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
+from stapmagic import btf as btfmod
 from stapmagic.btf import BTF, Field, Function, Kind
-from stapmagic.errors import BTFError
+from stapmagic.errors import BTFError, SpecError
+from stapmagic.spec import Arg, BtfRef, Probe
 
-__all__ = ["ArgPlan", "REG_ARGS", "RetPlan", "arg_plans", "field_function", "ret_plan",
-           "string_reader"]
+__all__ = ["ArgPlan", "REG_ARGS", "RetPlan", "arg_plans", "field_function", "resolve_probe",
+           "ret_plan", "string_reader"]
 
 REG_ARGS = 6  # x86_64 integer argument registers
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_KERNEL_HALF = 0xFFFF800000000000  # x86_64: kernel addresses from here (4- and 5-level paging)
 
 ColumnKind = Literal["int", "uint", "hex", "str"]
 
@@ -30,7 +33,7 @@ ColumnKind = Literal["int", "uint", "hex", "str"]
 class ArgPlan:
     """One parameter: `index` is its register (1-based) or None when it is not in one.
 
-    arg_type: the spec type it is read as (`int uint long ulong ptr`, `kstr` for a C string
+    arg_type: the spec type it is read as (`int uint long ulong ptr`, `cstr` for a C string
     that may be a kernel or a user pointer), or None with `why` when it cannot be read."""
 
     name: str
@@ -60,7 +63,7 @@ def value_type(btf: BTF, tid: int) -> str | None:
     """The spec type a register holding a value of type `tid` is read as, or None."""
     t, _ = btf.strip(tid)
     if t.kind is Kind.PTR:
-        return "kstr" if btf.is_char(t.ref) else "ptr"
+        return "cstr" if btf.is_char(t.ref) else "ptr"
     if t.kind is Kind.INT:
         if t.int_encoding & 4:  # bool
             return "u8"
@@ -114,8 +117,8 @@ def ret_plan(btf: BTF, func: Function) -> RetPlan:
         return RetPlan("void", None)
     ctype = btf.decl(func.ret)
     at = value_type(btf, func.ret)
-    if at is None or at == "kstr":
-        at = "ptr" if at == "kstr" else None
+    if at is None or at == "cstr":
+        at = "ptr" if at == "cstr" else None
     if at is None:
         raise BTFError(f"{func.name} returns `{ctype}`, which a register cannot carry as a "
                        "column; give .return:TYPE")
@@ -123,16 +126,11 @@ def ret_plan(btf: BTF, func: Function) -> RetPlan:
 
 
 def string_reader() -> str:
-    """A C string from a pointer that may be a kernel or a user address (``__user`` is not in
-    BTF from a gcc-built kernel): the address range decides which reader may touch it."""
-    return "\n".join((
-        "function __sm_cstr:string (addr:long, n:long) {",
-        f"\tif (addr >= {_KERNEL_HALF:#x}) {{",
-        '\t\ttry { return text_str(kernel_string_n(addr, n)) } catch { return "<fault>" }',
-        "\t}",
-        '\treturn text_str(user_string_n(addr, n, "<fault>"))',
-        "}",
-    ))
+    """The SystemTap string readers (script.py owns them; ``__sm_cstr`` picks the kernel or
+    the user reader by address)."""
+    from stapmagic import script
+
+    return "\n".join(script.string_helpers())
 
 
 _LOAD = {1: "kernel_char", 2: "kernel_short", 4: "kernel_int", 8: "kernel_long"}
@@ -188,3 +186,74 @@ def field_column_kind(f: Field) -> ColumnKind:
     if f.kind == "pointer":
         return "hex"
     return "int" if f.signed else "uint"
+
+
+class _Kernel(Protocol):  # what resolve_probe needs of kbtf.KernelBTF
+    vmlinux: BTF
+
+    def functions(self, name: str, module: str | None = None) -> list[Function]: ...
+
+    def object(self, func: Function) -> BTF: ...
+
+
+def _error(ref: BtfRef, message: str, pos: int, length: int) -> SpecError:
+    return SpecError(message, ref.source, pos, length, ref.lineno)
+
+
+def _function(kb: _Kernel, probe: Probe, ref: BtfRef) -> tuple[BTF, Function]:
+    name = probe.function or ""
+    where = ref.source.find(name) if name else 0
+    if probe.function is None:
+        raise _error(ref, "an address probe has no BTF prototype: give NAME:TYPE", 0, 1)
+    funcs = kb.functions(probe.function, probe.module)
+    if not funcs:
+        near = kb.vmlinux.near_functions(name)
+        hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+        raise _error(ref, f"{name} is not in the kernel's BTF{hint}: pahole leaves out "
+                     "functions with inconsistent prototypes or unusual register use, and "
+                     "clones such as .isra/.constprop; give the arguments as NAME:TYPE",
+                     max(0, where), max(1, len(name)))
+    obj = kb.object(funcs[0])
+    protos = {obj.c_prototype(f) for f in funcs}
+    if len(protos) > 1:
+        raise _error(ref, f"{name} has {len(protos)} different prototypes in BTF ("
+                     + "; ".join(sorted(protos)) + "): give the arguments as NAME:TYPE",
+                     max(0, where), max(1, len(name)))
+    return obj, funcs[0]
+
+
+def resolve_probe(kb: _Kernel, probe: Probe) -> Probe:
+    """`probe` with its BTF arguments (parameters named the kernel's way) turned into
+    positional `Arg`s, and the prototype as a script comment. SpecError at the word."""
+    if not probe.btf_refs:
+        return probe
+    obj, func = _function(kb, probe, probe.btf_refs[0])
+    plans = {p.name: p for p in arg_plans(obj, func)}
+    args = list(probe.args)
+    for ref in probe.btf_refs:
+        root, _, steps = btfmod.parse_path(ref.path)
+        plan = plans.get(root)
+        if plan is None:
+            near = difflib.get_close_matches(root, list(plans), n=2)
+            hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+            if kb.functions(root):
+                hint += f"; {root} is a function: to probe it too, give it its own line"
+            raise _error(ref, f"{func.name} has no parameter {root!r}{hint}; its parameters: "
+                         f"{', '.join(plans) or 'none'} ({obj.c_prototype(func)})",
+                         ref.pos, len(root))
+        if steps:
+            param = next(p for p in func.params if p.name == root)
+            try:
+                f = obj.resolve_field(param.type, steps, ref.path)
+            except btfmod.FieldPathError as exc:
+                raise _error(ref, exc.message, ref.pos + exc.pos, exc.length) from None
+            raise _error(ref, f"{ref.path} resolves (`{f.type_name}` at offset {f.offset}"
+                         f"{' after ' + str(len(f.hops)) + ' pointer(s)' if f.hops else ''}), "
+                         "but reading member paths is not implemented yet", ref.pos,
+                         len(ref.path))
+        if plan.arg_type is None or plan.index is None:
+            raise _error(ref, f"{root}: {plan.why}", ref.pos, len(root))
+        args.append(Arg(ref.column, plan.arg_type, plan.index))
+    comment = f"# {obj.c_prototype(func)}  (BTF of {func.obj})"
+    return dataclasses.replace(probe, args=tuple(args), btf_refs=(),
+                               comments=(*probe.comments, comment))

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import diagnose, records, runner
-from .errors import OptionError, SpecError
+from . import btfspec, diagnose, kbtf, records, runner
+from .errors import BTFError, OptionError, SpecError
 from .hist import Histogram, Summary
 from .script import COUNT_KEYS, Script, ScriptOptions, generate, module_statement_probe
 from .spec import Spec, parse_spec
@@ -397,13 +397,40 @@ ArgvBuilder = Callable[[str, ProbeOptions, runner.Target], list[str]]
 Source = Callable[..., runner.RunStatus]
 
 
+def target_btf(target: runner.Target, modules: Sequence[str]) -> kbtf.KernelBTF:
+    """The target kernel's BTF (vmlinux and `modules`), over its channel, cached per build."""
+    return kbtf.kernel_btf(target, modules)
+
+
+BTFLookup = Callable[[runner.Target, Sequence[str]], kbtf.KernelBTF]
+
+
+def resolve_btf(spec: Spec, target: runner.Target, btf_lookup: BTFLookup | None = None,
+                ) -> Spec:
+    """Arguments named the kernel's way, resolved from the target's BTF (SpecError at the
+    word when the BTF is missing or does not have them)."""
+    needing = [p for p in spec.probes if p.btf_refs]
+    if not needing:
+        return spec
+    modules = sorted({p.module for p in needing if p.module})
+    try:
+        kb = (btf_lookup or target_btf)(target, modules)
+    except BTFError as exc:
+        ref = needing[0].btf_refs[0]
+        raise SpecError(f"{ref.path} needs the kernel's BTF: {exc}", ref.source, ref.pos,
+                        len(ref.path), ref.lineno) from None
+    return Spec(tuple(btfspec.resolve_probe(kb, p) for p in spec.probes))
+
+
 def prepare(first_line: str, body: str, opts: ProbeOptions, *,
             lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
             build: ArgvBuilder = build_argv,
+            btf_lookup: BTFLookup | None = None,
             ) -> ProbeRun:
     """Parse, generate and build the command line; raises SpecError/OptionError early."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
+    spec = resolve_btf(spec, target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
     if not spec.probes:

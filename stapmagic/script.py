@@ -188,11 +188,17 @@ _READER = {
     "longlong": "longlong_arg", "ulonglong": "ulonglong_arg", "s32": "s32_arg",
     "s64": "s64_arg", "u32": "u32_arg", "u64": "u64_arg", "ptr": "pointer_arg",
 }
+# 8/16-bit values: the register's low bits, sign-extended (s) or masked (u)
+_NARROW = {"s8": "((long_arg({0}) << 56) >> 56)", "u8": "(ulong_arg({0}) & 0xff)",
+           "s16": "((long_arg({0}) << 48) >> 48)", "u16": "(ulong_arg({0}) & 0xffff)"}
 _KIND: dict[str, ColumnKind] = {
     "int": "int", "long": "int", "longlong": "int", "s32": "int", "s64": "int",
     "uint": "uint", "ulong": "uint", "ulonglong": "uint", "u32": "uint", "u64": "uint",
-    "ptr": "hex", "str": "str", "ustr": "str",
+    "ptr": "hex", "str": "str", "ustr": "str", "cstr": "str",
+    "s8": "int", "s16": "int", "u8": "uint", "u16": "uint",
 }
+# x86_64: kernel addresses start here (4- and 5-level paging alike)
+KERNEL_HALF = 0xFFFF800000000000
 _FORMAT: dict[ColumnKind, str] = {"int": "%d", "uint": "%u", "hex": "%x", "str": "%s",
                                   "errno": "%s"}
 # returnval() is the whole of rax, zero-extended from what a 32-bit function left in eax.
@@ -224,6 +230,10 @@ def _address(address: int, probe: Probe) -> str:
 
 
 def _check_probe(probe: Probe) -> None:
+    if probe.btf_refs:
+        ref = probe.btf_refs[0]
+        raise SpecError(f"{ref.path!r} was not resolved from BTF", ref.source, ref.pos,
+                        len(ref.path), ref.lineno)
     if probe.kind not in ("entry", "return", "pair"):
         raise SpecError(f"unknown probe kind {probe.kind!r}", probe.text)
     if probe.kind != "entry" and probe.rettype not in _RETVAL:
@@ -297,23 +307,33 @@ def _reader(arg_type: str, index: int, string_max: int) -> str:
         return f"__sm_kstr(pointer_arg({index}), {string_max})"
     if arg_type == "ustr":
         return f"__sm_ustr(pointer_arg({index}), {string_max})"
+    if arg_type == "cstr":
+        return f"__sm_cstr(pointer_arg({index}), {string_max})"
+    if arg_type in _NARROW:
+        return _NARROW[arg_type].format(index)
     return f"{_READER[arg_type]}({index})"
+
+
+_COMMENT = re.compile(r"# [ -~]*")
 
 
 def _probe_point(probe: Probe, ret: bool) -> tuple[list[str], str]:
     """(comment lines, probe point) for one half of a probe."""
+    for line in probe.comments:
+        if not _COMMENT.fullmatch(line):  # from BTF's strings: one printable line each
+            raise SpecError(f"refusing comment {line!r} in a script", probe.text)
     if probe.address is not None:
         why = ("# module function at its absolute address (--guru): valid for this boot and "
                "module load only" if probe.module is not None else
                "# absolute address (--guru): valid for this boot only (KASLR)")
         return [why], f"kprobe.statement({_address(probe.address, probe)}).absolute"
     point = f'kprobe.function("{_symbol(probe.function, probe)}")' + (".return" if ret else "")
-    comments: list[str] = []
+    comments: list[str] = list(probe.comments)
     if probe.module is not None:
         _symbol(probe.module, probe)
         # The module name itself stays out of the script: names appear only in the point.
-        comments = ["# module function probed by name: kprobe.module(M).function(F) registers",
-                    "# nothing on Linux >= 6.4; the runner checked that the module is loaded"]
+        comments += ["# module function probed by name: kprobe.module(M).function(F) registers",
+                     "# nothing on Linux >= 6.4; the runner checked that the module is loaded"]
     return comments, point
 
 
@@ -521,6 +541,22 @@ _STRING_HELPERS = (
     "\treturn text_str(user_string_n(addr, n, \"FAULT\"))",
     "}",
 )
+# cstr: a C string from BTF's `char *`, which may point to kernel or user memory
+# (`__user` is not in BTF from a gcc-built kernel); the address picks the reader.
+_CSTR_HELPER = (
+    "function __sm_cstr:string (addr:long, n:long) {",
+    f"\tif (addr >= {KERNEL_HALF:#x}) return __sm_kstr(addr, n)",
+    "\treturn __sm_ustr(addr, n)",
+    "}",
+)
+
+
+
+def string_helpers(cstr: bool = True) -> list[str]:
+    """The SystemTap functions behind str and ustr (and cstr, which calls both)."""
+    return [line.replace("FAULT", FAULT_TEXT)
+            for line in _STRING_HELPERS + (_CSTR_HELPER if cstr else ())]
+
 
 _LABEL = re.compile(r"[A-Za-z0-9_.:+]+")
 
@@ -621,9 +657,10 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
                          f"global __sm_kover{i}"]
     if globals_:
         w.add("", *globals_)
-    if any(a.type in ("str", "ustr") for p, agg in zip(spec.probes, aggs, strict=True)
-           for a in _reads(p, agg)):
-        w.add(*(line.replace("FAULT", FAULT_TEXT) for line in _STRING_HELPERS))
+    read_types = {a.type for p, agg in zip(spec.probes, aggs, strict=True)
+                  for a in _reads(p, agg)}
+    if read_types & {"str", "ustr", "cstr"}:
+        w.add(*string_helpers(cstr="cstr" in read_types))
     for idx, probe in enumerate(spec.probes):
         {"entry": _entry, "return": _return, "pair": _pair}[probe.kind](
             w, idx, probe, opts, aggs[idx])

@@ -17,7 +17,7 @@ def plans(name: str) -> list[tuple[str, int | None, str | None]]:
 def test_register_parameters_named_and_typed():
     assert plans("tcp_v4_connect") == [("sk", 1, "ptr"), ("uaddr", 2, "ptr"),
                                        ("addr_len", 3, "int")]
-    assert plans("do_sys_openat2") == [("dfd", 1, "int"), ("filename", 2, "kstr"),
+    assert plans("do_sys_openat2") == [("dfd", 1, "int"), ("filename", 2, "cstr"),
                                        ("how", 3, "ptr")]
     assert plans("___gnet_stats_copy_basic")[-1] == ("running", 5, "u8")  # bool
     assert plans("tcp_v4_send_reset")[-1] == ("reason", 3, "uint")  # enum sk_rst_reason
@@ -93,5 +93,5 @@ def test_reader_names_are_checked(counter):
 
 def test_cstr_picks_the_reader_by_address():
     text = btfspec.string_reader()
-    assert "if (addr >= 0xffff800000000000) {" in text
+    assert "\tif (addr >= 0xffff800000000000) return __sm_kstr(addr, n)\n" in text
     assert 'user_string_n(addr, n, "<fault>")' in text
