@@ -113,9 +113,12 @@ _FIELD_CHARS = _PLAIN + b'\\"'
 _SHORT_ESCAPES = {7: b"\\a", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t",
                   11: b"\\v", 0x22: b'\\"', 0x5C: b"\\\\"}
 _UNESCAPE_SIMPLE = {ord("a"): 7, ord("b"): 8, ord("f"): 12, ord("n"): 10, ord("r"): 13,
-                    ord("t"): 9, ord("v"): 11, ord("\\"): 0x5C, ord('"'): 0x22, ord("'"): 0x27}
+                    ord("t"): 9, ord("v"): 11, ord("\\"): 0x5C, ord('"'): 0x22}
+# The escapes _stp_text_str writes: octal always as three digits (the first 0-3), \u and \U
+# with upper-case hex. Whether a matching escape is the one text_str() would have chosen
+# for those bytes (\101 is never printed for "A") is checked by escaping the result again.
 _ESCAPE_RE = re.compile(
-    rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|([abfnrtv\\\"']))"
+    rb"\\(?:([0-3][0-7]{2})|u([0-9A-F]{4})|U([0-9A-F]{8})|([abfnrtv\\\"]))"
 )
 
 
@@ -187,7 +190,8 @@ def _unescape_cached(b: bytes) -> str:
 def unescape_text(b: bytes) -> str:
     """Undo text_str() escaping: the field's bytes -> str (bytes that are not UTF-8 are kept
     as backslashreplace escapes). Raises ValueError for anything text_str() cannot have
-    printed (control or non-ASCII bytes, a raw `"`, an unknown or incomplete escape)."""
+    printed: control or non-ASCII bytes, a raw `"`, an escape it never writes (`\\x41`,
+    `\\'`, `\\0`, `\\101` for "A", `\\303\\251` for valid UTF-8, lower-case `\\u00e9`)."""
     if b.translate(None, _FIELD_CHARS):
         raise ValueError("raw byte that text_str() escapes")
     if b"\\" not in b:
@@ -207,14 +211,9 @@ def unescape_text(b: bytes) -> str:
         m = _ESCAPE_RE.match(b, j)
         if m is None:
             raise ValueError(f"bad escape at {j}")
-        octal, hx, u4, u8, simple = m.groups()
+        octal, u4, u8, simple = m.groups()
         if octal is not None:
-            v = int(octal, 8)
-            if v > 0xFF:
-                raise ValueError("octal escape out of range")
-            out.append(v)
-        elif hx is not None:
-            out.append(int(hx, 16))
+            out.append(int(octal, 8))
         elif u4 is not None or u8 is not None:
             cp = int(u4 if u4 is not None else u8, 16)
             if cp > 0x10FFFF:
@@ -223,7 +222,10 @@ def unescape_text(b: bytes) -> str:
         else:
             out.append(_UNESCAPE_SIMPLE[simple[0]])
         pos = m.end()
-    return out.decode("utf-8", "backslashreplace")
+    raw = bytes(out)
+    if escape_text(raw) != b:
+        raise ValueError("an escape text_str() does not print for these bytes")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------------------

@@ -116,12 +116,30 @@ def test_escape_matches_systemtap(raw: bytes, printed: bytes) -> None:
 
 def test_escape_stops_at_nul_and_unescape_rejects() -> None:
     assert escape_text(b"ab\0cd") == b"ab"
-    assert unescape_text(rb"\x41\'\0") == "A'\0"
     assert unescape_text(rb"\377") == "\\xff"                   # not UTF-8: backslashreplace
     for bad in (b"tab\there", b'quote"', b"\\q", b"\\u12", b"\\", b"\\777", b"caf\xc3\xa9",
                 b"\\U00110000"):
         with pytest.raises(ValueError):
             unescape_text(bad)
+
+
+# Escapes that _stp_text_str (runtime/stp_string.c) never prints: it writes octal as exactly
+# three digits (the first 0-3) and only for bytes without a short escape that are not part
+# of valid UTF-8; \u/\U with upper-case hex, \u for code points up to FFFF, \U above; no
+# \x, no \', and a string ends at its first NUL.
+NEVER_PRINTED = [
+    rb"\x41", rb"\'", rb"\0", rb"\01", rb"\7", rb"\000", rb"\101", rb"\011", rb"\134",
+    rb"\042", rb"\303\251", rb"\u0041", rb"\u00e9", rb"\u007F", rb"\uD800",
+    rb"\U0000FFFF", rb"\U000000E9", rb"\u0000", rb"\400",
+]
+
+
+@pytest.mark.parametrize("printed", NEVER_PRINTED)
+def test_unescape_accepts_only_what_text_str_prints(printed: bytes) -> None:
+    with pytest.raises(ValueError):
+        unescape_text(printed)
+    with pytest.raises(ValueError):
+        unescape_text(b"ok " + printed + b" ok")
 
 
 @given(st.binary(max_size=80))
