@@ -32,7 +32,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, cast
@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from .hist import Histogram, Summary, parse_hist_block, parse_summary
+from .hist import Histogram, Summary, hist_kind, parse_hist_block, parse_summary
 from .schema import BASE_COLUMNS, PRINT_REGS_COLUMNS, ColumnKind, ProbeSchema
 
 __all__ = [
@@ -83,14 +83,32 @@ class TagCount:
     value: int
 
 
-def parse_tag_count(line: bytes) -> TagCount:
-    """Parse one `@@smc`/`@@smk` line (a trailing ``\\r`` is ignored); ValueError if bad."""
+_TAG_NAME_RE = re.compile(rb"[!-~]+\Z")
+_COUNT_RE = re.compile(rb"[0-9]+\Z")
+
+
+def parse_tag_count(line: bytes, key_kind: ColumnKind | None = None) -> TagCount:
+    """Parse one `@@smc`/`@@smk` line (a trailing ``\\r`` is ignored); ValueError for
+    anything the script cannot have printed: a count that is not a non-negative int64, a
+    probe index that is not a number, a `@@smk` key that is not a field of `key_kind`
+    (`%d` int64, `%u` uint64, `%x`, or text_str() text; None: text)."""
     parts = line.rstrip(b"\r\n").split(b"\t")
     if len(parts) != 5 or parts[0] not in (b"@@smc", b"@@smk") or parts[4] != b"@@" or \
-            not re.fullmatch(rb"-?\d+", parts[3]):
+            _COUNT_RE.match(parts[3]) is None or _TAG_NAME_RE.match(parts[1]) is None:
         raise ValueError(f"not an @@smc/@@smk line: {line!r}")
-    text = [p.decode("utf-8", "backslashreplace") for p in parts[:3]]
-    return TagCount(text[0][2:], text[1], text[2], int(parts[3]))
+    value = int(parts[3])
+    if value > _INT64_MAX:
+        raise ValueError(f"count out of range: {line!r}")
+    key = parts[2]
+    if parts[0] == b"@@smc":
+        if _COUNT_RE.match(key) is None:
+            raise ValueError(f"@@smc probe index is not a number: {line!r}")
+    elif key_kind is None or key_kind == "str":
+        unescape_text(key)
+    else:
+        _parse_field(key, key_kind)
+    return TagCount(parts[0][2:].decode(), parts[1].decode(), key.decode("ascii"), value)
+
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -927,6 +945,7 @@ class _HistBlock:
     name: str
     kind: str
     lines: list[bytes]
+    tag: bytes              # the @@smh line
 
 
 _EMPTY_BATCH = Batch()
@@ -943,11 +962,15 @@ class RecordParser:
     buffered whole: its first max_line bytes are kept (as a damaged line if it contains
     ``@@sm1``, else as a message with a note) and the rest is skipped. max_damaged_kept:
     how many damaged lines are kept in `damaged` (all are counted in `damaged_count`).
+    key_kinds: the `@@smk` key kind per probe label (script.Aggregate.key_kinds), so a key
+    the script cannot have printed for it is a damaged line; a label not in it: text.
     """
 
     def __init__(self, schemas: Sequence[ProbeSchema], *, batch_bytes: int = 4 << 20,
-                 max_line: int = 1 << 20, max_damaged_kept: int = 10_000) -> None:
+                 max_line: int = 1 << 20, max_damaged_kept: int = 10_000,
+                 key_kinds: Mapping[str, ColumnKind] | None = None) -> None:
         self.schemas: tuple[ProbeSchema, ...] = tuple(schemas)
+        self.key_kinds: dict[str, ColumnKind] = dict(key_kinds or {})
         self.batch_bytes = batch_bytes
         self.max_line = max_line
         self.max_damaged_kept = max_damaged_kept
@@ -1098,7 +1121,7 @@ class RecordParser:
                 self._process(buf + b"\n", final=True, last_partial=True)
         if self._hist is not None:
             block, self._hist = self._hist, None
-            self._message(_HIST_TAG + block.name.encode() + b"\t" + block.kind.encode())
+            self._message(block.tag)
             for ln in block.lines:
                 self._message(ln)
         return self._take_batch()
@@ -1745,11 +1768,12 @@ class RecordParser:
                 try:
                     h = parse_hist_block(text, block.name, block.kind or None)
                 except ValueError:
-                    self._message(_HIST_TAG + block.name.encode() + b"\t"
-                                  + block.kind.encode())
+                    # the tags say it is a histogram, the text is not one: the tag lines
+                    # are damaged, stap's text between them stays readable
+                    self._damage(block.tag)
                     for ln in block.lines:
                         self._message(ln)
-                    self._message(t)
+                    self._damage(t)
                     return
                 self.histograms.append(h)
                 self._new_hists.append(h)
@@ -1757,12 +1781,21 @@ class RecordParser:
                 self._hist.lines.append(t)
             return
         if t.startswith(_HIST_TAG):
-            parts = t.split(b"\t")
+            parts = t.rstrip(b"\r").split(b"\t")
             if parts[-1] == b"@@":
                 parts = parts[:-1]
-            name = parts[1].decode("utf-8", "backslashreplace") if len(parts) > 1 else ""
-            hkind = parts[2].decode("utf-8", "backslashreplace") if len(parts) > 2 else ""
-            self._hist = _HistBlock(name, hkind, [])
+            try:
+                if len(parts) != 3 or _TAG_NAME_RE.match(parts[1]) is None:
+                    raise ValueError("not @@smh <TAB> name <TAB> kind")
+                name, hkind = parts[1].decode(), parts[2].decode("ascii")
+                hist_kind(hkind)
+            except ValueError:
+                self._damage(t)
+                return
+            self._hist = _HistBlock(name, hkind, [], t)
+            return
+        if t.startswith(_HIST_END):
+            self._damage(t)         # an end without its start
             return
         if t.startswith(_SUMMARY_TAG):
             try:
@@ -1774,8 +1807,9 @@ class RecordParser:
             self._new_summaries.append(s)
             return
         if t.startswith(_COUNTER_TAG) or t.startswith(_KEYS_TAG):
+            name = t.split(b"\t", 2)[1].decode("utf-8", "replace")
             try:
-                self.tag_counts.append(parse_tag_count(t))
+                self.tag_counts.append(parse_tag_count(t, self.key_kinds.get(name)))
             except ValueError:
                 self._damage(t)
             return
