@@ -32,6 +32,7 @@ import os
 import re
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -473,19 +474,59 @@ def parse_print_regs(lines: Sequence[bytes | str]) -> dict[str, int] | None:
 # --------------------------------------------------------------------------------------
 
 
+# stap's own lines, which the diagnoses read: kept before ordinary output when lines must go.
+STAP_MESSAGE_PREFIXES = ("ERROR:", "WARNING:", "semantic error:", "Pass ")
+
+
+class MessageLog:
+    """Message lines in order, in bounded memory: the first `head` lines, the last `tail`,
+    and between them up to `stap` of stap's own lines (`STAP_MESSAGE_PREFIXES`) that fell
+    out of the tail; every other line is counted in `dropped`."""
+
+    __slots__ = ("head", "tail", "stap", "dropped", "_head", "_stap", "_tail")
+
+    def __init__(self, head: int, tail: int, stap: int) -> None:
+        self.head, self.tail, self.stap = head, tail, stap
+        self.dropped = 0
+        self._head: list[str] = []
+        self._stap: list[str] = []
+        self._tail: deque[str] = deque()
+
+    def append(self, text: str) -> None:
+        if len(self._head) < self.head:
+            self._head.append(text)
+            return
+        self._tail.append(text)
+        if len(self._tail) > self.tail:
+            old = self._tail.popleft()
+            if len(self._stap) < self.stap and old.lstrip().startswith(STAP_MESSAGE_PREFIXES):
+                self._stap.append(old)
+            else:
+                self.dropped += 1
+
+    def lines(self) -> list[str]:
+        return self._head + self._stap + list(self._tail)
+
+    def __bool__(self) -> bool:
+        return bool(self._head or self._tail or self._stap)
+
+
 class Batch:
     """What one feed()/flush()/close() produced: `frame`, the new rows (index continuing
     the parser's row numbering; None when no rows; built from the batch's columns on first
-    access, once), new `messages` lines, new `histograms` and `summaries`, and how many
+    access, once), new `messages` lines (bounded like RecordParser.messages; the lines left
+    out are counted in `messages_dropped`), new `histograms` and `summaries`, and how many
     `rows` / `damaged` lines it added."""
 
-    __slots__ = ("messages", "rows", "damaged", "histograms", "summaries", "_make", "_frame")
+    __slots__ = ("messages", "messages_dropped", "rows", "damaged", "histograms", "summaries",
+                 "_make", "_frame")
 
     def __init__(self, frame: pd.DataFrame | Callable[[], pd.DataFrame] | None = None,
                  messages: tuple[str, ...] = (), rows: int = 0, damaged: int = 0,
                  histograms: tuple[Histogram, ...] = (),
-                 summaries: tuple[Summary, ...] = ()) -> None:
+                 summaries: tuple[Summary, ...] = (), messages_dropped: int = 0) -> None:
         self.messages = messages
+        self.messages_dropped = messages_dropped
         self.rows = rows
         self.damaged = damaged
         self.histograms = histograms
@@ -505,7 +546,8 @@ class Batch:
 
     @property
     def empty(self) -> bool:
-        return not (self.rows or self.messages or self.damaged or self.histograms
+        return not (self.rows or self.messages or self.messages_dropped or self.damaged
+                    or self.histograms
                     or self.summaries)
 
     def __repr__(self) -> str:
@@ -949,6 +991,7 @@ class _HistBlock:
 
 
 _EMPTY_BATCH = Batch()
+_SCAN_WINDOW = 1 << 20
 
 
 class RecordParser:
@@ -962,20 +1005,25 @@ class RecordParser:
     buffered whole: its first max_line bytes are kept (as a damaged line if it contains
     ``@@sm1``, else as a message with a note) and the rest is skipped. max_damaged_kept:
     how many damaged lines are kept in `damaged` (all are counted in `damaged_count`).
+    messages_head, messages_tail, stap_messages: the bounds of `messages` (MessageLog): a
+    chatty -c command cannot grow memory without end, and stap's ERROR/WARNING lines stay.
     key_kinds: the `@@smk` key kind per probe label (script.Aggregate.key_kinds), so a key
     the script cannot have printed for it is a damaged line; a label not in it: text.
     """
 
     def __init__(self, schemas: Sequence[ProbeSchema], *, batch_bytes: int = 4 << 20,
                  max_line: int = 1 << 20, max_damaged_kept: int = 10_000,
-                 key_kinds: Mapping[str, ColumnKind] | None = None) -> None:
+                 key_kinds: Mapping[str, ColumnKind] | None = None,
+                 messages_head: int = 2000, messages_tail: int = 2000,
+                 stap_messages: int = 2000) -> None:
         self.schemas: tuple[ProbeSchema, ...] = tuple(schemas)
+        self._msg_bounds = (messages_head, messages_tail, stap_messages)
+        self._messages = MessageLog(*self._msg_bounds)
         self.key_kinds: dict[str, ColumnKind] = dict(key_kinds or {})
         self.batch_bytes = batch_bytes
         self.max_line = max_line
         self.max_damaged_kept = max_damaged_kept
 
-        self.messages: list[str] = []
         self.damaged: list[bytes] = []
         self.damaged_count = 0
         self.row_count = 0
@@ -1005,7 +1053,7 @@ class RecordParser:
         self._anchors: list[tuple[pd.DataFrame, weakref.ref[pd.DataFrame]]] = []
         self._anchor_generation = 0
 
-        self._new_messages: list[str] = []
+        self._new_messages = MessageLog(*self._msg_bounds)
         self._new_damaged = 0
         self._new_hists: list[Histogram] = []
         self._new_summaries: list[Summary] = []
@@ -1131,6 +1179,16 @@ class RecordParser:
         return self._closed
 
     @property
+    def messages(self) -> list[str]:
+        """The message lines kept, in order (see MessageLog; `messages_dropped` counts the
+        others)."""
+        return self._messages.lines()
+
+    @property
+    def messages_dropped(self) -> int:
+        return self._messages.dropped
+
+    @property
     def columns(self) -> list[str]:
         """The DataFrame's columns, in order."""
         return list(self._stores)
@@ -1163,16 +1221,50 @@ class RecordParser:
     # ---- buffering ------------------------------------------------------------------
 
     def _add(self, data: bytes) -> None:
-        if self._overlong is not None:
-            nl = data.find(b"\n")
-            if nl < 0:
-                self._overlong_extend(data)
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._overlong is not None:
+                nl = data.find(b"\n", pos)
+                self._overlong_extend(data, pos, n if nl < 0 else nl)
+                if nl < 0:
+                    return
+                self._finish_overlong()
+                pos = nl + 1
+                continue
+            # A chunk may hold a whole line longer than max_line: cut it here, before it
+            # is buffered (and copied) whole.
+            k = self._first_overlong(data, pos) if n - pos + self._partial > self.max_line else -1
+            if k < 0:
+                self._buffer(data if pos == 0 else data[pos:])
                 return
-            self._overlong_extend(data[:nl])
-            self._finish_overlong()
-            data = data[nl + 1:]
-            if not data:
-                return
+            if k > pos:
+                self._buffer(data[pos:k])
+            self._start_overlong()
+            pos = k
+
+    def _first_overlong(self, data: bytes, pos: int) -> int:
+        """Where in data[pos:] the first line longer than max_line starts (pos: the line
+        buffered so far goes on), or -1. Scans in windows, so a huge chunk costs no more
+        than a window of temporary memory."""
+        last = pos - 1 - self._partial      # where the newline before the current line is
+        n = len(data)
+        for ws in range(pos, n, _SCAN_WINDOW):
+            we = min(n, ws + _SCAN_WINDOW)
+            nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8, count=we - ws,
+                                              offset=ws) == 10) + ws
+            if nl.size:
+                prev = np.empty(nl.size, dtype=np.int64)
+                prev[0] = last
+                prev[1:] = nl[:-1]
+                over = np.flatnonzero(nl - prev - 1 > self.max_line)
+                if over.size:
+                    return max(pos, int(prev[over[0]]) + 1)
+                last = int(nl[-1])
+            if we - last - 1 > self.max_line:
+                return max(pos, last + 1)
+        return -1
+
+    def _buffer(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
         nl = data.rfind(b"\n")
@@ -1181,8 +1273,6 @@ class RecordParser:
             self._partial = len(data) - nl - 1
         else:
             self._partial += len(data)
-        if self._partial > self.max_line:
-            self._start_overlong()
 
     def _start_overlong(self) -> None:
         # Parse the whole lines before the long one first, so the order stays right.
@@ -1194,18 +1284,21 @@ class RecordParser:
         self._overlong_len = 0
         self._overlong_tagged = False
         self._overlong_tail = b""
-        self._overlong_extend(rest)
+        self._overlong_extend(rest, 0, len(rest))
 
-    def _overlong_extend(self, data: bytes) -> None:
+    def _overlong_extend(self, data: bytes, start: int, end: int) -> None:
+        """Take data[start:end] into the overlong line without copying all of it."""
         assert self._overlong is not None
-        window = self._overlong_tail + data
-        if not self._overlong_tagged and RECORD_TAG in window:
+        t = len(RECORD_TAG) - 1
+        edge = self._overlong_tail + data[start:min(end, start + t)]
+        if not self._overlong_tagged and (RECORD_TAG in edge
+                                          or data.find(RECORD_TAG, start, end) >= 0):
             self._overlong_tagged = True
-        self._overlong_tail = window[-(len(RECORD_TAG) - 1):]
-        keep = self.max_line - len(self._overlong)
+        self._overlong_tail = (self._overlong_tail + data[max(start, end - t):end])[-t:]
+        keep = min(self.max_line - len(self._overlong), end - start)
         if keep > 0:
-            self._overlong += data[:keep]
-        self._overlong_len += len(data)
+            self._overlong += data[start:start + keep]
+        self._overlong_len += end - start
 
     def _finish_overlong(self) -> None:
         assert self._overlong is not None
@@ -1247,7 +1340,7 @@ class RecordParser:
 
     def _message(self, line: bytes, note: str = "") -> None:
         text = line.decode("utf-8", "backslashreplace") + note
-        self.messages.append(text)
+        self._messages.append(text)
         self._new_messages.append(text)
 
     def _damage(self, line: bytes) -> None:
@@ -1258,7 +1351,8 @@ class RecordParser:
 
     def _take_batch(self) -> Batch:
         pieces = self._batch_pieces
-        if not (pieces or self._new_messages or self._new_damaged or self._new_hists
+        if not (pieces or self._new_messages or self._new_messages.dropped
+                or self._new_damaged or self._new_hists
                 or self._new_summaries):
             return _EMPTY_BATCH
         make: Callable[[], pd.DataFrame] | None = None
@@ -1268,12 +1362,13 @@ class RecordParser:
             def make() -> pd.DataFrame:
                 return self._batch_frame(pieces, comm_categories)
 
-        b = Batch(frame=make, messages=tuple(self._new_messages), rows=self._batch_rows,
+        b = Batch(frame=make, messages=tuple(self._new_messages.lines()),
+                  messages_dropped=self._new_messages.dropped, rows=self._batch_rows,
                   damaged=self._new_damaged, histograms=tuple(self._new_hists),
                   summaries=tuple(self._new_summaries))
         self._batch_pieces = []
         self._batch_rows = 0
-        self._new_messages = []
+        self._new_messages = MessageLog(*self._msg_bounds)
         self._new_damaged = 0
         self._new_hists = []
         self._new_summaries = []
