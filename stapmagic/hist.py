@@ -32,6 +32,8 @@ from typing import Literal
 
 import pandas as pd
 
+from .wire import END_TAG, SUMMARY_TAG
+
 __all__ = ["Histogram", "Summary", "parse_hist", "split_hists", "parse_summary",
            "hist_kind", "parse_hist_block"]
 
@@ -76,7 +78,7 @@ def parse_summary(line: str) -> Summary:
     script cannot have printed: the count is a non-negative int64, the other four are int64
     when the count is not 0 and empty when it is."""
     parts = line.rstrip("\r\n").split("\t")
-    if len(parts) != 8 or parts[0] != "@@sms" or parts[7] != "@@":
+    if len(parts) != 8 or parts[0] != SUMMARY_TAG or parts[7] != END_TAG:
         raise ValueError(f"not an @@sms line: {line!r}")
 
     def num(s: str) -> int | None:
