@@ -54,7 +54,7 @@ def feed(run: pipeline.ProbeRun, text: str, chunk: int = 7) -> None:
     """Feed `text` as the pty delivers it (\\r\\n, arbitrary chunks), batches to the run."""
     data = text.replace("\n", "\r\n").encode()
     for i in range(0, len(data), chunk):
-        run.note_batch(run.parser.feed(data[i:i + chunk]))
+        run.parser.feed(data[i:i + chunk])
     run.note_batch(run.parser.close())
 
 

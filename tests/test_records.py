@@ -250,11 +250,11 @@ def chunked(parser: RecordParser, data: bytes, cuts: list[int], flushes: list[bo
     batches = []
     pos = 0
     for i, c in enumerate(sorted(set(cuts))):
-        batches.append(parser.feed(data[pos:c]))
+        parser.feed(data[pos:c])
         if flushes[i % len(flushes)]:
             batches.append(parser.flush())
         pos = c
-    batches.append(parser.feed(data[pos:]))
+    parser.feed(data[pos:])
     batches.append(parser.close())
     return batches
 
@@ -413,8 +413,8 @@ def test_frame_is_protected_and_cached() -> None:
 
 def test_batches() -> None:
     p = RecordParser([CONNECT], batch_bytes=1 << 20)
-    b = p.feed(pty(format_record(0, 1, 1, 1, 0, "a", [1, 2, 3], schema=CONNECT)))
-    assert b.empty and b.frame is None                # buffered, not parsed yet
+    p.feed(pty(format_record(0, 1, 1, 1, 0, "a", [1, 2, 3], schema=CONNECT)))
+    assert p.row_count == 0 and p.buffered > 0         # buffered, not parsed yet
     b = p.flush()
     assert b.rows == 1 and b.frame is not None and list(b.frame.index) == [0]
     p.feed(pty(b"hello\n" + format_record(0, 2, 1, 1, 0, "b", [1, 2, 3], schema=CONNECT)))
@@ -435,9 +435,9 @@ def test_feed_parses_but_flush_reports() -> None:
     p = RecordParser([CONNECT], batch_bytes=100)
     lines = [format_record(0, i, i, i, 0, "a", [i, i, i], schema=CONNECT) for i in range(50)]
     for ln in lines:
-        assert p.feed(pty(ln)).empty
+        assert p.feed(pty(ln)) is None                  # nothing to report: see flush()
     p.feed(b"msg\r\n@@smh\th\tlog\r\nvalue |---- count\r\n    1 |@ 1\r\n@@smh-end\r\n")
-    assert p.row_count >= 40 and p._size < 400       # parsed already, little buffered
+    assert p.row_count >= 40 and p.buffered < 400       # parsed already, little buffered
     b = p.flush()
     assert b.rows == 50 and b.messages == ("msg",) and len(b.histograms) == 1
     assert list(b.frame["pid"]) == list(range(50))
@@ -559,7 +559,9 @@ def test_hist_and_summary_tags() -> None:
         b"@@smc\tunpaired\t0\t3\t@@\n",
     ]))
     p = RecordParser([CONNECT], batch_bytes=64)
-    got = [p.feed(raw[i:i + 50]) for i in range(0, len(raw), 50)] + [p.close()]
+    for i in range(0, len(raw), 50):
+        p.feed(raw[i:i + 50])
+    got = [p.close()]
     assert len(p.histograms) == 1 and sum(len(b.histograms) for b in got) == 1
     h = p.histograms[0]
     assert h.name == "reads" and h.kind == "log" and h.frame["count"].sum() == 577
