@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 import pandas as pd
@@ -17,37 +16,36 @@ __all__ = ["Batch", "MessageLog", "STAP_MESSAGE_PREFIXES", "EMPTY_BATCH"]
 STAP_MESSAGE_PREFIXES = ("ERROR:", "WARNING:", "semantic error:", "Pass ")
 
 
-class MessageLog:
+class MessageLog(list[str]):
     """Message lines in order, in bounded memory: the first `head` lines, the last `tail`,
     and between them up to `stap` of stap's own lines (`STAP_MESSAGE_PREFIXES`) that fell
-    out of the tail; every other line is counted in `dropped`."""
-
-    __slots__ = ("head", "tail", "stap", "dropped", "_head", "_stap", "_tail")
+    out of the tail; every other line is counted in `dropped`. The log is the list of the
+    kept lines itself (add() keeps the bounds; list methods work as on any list)."""
 
     def __init__(self, head: int, tail: int, stap: int) -> None:
+        super().__init__()
         self.head, self.tail, self.stap = head, tail, stap
         self.dropped = 0
-        self._head: list[str] = []
-        self._stap: list[str] = []
-        self._tail: deque[str] = deque()
+        self._nhead = 0
+        self._nstap = 0
 
-    def append(self, text: str) -> None:
-        if len(self._head) < self.head:
-            self._head.append(text)
+    def add(self, text: str) -> None:
+        if self._nhead < self.head and len(self) == self._nhead:
+            self.append(text)
+            self._nhead += 1
             return
-        self._tail.append(text)
-        if len(self._tail) > self.tail:
-            old = self._tail.popleft()
-            if len(self._stap) < self.stap and old.lstrip().startswith(STAP_MESSAGE_PREFIXES):
-                self._stap.append(old)
+        self.append(text)
+        first = self._nhead + self._nstap        # the oldest line of the tail
+        if len(self) - first > self.tail:
+            if self._nstap < self.stap and self[first].lstrip().startswith(
+                    STAP_MESSAGE_PREFIXES):
+                self._nstap += 1                 # it stays, as the last of stap's lines
             else:
+                del self[first]
                 self.dropped += 1
 
     def lines(self) -> list[str]:
-        return self._head + self._stap + list(self._tail)
-
-    def __bool__(self) -> bool:
-        return bool(self._head or self._tail or self._stap)
+        return list(self)
 
 
 class Batch:
@@ -121,8 +119,8 @@ class Output:
 
     def message(self, line: bytes, note: str = "") -> None:
         text = line.decode("utf-8", "backslashreplace") + note
-        self.messages.append(text)
-        self._new_messages.append(text)
+        self.messages.add(text)
+        self._new_messages.add(text)
 
     def damage(self, line: bytes) -> None:
         self.damaged_count += 1
