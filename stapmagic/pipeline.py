@@ -109,13 +109,18 @@ class ProbeRun:
         return self
 
     def note_batch(self, batch: records.Batch) -> None:
-        """Add one batch's counters; per batch, so the cost never grows with the run."""
+        """Add one batch's counters; per batch, so the cost never grows with the run. The
+        last batch comes once `status` is known: it gets the -c command's status then."""
         if batch.messages:
             c = diagnose.counters(batch.messages)
             self.skipped += c.skipped_probes
             self.transport_failures += c.transport_failures
         self.histograms.extend(batch.histograms)
         self.summaries.extend(batch.summaries)
+        if self.status is not None and self.status.command_status is None:
+            command = diagnose.command_status(self.messages)
+            if command is not None:
+                self.status = dataclasses.replace(self.status, command_status=command)
 
     def stop(self, timeout: float | None = None) -> ProbeRun:
         """Ask stap to stop (SIGINT, then escalation) and wait for the end; keeps every row."""
@@ -145,7 +150,8 @@ class ProbeRun:
 
     @property
     def diagnoses(self) -> list[diagnose.Diagnosis]:
-        found = diagnose.diagnose(self.messages)
+        found = diagnose.diagnose(
+            self.messages + diagnose.damaged_messages(self.parser.damaged))
         if self.end_diagnoses:
             # they name the cause the generic "stap failed in pass 5" fallback could not
             found = [d for d in found if d.code != "stap_failed"]
@@ -163,7 +169,12 @@ class ProbeRun:
             return False
         if any(d.code == "remote_failed" for d in self.diagnoses):
             return False
-        return self.status.exit_status == 0 or self.status.interrupted
+        if self.status.exit_status == 0 or self.status.interrupted:
+            return True
+        # stap exits 1 when its -c command failed (staprun/mainloop.c), however the probes
+        # did: the command's result, unless stap also failed for a reason of its own.
+        return (self.status.exit_status == 1 and bool(self.status.command_status)
+                and not any(d.severity == "error" for d in self.diagnoses))
 
     def summary(self) -> str:
         """One line: rows, messages, damage, how it ended."""
@@ -185,8 +196,12 @@ class ProbeRun:
                 parts.append("interrupted")
             elif self.status.signal:
                 parts.append(f"stap killed by {_signal_name(self.status.signal)}")
-            elif self.status.exit_status:
+            elif self.status.exit_status and not (self.status.command_status and self.ok):
                 parts.append(f"stap exit status {self.status.exit_status}")
+            command = self.status.command_status
+            if command:
+                parts.append(f"command exited with status {command}" if command > 0
+                             else f"command killed by {_signal_name(-command)}")
             parts.append(f"{self.status.duration:.1f}s")
         return ", ".join(parts)
 
@@ -523,8 +538,10 @@ def ending_diagnoses(run: ProbeRun, *,
             detail=(), severity="error")]
     if run.target.kind == "local":
         return []
-    if any(d.severity == "error" and d.code != "stap_failed"
-           for d in diagnose.diagnose(run.messages)):
+    if status.command_status is not None:
+        return []  # stapio reported the -c command's end: the session lasted to the end
+    said = run.messages + diagnose.damaged_messages(run.parser.damaged)
+    if any(d.severity == "error" and d.code != "stap_failed" for d in diagnose.diagnose(said)):
         return []  # stap said what went wrong
     passes = [m for m in run.messages if m.startswith("Pass ")]
     if not rows and not any(m.startswith("Pass 5: starting run") for m in passes):

@@ -587,7 +587,9 @@ class StapProcess:
 class RunStatus:
     """How a run ended. ``exit_status`` is None when the process died of a signal
     (``signal``); ``interrupted`` says we forwarded a stop (SIGINT); ``escalated`` whether
-    we had to go further."""
+    we had to go further. ``command_status``: how the ``-c`` command ended when stap
+    reported it failed (its exit status, or ``-signal``), filled in from stap's messages
+    after the run; None when stap reported nothing (it exited 0, or there was none)."""
 
     exit_status: int | None
     signal: int | None
@@ -595,6 +597,7 @@ class RunStatus:
     escalated: Literal["SIGTERM", "SIGKILL"] | None
     duration: float
     argv: Sequence[str] = field(default=())
+    command_status: int | None = None
 
     @property
     def ok(self) -> bool:

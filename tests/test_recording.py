@@ -510,11 +510,11 @@ def _drop_end(objs):
     (_set(0, "argv", "stap -e x"), 1, "`argv` must be a list of strings"),
     (_set(0, "target", "ssh://-oProxyCommand=x"), 1, "`target`"),
     (_set(0, "version", 2), 1, "made by a newer stapmagic"),
-    (_set(-1, "end", "exit_status", "0"), 4, '`exit_status` must be null or a whole number '
-                                             '0-255, not "0"'),
-    (_set(-1, "end", "exit_status", 0.0), 4, "`exit_status`"),
-    (_set(-1, "end", "interrupted", "yes"), 4, '`interrupted` must be true or false, not "yes"'),
-    (_set(-1, "end", "duration", float("inf")), 4, "`duration`"),
+    (_set(-1, "end", "exit_status", "0"), "end", '`exit_status` must be null or a whole number '
+                                                 '0-255, not "0"'),
+    (_set(-1, "end", "exit_status", 0.0), "end", "`exit_status`"),
+    (_set(-1, "end", "interrupted", "yes"), "end", '`interrupted` must be true or false, not "yes"'),
+    (_set(-1, "end", "duration", float("inf")), "end", "`duration`"),
 ])
 def test_tampered_recording_is_one_usage_error_naming_the_line(ip, fake, no_stap, edit, line,
                                                                 needle):
@@ -522,7 +522,10 @@ def test_tampered_recording_is_one_usage_error_naming_the_line(ip, fake, no_stap
     assert err is None, err
     path = fake["tmp"] / "rec.jsonl"
     objs = [json.loads(ln) for ln in path.read_text().splitlines()]
-    assert len(objs) == 4  # header, two chunks, end: the line numbers below rely on it
+    # header, the output in as many chunks as the pty delivered it (one or more), end
+    assert len(objs) >= 3 and "end" in objs[-1]
+    if line == "end":
+        line = len(objs)
     edit(objs)
     path.write_text("".join(json.dumps(obj) + "\n" for obj in objs))
     no_stap()

@@ -128,12 +128,46 @@ def main(argv: list[str]) -> int:
             os.dup2(devnull, fd)
         time.sleep(30)
         return 0
+    if mode == "stap" and os.environ.get("FAKESTAP_RUN_COMMAND") == "1":
+        return stap_running_command(args)
     if mode == "stap":
         out("Pass 5: starting run.", stream=sys.stderr)
         out("ARGV " + json.dumps(args))
         return 0
     out(f"fakestap: unknown mode {mode!r}", stream=sys.stderr)
     return 2
+
+
+def stap_running_command(args: list[str]) -> int:
+    """Mode `stap` with FAKESTAP_RUN_COMMAND=1 (opt-in: other tests pass hostile -c
+    commands): print "ARGV <json>", copy the file FAKESTAP_RECORDS (if set) to stdout, run
+    the -c command (split like a shell word list, no shell) and end as stapio and stap do
+    when it failed (staprun/mainloop.c chld_proc and cleanup_and_exit; main.cxx):
+    "WARNING: Child process exited with status N" or "... with signal N (NAME)", then
+    "Pass 5: run failed.  [man error::pass5]", exit 1. Exit 0 when it succeeded."""
+    import shlex
+    import subprocess
+
+    out("Pass 5: starting run.", stream=sys.stderr)
+    out("ARGV " + json.dumps(args))
+    records = os.environ.get("FAKESTAP_RECORDS")
+    if records:
+        with open(records, "rb") as f:
+            sys.stdout.buffer.write(f.read())
+        sys.stdout.flush()
+    if "-c" not in args:
+        return 0
+    command = shlex.split(args[args.index("-c") + 1])  # the test's own, opted in
+    rc = subprocess.run(command, check=False).returncode  # noqa: S603
+    if rc == 0:
+        return 0
+    if rc < 0:
+        out(f"WARNING: Child process exited with signal {-rc} ({signal.strsignal(-rc)})",
+            stream=sys.stderr)
+    else:
+        out(f"WARNING: Child process exited with status {rc}", stream=sys.stderr)
+    out("Pass 5: run failed.  [man error::pass5]", stream=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
