@@ -121,7 +121,7 @@ class CountingParser(records.RecordParser):
         self.last_record: float | None = None
         self._tail = b""
 
-    def feed(self, data: bytes) -> records.Batch:
+    def feed(self, data: bytes) -> None:
         window = self._tail + data
         # the tail is shorter than the tag, so no occurrence is counted twice
         n = window.count(records.RECORD_TAG)
