@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from . import where as where_mod
 from . import wire
 from .errors import OptionError, SpecError
 
@@ -138,6 +139,7 @@ class ScriptOptions:
     hist: str | None = None
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
+    where: str | None = None  # --where EXPR (where.py): events it rejects are not printed
 
     def __post_init__(self) -> None:
         if self.count is not None and (isinstance(self.count, bool)
@@ -455,10 +457,41 @@ def _tail(idx: int, fields: list[tuple[str, str]], opts: ScriptOptions,
     return out
 
 
+def _where(probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> list[str]:
+    """`if (!(EXPR)) next` for --where, over this probe's names (read into locals first)."""
+    if opts.where is None:
+        return []
+    if agg is not None or probe.kind == "pair":
+        raise OptionError("--where filters printed events of entry and .return probes; "
+                          "it does not combine with --hist, --count-by, --latency or "
+                          ".call+return yet")
+    names: dict[str, where_mod.Operand] = {}
+    for a in probe.args:
+        if a.name is not None:
+            kind: where_mod.OperandKind = "str" if _KIND[a.type] == "str" else "int"
+            names[a.name] = where_mod.Operand(f"a{a.index}", kind)
+    if probe.kind == "return":
+        names["retval"] = where_mod.Operand("rv", "int")
+
+    def resolve(text: str, pos: int) -> where_mod.Operand:
+        if text in names:
+            return names[text]
+        known = ", ".join([*names, *where_mod.BUILTINS]) or "none"
+        what = "a member path" if ("->" in text or "." in text) else "a name"
+        raise where_mod.WhereError(f"{text} is not {what} {probe.label} reads (its names: "
+                                   f"{known}); member paths are not readable yet", "", pos,
+                                   len(text))
+
+    return [f"if (!({where_mod.compile_where(opts.where, resolve)})) next  # --where"]
+
+
 def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=False)
     before, after = _count(opts)
-    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else []) + before
+    keep = _where(probe, opts, agg)
+    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else [])
+    if not keep:
+        body += before
     fields: list[tuple[str, str]] = []
     reads = _reads(probe, agg)
     if reads:
@@ -466,6 +499,8 @@ def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | 
     for arg in reads:
         body.append(f"a{arg.index} = {_reader(arg.type, arg.index, opts.string_max)}")
         fields.append((_FORMAT[_KIND[arg.type]], f"a{arg.index}"))
+    if keep:  # -n counts the events the filter keeps
+        body += keep + before
     w.probe(comments, point, body + _tail(idx, fields, opts, agg) + after)
 
 
@@ -473,10 +508,15 @@ def _return(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions,
             agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=True)
     before, after = _count(opts)
+    keep = _where(probe, opts, agg)
     rbody, fields = _retval_fields(probe)
-    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else []) + before
+    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else [])
+    if not keep:
+        body += before
     if agg is None or agg.retval:
         body += rbody
+    if keep:
+        body += keep + before
     w.probe(comments, point, body + _tail(idx, fields, opts, agg) + after)
 
 

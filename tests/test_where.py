@@ -106,3 +106,48 @@ def test_arbitrary_text_compiles_safely_or_fails_cleanly(src):
     except WhereError:
         return
     assert _safe(out), out
+
+
+# --- in the generated script -------------------------------------------------------------
+
+def _script(spec_text: str, where: str, **kw) -> str:
+    from stapmagic.script import ScriptOptions, generate
+    from stapmagic.spec import parse_spec
+
+    return generate(parse_spec(spec_text), ScriptOptions(where=where, **kw)).text
+
+
+def test_filter_follows_the_reads_and_precedes_the_count():
+    text = _script("tcp_v4_connect sk:ptr uaddr:ptr addr_len:int",
+                   'addr_len == 16 && comm == "curl"', count=5)
+    body = text[text.index('probe kprobe.function("tcp_v4_connect")'):]
+    lines = [ln.strip() for ln in body.splitlines()]
+    i_read = lines.index("a3 = int_arg(3)")
+    i_where = lines.index('if (!((a3 == 16 && execname() == "curl"))) next  # --where')
+    i_count = lines.index("k = ++__sm_n")
+    assert i_read < i_where < i_count
+
+
+def test_filter_on_a_return_value():
+    text = _script("tcp_v4_connect.return:int", "retval < 0")
+    assert "rv = (r << 32) >> 32" in text
+    assert text.index("rv = (r << 32) >> 32") < text.index("if (!(rv < 0)) next  # --where")
+
+
+def test_unknown_name_is_refused_with_the_probe_names():
+    with pytest.raises(WhereError) as exc:
+        _script("tcp_v4_connect len:int", "addr_len == 16")
+    assert "addr_len is not a name tcp_v4_connect reads (its names: len, pid, tid, cpu, comm)" in (
+        exc.value.message)
+    assert exc.value.pos == 0 and exc.value.length == len("addr_len")
+
+
+def test_where_needs_record_mode():
+    from stapmagic.errors import OptionError
+
+    with pytest.raises(OptionError, match="does not combine with --hist"):
+        _script("tcp_v4_connect len:int", "len == 1", hist="len")
+
+
+def test_no_where_no_change():
+    assert "--where" not in _script("tcp_v4_connect len:int", None)
