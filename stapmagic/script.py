@@ -198,8 +198,7 @@ _KIND: dict[str, ColumnKind] = {
     "ptr": "hex", "str": "str", "ustr": "str", "cstr": "str",
     "s8": "int", "s16": "int", "u8": "uint", "u16": "uint",
 }
-# x86_64: kernel addresses start here (4- and 5-level paging alike)
-KERNEL_HALF = 0xFFFF800000000000
+
 _FORMAT: dict[ColumnKind, str] = {"int": "%d", "uint": "%u", "hex": "%x", "str": "%s",
                                   "errno": "%s"}
 # returnval() is the whole of rax, zero-extended from what a 32-bit function left in eax.
@@ -584,7 +583,9 @@ _STRING_HELPERS = (
 # (`__user` is not in BTF from a gcc-built kernel); the address picks the reader.
 _CSTR_HELPER = (
     "function __sm_cstr:string (addr:long, n:long) {",
-    f"\tif (addr >= {KERNEL_HALF:#x}) return __sm_kstr(addr, n)",
+    # x86_64 kernel addresses have the top bit set (4- and 5-level paging alike: from
+    # 0xffff800000000000 or 0xff00000000000000), user ones never: a negative long in stap.
+    "\tif (addr < 0) return __sm_kstr(addr, n)",
     "\treturn __sm_ustr(addr, n)",
     "}",
 )
