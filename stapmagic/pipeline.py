@@ -19,20 +19,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import diagnose, records, runner
+from . import diagnose, options, records, runner
 from .errors import OptionError, SpecError, StapMagicError
 from .hist import Histogram, Summary
-from .script import COUNT_KEYS, Script, ScriptOptions, generate, module_statement_probe
+from .schema import ProbeSchema
+from .script import (
+    COUNT_KEYS,
+    Script,
+    ScriptOptions,
+    generate,
+    module_statement_probe,
+    schema_for,
+)
 from .spec import Spec, parse_spec
 
-# Seconds stap gets after SIGINT before SIGTERM, then SIGKILL. A remote stap needs a few:
-# the end probes, the module unload and ssh round trips under TCG.
-DEFAULT_GRACE = 10.0
+DEFAULT_GRACE = options.DEFAULT_GRACE
 
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    """Everything the magic line can say about one run, already validated by type."""
+    """Everything the magic line can say about one run; each field is a row of
+    `options.OPTIONS`, which validates it here (OptionError), whoever builds it."""
 
     count: int | None = None
     duration: float | None = None
@@ -52,6 +59,10 @@ class ProbeOptions:
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
     command_only: bool = False      # --cmd-only: events of the -c command's process only
+    stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
+
+    def __post_init__(self) -> None:
+        options.validate(dataclasses.asdict(self))
 
 
 _run_ids = itertools.count(1)
@@ -414,8 +425,24 @@ def prepare_script(text: str, opts: ProbeOptions, *, build: ArgvBuilder = build_
                    ) -> ProbeRun:
     """A hand-written SystemTap script (%%stap) through the same runner."""
     target = runner.parse_target(opts.target)
+    schemas = stap_schemas(opts)
     argv = build(text, opts, target)
-    return ProbeRun(None, None, argv, target, records.RecordParser(()), script_text=text)
+    return ProbeRun(None, None, argv, target, records.RecordParser(schemas), script_text=text)
+
+
+def stap_schemas(opts: ProbeOptions) -> tuple[ProbeSchema, ...]:
+    """%%stap --spec SPEC...: the record schemas of the probes the script prints, probe index
+    0 first, as `generate` would make them (the script itself is the user's)."""
+    schemas: list[ProbeSchema] = []
+    for text in opts.stap_spec:
+        try:
+            spec = parse_spec("", guru=opts.guru, first_line=text)
+        except SpecError as exc:
+            raise SpecError(f"--spec: {exc.message}", exc.source, exc.pos, exc.length,
+                            exc.line) from None
+        schemas += [schema_for(p, ScriptOptions(string_max=opts.string_max))
+                    for p in spec.probes]
+    return tuple(schemas)
 
 
 def execute(
