@@ -163,8 +163,10 @@ class KprobeMagics(Magics):
             raise UsageError(f"cannot split the magic line ({exc}): {line}") from None
         return func.parser.parse_args(argv)
 
-    def _cell(self, kind: recording.Kind, args: Any, first_line: str, body: str) -> Any:
+    def _cell(self, kind: options.Magic, args: Any, first_line: str, body: str) -> Any:
         """Run one cell through the session; store its run and frame in the namespace."""
+        if self.shell is None:
+            raise UsageError("stapmagic's magics run in an IPython shell")
         ns = self.shell.user_ns
         traits = {"target": self.target, "grace": self.grace, "string_max": self.string_max,
                   "replay_speed": self.replay_speed}

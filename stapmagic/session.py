@@ -21,6 +21,7 @@ import pandas as pd
 
 from . import live, pipeline, recording, runner
 from .errors import OptionError, ReplayError
+from .options import Magic
 
 __all__ = ["Cell", "Session", "check_recordings_dir", "failure_text", "result", "worth_showing"]
 
@@ -34,7 +35,7 @@ class Cell:
     """One %%kprobe or %%stap cell: its text, its ProbeOptions and what the cell itself does
     with the run (-o, --bg, the recording options)."""
 
-    kind: recording.Kind
+    kind: Magic
     first_line: str
     body: str
     opts: pipeline.ProbeOptions
@@ -46,7 +47,7 @@ class Cell:
     replay_speed: float = 0.0
 
     @classmethod
-    def of(cls, kind: recording.Kind, first_line: str, body: str,
+    def of(cls, kind: Magic, first_line: str, body: str,
            values: Mapping[str, Any]) -> Cell:
         """From every option's value (options.line_values)."""
         from .options import FIELDS
@@ -167,8 +168,7 @@ class Session:
         """What cells do in the current mode on `target` (auto is resolved once per target)."""
         key = (self.mode, target)
         if key not in self._resolved:
-            action, why = recording.mode_for(self.mode, runner.parse_target(target))
-            self._resolved[key] = (action, why)
+            self._resolved[key] = recording.mode_for(self.mode, runner.parse_target(target))
             announce = True
         action, why = self._resolved[key]
         if announce:
@@ -205,7 +205,8 @@ class Session:
         for flag, name in (("--record", cell.record), ("--replay", cell.replay)):
             if name is not None:
                 _check_file(flag, name)
-        action, why = "live", ""
+        action: str = "live"
+        why = ""
         if cell.record is None and cell.replay is None and self.mode != "live":
             action, why = self.action(opts.target)
         if cell.recording is not None:
