@@ -7,9 +7,13 @@
 from __future__ import annotations
 
 import re
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("stapmagic")  # declared once, in pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 # IPython refuses a cell magic whose body is empty before the magic runs, yet a one-line
 # `%%kprobe tcp_v4_connect ...` cell is the most common use: turn it into the line magic.

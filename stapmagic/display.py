@@ -40,10 +40,13 @@ def _options() -> dict[str, Any]:
 
 
 def to_html(df: pd.DataFrame) -> str | None:
-    """HTML with hex pointers, or None to let pandas render a frame that is not ours."""
+    """HTML with hex pointers; any other frame is pandas' own HTML."""
     cols = hex_columns(df)
     if not cols:
-        return None
+        # A for_type printer that returns None means "no HTML" to IPython, not "fall back to
+        # _repr_html_": every frame would lose its table after %load_ext.
+        own: str | None = getattr(df, "_repr_html_")()  # noqa: B009 (untyped in pandas-stubs)
+        return own
     opts = _options()
     opts.pop("min_rows")  # to_html truncates to max_rows only
     html: str = df.to_html(formatters={c: _hex for c in cols}, notebook=True, **opts)

@@ -44,8 +44,6 @@ def _refusal(name: str, value: Any) -> str | None:
         if name == "mode":
             if value not in recording.MODES:
                 return f"KprobeMagics.mode {value!r}: use one of {', '.join(recording.MODES)}"
-        elif name == "recordings_dir":
-            session.check_recordings_dir(value)
         elif name in options.BY_NAME:
             opt = options.BY_NAME[name]
             opt.check(opt, value)
@@ -97,7 +95,7 @@ class KprobeMagics(Magics):
         return env if env in recording.MODES else "live"
 
     # A refused value keeps the old one (traitlets rolls back on TraitError; %config prints it).
-    @validate("target", "grace", "string_max", "replay_speed", "mode", "recordings_dir")
+    @validate("target", "grace", "string_max", "replay_speed", "mode")
     def _valid(self, proposal: Any) -> Any:
         why = _refusal(proposal["trait"].name, proposal["value"])
         if why is not None:
@@ -178,11 +176,12 @@ class KprobeMagics(Magics):
             if values["out"] is not None:
                 options.check_out_name(values["out"], self.shell.user_ns_hidden)
             cell = session.Cell.of(kind, first_line, body, values)
-            run = self.session.run(cell)
+            outcome = self.session.run(cell)
         except StapMagicError as exc:
             raise UsageError(str(exc)) from None
-        if run is None:
+        if outcome is None:
             return None
+        run = outcome.run
         if cell.bg:
             if cell.out:
                 ns[cell.out] = run
@@ -195,6 +194,9 @@ class KprobeMagics(Magics):
         ns["_kprobe"] = run
         if not run.ok:
             raise UsageError(failure_text(run, cell.out))
+        if outcome.not_saved:
+            where = f"`{cell.out}` and `_kprobe.df`" if cell.out else "`_kprobe.df`"
+            raise UsageError(f"{outcome.not_saved}\n({run.summary()}; the rows are in {where})")
         return df
 
     def stop_all(self, timeout: float | None = None) -> list[pipeline.ProbeRun]:

@@ -288,14 +288,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("bg", ("--bg",), False,
            "run in the background: returns the run (.df, .stop(), .wait())", _flag,
            action="store_true", group="output", field=False),
+    # recording.plan checks the file names (NUL, directories) and says what is wrong
     Option("record", ("--record",), None, "also save the run (stap's raw output) to FILE",
-           _text, metavar="FILE", group="recording", field=False),
+           _str, metavar="FILE", group="recording", field=False),
     Option("replay", ("--replay",), None, "run the pipeline from a recording instead of stap",
-           _text, metavar="FILE", group="recording", field=False),
+           _str, metavar="FILE", group="recording", field=False),
     Option("recording", ("--recording",), None,
            "this cell's recording, recordings/NAME.jsonl: made in mode record, replayed in "
-           "mode replay (see KprobeMagics.mode)", _str,  # recording_path checks the name
-           metavar="NAME", group="recording",
+           "mode replay (see KprobeMagics.mode)", _str, metavar="NAME", group="recording",
            field=False),
     Option("replay_speed", ("--replay-speed",), 0.0,
            "replay pace: 0 as fast as possible (default), 1 as recorded, 2 twice as fast",

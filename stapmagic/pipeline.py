@@ -480,23 +480,45 @@ def execute(
         else:
             run.status = source(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
     finally:
-        with run.lock:
-            batch = run.parser.close()
-        run.note_batch(batch)
-        run.finished = time.time()
-        if run.status is None:
-            # runner.run itself failed (e.g. could not spawn): keep what we have.
-            run.status = runner.RunStatus(
-                exit_status=None, signal=None, interrupted=False, escalated=None,
-                duration=run.finished - run.started, argv=run.argv,
-            )
-        elif source is None:
-            run.end_diagnoses = ending_diagnoses(run)
-        if not run.ok and run.target.kind == "lab" and source is None:  # a replay: no lab
-            run.notes.extend(lab_post_mortem())
-        if on_batch is not None:
-            on_batch(run, batch, True)
-        run.done.set()
+        # Whatever fails from here on, the run is marked done (or --list-running shows it
+        # forever and --stop-all waits on it) and its rows stay in the parser; the first
+        # failure of the closing steps is raised once that is so.
+        failures: list[Exception] = []
+        try:
+            batch = records.Batch()
+            try:
+                with run.lock:
+                    batch = run.parser.close()
+                run.note_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - raised below, after the run is done
+                failures.append(exc)
+            run.finished = time.time()
+            if run.status is None:
+                # runner.run itself failed (e.g. could not spawn): keep what we have.
+                run.status = runner.RunStatus(
+                    exit_status=None, signal=None, interrupted=False, escalated=None,
+                    duration=run.finished - run.started, argv=run.argv,
+                )
+            elif source is None:
+                try:
+                    run.end_diagnoses = ending_diagnoses(run)
+                except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
+                    run.notes.append(f"stapmagic could not check how the run ended: {exc}")
+            if not run.ok and run.target.kind == "lab" and source is None:  # a replay: no lab
+                try:
+                    run.notes.extend(lab_post_mortem())
+                except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
+                    run.notes.append(f"stapmagic could not check the lab VM after the run: "
+                                     f"{exc}")
+            if on_batch is not None:
+                try:
+                    on_batch(run, batch, True)
+                except Exception as exc:  # noqa: BLE001 - raised below, after the run is done
+                    failures.append(exc)
+        finally:
+            run.done.set()
+        if failures:
+            raise failures[0]
     return run
 
 

@@ -14,16 +14,15 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import live, pipeline, recording, runner
-from .errors import OptionError, ReplayError
+from .errors import OptionError, ReplayError, StapMagicError
 from .options import Magic
 
-__all__ = ["Cell", "Session", "check_recordings_dir", "failure_text", "result", "worth_showing"]
+__all__ = ["Cell", "Outcome", "Session", "failure_text", "result", "worth_showing"]
 
 _ASMLINKAGE = "WARNING: Eliding side-effect-free expression : identifier 'asmlinkage'"
 # stap's messages printed after a run: the last ones (a chatty -c command can print millions).
@@ -105,27 +104,12 @@ def _has_script(body: str) -> bool:
                for ln in text.splitlines())
 
 
-def _check_file(flag: str, name: str) -> None:
-    """--record/--replay FILE: a path whose directory exists (nothing is created for a typo)."""
-    if "\x00" in name:
-        raise OptionError(f"{flag} {name!r}: a file name cannot contain a NUL byte")
-    parent = Path(name).parent
-    if not parent.exists():
-        raise OptionError(f"{flag} {name}: no such directory {parent}; create it first")
-    if not parent.is_dir():
-        raise OptionError(f"{flag} {name}: {parent} is not a directory")
+@dataclass
+class Outcome:
+    """A cell's run, and why its recording could not be saved (the rows are kept)."""
 
-
-def check_recordings_dir(path: str) -> None:
-    """KprobeMagics.recordings_dir: a directory, or a path where one can be made."""
-    if "\x00" in path:
-        raise OptionError("recordings_dir cannot contain a NUL byte")
-    p = Path(path)
-    for where in (p, *p.parents):
-        if where.exists():
-            if not where.is_dir():
-                raise OptionError(f"recordings_dir {path}: {where} is not a directory")
-            return
+    run: pipeline.ProbeRun
+    not_saved: str | None = None
 
 
 class _Deadline:
@@ -186,8 +170,8 @@ class Session:
 
     # -- one cell ------------------------------------------------------------------------------
 
-    def run(self, cell: Cell) -> pipeline.ProbeRun | None:
-        """Run the cell: None after --dry-run, the live run with --bg, else the ended run
+    def run(self, cell: Cell) -> Outcome | None:
+        """Run the cell: None after --dry-run; with --bg the live run, else the ended one
         (failed or not: the caller shows `failure_text` when not `run.ok`). StapMagicError
         for a cell that cannot run."""
         run, plan = self.prepare(cell)
@@ -202,15 +186,10 @@ class Session:
         if cell.kind == "stap" and not _has_script(cell.body):
             raise OptionError("no script below %%stap: write a SystemTap script in the cell, "
                               'e.g. probe begin { println("hi") exit() }')
-        for flag, name in (("--record", cell.record), ("--replay", cell.replay)):
-            if name is not None:
-                _check_file(flag, name)
         action: str = "live"
         why = ""
         if cell.record is None and cell.replay is None and self.mode != "live":
             action, why = self.action(opts.target)
-        if cell.recording is not None:
-            check_recordings_dir(self.recordings_dir)
         if action == "replay" and cell.recording is None and not opts.dry_run:
             # A bad spec is the better message; build it without touching the target.
             offline = pipeline.replace_options(opts, dry_run=True)
@@ -235,8 +214,7 @@ class Session:
             run = pipeline.prepare_script(cell.body, opts)
         return run, plan
 
-    def _go(self, run: pipeline.ProbeRun, cell: Cell,
-            plan: recording.Plan) -> pipeline.ProbeRun:
+    def _go(self, run: pipeline.ProbeRun, cell: Cell, plan: recording.Plan) -> Outcome:
         opts = cell.opts
         recorder: recording.Recorder | None = None
         source: recording.Player | None = None
@@ -250,6 +228,7 @@ class Session:
             print(f"stapmagic: recording this run to {plan.record} (kernel "
                   f"{recorder.header.kernel_release}, {recorder.header.stap_version})")
         view = None if opts.verbose == 0 else live.LiveView()
+        outcome = Outcome(run)
         deadline = None
         if cell.kind == "stap" and opts.duration is not None and source is None:
             deadline = _Deadline(opts.duration, run.stop_event)
@@ -265,7 +244,13 @@ class Session:
                     view.close(run.summary())
             if final:
                 if recorder is not None:
-                    recorder.finish(run.status)
+                    try:
+                        recorder.finish(run.status)
+                    except StapMagicError as exc:  # the run and its rows are fine
+                        outcome.not_saved = str(exc)
+                        run.notes.append(str(exc))
+                        if cell.bg:
+                            print(f"stapmagic: {exc}", file=sys.stderr)
                 self._finish(run)
 
         self.runs.append(run)
@@ -274,7 +259,7 @@ class Session:
             pipeline.start(run, on_batch=on_batch, grace=opts.grace, tap=tap, source=source)
         else:
             pipeline.execute(run, on_batch=on_batch, grace=opts.grace, tap=tap, source=source)
-        return run
+        return outcome
 
     def _finish(self, run: pipeline.ProbeRun) -> None:
         if run in self.runs:

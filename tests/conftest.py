@@ -1,11 +1,32 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Verbatim captures of real stap runs, copied from the team's shared reference set (README there).
+REFERENCE = REPO / "tests" / "fixtures" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference() -> Callable[[str], Path]:
+    """`reference("stap-5.1-linux-6.12/r_h.stdout")`: the path of a real stap capture in
+    tests/fixtures/reference/. A missing capture fails the test: it never skips."""
+
+    def path(name: str) -> Path:
+        found = REFERENCE / name
+        if not found.is_file():
+            pytest.fail(
+                f"reference capture {name} is not in {REFERENCE}: copy it verbatim from "
+                "the shared reference set and list it in the README there",
+                pytrace=False,
+            )
+        return found
+
+    return path
 
 
 @pytest.fixture

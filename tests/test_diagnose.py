@@ -1,41 +1,28 @@
 """diagnose.py against SystemTap's real messages.
 
-The reference .stderr files (captured from real stap 4.8 / 5.1 runs) are fed verbatim. They
-are looked up in tests/fixtures/reference/ first (a copy inside the repo), then in
-<repo>/../shared/reference/ (the shared checkout beside the repo); tests that need them
-are skipped with the reason when neither exists. Messages without a captured run are
-built from the format strings in SystemTap's source (file named next to each).
+The reference .stderr files (captured from real stap 4.8 / 5.1 runs, copied verbatim into
+tests/fixtures/reference/) are fed verbatim, found by the `reference` fixture (tests/conftest.py).
+Messages without a captured run are built from the format strings in SystemTap's source (file
+named next to each).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from stapmagic.diagnose import Counters, Diagnosis, counters, diagnose, render
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIRS = (REPO / "tests" / "fixtures" / "reference", REPO.parent / "shared" / "reference")
 V48 = "stap-4.8-linux-6.1"
 V51 = "stap-5.1-linux-6.12"
 
 
-def reference_file(name: str) -> Path:
-    """A reference capture by its path under reference/, or skip the test saying why."""
-    for base in REFERENCE_DIRS:
-        path = base / name
-        if path.is_file():
-            return path
-    pytest.skip(
-        f"reference capture {name} not found in "
-        + " or ".join(str(d) for d in REFERENCE_DIRS)
-        + " (copy shared/reference into tests/fixtures/reference)"
-    )
-
-
-def reference_lines(name: str) -> list[str]:
-    return reference_file(name).read_text(encoding="utf-8").splitlines()
+@pytest.fixture
+def reference_lines(reference: Callable[[str], Path]) -> Callable[[str], list[str]]:
+    """`reference_lines(name)`: the lines of a reference capture."""
+    return lambda name: reference(name).read_text(encoding="utf-8").splitlines()
 
 
 def codes(ds: list[Diagnosis]) -> list[str]:
@@ -77,7 +64,7 @@ def by_code(ds: list[Diagnosis], code: str) -> Diagnosis:
         (f"{V51}/remote_ssh_stapsh_s_a.stderr", ["asmlinkage_elided", "uprobe_unregister", "command_killed"]),
     ],
 )
-def test_reference_diagnoses(name, expected):
+def test_reference_diagnoses(name, expected, reference_lines):
     lines = reference_lines(name)
     ds = diagnose(lines)
     assert codes(ds) == expected
@@ -86,7 +73,7 @@ def test_reference_diagnoses(name, expected):
         assert d.summary and d.severity in ("error", "warning", "info")
 
 
-def test_pty_line_endings_and_colours_do_not_matter():
+def test_pty_line_endings_and_colours_do_not_matter(reference_lines):
     lines = reference_lines(f"{V48}/4f_nosuchfunc.stderr")
     pty = [line + "\r" for line in lines]
     assert diagnose(pty) == diagnose(lines)
@@ -97,7 +84,7 @@ def test_pty_line_endings_and_colours_do_not_matter():
     assert codes(diagnose(coloured)) == ["no_match"]
 
 
-def test_no_match_lists_the_similar_functions():
+def test_no_match_lists_the_similar_functions(reference_lines):
     d = by_code(diagnose(reference_lines(f"{V48}/4f_nosuchfunc.stderr")), "no_match")
     assert d.severity == "error"
     assert d.similar == ("in_lock_functions", "in_sched_functions", "io_wake_function",
@@ -109,14 +96,14 @@ def test_no_match_lists_the_similar_functions():
     assert any("source: probe kprobe.function(\"no_such_function_xyz\")" in x for x in d.detail)
 
 
-def test_module_function_without_module_symbols():
+def test_module_function_without_module_symbols(reference_lines):
     d = by_code(diagnose(reference_lines(f"{V48}/4e_module_nomodule.stderr")), "no_match")
     assert d.probes == ("ext4_file_open",)
     assert d.similar[0] == "bad_file_open" and len(d.similar) == 5
     assert "module" in d.summary
 
 
-def test_debuginfo_missing_points_to_kprobe_function():
+def test_debuginfo_missing_points_to_kprobe_function(reference_lines):
     ds = diagnose(reference_lines(f"{V48}/4f_kernel_function.stderr"))
     d = by_code(ds, "debuginfo_missing")
     assert "kprobe.function" in d.summary and "%%kprobe" in d.summary
@@ -125,7 +112,7 @@ def test_debuginfo_missing_points_to_kprobe_function():
     assert "semantic error: no match" in d.detail  # the consequence is kept with it
 
 
-def test_symbol_table_missing_says_how_to_copy_kallsyms():
+def test_symbol_table_missing_says_how_to_copy_kallsyms(reference_lines):
     ds = diagnose(reference_lines(f"{V48}/9_no_systemmap.stderr"))
     d = by_code(ds, "symbols_missing")
     assert "cp /proc/kallsyms /boot/System.map-$(uname -r)" in d.summary
@@ -133,13 +120,13 @@ def test_symbol_table_missing_says_how_to_copy_kallsyms():
     assert "no_match" not in codes(ds)  # the root cause, not its symptom
 
 
-def test_absolute_statement_needs_guru():
+def test_absolute_statement_needs_guru(reference_lines):
     d = by_code(diagnose(reference_lines(f"{V48}/4e_statement_nog.stderr")), "need_guru")
     assert "--guru" in d.summary and d.severity == "error"
     assert any("absolute statement probe in unprivileged script; need stap -g" in x for x in d.detail)
 
 
-def test_wildcard_run_registration_skips_and_transport():
+def test_wildcard_run_registration_skips_and_transport(reference_lines):
     lines = reference_lines(f"{V48}/4f_wildcard_run.stderr")
     ds = diagnose(lines)
     reg = by_code(ds, "registration_error")
@@ -154,13 +141,13 @@ def test_wildcard_run_registration_skips_and_transport():
     assert counters(lines) == Counters(errors=0, skipped_probes=1, transport_failures=3, warnings=8)
 
 
-def test_module_loaded_too_late_rc_4():
+def test_module_loaded_too_late_rc_4(reference_lines):
     d = by_code(diagnose(reference_lines(f"{V51}/remote_ssh_loop_late.stderr")), "registration_error")
     assert d.count == 2 and d.probes == ("loop_configure", "lo_open")
     assert "rc 4" in d.summary and "load the module" in d.summary
 
 
-def test_pass4_failure_shows_the_first_gcc_error():
+def test_pass4_failure_shows_the_first_gcc_error(reference_lines):
     d = by_code(diagnose(reference_lines(f"{V48}/9_stock_runtime.stderr")), "pass4_failed")
     assert "passing argument 2 of" in d.summary
     assert "[-Werror" not in d.summary
@@ -169,7 +156,7 @@ def test_pass4_failure_shows_the_first_gcc_error():
     assert "In function" in d.detail[0]
 
 
-def test_uprobe_unregister_needs_the_define():
+def test_uprobe_unregister_needs_the_define(reference_lines):
     ds = diagnose(reference_lines(f"{V51}/remote_ssh_stapsh_s_a.stderr"))
     d = by_code(ds, "uprobe_unregister")
     assert "-D STAPCONF_UPROBE_UNREGISTER_EXPORTED" in d.summary
@@ -177,7 +164,7 @@ def test_uprobe_unregister_needs_the_define():
     assert by_code(ds, "command_killed").severity == "info"
 
 
-def test_asmlinkage_warning_is_harmless():
+def test_asmlinkage_warning_is_harmless(reference_lines):
     lines = reference_lines(f"{V48}/4a_first.stderr")
     d = by_code(diagnose(lines), "asmlinkage_elided")
     assert d.severity == "info" and "Harmless" in d.summary
@@ -192,7 +179,7 @@ def test_asmlinkage_warning_is_harmless():
                             "4e_statement_nog.stderr")]
     + [f"{V51}/{n}" for n in ("remote_ssh_stapsh_s_a.stderr", "remote_ssh_stapsh_a_vp.stderr")],
 )
-def test_render_keeps_stap_text(name):
+def test_render_keeps_stap_text(name, reference_lines):
     lines = reference_lines(name)
     for d in diagnose(lines):
         text = render(d)

@@ -1,9 +1,10 @@
 """hist.py against SystemTap's own histogram output: its testsuite's expected outputs
 (tests/fixtures/hist/, copied from testsuite/systemtap.maps/*.exp) and real runs
-(shared/reference/stap-5.1-linux-6.12/r_h*.stdout)."""
+(tests/fixtures/reference/stap-5.1-linux-6.12/r_h*.stdout)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +20,7 @@ from stapmagic.hist import (
 )
 
 FIX = Path(__file__).parent / "fixtures" / "hist"
-REF = Path("/work/shared/reference/stap-5.1-linux-6.12")
+R51 = "stap-5.1-linux-6.12"  # real captures: the `reference` fixture (tests/conftest.py)
 INT64_MAX = (1 << 63) - 1
 
 
@@ -139,8 +140,8 @@ def test_elision_guesses_kind() -> None:
 
 # ---- real runs ------------------------------------------------------------------------
 
-def test_real_hist_log_r_h() -> None:
-    text = (REF / "r_h.stdout").read_text()
+def test_real_hist_log_r_h(reference: Callable[[str], Path]) -> None:
+    text = reference(f"{R51}/r_h.stdout").read_text()
     df = parse_hist(text)            # the lines before the header are skipped
     assert df.attrs["kind"] == "log"
     assert df["count"].sum() == 577               # "reads=577 min=1 max=262144"
@@ -152,8 +153,8 @@ def test_real_hist_log_r_h() -> None:
     assert_contiguous(df)
 
 
-def test_real_hist_latency_r_h2() -> None:
-    df = parse_hist((REF / "r_h2.stdout").read_text())
+def test_real_hist_latency_r_h2(reference: Callable[[str], Path]) -> None:
+    df = parse_hist(reference(f"{R51}/r_h2.stdout").read_text())
     assert df["count"].sum() == 3                 # "count=3"
     assert df["value"].tolist() == [1 << k for k in range(15, 23)]
     assert df.loc[df["count"] > 0, "value"].tolist() == [131072, 262144, 1048576]

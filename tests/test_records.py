@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,9 @@ from stapmagic.schema import PRINT_REGS_COLUMNS, Column, ProbeSchema
 # Every test here runs with the compiled scanner and with pyarrow (conftest.scanner).
 pytestmark = pytest.mark.usefixtures("scanner")
 
-REF = Path("/work/shared/reference")
-R48 = REF / "stap-4.8-linux-6.1"
-R51 = REF / "stap-5.1-linux-6.12"
+# Real captures, found by the `reference` fixture (tests/conftest.py).
+R48 = "stap-4.8-linux-6.1"
+R51 = "stap-5.1-linux-6.12"
 
 CONNECT = ProbeSchema("tcp_v4_connect", (Column("sk", "hex"), Column("uaddr", "hex"),
                                          Column("addr_len", "uint")), False)
@@ -437,9 +438,9 @@ def regs_in_text(text: str) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize("path", [R48 / "4c_print_regs.stdout", R51 / "r_c.stdout"])
-def test_print_regs_real_dumps(path: Path) -> None:
-    text = path.read_bytes()
+@pytest.mark.parametrize("name", [f"{R48}/4c_print_regs.stdout", f"{R51}/r_c.stdout"])
+def test_print_regs_real_dumps(name: str, reference: Callable[[str], Path]) -> None:
+    text = reference(name).read_bytes()
     dump_text = "\n".join(ln for ln in text.decode().splitlines() if not ln.startswith("did "))
     want = regs_in_text(dump_text)
     assert set(want) == set(PRINT_REGS_COLUMNS)
@@ -460,12 +461,15 @@ def test_print_regs_real_dumps(path: Path) -> None:
     assert parse_print_regs(dump_text.splitlines()) == want
 
 
-def dump_lines() -> list[bytes]:
-    return [ln for ln in (R48 / "4c_print_regs.stdout").read_bytes().splitlines()
-            if not ln.startswith(b"did ")]
+@pytest.fixture
+def dump_lines(reference: Callable[[str], Path]) -> Callable[[], list[bytes]]:
+    def lines() -> list[bytes]:
+        return [ln for ln in reference(f"{R48}/4c_print_regs.stdout").read_bytes().splitlines()
+                if not ln.startswith(b"did ")]
+    return lines
 
 
-def test_print_regs_interrupted_or_damaged() -> None:
+def test_print_regs_interrupted_or_damaged(dump_lines: Callable[[], list[bytes]]) -> None:
     dump = dump_lines()
     rec = [format_record(0, T0 + i, 1, 1, 0, "p", []) for i in range(4)]
     other = ProbeSchema("other", (Column("x", "int"),), False)
@@ -490,7 +494,8 @@ def test_print_regs_interrupted_or_damaged() -> None:
     assert p.damaged_count == 0
 
 
-def test_print_regs_wrong_order_and_too_much_between() -> None:
+def test_print_regs_wrong_order_and_too_much_between(
+        dump_lines: Callable[[], list[bytes]]) -> None:
     dump = dump_lines()
     rec = format_record(0, T0, 1, 1, 0, "p", [])
     swapped = [dump[0], dump[2], dump[1]] + dump[3:]
@@ -506,8 +511,8 @@ def test_print_regs_wrong_order_and_too_much_between() -> None:
 @pytest.mark.parametrize("name", ["4f_wildcard_run.stderr", "4b_return.stderr",
                                   "4c_print_regs.stderr", "9_stock_runtime.stderr",
                                   "4e_statement_nog.stderr"])
-def test_reference_messages_kept_in_order(name: str) -> None:
-    text = (R48 / name).read_bytes()
+def test_reference_messages_kept_in_order(name: str, reference: Callable[[str], Path]) -> None:
+    text = reference(f"{R48}/{name}").read_bytes()
     lines = text.decode("utf-8", "backslashreplace").splitlines()
     recs = [format_record(0, T0 + i, i, i, 0, "c", [i, i, i], schema=CONNECT)
             for i in range(len(lines))]
@@ -522,9 +527,9 @@ def test_reference_messages_kept_in_order(name: str) -> None:
     assert p.damaged_count == 0
 
 
-def test_seed_stdout_is_messages() -> None:
+def test_seed_stdout_is_messages(reference: Callable[[str], Path]) -> None:
     """The seed's own printf lines are not records: all messages, never rows."""
-    text = (R48 / "4f_wildcard_run.stdout").read_bytes()
+    text = reference(f"{R48}/4f_wildcard_run.stdout").read_bytes()
     p = parse_all(SCHEMAS, pty(text))
     assert p.row_count == 0 and p.damaged_count == 0
     assert p.messages == text.decode().splitlines()
@@ -532,8 +537,8 @@ def test_seed_stdout_is_messages() -> None:
 
 # ---- histograms and summaries in the stream -------------------------------------------
 
-def test_hist_and_summary_tags() -> None:
-    hist = (R51 / "r_h.stdout").read_bytes().split(b"\n", 2)[2]        # from the header on
+def test_hist_and_summary_tags(reference: Callable[[str], Path]) -> None:
+    hist = reference(f"{R51}/r_h.stdout").read_bytes().split(b"\n", 2)[2]        # from the header on
     raw = pty(b"".join([
         format_record(0, T0, 1, 1, 0, "a", [1, 2, 3], schema=CONNECT),
         b"@@smh\treads\tlog\n", hist, b"@@smh-end\n",

@@ -28,8 +28,7 @@ def fake_stap(tmp_path, monkeypatch, body: str) -> None:
 @pytest.fixture
 def magics(ip):
     m = ip.magics_manager.registry["KprobeMagics"]
-    saved = {k: getattr(m, k) for k in ("mode", "grace", "string_max", "target",
-                                        "recordings_dir")}
+    saved = {k: getattr(m, k) for k in ("mode", "grace", "string_max", "target")}
     yield m
     for k, v in saved.items():
         setattr(m, k, v)
@@ -75,27 +74,6 @@ def test_bad_trait_values_are_refused_and_the_old_value_kept(ip, magics, capsys,
     # and the extension loads again (the shell's own config kept the refused value)
     ip.run_line_magic("reload_ext", "stapmagic")
     assert ip.run_cell("%%kprobe --dry-run tcp_v4_connect").error_in_exec is None
-
-
-def test_bad_recordings_dir_is_refused(ip, magics, tmp_path, capsys, caplog):
-    afile = tmp_path / "afile"
-    afile.write_text("x")
-    ip.run_cell(f"%config KprobeMagics.recordings_dir = {str(afile)!r}")
-    assert "recordings_dir" in capsys.readouterr().err + caplog.text
-    assert magics.recordings_dir != str(afile)
-
-
-def test_recordings_dir_that_became_a_file_is_a_usage_error(ip, magics, tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    d = tmp_path / "recs"
-    d.mkdir()
-    magics.recordings_dir = str(d)
-    d.rmdir()
-    d.write_text("now a file")
-    magics.mode = "replay"
-    _, err = run(ip, "%%kprobe --recording one tcp_v4_connect")
-    assert isinstance(err, UsageError), err
-    assert str(d) in str(err) and "not a directory" in str(err)
 
 
 # -- the options on the line ------------------------------------------------------------------
@@ -155,7 +133,7 @@ def test_recording_file_with_nul_is_refused(ip, tmp_path, monkeypatch, flag):
     _, err = run(ip, f"%%kprobe -q {flag} {shlex.quote('a' + chr(0) + 'b.jsonl')} "
                      "tcp_v4_connect")
     assert isinstance(err, UsageError), err
-    assert "NUL" in str(err) and flag in str(err)
+    assert "NUL" in str(err)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -165,7 +143,7 @@ def test_recording_file_in_a_missing_directory_is_refused(ip, tmp_path, monkeypa
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     _, err = run(ip, f"%%kprobe -q {flag} nodir/r.jsonl tcp_v4_connect")
     assert isinstance(err, UsageError), err
-    assert "nodir" in str(err) and "no such directory" in str(err)
+    assert "nodir" in str(err) and "does not exist" in str(err)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -7,14 +7,18 @@ import pytest
 
 
 def pytest_collection_modifyitems(config, items):
+    # Only what needs the VM is `lab`: a test that uses the `lab` fixture, directly or through
+    # another (`cell`); host-side tests here run with the unit tests under -m "not lab".
+    # Tests marked @pytest.mark.lab by hand keep their mark.
     for item in items:
-        if "/tests/lab/" in str(item.fspath):
+        if "/tests/lab/" in str(item.fspath) and "lab" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.lab)
 
 
 @pytest.fixture
 def lab():
-    """The running lab VM; skip (locally) or fail (in CI) when it is not up.
+    """The running lab VM; skip (locally) or fail (in CI, and in `./dev test`, which sets
+    STAPMAGIC_LAB_REQUIRED) when it is not up.
 
     In CI a lab that died since the last test (a guest kernel crash ends qemu) is booted
     again once per death, with a warning naming the crash: the test that saw it has failed
@@ -24,7 +28,7 @@ def lab():
 
     if labmod.is_up():
         return labmod
-    if os.environ.get("CI"):
+    if os.environ.get("CI") or os.environ.get("STAPMAGIC_LAB_REQUIRED"):
         state = labmod.last_state()
         crash = labmod.guest_crash(str(state.get("serial_log", ""))) if state else None
         if state is None:

@@ -99,6 +99,7 @@ def test_guest_refuses_passwords(state: dict[str, object]) -> None:
     assert settings["permitrootlogin"] in ("prohibit-password", "without-password")
 
 
+@pytest.mark.lab
 def test_state_file_shape_when_up() -> None:
     path = lab.cache_root() / "state.json"
     if not path.exists():
