@@ -201,4 +201,3 @@ def test_many_messages_print_a_bounded_tail(ip, tmp_path, monkeypatch, capsys):
     assert len(lines) <= 60
     assert "chatty line 19999" in text and "chatty line 0\n" not in text
     assert "19950 more lines in _kprobe.messages" in text
-    assert len(ip.user_ns["_kprobe"].messages) == 20000
