@@ -27,6 +27,7 @@ from .script import (
     COUNT_KEYS,
     Script,
     ScriptOptions,
+    duration_probe,
     generate,
     module_statement_probe,
     schema_for,
@@ -426,8 +427,18 @@ def prepare_script(text: str, opts: ProbeOptions, *, build: ArgvBuilder = build_
     """A hand-written SystemTap script (%%stap) through the same runner."""
     target = runner.parse_target(opts.target)
     schemas = stap_schemas(opts)
+    if opts.duration is not None:
+        text = with_duration(text, opts.duration)
     argv = build(text, opts, target)
     return ProbeRun(None, None, argv, target, records.RecordParser(schemas), script_text=text)
+
+
+def with_duration(text: str, seconds: float) -> str:
+    """%%stap -T SEC: stap has no -T, so the script gets the timer probe %%kprobe -T generates.
+    Counted from the module's start, it ends the run with exit() (end probes run, rows
+    kept); an interrupt from the host after SEC s could land while a slow target (the lab
+    under TCG takes seconds) is still loading the module, and fail the run."""
+    return f"{text.rstrip()}\n{duration_probe(seconds)}\n"
 
 
 def stap_schemas(opts: ProbeOptions) -> tuple[ProbeSchema, ...]:

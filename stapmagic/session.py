@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,22 +111,6 @@ class Outcome:
     not_saved: str | None = None
 
 
-class _Deadline:
-    """%%stap -T: SystemTap has no -T, so the host interrupts the run (rows kept) SEC seconds
-    after stap says its run started (`Pass 5: starting run.`, hence at least -v)."""
-
-    def __init__(self, seconds: float, stop: threading.Event) -> None:
-        self.seconds = seconds
-        self.stop = stop
-        self.due: float | None = None
-
-    def check(self, messages: list[str]) -> None:
-        if self.due is None and any(m.startswith("Pass 5: starting run") for m in messages):
-            self.due = time.monotonic() + self.seconds
-        if self.due is not None and time.monotonic() >= self.due:
-            self.stop.set()
-
-
 class Session:
     """The cells of one notebook: the runs still live, and how each cell runs (`mode`,
     `recordings_dir`, `show_messages`, set by the magic from its traits)."""
@@ -208,9 +191,6 @@ class Session:
         elif cell.kind == "kprobe":
             run = pipeline.prepare(cell.first_line, cell.body, opts, lookup=plan.kallsyms)
         else:
-            if opts.duration is not None:
-                # the deadline starts at stap's "Pass 5: starting run.", printed from -v
-                opts = pipeline.replace_options(opts, verbose=max(1, opts.verbose))
             run = pipeline.prepare_script(cell.body, opts)
         return run, plan
 
@@ -229,13 +209,8 @@ class Session:
                   f"{recorder.header.kernel_release}, {recorder.header.stap_version})")
         view = None if opts.verbose == 0 else live.LiveView()
         outcome = Outcome(run)
-        deadline = None
-        if cell.kind == "stap" and opts.duration is not None and source is None:
-            deadline = _Deadline(opts.duration, run.stop_event)
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
-            if deadline is not None and not final:
-                deadline.check(batch.messages)
             if view is not None:
                 view.update(batch.frame, batch.messages, rows_total=run.parser.row_count,
                             skipped=run.skipped, transport_failures=run.transport_failures,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 
 import pytest
 from IPython.core.error import UsageError
@@ -158,34 +157,31 @@ def test_recording_file_under_a_file_is_refused(ip, tmp_path, monkeypatch):
 # -- %%stap -T --------------------------------------------------------------------------------
 
 
-FOREVER = r"""
-stop = []
-signal.signal(signal.SIGINT, lambda s, f: stop.append(1))
-print("Pass 5: starting run.", flush=True)
-while not stop:
-    print("tick", flush=True)
-    time.sleep(0.05)
-print("ended by SIGINT", flush=True)
-"""
+def test_stap_duration_ends_the_script(ip, capsys):
+    """SystemTap has no -T: the script gets the timer probe %%kprobe -T generates (counted
+    from the module's start; exit() runs the end probes, rows kept). The lab test
+    tests/lab/test_stap_cell.py shows it stopping a real run."""
+    from stapmagic.script import duration_probe
 
-
-def test_stap_duration_stops_the_run(ip, tmp_path, monkeypatch):
-    """SystemTap has no -T: the host interrupts the run after T seconds, messages kept."""
-    fake_stap(tmp_path, monkeypatch, FOREVER)
-    t0 = time.monotonic()
-    _, err = run(ip, "%%stap -q -T 1\nprobe begin { }\n")
-    took = time.monotonic() - t0
+    _, err = run(ip, "%%stap --dry-run -T 1.5\nprobe begin { println(1) }\n")
     assert err is None, err
-    run_ = ip.user_ns["_kprobe"]
-    assert run_.interrupted and 0.9 <= took < 8
-    assert "ended by SIGINT" in run_.messages and "tick" in run_.messages
+    out = capsys.readouterr().out
+    script, line = out.split("# stap command line:\n")
+    assert script.rstrip().endswith(duration_probe(1.5)) and "timer.ms(1500)" in script
+    assert script.startswith("probe begin { println(1) }\n")
+    assert "-T" not in shlex.split(line)
 
 
-def test_stap_duration_is_not_put_on_the_stap_command_line(ip, capsys):
-    _, err = run(ip, "%%stap --dry-run -T 2\nprobe begin { exit() }\n")
+def test_stap_duration_is_part_of_a_replayed_cell(ip, tmp_path, monkeypatch):
+    """The recorded script holds the timer: a replay of the same cell matches, without -T not."""
+    fake_stap(tmp_path, monkeypatch, "if sys.argv[1:2] == ['-V']: sys.exit(0)\nprint('hi')")
+    monkeypatch.chdir(tmp_path)
+    _, err = run(ip, "%%stap -q -T 2 --record r.jsonl\nprobe begin { }\n")
     assert err is None, err
-    argv = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
-    assert "-T" not in argv
+    _, err = run(ip, "%%stap -q -T 2 --replay r.jsonl\nprobe begin { }\n")
+    assert err is None, err
+    _, err = run(ip, "%%stap -q --replay r.jsonl\nprobe begin { }\n")
+    assert isinstance(err, UsageError) and "option -T differs" in str(err)
 
 
 # -- a chatty run prints a bounded tail -------------------------------------------------------
