@@ -30,8 +30,6 @@ import json
 import math
 import os
 import re
-import shutil
-import subprocess
 import threading
 import time
 import types
@@ -510,61 +508,18 @@ class Recorder:
 
 
 def stap_version(target: runner.Target) -> str:
-    """First line of ``stap -V`` from the stap that runs the scripts for `target`.
-
-    For the lab that is the chroot's stap (passes 1-4 run there), i.e. ``lab.stap_argv()``
-    without the remote options; for ssh targets stap compiles locally, so the local one.
-    """
-    if target.kind == "lab":
-        from . import lab
-
-        prefix = lab.stap_argv()
-        cut = next(i for i, a in enumerate(prefix) if os.path.basename(a) == "stap")
-        argv = [*prefix[: cut + 1], "-V"]
-    else:
-        found = shutil.which("stap")
-        if found is None:
-            return "unknown (no stap on PATH)"
-        argv = [found, "-V"]
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=120, check=False,  # noqa: S603
-                              env=runner.stap_env())
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    text = (done.stderr + done.stdout).decode(errors="replace")
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return first or f"unknown (stap -V exit status {done.returncode})"
+    """First line of ``stap -V`` from the stap that compiles the scripts for `target` (for the
+    lab the chroot's stap; for ssh targets stap compiles locally, so the local one)."""
+    return target.stap_version()
 
 
 def kernel_release(target: runner.Target) -> str:
-    try:
-        return runner.run_on_target(target, ["uname", "-r"]).strip()
-    except StapMagicError as exc:
-        return f"unknown ({exc})"
+    return target.kernel_release()
 
 
 def target_can_run_stap(target: runner.Target) -> tuple[bool, str]:
     """Whether a live run can work on `target`, and why (cheap checks, nothing is compiled)."""
-    if target.kind == "lab":
-        from . import lab
-
-        if lab.is_up():
-            return True, "the lab VM is up"
-        return False, "the lab VM is not running (python -m stapmagic.lab up)"
-    if target.kind == "ssh":
-        return True, f"target {target} (not checked)"
-    if shutil.which("stap") is None:
-        return False, "no `stap` on PATH"
-    if os.geteuid() != 0:
-        import grp
-
-        groups = {grp.getgrgid(g).gr_name for g in os.getgroups()}
-        if not groups & {"stapusr", "stapdev"}:
-            return False, "not root and not in the stapusr group"
-    release = os.uname().release
-    if not Path(f"/lib/modules/{release}/build").exists():
-        return False, f"no kernel headers for {release} (/lib/modules/{release}/build)"
-    return True, "local stap, root, kernel headers present"
+    return target.can_run_stap()
 
 
 def mode_for(mode: str, target: runner.Target, env: Mapping[str, str] | None = None,

@@ -246,9 +246,13 @@ class Session:
         out = sys.stderr
         if self.show_messages:
             shown = worth_showing(run.messages)
-            if len(shown) > SHOWN_MESSAGES:
-                print(f"stapmagic: {len(shown) - SHOWN_MESSAGES} more lines in "
-                      f"_kprobe.messages; the last {SHOWN_MESSAGES}:", file=out)
+            kept = max(0, len(shown) - SHOWN_MESSAGES)
+            dropped = run.parser.messages_dropped  # the parser keeps a bounded log
+            if kept or dropped:
+                lost = f", {dropped} not kept" if dropped else ""
+                print(f"stapmagic: {kept + dropped} earlier lines not shown ({kept} of them in "
+                      f"_kprobe.messages{lost}); the last {min(len(shown), SHOWN_MESSAGES)}:",
+                      file=out)
             for msg in shown[-SHOWN_MESSAGES:]:
                 print(msg, file=out)
         for d in run.diagnoses:
