@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import live, pipeline, recording, runner
 from .errors import OptionError, ReplayError, StapMagicError
-from .options import Magic
+from .options import FIELDS, Magic
 
 __all__ = ["Cell", "Outcome", "Session", "failure_text", "result", "worth_showing"]
 
@@ -48,8 +48,6 @@ class Cell:
     def of(cls, kind: Magic, first_line: str, body: str,
            values: Mapping[str, Any]) -> Cell:
         """From every option's value (options.line_values)."""
-        from .options import FIELDS
-
         opts = pipeline.ProbeOptions(**{o.name: values[o.name] for o in FIELDS})
         return cls(kind, first_line, body, opts, out=values["out"], bg=values["bg"],
                    record=values["record"], replay=values["replay"],
