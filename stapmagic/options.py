@@ -139,10 +139,9 @@ def _texts(opt: Option, value: Any) -> None:
 def _target(opt: Option, value: Any) -> None:
     from .runner import parse_target
 
-    _text(opt, value)
-    if value is None:
-        raise _fail(opt, "a target", value)
-    parse_target(value)  # OptionError names the problem and the accepted forms
+    if not isinstance(value, str):
+        raise _fail(opt, "a target string", value)
+    parse_target(value)  # OptionError names the problem (NUL, empty...) and the accepted forms
 
 
 def _linear(opt: Option, value: Any) -> None:
