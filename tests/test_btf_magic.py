@@ -98,3 +98,17 @@ def test_no_btf_says_so(ip, no_btf):
 def test_another_function_on_the_same_line_is_named(ip, lab_btf):
     _, err = run(ip, "%%kprobe --dry-run tcp_v4_connect tcp_v6_connect")
     assert "tcp_v6_connect is a function: to probe it too, give it its own line" in str(err)
+
+
+def test_where_on_the_magic_line(ip, capsys, lab_btf):
+    _, err = run(ip, "%%kprobe --dry-run --where 'addr_len == 16 && comm == \"curl\"' "
+                     "tcp_v4_connect addr_len")
+    assert err is None, err
+    assert 'if (!((a3 == 16 && execname() == "curl"))) next  # --where' in (
+        capsys.readouterr().out)
+
+
+def test_bad_where_is_one_usage_error_with_a_caret(ip, lab_btf):
+    _, err = run(ip, "%%kprobe --dry-run --where 'addr_len = 16' tcp_v4_connect addr_len")
+    assert type(err).__name__ == "UsageError"
+    assert str(err).endswith("addr_len = 16\n             ^")
