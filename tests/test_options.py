@@ -84,6 +84,7 @@ OTHER = {
     "count": 3, "duration": 2.0, "command": "ls", "pid": 7, "regs": ("rip",),
     "print_regs": True, "guru": True, "defines": ("X=1",), "string_max": 9, "latency": True,
     "hist": "retval", "hist_linear": (0, 10, 1), "count_by": "comm", "command_only": True,
+    "where": "pid == 1",
     "stap_spec": ("tcp_v4_connect sk:ptr",),
 }
 

@@ -27,3 +27,15 @@ def test_a_user_pointer_char_string(cell):
     mine = df[df["pid"] == pid]
     assert (mine["filename"] == "/etc/hostname").sum() == 3, mine[["filename", "dfd"]]
     assert (mine.loc[mine["filename"] == "/etc/hostname", "dfd"] == -100).all()  # AT_FDCWD
+
+
+def test_where_drops_rows_in_the_kernel(cell):
+    # connect_fail.py: 2 good connects and an AF_UNIX one pass addr_len 16; one passes 8
+    df, err, run = cell('%%kprobe --cmd-only -c "python3 connect_fail.py" '
+                        "--where 'addr_len == 16 && comm == \"python3\"' tcp_v4_connect addr_len")
+    assert err is None, (err, run.messages if run else None)
+    assert list(df["addr_len"]) == [16, 16, 16]
+    df, err, run = cell('%%kprobe --cmd-only -c "python3 connect_fail.py" '
+                        "--where 'retval < 0' tcp_v4_connect.return:int")
+    assert err is None, (err, run.messages if run else None)
+    assert list(df["retval"]) == [-97, -22] and list(df["errno"]) == ["EAFNOSUPPORT", "EINVAL"]
