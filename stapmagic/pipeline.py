@@ -522,12 +522,12 @@ def execute(
                     run.end_diagnoses = ending_diagnoses(run)
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
                     run.notes.append(f"stapmagic could not check how the run ended: {exc}")
-            if not run.ok and run.target.kind == "lab" and source is None:  # a replay: no lab
+            if not run.ok and source is None:  # a replay: no target to look at
                 try:
-                    run.notes.extend(lab_post_mortem())
+                    run.notes.extend(run.target.post_mortem())
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
-                    run.notes.append(f"stapmagic could not check the lab VM after the run: "
-                                     f"{exc}")
+                    run.notes.append(f"stapmagic could not check {run.target.where} after the "
+                                     f"run: {exc}")
             if on_batch is not None:
                 try:
                     on_batch(run, batch, True)
@@ -566,7 +566,7 @@ def ending_diagnoses(run: ProbeRun, *,
                      f"ended, by something other than stapmagic (kill -9, the OOM killer...). "
                      f"{kept}"),
             detail=(), severity="error")]
-    if run.target.kind == "local":
+    if not run.target.remote:
         return []
     if status.command_status is not None:
         return []  # stapio reported the -c command's end: the session lasted to the end
@@ -577,7 +577,7 @@ def ending_diagnoses(run: ProbeRun, *,
     if not rows and not any(m.startswith("Pass 5: starting run") for m in passes):
         return []  # it did not get to the run: not a lost session
     why = (reachable or _target_problem)(run.target)
-    where = "the lab VM" if run.target.kind == "lab" else str(run.target)
+    where = run.target.where
     detail = tuple(m for m in passes if "failed" in m)
     if why is None:
         summary = (f"the connection to the target ({where}) was lost during the run: stap's ssh "
@@ -585,20 +585,15 @@ def ending_diagnoses(run: ProbeRun, *,
                    f"dropped). The target answers again now. {kept}")
         code = "connection_lost"
     else:
-        hint = (" (python -m stapmagic.lab status)" if run.target.kind == "lab" else "")
         summary = (f"the connection to the target ({where}) was lost during the run, and the "
-                   f"target does not answer now: is it down?{hint} ({why}). {kept}")
+                   f"target does not answer now: is it down?{run.target.down_hint} ({why}). "
+                   f"{kept}")
         code = "target_unreachable"
     return [diagnose.Diagnosis(code=code, summary=summary, detail=detail, severity="error")]
 
 
 def _target_problem(target: runner.Target) -> str | None:
     return target.problem()
-
-
-def lab_post_mortem() -> list[str]:
-    """After a failed lab run: say so if the VM itself died (e.g. the guest kernel crashed)."""
-    return runner.Target("lab").post_mortem()
 
 
 def start(
