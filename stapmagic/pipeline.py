@@ -22,7 +22,7 @@ import pandas as pd
 from . import diagnose, options, records, runner
 from .errors import OptionError, SpecError
 from .hist import Histogram, Summary
-from .schema import ProbeSchema
+from .schema import ColumnKind, ProbeSchema
 from .script import (
     COUNT_KEYS,
     Script,
@@ -425,8 +425,17 @@ def prepare(first_line: str, body: str, opts: ProbeOptions, *,
         )
     script = generate(spec, script_options(opts))
     argv = build(script.text, opts, target)
-    return ProbeRun(spec, script, argv, target, records.RecordParser(script.probes),
-                    script_text=script.text)
+    parser = records.RecordParser(script.probes, key_kinds=count_key_kinds(script))
+    return ProbeRun(spec, script, argv, target, parser, script_text=script.text)
+
+
+def count_key_kinds(script: Script) -> dict[str, ColumnKind]:
+    """--count-by: each probe's `@@smk` key kind by label, so the parser refuses a key its
+    kind cannot hold (an int past int64 is DAMAGED, not an error in `ProbeRun.counts`)."""
+    agg = script.aggregate
+    if agg is None or agg.mode != "count":
+        return {}
+    return dict(zip((p.label for p in script.probes), agg.key_kinds, strict=False))
 
 
 def prepare_script(text: str, opts: ProbeOptions, *, build: ArgvBuilder = build_argv,
