@@ -424,7 +424,9 @@ def prepare(first_line: str, body: str, opts: ProbeOptions, *,
             "after %%kprobe or on the lines below it"
         )
     script = generate(spec, script_options(opts))
-    argv = build(script.text, opts, target)
+    # The script says whether it needs -g (a statement probe at an absolute address).
+    argv = build(script.text, dataclasses.replace(opts, guru=True) if script.guru else opts,
+                 target)
     parser = records.RecordParser(script.probes, key_kinds=count_key_kinds(script))
     return ProbeRun(spec, script, argv, target, parser, script_text=script.text)
 
