@@ -369,3 +369,17 @@ def line_values(args: argparse.Namespace, magic: Magic,
             value = given
         values[opt.name] = value
     return values
+
+
+def markdown_table() -> str:
+    """README.md's options table (scripts/options_table.py writes it; a test compares)."""
+    rows = ["| option | magics | meaning |", "| --- | --- | --- |"]
+    for opt in OPTIONS:
+        if not opt.flags:
+            continue
+        spelled = ", ".join(f"`{f} {opt.metavar}`" if opt.metavar and opt.action != "store_const"
+                            else f"`{f}`" for f in opt.flags)
+        where = ", ".join(f"%%{m}" for m in opt.magics)
+        meaning = opt.help.replace("|", "\\|")
+        rows.append(f"| {spelled} | {where} | {meaning} |")
+    return "\n".join(rows) + "\n"
