@@ -16,12 +16,12 @@ from typing import Any
 import pandas as pd
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, observe, validate
 
 # plot registers the df.kprobe accessor
 from . import display, options, pipeline, plot, recording, session  # noqa: F401
 from .errors import OptionError, StapMagicError
+from .magic_args import argument, magic_arguments
 from .session import failure_text, worth_showing  # noqa: F401  (their home before session.py)
 
 
