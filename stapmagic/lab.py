@@ -898,12 +898,13 @@ def _running_state() -> dict[str, Any]:
     return state
 
 
-def stap_argv() -> list[str]:
-    """Prefix for a stap command line: compiles in the chroot, runs pass 5 in the guest."""
-    state = _running_state()
-    return _chroot_argv(
-        Path(state["root"]), ["stap", f"--remote=ssh://{HOST_ALIAS}", *STAP_DEFINES]
-    )
+def stap_argv(require_running: bool = True) -> list[str]:
+    """Prefix for a stap command line: compiles in the chroot, runs pass 5 in the guest.
+
+    Without `require_running` (a --dry-run) the lab may be down: the line names only the
+    recipe's chroot and the host alias, never the boot's port."""
+    root = Path(_running_state()["root"]) if require_running else _root_dir()
+    return _chroot_argv(root, ["stap", f"--remote=ssh://{HOST_ALIAS}", *STAP_DEFINES])
 
 
 def client_argv() -> list[str]:

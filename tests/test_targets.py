@@ -446,3 +446,17 @@ def test_the_script_decides_whether_stap_gets_g(monkeypatch):
     monkeypatch.setattr(pipeline, "generate", real)
     assert "-g" not in pipeline.prepare("tcp_v4_connect", "", opts).argv
     assert "-g" in pipeline.prepare("tcp_v4_connect", "", dataclasses.replace(opts, guru=True)).argv
+
+
+def test_dry_run_on_the_lab_needs_no_running_lab(ip, monkeypatch, tmp_path, capsys):
+    """--dry-run shows the command line where stap cannot run, the lab included: a lab that
+    was never booted (an empty cache) must not turn it into an error."""
+    from stapmagic import lab
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert not lab.is_up()
+    result = ip.run_cell("%%kprobe --dry-run --target lab tcp_v4_connect sk:ptr\n")
+    assert result.error_in_exec is None and result.error_before_exec is None, result
+    out = capsys.readouterr().out
+    assert f"--remote=ssh://{lab.HOST_ALIAS}" in out
+    assert str(tmp_path) in out  # the recipe's own chroot, derived, not a boot's state
