@@ -135,7 +135,7 @@ def test_lab_target_delegates_to_the_lab_module(monkeypatch):
     import stapmagic
 
     stub = types.ModuleType("stapmagic.lab")
-    stub.stap_argv = lambda: ["chroot", "/ROOT", "/usr/bin/stap", "--remote=ssh://x", "-D", "Y"]
+    stub.stap_argv = lambda require_running=True: ["chroot", "/ROOT", "/usr/bin/stap", "--remote=ssh://x", "-D", "Y"]
     stub.exec_argv = lambda argv: ["lab-exec", *argv]
     stub.is_up = lambda: False
     stub.last_state = lambda: {"serial_log": "/x/serial.log"}
