@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 import pandas as pd  # noqa: E402
 
-from stapmagic import lab, pipeline, records, runner  # noqa: E402
+from stapmagic import diagnose, lab, pipeline, records, runner  # noqa: E402
 from stapmagic.schema import ProbeSchema  # noqa: E402
 
 LAB = runner.Target("lab")
@@ -121,7 +121,7 @@ class CountingParser(records.RecordParser):
         self.last_record: float | None = None
         self._tail = b""
 
-    def feed(self, data: bytes) -> records.Batch:
+    def feed(self, data: bytes) -> None:
         window = self._tail + data
         # the tail is shorter than the tag, so no occurrence is counted twice
         n = window.count(records.RECORD_TAG)
@@ -202,13 +202,6 @@ def stap_to_file(text: str, guest_file: str, *, command: str | None = None,
     return done.returncode, (done.stdout + done.stderr).decode(errors="replace"), wall
 
 
-# runtime/transport/transport.c: kernel-side buffer overflow
-_TRANSPORT = re.compile(r"There were (\d+) transport failures")
-# staprun/relay.c (serialized mode): relay sub-buffers stapio never saw
-_LOST = re.compile(r"There were (\d+) lost messages and (\d+) lost bytes")
-_OVERLOAD = re.compile(r"probe overhead .*exceeded threshold")
-
-
 # The magic's own cell on a hot function, in benchmarks 2 and 4 (dd as -c).
 KSYS_READ_SPEC = "ksys_read fd:int buf:ptr count:ulong"
 
@@ -220,15 +213,18 @@ def damaged_text(parser: records.RecordParser) -> str:
 
 
 def transport_failures(text: str) -> int:
-    return sum(int(m) for m in _TRANSPORT.findall(text))
+    """Kernel-side transport failures stap reported in `text` (diagnose owns the pattern)."""
+    return diagnose.lost_output(text.splitlines()).transport_failures
 
 
 def lost_messages(text: str) -> int:
-    return sum(int(m[0]) for m in _LOST.findall(text))
+    """Relay messages stapio reported lost in `text`."""
+    return diagnose.lost_output(text.splitlines()).lost_messages
 
 
 def overloaded(text: str) -> bool:
-    return bool(_OVERLOAD.search(text))
+    """Whether stap stopped the run for probe overhead."""
+    return any(d.code == "probe_overhead" for d in diagnose.diagnose(text.splitlines()))
 
 
 def stap_to_host(text: str, *, command: str | None = None, extra: Sequence[str] = (),

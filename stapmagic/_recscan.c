@@ -15,7 +15,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The wire: stapmagic/wire.py owns these (RECORD_PREFIX_B, END_TAG, FIELD_SEP,
+ * SCAN_KIND_CODES); tests/test_wire.py checks them against this file and the module. */
+#define RECORD_PREFIX "@@sm1\t"
+#define END_TAG "@@"
+#define FIELD_SEP '\t'
+#define FIELD_SEP_STR "\t"
+#define KIND_CODES "iuxse"      /* int, uint, hex, str, errno */
 enum { K_INT = 'i', K_UINT = 'u', K_HEX = 'x', K_STR = 's', K_ERRNO = 'e' };
+#define RECORD_PREFIX_LEN ((Py_ssize_t)(sizeof RECORD_PREFIX - 1))
+_Static_assert(sizeof END_TAG - 1 == 2, "run_scan compares END_TAG byte by byte");
 #define MAX_FIELDS 64
 
 typedef struct {
@@ -125,7 +134,7 @@ static const unsigned char *parse_u64(const unsigned char *p, uint64_t *out) {
         p++;
         if ((unsigned)(*p - '0') < 10) return NULL;
     }
-    if (p == s || *p != '\t') return NULL;
+    if (p == s || *p != FIELD_SEP) return NULL;
     *out = v;
     return p + 1;
 }
@@ -159,7 +168,7 @@ static const unsigned char *parse_hex(const unsigned char *p, uint64_t *out) {
         v = (v << 4) | (uint64_t)(HEXVAL[*p] - 1);
         p++;
     }
-    if (p == s || *p != '\t') return NULL;
+    if (p == s || *p != FIELD_SEP) return NULL;
     *out = v;
     return p + 1;
 }
@@ -189,7 +198,7 @@ static const unsigned char *parse_text(const unsigned char *p, dict_t *d, int32_
         p++;
     }
     *code = 0;
-    if (*p != '\t') return NULL;
+    if (*p != FIELD_SEP) return NULL;
     *code = dict_code(d, c, p - c, h);
     return *code < 0 ? NULL : p + 1;
 }
@@ -201,8 +210,9 @@ static int run_scan(job_t *j) {
     if (j->len == 0 || end[-1] != '\n') return 1;
     while (p < end) {
         if (row == j->nrows) return 1;
-        if (end - p < 6 || memcmp(p, "@@sm1\t", 6) != 0) return 1;
-        p += 6;
+        if (end - p < RECORD_PREFIX_LEN || memcmp(p, RECORD_PREFIX, RECORD_PREFIX_LEN) != 0)
+            return 1;
+        p += RECORD_PREFIX_LEN;
         uint64_t u;
         p = parse_u64(p, &u);
         if (!p || u >= (uint64_t)j->nprobes || !j->probe_ok[u]) return 1;
@@ -232,7 +242,7 @@ static int run_scan(job_t *j) {
             }
             if (!p) return 1;
         }
-        if (p[0] != '@' || p[1] != '@') return 1;
+        if (p[0] != END_TAG[0] || p[1] != END_TAG[1]) return 1;
         p += 2;
         if (*p == '\r') p++;
         if (*p != '\n') return 1;
@@ -373,4 +383,12 @@ static struct PyModuleDef module = {
     "Compiled fast path of stapmagic.records (see _recscan.c).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__recscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__recscan(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && (PyModule_AddStringConstant(m, "RECORD_PREFIX", RECORD_PREFIX) < 0
+              || PyModule_AddStringConstant(m, "END_TAG", END_TAG) < 0
+              || PyModule_AddStringConstant(m, "FIELD_SEP", FIELD_SEP_STR) < 0
+              || PyModule_AddStringConstant(m, "KIND_CODES", KIND_CODES) < 0))
+        Py_CLEAR(m);
+    return m;
+}

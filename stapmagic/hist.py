@@ -32,6 +32,8 @@ from typing import Literal
 
 import pandas as pd
 
+from .wire import END_TAG, SUMMARY_TAG
+
 __all__ = ["Histogram", "Summary", "parse_hist", "split_hists", "parse_summary",
            "hist_kind", "parse_hist_block"]
 
@@ -39,7 +41,10 @@ _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 
 _HEADER_RE = re.compile(r"^ *value \|-+ count\s*$")
-_ROW_RE = re.compile(r"^ *([<>]?)(-?\d+) \|(@*) *(\d+)\s*$")
+_ROW_RE = re.compile(r"^ *([<>]?)(-?[0-9]+) \|(@*) *([0-9]+)\s*$")
+_INT_RE = re.compile(r"-?[0-9]+")
+# SystemTap prints at most STP_MAX_BUCKETS (128) buckets; filling `~` gaps stops well past it.
+_MAX_ROWS = 1024
 _ELIDE_RE = re.compile(r"^ *~\s*$")
 
 HistKind = Literal["log", "linear"]
@@ -69,22 +74,35 @@ class Summary:
 
 
 def parse_summary(line: str) -> Summary:
-    """Parse one `@@sms` line (a trailing ``\\r``/``\\n`` is ignored)."""
+    """Parse one `@@sms` line (a trailing ``\\r``/``\\n`` is ignored); ValueError for what the
+    script cannot have printed: the count is a non-negative int64, the other four are int64
+    when the count is not 0 and empty when it is."""
     parts = line.rstrip("\r\n").split("\t")
-    if len(parts) != 8 or parts[0] != "@@sms" or parts[7] != "@@":
+    if len(parts) != 8 or parts[0] != SUMMARY_TAG or parts[7] != END_TAG:
         raise ValueError(f"not an @@sms line: {line!r}")
 
     def num(s: str) -> int | None:
         if s == "":
             return None
-        if not re.fullmatch(r"-?\d+", s):
-            raise ValueError(f"not a number in @@sms line: {s!r}")
-        return int(s)
+        return _int64(s, f"not an int64 in @@sms line: {s!r}")
 
     count = num(parts[2])
-    if count is None:
-        raise ValueError("@@sms line without a count")
-    return Summary(parts[1], count, num(parts[3]), num(parts[4]), num(parts[5]), num(parts[6]))
+    if count is None or count < 0:
+        raise ValueError(f"@@sms line without a count: {line!r}")
+    rest = [num(p) for p in parts[3:7]]
+    if (count == 0) != all(v is None for v in rest) or (count and None in rest):
+        raise ValueError(f"@@sms line with values that do not go with its count: {line!r}")
+    return Summary(parts[1], count, *rest)
+
+
+def _int64(s: str, what: str) -> int:
+    """An ASCII `-?[0-9]+` within int64 (int() alone also takes `+1`, ` 1`, `1_0`, `١`)."""
+    if not _INT_RE.fullmatch(s):
+        raise ValueError(what)
+    v = int(s)
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise ValueError(what)
+    return v
 
 
 def hist_kind(kind: str | None) -> tuple[HistKind | None, int | None, int | None, int | None]:
@@ -100,7 +118,7 @@ def hist_kind(kind: str | None) -> tuple[HistKind | None, int | None, int | None
         return "log", None, None, None
     if base != "linear":
         raise ValueError(f"unknown histogram kind {kind!r}")
-    nums = [int(p) for p in parts[1:]]
+    nums = [_int64(p, f"not a number in histogram kind {kind!r}") for p in parts[1:]]
     if len(nums) not in (0, 3):
         raise ValueError(f"linear histogram kind wants linear:START:STOP:INTERVAL, got {kind!r}")
     if nums:
@@ -168,7 +186,8 @@ def parse_hist(text: str, kind: str | None = None, *, interval: int | None = Non
     for ln in lines[start_i + 1:]:
         m = _ROW_RE.match(ln)
         if m:
-            rows.append((m.group(1), int(m.group(2)), int(m.group(4)), elided))
+            rows.append((m.group(1), _int64(m.group(2), f"bucket value out of range: {ln!r}"),
+                         _int64(m.group(4), f"bucket count out of range: {ln!r}"), elided))
             elided = False
         elif _ELIDE_RE.match(ln):
             elided = True
@@ -200,9 +219,11 @@ def parse_hist(text: str, kind: str | None = None, *, interval: int | None = Non
     counts: list[int] = []
 
     def add(v: int, lo: int | None, hi: int | None, c: int) -> None:
+        if len(values) >= _MAX_ROWS:
+            raise ValueError(f"more than {_MAX_ROWS} buckets: not a SystemTap histogram")
         values.append(v)
-        lows.append(lo)
-        highs.append(hi)
+        lows.append(lo if lo is None or _INT64_MIN <= lo <= _INT64_MAX else None)
+        highs.append(hi if hi is None or _INT64_MIN <= hi <= _INT64_MAX else None)
         counts.append(c)
 
     prev: int | None = None

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from stapmagic.errors import LabError
+from stapmagic.targets import kallsyms_symbols
 
 __all__ = [
     "LabError",
@@ -53,6 +54,7 @@ __all__ = [
     "status",
     "is_up",
     "stap_argv",
+    "client_argv",
     "exec_argv",
     "detect_accel",
     "main",
@@ -521,7 +523,7 @@ def _capture_kallsyms(state: dict[str, Any], log: Log) -> None:
     )
     if r.returncode != 0:
         raise LabError(f"reading the guest's /proc/kallsyms failed: {r.stderr.strip()}")
-    lines = [" ".join(line.split()[:3]) for line in r.stdout.splitlines() if len(line.split()) >= 3]
+    lines = [f"{s.address:016x} {s.type} {s.name}" for s in kallsyms_symbols(r.stdout.splitlines())]
     if len(lines) < 10000 or not any(line.endswith(" tcp_v4_connect") for line in lines):
         raise LabError(f"guest /proc/kallsyms looks wrong ({len(lines)} lines)")
     if all(line.startswith("0000000000000000 ") for line in lines[:100]):
@@ -904,6 +906,12 @@ def stap_argv() -> list[str]:
     )
 
 
+def client_argv() -> list[str]:
+    """Prefix under which a command runs in the lab's chroot: its stap, and its ssh with the
+    ``stapmagic-lab`` alias (so ``ssh://stapmagic-lab`` works as a plain ssh target there)."""
+    return _chroot_argv(Path(_running_state()["root"]), [])
+
+
 def exec_argv(argv: list[str]) -> list[str]:
     """ssh joins its arguments into one remote shell line, hence the quoting."""
     state = _running_state()
@@ -950,7 +958,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cmd[:1] == ["--"]:
                 cmd = cmd[1:]
             if cmd:
-                argv_ = exec_argv(cmd)
+                # Like `ssh HOST cmd...`: one argument is the remote command line as written
+                # ('cmd; cmd' works); several are joined, each quoted (one word each).
+                remote = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+                argv_ = _chroot_argv(Path(state["root"]), ["ssh", HOST_ALIAS, "--", remote])
             else:
                 term = "TERM=" + os.environ.get("TERM", "vt100")
                 argv_ = _chroot_argv(Path(state["root"]), ["env", term, "ssh", "-t", HOST_ALIAS])

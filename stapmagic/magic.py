@@ -257,7 +257,7 @@ class KprobeMagics(Magics):
             print_regs=bool(getattr(args, "print_regs", False)),
             guru=args.guru,
             defines=tuple(args.defines),
-            target=args.target or self.target,
+            target=args.target if args.target is not None else self.target,
             verbose=0 if args.quiet else 1,
             grace=self.grace,
             string_max=self.string_max,
@@ -334,10 +334,14 @@ class KprobeMagics(Magics):
             print(f"stapmagic: {recording.describe(plan.replay)}; {pace}")
             source = recording.Player(plan.replay, plan.speed)
         elif plan.record is not None:
-            recorder = plan.start_recording(run, opts)
+            try:
+                recorder = plan.start_recording(run, opts)
+            except StapMagicError as exc:
+                raise UsageError(str(exc)) from None
             print(f"stapmagic: recording this run to {plan.record} (kernel "
                   f"{recorder.header.kernel_release}, {recorder.header.stap_version})")
         view = None if args.quiet else live.LiveView()
+        not_saved: list[str] = []
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
             if view is not None:
@@ -348,7 +352,13 @@ class KprobeMagics(Magics):
                     view.close(run.summary())
             if final:
                 if recorder is not None:
-                    recorder.finish(run.status)
+                    try:
+                        recorder.finish(run.status)
+                    except StapMagicError as exc:  # the run and its rows are fine
+                        not_saved.append(str(exc))
+                        run.notes.append(str(exc))
+                        if args.bg:
+                            print(f"stapmagic: {exc}", file=sys.stderr)
                 self._finish(run, args)
 
         self.runs.append(run)
@@ -360,7 +370,11 @@ class KprobeMagics(Magics):
             self.shell.user_ns["_kprobe"] = run
             return run
         pipeline.execute(run, on_batch=on_batch, grace=opts.grace, tap=tap, source=source)
-        return self._result(run, args)
+        df = self._result(run, args)
+        if not_saved:
+            where = f"`{args.out}` and `_kprobe.df`" if args.out else "`_kprobe.df`"
+            raise UsageError(f"{not_saved[0]}\n({run.summary()}; the rows are in {where})")
+        return df
 
     def _finish(self, run: pipeline.ProbeRun, args: Any) -> None:
         """Report a finished run: stap's messages worth reading, diagnoses, one summary."""

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from . import diagnose, records, runner
-from .errors import OptionError, SpecError, StapMagicError
+from .errors import OptionError, SpecError
 from .hist import Histogram, Summary
 from .script import COUNT_KEYS, Script, ScriptOptions, generate, module_statement_probe
 from .spec import Spec, parse_spec
+from .targets import kallsyms_symbols
 
 # Seconds stap gets after SIGINT before SIGTERM, then SIGKILL. A remote stap needs a few:
 # the end probes, the module unload and ssh round trips under TCG.
@@ -109,13 +110,18 @@ class ProbeRun:
         return self
 
     def note_batch(self, batch: records.Batch) -> None:
-        """Add one batch's counters; per batch, so the cost never grows with the run."""
+        """Add one batch's counters; per batch, so the cost never grows with the run. The
+        last batch comes once `status` is known: it gets the -c command's status then."""
         if batch.messages:
             c = diagnose.counters(batch.messages)
             self.skipped += c.skipped_probes
             self.transport_failures += c.transport_failures
         self.histograms.extend(batch.histograms)
         self.summaries.extend(batch.summaries)
+        if self.status is not None and self.status.command_status is None:
+            command = diagnose.command_status(self.messages)
+            if command is not None:
+                self.status = dataclasses.replace(self.status, command_status=command)
 
     def stop(self, timeout: float | None = None) -> ProbeRun:
         """Ask stap to stop (SIGINT, then escalation) and wait for the end; keeps every row."""
@@ -145,7 +151,8 @@ class ProbeRun:
 
     @property
     def diagnoses(self) -> list[diagnose.Diagnosis]:
-        found = diagnose.diagnose(self.messages)
+        found = diagnose.diagnose(
+            self.messages + diagnose.damaged_messages(self.parser.damaged))
         if self.end_diagnoses:
             # they name the cause the generic "stap failed in pass 5" fallback could not
             found = [d for d in found if d.code != "stap_failed"]
@@ -163,7 +170,12 @@ class ProbeRun:
             return False
         if any(d.code == "remote_failed" for d in self.diagnoses):
             return False
-        return self.status.exit_status == 0 or self.status.interrupted
+        if self.status.exit_status == 0 or self.status.interrupted:
+            return True
+        # stap exits 1 when its -c command failed (staprun/mainloop.c), however the probes
+        # did: the command's result, unless stap also failed for a reason of its own.
+        return (self.status.exit_status == 1 and bool(self.status.command_status)
+                and not any(d.severity == "error" for d in self.diagnoses))
 
     def summary(self) -> str:
         """One line: rows, messages, damage, how it ended."""
@@ -185,8 +197,12 @@ class ProbeRun:
                 parts.append("interrupted")
             elif self.status.signal:
                 parts.append(f"stap killed by {_signal_name(self.status.signal)}")
-            elif self.status.exit_status:
+            elif self.status.exit_status and not (self.status.command_status and self.ok):
                 parts.append(f"stap exit status {self.status.exit_status}")
+            command = self.status.command_status
+            if command:
+                parts.append(f"command exited with status {command}" if command > 0
+                             else f"command killed by {_signal_name(-command)}")
             parts.append(f"{self.status.duration:.1f}s")
         return ", ".join(parts)
 
@@ -327,13 +343,7 @@ def build_argv(script_text: str, opts: ProbeOptions, target: runner.Target) -> l
 
 def kallsyms_lines(target: runner.Target, names: Sequence[str]) -> list[str]:
     """The target's /proc/kallsyms lines for exactly these symbol names."""
-    argv = ["grep", "-w"]
-    for name in names:
-        argv += ["-e", name]
-    # grep exits 1 when nothing matches: an answer, not a failure.
-    out = runner.run_on_target(target, [*argv, "/proc/kallsyms"], ok_codes=(0, 1))
-    wanted = set(names)
-    return [ln for ln in out.splitlines() if len(ln.split()) >= 3 and ln.split()[2] in wanted]
+    return target.kallsyms_lines(names)
 
 
 def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
@@ -351,12 +361,9 @@ def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
         return spec
     lines = lookup(target, sorted({p.function for p in wanted if p.function}))
     where: dict[str, list[tuple[int, str]]] = {}
-    for ln in lines:
-        parts = ln.split()
-        if parts[1].lower() not in ("t", "w"):
-            continue  # data symbols are no probe points
-        module = parts[3].strip("[]") if len(parts) > 3 else ""
-        where.setdefault(parts[2], []).append((int(parts[0], 16), module))
+    for sym in kallsyms_symbols(lines):  # malformed lines are skipped, never a traceback
+        if sym.is_text:  # data symbols are no probe points
+            where.setdefault(sym.name, []).append((sym.address, sym.module))
     probes = []
     for probe in spec.probes:
         if probe not in wanted:
@@ -449,27 +456,49 @@ def execute(
     try:
         if source is None:
             run.status = runner.run(run.argv, on_chunk, stop=run.stop_event, grace=grace,
-                                    tick=tick, group_signals=run.target.kind == "local")
+                                    tick=tick, target=run.target)
         else:
             run.status = source(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
     finally:
-        with run.lock:
-            batch = run.parser.close()
-        run.note_batch(batch)
-        run.finished = time.time()
-        if run.status is None:
-            # runner.run itself failed (e.g. could not spawn): keep what we have.
-            run.status = runner.RunStatus(
-                exit_status=None, signal=None, interrupted=False, escalated=None,
-                duration=run.finished - run.started, argv=run.argv,
-            )
-        elif source is None:
-            run.end_diagnoses = ending_diagnoses(run)
-        if not run.ok and run.target.kind == "lab" and source is None:  # a replay: no lab
-            run.notes.extend(lab_post_mortem())
-        if on_batch is not None:
-            on_batch(run, batch, True)
-        run.done.set()
+        # Whatever fails from here on, the run is marked done (or --list-running shows it
+        # forever and --stop-all waits on it) and its rows stay in the parser; the first
+        # failure of the closing steps is raised once that is so.
+        failures: list[Exception] = []
+        try:
+            batch = records.Batch()
+            try:
+                with run.lock:
+                    batch = run.parser.close()
+                run.note_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - raised below, after the run is done
+                failures.append(exc)
+            run.finished = time.time()
+            if run.status is None:
+                # runner.run itself failed (e.g. could not spawn): keep what we have.
+                run.status = runner.RunStatus(
+                    exit_status=None, signal=None, interrupted=False, escalated=None,
+                    duration=run.finished - run.started, argv=run.argv,
+                )
+            elif source is None:
+                try:
+                    run.end_diagnoses = ending_diagnoses(run)
+                except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
+                    run.notes.append(f"stapmagic could not check how the run ended: {exc}")
+            if not run.ok and run.target.kind == "lab" and source is None:  # a replay: no lab
+                try:
+                    run.notes.extend(lab_post_mortem())
+                except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
+                    run.notes.append(f"stapmagic could not check the lab VM after the run: "
+                                     f"{exc}")
+            if on_batch is not None:
+                try:
+                    on_batch(run, batch, True)
+                except Exception as exc:  # noqa: BLE001 - raised below, after the run is done
+                    failures.append(exc)
+        finally:
+            run.done.set()
+        if failures:
+            raise failures[0]
     return run
 
 
@@ -501,8 +530,10 @@ def ending_diagnoses(run: ProbeRun, *,
             detail=(), severity="error")]
     if run.target.kind == "local":
         return []
-    if any(d.severity == "error" and d.code != "stap_failed"
-           for d in diagnose.diagnose(run.messages)):
+    if status.command_status is not None:
+        return []  # stapio reported the -c command's end: the session lasted to the end
+    said = run.messages + diagnose.damaged_messages(run.parser.damaged)
+    if any(d.severity == "error" and d.code != "stap_failed" for d in diagnose.diagnose(said)):
         return []  # stap said what went wrong
     passes = [m for m in run.messages if m.startswith("Pass ")]
     if not rows and not any(m.startswith("Pass 5: starting run") for m in passes):
@@ -524,25 +555,12 @@ def ending_diagnoses(run: ProbeRun, *,
 
 
 def _target_problem(target: runner.Target) -> str | None:
-    try:
-        runner.run_on_target(target, ["true"], timeout=30.0)
-    except StapMagicError as exc:
-        return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return None
+    return target.problem()
 
 
 def lab_post_mortem() -> list[str]:
     """After a failed lab run: say so if the VM itself died (e.g. the guest kernel crashed)."""
-    from . import lab
-
-    if lab.is_up():
-        return []
-    state = lab.last_state()
-    serial = str(state.get("serial_log", "")) if state else ""
-    crash = lab.guest_crash(serial) if serial else None
-    what = f"the guest kernel crashed ({crash})" if crash else "the lab VM is no longer running"
-    return [f"{what}; serial console: {serial or 'n/a'}; restart it with "
-            "`python -m stapmagic.lab up` (a disposable VM: nothing is lost but this run)"]
+    return runner.Target("lab").post_mortem()
 
 
 def start(

@@ -23,15 +23,17 @@ must be the recorded one; otherwise :class:`ReplayError` names the difference.
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import datetime as _dt
 import json
+import math
 import os
 import re
-import shutil
-import subprocess
 import threading
 import time
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,7 @@ __all__ = [
     "recording_path",
     "stap_version",
     "target_can_run_stap",
+    "unusable",
 ]
 
 FORMAT = "stapmagic-recording"
@@ -80,6 +83,136 @@ _FLAG = {
     "count_by": "--count-by",
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+# datetime's limit (9999-12-31): `started` is shown as a date.
+_MAX_STARTED = 253402300799.0
+_SIGNALS = range(1, 65)
+_ESCALATIONS = (None, "SIGTERM", "SIGKILL")
+
+
+class _Bad(Exception):
+    """What is wrong with one line of a recording; load() adds the file and line."""
+
+
+def _js(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):  # an integer of thousands of digits, deep nesting
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"`{name}` must be a string, not {_js(value)}")
+    return value
+
+
+def _strs(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(f"`{name}` must be a list of strings, not {_js(value)}")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number as a finite float, else None (bools, strings, NaN, 1e400, 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _seconds(value: Any, name: str, high: float = math.inf) -> float:
+    number = _number(value)
+    if number is None or not 0 <= number <= high:
+        upto = "" if high == math.inf else f" to {high:.0f}"
+        raise _Bad(f"`{name}` must be a number of seconds from 0{upto}, not {_js(value)}")
+    return number
+
+
+def _kind(value: Any, name: str) -> str:
+    if value not in ("kprobe", "stap"):
+        raise _Bad(f"`{name}` must be \"kprobe\" or \"stap\", not {_js(value)}")
+    return str(value)
+
+
+def _target(value: Any, name: str) -> str:
+    try:
+        runner.parse_target(_str(value, name))
+    except StapMagicError as exc:
+        raise _Bad(f"`{name}`: {exc}") from None
+    return str(value)
+
+
+def _argv(value: Any, name: str) -> list[str]:
+    if not _strs(value, name):
+        raise _Bad(f"`{name}` is empty")
+    return value  # type: ignore[no-any-return]
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether JSON `value` is what options_json writes for a field of type `tp`."""
+    if tp is type(None):
+        return value is None
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return any(_fits(value, arg) for arg in typing.get_args(tp))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return _number(value) is not None
+    if tp is str:
+        return isinstance(value, str)
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args,
+                                                                           strict=True))
+    return False
+
+
+def _options(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(f"`{name}` must be an object, not {_js(value)}")
+    hints = typing.get_type_hints(pipeline.ProbeOptions)
+    for key, item in value.items():
+        # An option this stapmagic does not know is left to check_match (it differs).
+        if key in hints and not _fits(item, hints[key]):
+            raise _Bad(f"option `{key}` must be {_type_name(hints[key])}, not {_js(item)}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    """How a ProbeOptions field type looks in JSON, for the error message."""
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of ({_type_name(args[0])})"
+        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
+    return {bool: "true or false", int: "a whole number", float: "a number",
+            str: "a string"}.get(tp, str(tp))
+
+
+def _started(value: Any, name: str) -> float:
+    return _seconds(value, name, _MAX_STARTED)
+
+
+_HEADER_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "kind": _kind, "spec": _str, "options": _options, "script": _str, "argv": _argv,
+    "target": _target, "kernel_release": _str, "stap_version": _str, "started": _started,
+    "kallsyms": _strs, "stapmagic_version": _str,
+}
 
 
 # -- the file ---------------------------------------------------------------------------------
@@ -106,16 +239,33 @@ class Header:
                 **dataclasses.asdict(self)}
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any], where: str) -> Header:
-        if obj.get("format") != FORMAT:
-            raise ReplayError(f"{where} is not a stapmagic recording (no {FORMAT!r} header)")
-        if obj.get("version") != VERSION:
-            raise ReplayError(f"{where} is a version {obj.get('version')!r} recording; this "
-                              f"stapmagic reads version {VERSION}: re-record it")
-        try:
-            return cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if f.name in obj})
-        except TypeError as exc:
-            raise ReplayError(f"{where}: bad header ({exc})") from None
+    def from_json(cls, obj: Any) -> Header:
+        """The header from its JSON object, every field checked (_Bad says what is wrong)."""
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise _Bad(f"not a stapmagic recording (no \"format\": \"{FORMAT}\" header)")
+        version = obj.get("version")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise _Bad(f"`version` must be a whole number, not {_js(version)}")
+        if version > VERSION:
+            raise _Bad(f"a version {version} recording, made by a newer stapmagic; this one "
+                       f"reads version {VERSION}: upgrade stapmagic, or re-record it")
+        if version < VERSION:
+            raise _Bad(f"a version {version} recording; this stapmagic reads version "
+                       f"{VERSION}: re-record it")
+        if obj.get("streams", STREAMS) != STREAMS:
+            raise _Bad(f"`streams` must be {STREAMS!r}, not {_js(obj.get('streams'))}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - set(fields) - {"format", "version", "streams"})
+        if unknown:
+            raise _Bad(f"unknown header field `{unknown[0]}`")
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            if name not in obj:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise _Bad(f"the header has no `{name}`")
+                continue
+            values[name] = _HEADER_CHECKS[name](obj[name], name)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -162,47 +312,125 @@ class Recording:
         return b"".join(c.data for c in self.chunks)
 
 
+def _chunk(obj: dict[str, Any]) -> Chunk:
+    if set(obj) != {"t", "data"}:
+        raise _Bad(f"a chunk line has exactly `t` and `data`, not {_js(sorted(obj))}")
+    t = _seconds(obj["t"], "t")
+    data = obj["data"]
+    if not isinstance(data, str):
+        raise _Bad(f"`data` must be a base64 string, not {_js(data)}")
+    try:
+        return Chunk(t, base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError):
+        raise _Bad(f"`data` is not valid base64: {_js(data)}") from None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _end(value: Any) -> End:
+    names = [f.name for f in dataclasses.fields(End)]
+    if not isinstance(value, dict) or set(value) != set(names):
+        raise _Bad(f"`end` must be an object with exactly {', '.join(names)}; got {_js(value)}")
+    status, sig, interrupted = value["exit_status"], value["signal"], value["interrupted"]
+    if status is not None and not (_whole(status) and status in range(256)):
+        raise _Bad(f"`exit_status` must be null or a whole number 0-255, not {_js(status)}")
+    if sig is not None and not (_whole(sig) and sig in _SIGNALS):
+        raise _Bad(f"`signal` must be null or a signal number {_SIGNALS.start}-"
+                   f"{_SIGNALS.stop - 1}, not {_js(sig)}")
+    if not isinstance(interrupted, bool):
+        raise _Bad(f"`interrupted` must be true or false, not {_js(interrupted)}")
+    if value["escalated"] not in _ESCALATIONS:
+        raise _Bad(f"`escalated` must be null, \"SIGTERM\" or \"SIGKILL\", not "
+                   f"{_js(value['escalated'])}")
+    return End(status, sig, interrupted, value["escalated"], _seconds(value["duration"],
+                                                                     "duration"))
+
+
 def load(path: str | os.PathLike[str]) -> Recording:
-    """Read a recording; ReplayError if it is missing, not a recording, or truncated."""
+    """Read a recording, checking every field; ReplayError (naming the file, the line and
+    what is wrong) if it is missing, not a recording, damaged or truncated."""
     p = Path(path)
+    if "\0" in str(p):
+        raise ReplayError(f"the recording name {str(p)!r} contains a NUL character")
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except FileNotFoundError:
-        raise ReplayError(f"no recording {p} (make it with --record, or in mode record)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReplayError(f"cannot read recording {p}: {exc}") from None
-    lines = text.splitlines()
-    try:
-        objs = [json.loads(ln) for ln in lines if ln.strip()]
-    except json.JSONDecodeError as exc:
-        raise ReplayError(f"{p} is not a stapmagic recording (line {exc.lineno}: {exc.msg})") from None
-    if not objs or not isinstance(objs[0], dict):
-        raise ReplayError(f"{p} is not a stapmagic recording (empty)")
-    header = Header.from_json(objs[0], str(p))
+        where = f"; directory {p.parent} does not exist" if not p.parent.is_dir() else ""
+        raise ReplayError(f"no recording {p} (make it with --record, or in mode record)"
+                          f"{where}") from None
+    except OSError as exc:
+        raise ReplayError(f"cannot read recording {p}: {_oserror(p, exc)}") from None
+    header: Header | None = None
     chunks: list[Chunk] = []
     end: End | None = None
-    for n, obj in enumerate(objs[1:], start=2):
-        if end is not None:
-            raise ReplayError(f"{p}: data after the end line (line {n})")
-        if isinstance(obj, dict) and "end" in obj:
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            if not line.strip():
+                continue
+            if end is not None:
+                raise _Bad("data after the end line")
             try:
-                end = End(**obj["end"])
-            except TypeError as exc:
-                raise ReplayError(f"{p}: bad end line ({exc})") from None
-        elif isinstance(obj, dict) and "t" in obj and "data" in obj:
-            chunks.append(Chunk(float(obj["t"]), base64.b64decode(obj["data"])))
-        else:
-            raise ReplayError(f"{p}: line {n} is neither a chunk nor the end")
+                obj = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise _Bad("not UTF-8 text") from None
+            except (ValueError, RecursionError) as exc:
+                if header is None:
+                    raise _Bad(f"not a stapmagic recording (not JSON: {exc})") from None
+                raise _Bad(f"not JSON ({exc})") from None
+            if header is None:
+                header = Header.from_json(obj)
+            elif isinstance(obj, dict) and "end" in obj:
+                if len(obj) != 1:
+                    raise _Bad(f"the end line must hold only `end`, not {_js(sorted(obj))}")
+                end = _end(obj["end"])
+            elif isinstance(obj, dict) and ("t" in obj or "data" in obj):
+                chunks.append(_chunk(obj))
+            else:
+                raise _Bad(f"neither a chunk nor the end: {_js(obj)}")
+        except _Bad as bad:
+            raise ReplayError(f"{p}, line {n}: {bad}") from None
+    if header is None:
+        raise ReplayError(f"{p} is empty: not a stapmagic recording")
     if end is None:
         raise ReplayError(f"{p} is truncated: the run it recorded never ended (no end line)")
     return Recording(p, header, tuple(chunks), end)
+
+
+def unusable(path: Path, *, make_parents: bool = False) -> str | None:
+    """Why `path` cannot become a recording (None if it can): a NUL in the name, a
+    directory of that name, or no writable directory to put it in. `make_parents`: missing
+    directories will be created (the recordings directory), so only their nearest existing
+    ancestor has to be a writable directory."""
+    if "\0" in str(path):
+        return f"the name {str(path)!r} contains a NUL character"
+    if path.is_dir():
+        return f"{path} is a directory: give a file name, e.g. {path / ('run' + SUFFIX)}"
+    parent = path.parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if existing != parent and not make_parents:
+        return f"directory {parent} does not exist: create it first"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"directory {existing} is not writable"
+    return None
+
+
+def _oserror(path: Path, exc: OSError) -> str:
+    return unusable(path) or exc.strerror or str(exc)
 
 
 class Recorder:
     """Writes one run: the header now, each chunk as it arrives, the end line at close.
 
     The file is written under ``NAME.partial`` and renamed when closed, so an existing
-    recording is only replaced by a complete one.
+    recording is only replaced by a complete one. A write that fails (disk full, the
+    destination gone) stops the recording, not the run: close() then removes the partial
+    file and raises ReplayError.
     """
 
     def __init__(self, path: str | os.PathLike[str], header: Header,
@@ -212,15 +440,28 @@ class Recorder:
         self._clock = clock
         self._t0 = clock()
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = self.path.with_name(self.path.name + ".partial")
-        self._file = self._partial.open("w", encoding="utf-8")
-        self._write(header.to_json())
+        self._error: OSError | None = None
         self.chunks = 0
         self.closed = False
+        why = unusable(self.path, make_parents=True)
+        if why is not None:
+            raise ReplayError(f"cannot record to {self.path}: {why}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self._partial.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise ReplayError(f"cannot record to {self.path}: {_oserror(self.path, exc)}"
+                              ) from None
+        self._write(header.to_json())
 
     def _write(self, obj: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps(obj, ensure_ascii=True, separators=(",", ":")) + "\n")
+        if self._error is None:
+            try:
+                self._file.write(json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+                                 + "\n")
+            except OSError as exc:
+                self._error = exc
 
     def chunk(self, data: bytes) -> None:
         """One chunk of stap's output (the `tap` of pipeline.execute)."""
@@ -232,13 +473,21 @@ class Recorder:
             self.chunks += 1
 
     def close(self, status: runner.RunStatus | None) -> Path:
-        """Write the end line and put the file in place; idempotent."""
+        """Write the end line and put the file in place; idempotent. ReplayError (and no
+        file left behind) if the recording could not be written."""
         with self._lock:
             if not self.closed:
                 self.closed = True
                 self._write({"end": dataclasses.asdict(End.of(status, self._clock() - self._t0))})
-                self._file.close()
-                os.replace(self._partial, self.path)
+                try:
+                    self._file.close()
+                    if self._error is not None:
+                        raise self._error
+                    os.replace(self._partial, self.path)
+                except OSError as exc:
+                    self._drop()
+                    raise ReplayError(f"the recording {self.path} was not saved: "
+                                      f"{_oserror(self.path, exc)}") from None
         return self.path
 
     def finish(self, status: runner.RunStatus | None) -> Path | None:
@@ -254,69 +503,32 @@ class Recorder:
         with self._lock:
             if not self.closed:
                 self.closed = True
-                self._file.close()
-                self._partial.unlink(missing_ok=True)
+                self._drop()
+
+    def _drop(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass  # what failed to flush is dropped with the file
+        self._partial.unlink(missing_ok=True)
 
 
 # -- facts about the target -------------------------------------------------------------------
 
 
 def stap_version(target: runner.Target) -> str:
-    """First line of ``stap -V`` from the stap that runs the scripts for `target`.
-
-    For the lab that is the chroot's stap (passes 1-4 run there), i.e. ``lab.stap_argv()``
-    without the remote options; for ssh targets stap compiles locally, so the local one.
-    """
-    if target.kind == "lab":
-        from . import lab
-
-        prefix = lab.stap_argv()
-        cut = next(i for i, a in enumerate(prefix) if os.path.basename(a) == "stap")
-        argv = [*prefix[: cut + 1], "-V"]
-    else:
-        found = shutil.which("stap")
-        if found is None:
-            return "unknown (no stap on PATH)"
-        argv = [found, "-V"]
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=120, check=False,  # noqa: S603
-                              env=runner.stap_env())
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    text = (done.stderr + done.stdout).decode(errors="replace")
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return first or f"unknown (stap -V exit status {done.returncode})"
+    """First line of ``stap -V`` from the stap that compiles the scripts for `target` (for the
+    lab the chroot's stap; for ssh targets stap compiles locally, so the local one)."""
+    return target.stap_version()
 
 
 def kernel_release(target: runner.Target) -> str:
-    try:
-        return runner.run_on_target(target, ["uname", "-r"]).strip()
-    except StapMagicError as exc:
-        return f"unknown ({exc})"
+    return target.kernel_release()
 
 
 def target_can_run_stap(target: runner.Target) -> tuple[bool, str]:
     """Whether a live run can work on `target`, and why (cheap checks, nothing is compiled)."""
-    if target.kind == "lab":
-        from . import lab
-
-        if lab.is_up():
-            return True, "the lab VM is up"
-        return False, "the lab VM is not running (python -m stapmagic.lab up)"
-    if target.kind == "ssh":
-        return True, f"target {target} (not checked)"
-    if shutil.which("stap") is None:
-        return False, "no `stap` on PATH"
-    if os.geteuid() != 0:
-        import grp
-
-        groups = {grp.getgrgid(g).gr_name for g in os.getgroups()}
-        if not groups & {"stapusr", "stapdev"}:
-            return False, "not root and not in the stapusr group"
-    release = os.uname().release
-    if not Path(f"/lib/modules/{release}/build").exists():
-        return False, f"no kernel headers for {release} (/lib/modules/{release}/build)"
-    return True, "local stap, root, kernel headers present"
+    return target.can_run_stap()
 
 
 def mode_for(mode: str, target: runner.Target, env: Mapping[str, str] | None = None,
@@ -346,7 +558,13 @@ def recording_path(name: str, directory: str | os.PathLike[str]) -> Path:
     if not _NAME.match(name):
         raise ReplayError(f"--recording takes a plain name ([A-Za-z0-9_.-], e.g. 01_connect), "
                           f"not {name!r}")
-    return Path(directory) / (name if name.endswith(SUFFIX) else name + SUFFIX)
+    where = Path(directory)
+    if "\0" in str(where):
+        raise ReplayError(f"KprobeMagics.recordings_dir {str(where)!r} contains a NUL character")
+    if where.exists() and not where.is_dir():
+        raise ReplayError(f"KprobeMagics.recordings_dir {str(where)!r} is a file, not a "
+                          "directory: %config KprobeMagics.recordings_dir = 'DIRECTORY'")
+    return where / (name if name.endswith(SUFFIX) else name + SUFFIX)
 
 
 # -- matching ---------------------------------------------------------------------------------
@@ -508,6 +726,11 @@ def plan(kind: Kind, first_line: str, body: str, *, record: str | None, replay: 
         assert path is not None
         p.replay = load(path)
     elif (record or (name is not None and action == "record")) and not dry_run:
+        assert path is not None
+        # Refused now, before stap runs, rather than after the run when the file is closed.
+        why = unusable(path, make_parents=name is not None)
+        if why is not None:
+            raise ReplayError(f"cannot record to {path}: {why}")
         p.record = path
     return p
 

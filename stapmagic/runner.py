@@ -1,4 +1,7 @@
-"""Run stap: the target, the one place the stap command line is built, and the read loop.
+"""Run stap: the one place the stap command line is built, and the read loop.
+
+Where stap runs is a :class:`~stapmagic.targets.Target` (stapmagic/targets/); ``Target``,
+``parse_target`` and ``stap_env`` are re-exported here.
 
 ``stap`` runs under a pseudo-terminal (pexpect; this is the only module that imports it) so
 that stap, staprun and the ``-c`` workload line-buffer their output and stdout/stderr keep
@@ -18,10 +21,7 @@ import gc
 import os
 import re
 import select
-import shlex
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,135 +30,28 @@ from types import FrameType
 from typing import Any, Literal
 
 from stapmagic.errors import OptionError, StapMagicError, StapNotFound
+from stapmagic.targets import (
+    INSTALL_HINT,
+    Target,
+    TargetKind,
+    check_arg,
+    parse_target,
+    stap_env,
+)
 
 __all__ = [
+    "INSTALL_HINT",
     "RunStatus",
     "StapProcess",
     "Target",
+    "TargetKind",
     "exec_argv",
     "parse_target",
     "run",
+    "run_on_target",
     "stap_argv",
     "stap_env",
 ]
-
-TargetKind = Literal["local", "lab", "ssh"]
-
-# --------------------------------------------------------------------------------------
-# targets
-
-_SSH_FORM = "ssh://[user@]host[:port]"
-_ACCEPTED = f'"local", "lab" or "{_SSH_FORM}"'
-# POSIX-portable user names (plus the common '.'); no leading '-' (it would be an ssh option).
-_USER = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}"
-# DNS names / IPv4 literals: labels of letters, digits and '-', not starting or ending with '-'.
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST = rf"{_LABEL}(?:\.{_LABEL})*"
-_SSH_URL = re.compile(rf"ssh://(?:(?P<user>{_USER})@)?(?P<host>{_HOST})(?::(?P<port>[0-9]{{1,5}}))?/?")
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where stap runs: ``local``, the ``lab`` VM, or ``ssh`` (``url`` = ``ssh://...``)."""
-
-    kind: TargetKind
-    url: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("local", "lab", "ssh"):
-            raise OptionError(f"unknown target kind {self.kind!r}; use {_ACCEPTED}")
-        if self.kind == "ssh":
-            if self.url is None:
-                raise OptionError(f"an ssh target needs a URL of the form {_SSH_FORM}")
-            _parse_ssh(self.url)  # validates
-        elif self.url is not None:
-            raise OptionError(f"target {self.kind!r} takes no URL")
-
-    @property
-    def user(self) -> str | None:
-        return _parse_ssh(self.url)[0] if self.kind == "ssh" and self.url else None
-
-    @property
-    def host(self) -> str | None:
-        return _parse_ssh(self.url)[1] if self.kind == "ssh" and self.url else None
-
-    @property
-    def port(self) -> int | None:
-        return _parse_ssh(self.url)[2] if self.kind == "ssh" and self.url else None
-
-    @property
-    def destination(self) -> str | None:
-        """``user@host`` (or ``host``) for ssh's command line."""
-        if self.kind != "ssh" or not self.url:
-            return None
-        user, host, _ = _parse_ssh(self.url)
-        return f"{user}@{host}" if user else host
-
-    def __str__(self) -> str:
-        return self.url if self.kind == "ssh" and self.url else self.kind
-
-
-def _parse_ssh(url: str) -> tuple[str | None, str, int | None]:
-    m = _SSH_URL.fullmatch(url)
-    if m is None:
-        raise OptionError(_ssh_problem(url))
-    port: int | None = None
-    if m.group("port") is not None:
-        port = int(m.group("port"))
-        if not 1 <= port <= 65535:
-            raise OptionError(f"ssh port {port} is out of range (1-65535) in {url!r}; use {_SSH_FORM}")
-    return m.group("user"), m.group("host"), port
-
-
-def _ssh_problem(url: str) -> str:
-    """Say what is wrong with an ssh URL, as precisely as we can."""
-    form = f"; the accepted form is {_SSH_FORM}, e.g. ssh://root@stapmagic-lab:10022"
-    rest = url[len("ssh://"):] if url.startswith("ssh://") else url
-    if not url.startswith("ssh://"):
-        return f"an ssh target must start with ssh://, got {url!r}{form}"
-    bad = sorted({c for c in rest if not (c.isascii() and (c.isalnum() or c in "_.-@:/"))})
-    if bad:
-        shown = " ".join(repr(c) for c in bad)
-        return f"ssh target {url!r} contains characters that are not allowed ({shown}){form}"
-    if not rest or rest.startswith("@") or rest.startswith(":"):
-        return f"ssh target {url!r} has no host{form}"
-    if rest.startswith("-") or "@-" in rest:
-        return f"ssh target {url!r}: user and host must not start with '-'{form}"
-    if rest.count("@") > 1:
-        return f"ssh target {url!r} has more than one '@'{form}"
-    hostport = rest.split("@", 1)[-1].rstrip("/")
-    if "/" in hostport:
-        return f"ssh target {url!r}: stap's ssh remote takes no /path{form}"
-    if hostport.count(":") > 1 or hostport.startswith("["):
-        return f"ssh target {url!r}: IPv6 literals are not supported (stap splits host:port at the first ':'){form}"
-    if ":" in hostport and not hostport.rsplit(":", 1)[1].isdigit():
-        return f"ssh target {url!r}: the port must be a number{form}"
-    return f"ssh target {url!r} is not a valid user/host{form}"
-
-
-def parse_target(text: str) -> Target:
-    """``"local"`` | ``"lab"`` | ``"ssh://[user@]host[:port]"`` -> :class:`Target`.
-
-    Strict: anything with spaces, quotes, shell characters, a leading ``-`` or a path is
-    rejected with an :class:`OptionError` naming the problem and the accepted form.
-    (``ssh://host`` without a user is accepted: an alias from ``~/.ssh/config`` is the form
-    that worked with stap's remote mode in the reference runs.)
-    """
-    if not isinstance(text, str):
-        raise OptionError(f"target must be a string: {_ACCEPTED}")
-    t = text.strip()
-    if t.lower() == "local":
-        return Target("local")
-    if t.lower() == "lab":
-        return Target("lab")
-    if not t:
-        raise OptionError(f"empty target; use {_ACCEPTED}")
-    if t.lower().startswith("ssh://"):
-        t = "ssh://" + t[len("ssh://"):]
-        _parse_ssh(t)
-        return Target("ssh", t)
-    raise OptionError(f"unknown target {text!r}; use {_ACCEPTED}")
-
 
 # --------------------------------------------------------------------------------------
 # the stap command line
@@ -166,25 +59,10 @@ def parse_target(text: str) -> Target:
 _DEFINE_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _DEFINE_VALUE = re.compile(r"[A-Za-z0-9_.+-]*")
 
-INSTALL_HINT = (
-    "Install SystemTap and the headers of the running kernel:\n"
-    "  Debian/Ubuntu: sudo apt-get install systemtap systemtap-runtime linux-headers-$(uname -r)\n"
-    "  Fedora/RHEL:   sudo dnf install systemtap systemtap-runtime kernel-devel-$(uname -r)\n"
-    "or run on the stapmagic lab VM instead: --target lab"
-)
-
-
-def _check_arg(what: str, value: str) -> str:
-    if not isinstance(value, str):
-        raise OptionError(f"{what} must be a string, got {type(value).__name__}")
-    if "\x00" in value:
-        raise OptionError(f"{what} contains a NUL byte")
-    return value
-
 
 def _define_argv(define: str) -> str:
     """Validate one ``NAME[=VALUE]`` define and return it as stap's -D argument."""
-    _check_arg("-D define", define)
+    check_arg("-D define", define)
     name, eq, value = define.partition("=")
     if not _DEFINE_NAME.fullmatch(name):
         raise OptionError(
@@ -197,15 +75,6 @@ def _define_argv(define: str) -> str:
             "(e.g. -D MAXACTION=10000)"
         )
     return f"{name}={value}" if eq else name
-
-
-def _which_stap(required: bool = True) -> str:
-    path = shutil.which("stap")
-    if path is None:
-        if not required:
-            return "stap"
-        raise StapNotFound(f"stap (SystemTap) was not found on PATH.\n{INSTALL_HINT}")
-    return path
 
 
 def stap_argv(
@@ -223,9 +92,10 @@ def stap_argv(
     """The stap command line (argv, no shell anywhere) for ``script_text`` on ``target``.
 
     Layout: ``PREFIX --color=never [-g] [-v...] [-D NAME=VALUE]... [-x PID] [-c CMD]
-    [EXTRA...] -e SCRIPT``. PREFIX is the resolved local ``stap`` (local), ``lab.stap_argv()``
-    (lab) or ``stap --remote=ssh://...`` (ssh; stap compiles locally and runs pass 5 on the
-    remote). ``command`` is ONE argv item: stap (staprun on the target) runs it, never our
+    [EXTRA...] -e SCRIPT``. PREFIX is ``target.stap_prefix()``: the resolved local ``stap``
+    (local), the lab's chroot stap with its remote options (lab) or ``stap --remote=ssh://...``
+    (ssh; stap compiles locally and runs pass 5 on the remote). ``command`` is ONE argv item,
+    as ``target.workload()`` passes it on: stap (staprun on the target) runs it, never our
     shell. ``extra`` items are passed verbatim before ``-e``.
 
     A missing local ``stap`` raises :class:`StapNotFound` with the install hint, unless
@@ -233,18 +103,10 @@ def stap_argv(
     """
     if not isinstance(target, Target):
         raise OptionError(f"target must be a Target, got {type(target).__name__}")
-    _check_arg("script", script_text)
+    check_arg("script", script_text)
     if not script_text.strip():
         raise OptionError("the script is empty")
-    if target.kind == "local":
-        argv = [_which_stap(require_stap)]
-    elif target.kind == "lab":
-        from stapmagic import lab  # lazily: the lab module pulls in VM machinery
-
-        argv = list(lab.stap_argv())
-    else:
-        assert target.url is not None
-        argv = [_which_stap(require_stap), f"--remote={target.url}"]
+    argv = target.stap_prefix(require_stap=require_stap)
 
     # --color[=WHEN] takes an optional argument, so it must be attached with '='
     # (cmdline.cxx: optional_argument; session.cxx: "never" | "auto" | "always", since 2.4).
@@ -265,71 +127,27 @@ def stap_argv(
             raise OptionError(f"-x needs a positive process id, got {pid!r}")
         argv += ["-x", str(pid)]
     if command is not None:
-        _check_arg("-c command", command)
+        check_arg("-c command", command)
         if not command.strip():
             raise OptionError("-c needs a command")
-        argv += ["-c", command]
+        argv += ["-c", target.workload(command)]
     if isinstance(extra, str):
         raise OptionError("extra stap options must be a list of argv items, not one string")
     for item in extra:
-        argv.append(_check_arg("extra stap option", item))
+        argv.append(check_arg("extra stap option", item))
     argv += ["-e", script_text]
     return argv
 
 
 def exec_argv(target: Target, argv: Sequence[str]) -> list[str]:
-    """argv that runs the plain command ``argv`` on ``target`` (no local shell involved).
-
-    ssh joins its arguments into one remote shell line, so each item is shell-quoted.
-    """
-    items = [_check_arg("command argument", a) for a in argv]
-    if not items:
-        raise OptionError("empty command")
-    if target.kind == "local":
-        return items
-    if target.kind == "lab":
-        from stapmagic import lab
-
-        return list(lab.exec_argv(items))
-    dest = target.destination
-    assert dest is not None
-    out = ["ssh"]
-    if target.port is not None:
-        out += ["-p", str(target.port)]
-    out += ["-o", "BatchMode=yes", "--", dest]
-    out += [shlex.quote(a) for a in items]
-    return out
+    """argv that runs the plain command ``argv`` on ``target`` (no local shell involved)."""
+    return target.exec_argv(argv)
 
 
 def run_on_target(target: Target, argv: Sequence[str], *, timeout: float = 60.0,
                   ok_codes: tuple[int, ...] = (0,)) -> str:
     """Run a short plain command on `target` and return its stdout (OptionError on failure)."""
-    full = exec_argv(target, argv)
-    try:
-        done = subprocess.run(full, capture_output=True, timeout=timeout, check=False)  # noqa: S603
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise OptionError(f"could not run {shlex.join(argv)} on the target: {exc}") from None
-    if done.returncode not in ok_codes:
-        err = done.stderr.decode(errors="replace").strip()
-        raise OptionError(f"{shlex.join(argv)} failed on the target (exit {done.returncode}): {err}")
-    return done.stdout.decode(errors="replace")
-
-
-def stap_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment stap runs with: the caller's, plus
-
-    - ``TERM=dumb``: no colours from stap, staprun or gcc on the pty;
-    - ``LC_MESSAGES=C``: English messages, which diagnose.py recognises (``LC_ALL``, which
-      would override it, is moved to ``LANG`` so the rest of the locale is kept).
-    """
-    env = dict(os.environ if base is None else base)
-    env["TERM"] = "dumb"
-    if "LC_ALL" in env:
-        lc_all = env.pop("LC_ALL")
-        if lc_all:
-            env["LANG"] = lc_all
-    env["LC_MESSAGES"] = "C"
-    return env
+    return target.run(argv, timeout=timeout, ok_codes=ok_codes)
 
 
 # --------------------------------------------------------------------------------------
@@ -367,7 +185,7 @@ class StapProcess:
         # module unload travel over (seen on the lab: SIGINT to the group always escalated).
         self.group_signals = group_signals
 
-        argv = [_check_arg("argv item", a) for a in argv]
+        argv = [check_arg("argv item", a) for a in argv]
         if not argv:
             raise OptionError("empty argv")
         self.argv: tuple[str, ...] = tuple(argv)
@@ -558,6 +376,8 @@ class StapProcess:
                     self.wait(max(grace, 1.0))
         finally:
             self._closed = True
+            if not self._child_alive():
+                self._end_group(min(grace, 0.5))
             try:
                 self._poll.unregister(self._child.child_fd)
             except (KeyError, ValueError, OSError):
@@ -571,6 +391,35 @@ class StapProcess:
                         os.close(fd)
                     except OSError:
                         pass
+
+    def _child_alive(self) -> bool:
+        """isalive() even after close() began (it then answers False)."""
+        try:
+            return bool(self._child.isalive())
+        except Exception:  # ECHILD: reaped elsewhere
+            return False
+
+    def _end_group(self, wait: float) -> None:
+        """stap has exited: end what it left in its process group (a ``-c`` workload's
+        ``nohup cmd &``, which the pty's hangup does not stop): SIGTERM, SIGKILL after `wait`
+        seconds. The group id cannot be reused while any member lives."""
+        if self._pgid is None:
+            return
+        try:
+            os.killpg(self._pgid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return  # nobody left
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self._pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.02)
+        try:
+            os.killpg(self._pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def __enter__(self) -> StapProcess:
         return self
@@ -587,7 +436,9 @@ class StapProcess:
 class RunStatus:
     """How a run ended. ``exit_status`` is None when the process died of a signal
     (``signal``); ``interrupted`` says we forwarded a stop (SIGINT); ``escalated`` whether
-    we had to go further."""
+    we had to go further. ``command_status``: how the ``-c`` command ended when stap
+    reported it failed (its exit status, or ``-signal``), filled in from stap's messages
+    after the run; None when stap reported nothing (it exited 0, or there was none)."""
 
     exit_status: int | None
     signal: int | None
@@ -595,6 +446,7 @@ class RunStatus:
     escalated: Literal["SIGTERM", "SIGKILL"] | None
     duration: float
     argv: Sequence[str] = field(default=())
+    command_status: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -699,6 +551,7 @@ def run(
     env: Mapping[str, str] | None = None,
     linger: float = 1.0,
     group_signals: bool = True,
+    target: Target | None = None,
 ) -> RunStatus:
     """Run ``argv`` under a pty until its output ends; feed every chunk to ``on_chunk``.
 
@@ -711,8 +564,13 @@ def run(
     skips the wait. Every byte read is passed on; the child is reaped and the pty closed
     whatever happens. Exceptions from the callbacks (other than KeyboardInterrupt) stop the
     child and propagate.
+
+    With a ``target``, its ``group_signals`` replaces the argument of that name, and once stap
+    has exited ``target.end_workload(argv)`` ends what is left of the ``-c`` workload there.
     """
     argv = list(argv)
+    if target is not None:
+        group_signals = target.group_signals
     started = time.monotonic()
     poll_interval = max(0.005, min(0.05, tick_interval))
     stop_seen = False
@@ -753,7 +611,11 @@ def run(
                 except KeyboardInterrupt:
                     esc.request()
         finally:
-            proc.close(grace=grace)  # instant when the child already exited
+            try:
+                proc.close(grace=grace)  # instant when the child already exited
+            finally:
+                if target is not None:
+                    target.end_workload(argv)
     return RunStatus(
         exit_status=proc.exitstatus,
         signal=proc.signalstatus,

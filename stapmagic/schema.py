@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from . import wire
+
 ColumnKind = Literal["int", "uint", "hex", "str", "errno"]
 COLUMN_KINDS: tuple[ColumnKind, ...] = ("int", "uint", "hex", "str", "errno")
 
@@ -17,16 +19,8 @@ COLUMN_KINDS: tuple[ColumnKind, ...] = ("int", "uint", "hex", "str", "errno")
 # cpu, comm; the DataFrame puts `probe` second and keeps DESIGN.md's reserved-name order).
 BASE_COLUMNS: tuple[str, ...] = ("time", "probe", "pid", "tid", "comm", "cpu")
 
-# The columns records.py splits a print_regs() dump into (x86_64 runtime/linux/regs.c),
-# all uint64. The FS/GS selector values printed in parentheses are not kept: in kernel mode
-# on x86_64 they are always 0000 (the bases are in fs/gs).
-PRINT_REGS_COLUMNS: tuple[str, ...] = (
-    "rip", "rsp", "eflags",
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
-    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-    "fs", "gs", "knlgs", "cs", "ds", "es",
-    "cr0", "cr2", "cr3", "cr4",
-)
+# The register columns of a print_regs() dump: owned by wire.py, re-exported here.
+PRINT_REGS_COLUMNS = wire.PRINT_REGS_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from . import wire
 from .errors import OptionError, SpecError
 
 # The schema types live in schema.py (shared with records.py); re-exported here.
@@ -34,12 +35,13 @@ __all__ = [
     "KEYS_TAG", "COUNT_KEYS", "HIST_LINEAR_MAX_BUCKETS", "Aggregate", "pair_up",
 ]
 
-RECORD_TAG = "@@sm1"
-COUNTER_TAG = "@@smc"
-HIST_TAG = "@@smh"
-HIST_END_TAG = "@@smh-end"
-SUMMARY_TAG = "@@sms"
-KEYS_TAG = "@@smk"
+# The tags are the wire's (wire.py owns them); re-exported for the script's printf formats.
+RECORD_TAG = wire.RECORD_TAG
+COUNTER_TAG = wire.COUNTER_TAG
+HIST_TAG = wire.HIST_TAG
+HIST_END_TAG = wire.HIST_END_TAG
+SUMMARY_TAG = wire.SUMMARY_TAG
+KEYS_TAG = wire.KEYS_TAG
 # Distinct keys a --count-by array holds (SystemTap's default MAXMAPENTRIES; the end probe's
 # foreach over them stays within MAXACTION_INTERRUPTIBLE). Events with a new key past it are
 # counted as `count_overflow` instead of raising "array overflow", which would end the run.
@@ -65,10 +67,7 @@ MAX_COUNT = 10**18
 # -T: timer.ms(N) takes 1..86400000 (tapset-timers.cxx: hrtimer max_ns_interval, one day).
 MAX_DURATION = 86400.0
 # u_register() names (tapset/x86_64/registers.stp) that are also print_regs() columns.
-REGS_ALLOWED: tuple[str, ...] = (
-    "rip", "rsp", "eflags", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
-    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-)
+REGS_ALLOWED: tuple[str, ...] = wire.U_REGISTERS
 
 @dataclass(frozen=True)
 class Aggregate:

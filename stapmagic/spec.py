@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import SpecError
+from .wire import PRINT_REGS_COLUMNS
 
 __all__ = [
     "ARG_TYPES", "RET_TYPES", "DEFAULT_RETTYPE", "REGISTER_COLUMNS", "RESERVED_NAMES",
@@ -42,12 +43,8 @@ SKIP_TYPE = "long"
 # 16 is a sanity bound, not a SystemTap limit.
 MAX_ARGS = 16
 
-# Columns of the print_regs() dump, in records.py order (runtime/linux/regs.c layout).
-REGISTER_COLUMNS: tuple[str, ...] = (
-    "rip", "rsp", "eflags", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
-    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-    "fs", "gs", "knlgs", "cs", "ds", "es", "cr0", "cr2", "cr3", "cr4",
-)
+# Columns of the print_regs() dump (wire.py owns the list): reserved as argument names.
+REGISTER_COLUMNS: tuple[str, ...] = PRINT_REGS_COLUMNS
 RESERVED_NAMES: frozenset[str] = frozenset(
     ("time", "probe", "pid", "tid", "comm", "cpu", "retval", "errno", "latency_ns")
     + REGISTER_COLUMNS

@@ -54,7 +54,7 @@ def feed(run: pipeline.ProbeRun, text: str, chunk: int = 7) -> None:
     """Feed `text` as the pty delivers it (\\r\\n, arbitrary chunks), batches to the run."""
     data = text.replace("\n", "\r\n").encode()
     for i in range(0, len(data), chunk):
-        run.note_batch(run.parser.feed(data[i:i + chunk]))
+        run.parser.feed(data[i:i + chunk])
     run.note_batch(run.parser.close())
 
 
@@ -160,11 +160,64 @@ def test_bad_tag_lines_are_damaged_not_messages():
 
 
 def test_parse_tag_count():
-    t = records.parse_tag_count(b"@@smc\tunpaired\t3\t-1\t@@\r")
-    assert t == records.TagCount("smc", "unpaired", "3", -1)
-    for bad in (b"@@smc\tunpaired\t3\t1", b"@@smx\ta\tb\t1\t@@", b"@@smk\ta\tb\t1\t2\t@@"):
+    t = records.parse_tag_count(b"@@smc\tunpaired\t3\t1\t@@\r")
+    assert t == records.TagCount("smc", "unpaired", "3", 1)
+    assert records.parse_tag_count(b"@@smk\tf\t-5\t2\t@@", "int").key == "-5"
+    for bad in (b"@@smc\tunpaired\t3\t1", b"@@smx\ta\tb\t1\t@@", b"@@smk\ta\tb\t1\t2\t@@",
+                b"@@smc\tunpaired\t3\t-1\t@@", b"@@smk\ta\tb\t-3\t@@",
+                b"@@smk\ta\tb\t9223372036854775808\t@@", b"@@smk\ta\tb\t+3\t@@",
+                b"@@smk\ta\tb\t 3\t@@", b"@@smc\tunpaired\tx\t1\t@@",
+                b"@@smk\ta\t\\777\t1\t@@", b"@@smk\ta\t\\x41\t1\t@@",
+                b"@@smk\ta\tb\xff\t1\t@@"):
         with pytest.raises(ValueError):
             records.parse_tag_count(bad)
+    for kind, key in (("int", b"9223372036854775808"), ("int", b"-9223372036854775809"),
+                      ("int", b"1x"), ("uint", b"18446744073709551616"), ("uint", b"-1"),
+                      ("hex", b"1ffffffffffffffff"), ("hex", b"0x10"), ("str", b"\\400")):
+        with pytest.raises(ValueError):
+            records.parse_tag_count(b"@@smk\tp\t" + key + b"\t1\t@@", kind)
+
+
+@pytest.mark.parametrize("kind,key", [
+    ("int", "9223372036854775808"), ("uint", "18446744073709551616"), ("hex", "1" * 17),
+    ("str", "\\777"), ("int", "12a"),
+])
+def test_malformed_count_keys_are_damaged_and_the_rest_kept(kind, key):
+    """A key the script cannot have printed for its kind: that line is DAMAGED, the other
+    counts stay, and nothing raises."""
+    p = records.RecordParser([], key_kinds={"f": kind})
+    good = {"int": "-7", "uint": "7", "hex": "ff", "str": "sh"}[kind]
+    data = (f"@@smk\tf\t{good}\t3\t@@\n@@smk\tf\t{key}\t2\t@@\n"
+            f"@@smk\tf\t{good}\t-3\t@@\n@@smk\tf\t{good}\tlots\t@@\n").encode()
+    p.feed(data)
+    p.close()
+    assert [(t.key, t.value) for t in p.tag_counts] == [(good, 3)]
+    assert p.damaged_count == 3
+
+
+@pytest.mark.parametrize("text", [
+    "@@smh\tf\tlog\nvalue |---- count\n    1 |@ 99999999999999999999\n@@smh-end\n",
+    "@@smh\tf\tlinear:0:x:1\nvalue |---- count\n    1 |@ 1\n@@smh-end\n",
+    "@@smh\tf\nvalue |---- count\n    1 |@ 1\n@@smh-end\n",
+])
+def test_malformed_hist_block_is_damaged_not_a_traceback(text):
+    run = prepared("tcp_v4_connect", hist="latency")
+    feed(run, text + "@@sms\ttcp_v4_connect.call+return\t1\t5\t5\t5\t5\t@@\n"
+         "@@sms\tg\t1\t1\t99999999999999999999\t1\t1\t@@\n")
+    assert run.histograms == [] and run.damaged == 3
+    assert "value |---- count" in run.messages
+    assert run.result().attrs["summaries"]["tcp_v4_connect.call+return"]["max"] == 5
+
+
+def test_count_by_with_a_damaged_tag_line_keeps_its_result():
+    run = prepared("tcp_v4_connect", count_by="comm")
+    feed(run, "@@smk\ttcp_v4_connect\tpython3\t4\t@@\n"
+              "@@smk\ttcp_v4_connect\tsh\\777\t1\t@@\n"
+              "@@smk\ttcp_v4_connect\tcurl\t-3\t@@\n"
+              "@@smk\ttcp_v4_connect\tcurl\t99999999999999999999\t@@\n")
+    assert run.counts.to_dict("records") == [
+        {"probe": "tcp_v4_connect", "key": "python3", "count": 4}]
+    assert run.damaged == 3
 
 
 def test_latency_option_reaches_the_script():

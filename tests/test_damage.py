@@ -153,6 +153,17 @@ def test_unescaped_bytes_in_text_fields(where: str, raw: bytes) -> None:
     check(with_line(i, bad), RECS, {i}, 1, messages=[])
 
 
+@pytest.mark.parametrize("where", ["comm", "str"])
+@pytest.mark.parametrize("esc", [rb"\x41", rb"\'", rb"\01", rb"\101", rb"\u00e9", rb"\303\251"])
+def test_escapes_text_str_never_prints(where: str, esc: bytes) -> None:
+    """An escape text_str() does not print (\\x, \\', short or needless octal, lower-case
+    or needless \\u) means a damaged field: the line is DAMAGED, never a row."""
+    i = next(k for k, (_, row) in enumerate(RECS) if row["probe"] == OPEN.label)
+    parts = LINES[i].split(b"\t")
+    parts[6 if where == "comm" else 8] += esc
+    check(with_line(i, b"\t".join(parts)), RECS, {i}, 1, messages=[])
+
+
 def test_escaped_non_utf8_is_fine() -> None:
     """The same bytes escaped by text_str are a valid record (kept as backslashreplace)."""
     line = format_record(2, T0, 1, 1, 0, b"\xffcomm", [0, b"f\xc3\xa9\xff", 0], schema=OPEN)

@@ -177,6 +177,37 @@ def test_summary() -> None:
     assert parse_summary("@@sms\tx\t0\t\t\t\t\t@@") == Summary("x", 0, None, None, None, None)
     assert parse_summary("@@sms\tneg\t2\t-5\t-1\t-3\t-6\t@@").min == -5
     for bad in ("@@sms\tx\t1\t2\t3\t4\t@@", "@@sms\tx\tone\t1\t1\t1\t1\t@@",
-                "@@smsx\t1\t1\t1\t1\t1\t@@", "@@sms\tx\t\t1\t1\t1\t1\t@@"):
+                "@@smsx\t1\t1\t1\t1\t1\t@@", "@@sms\tx\t\t1\t1\t1\t1\t@@",
+                # what the script never prints: a negative count, numbers past int64, a
+                # count of 0 with values or a count without them, signs and spaces
+                "@@sms\tx\t-1\t1\t1\t1\t1\t@@", "@@sms\tx\t9223372036854775808\t1\t1\t1\t1\t@@",
+                "@@sms\tx\t1\t-9223372036854775809\t1\t1\t1\t@@",
+                "@@sms\tx\t1\t1\t1\t1\t99999999999999999999\t@@",
+                "@@sms\tx\t0\t1\t1\t1\t1\t@@", "@@sms\tx\t2\t\t\t\t\t@@",
+                "@@sms\tx\t1\t+1\t1\t1\t1\t@@", "@@sms\tx\t1\t 1\t1\t1\t1\t@@"):
         with pytest.raises(ValueError):
             parse_summary(bad)
+
+
+@pytest.mark.parametrize("body", [
+    "value |---- count\n    1 |@ 99999999999999999999\n",
+    "value |---- count\n99999999999999999999 |@ 1\n",
+    "value |---- count\n9223372036854775807 |@ 1\n",
+])
+def test_hist_numbers_past_int64_are_a_value_error(body: str) -> None:
+    """Only ValueError (the parser's "not a histogram"), never OverflowError or a frame
+    with wrapped numbers."""
+    for kind in ("log", "linear:0:10:1", None):
+        try:
+            df = parse_hist(body, kind)
+        except ValueError:
+            continue
+        assert int(df["count"].max()) < 1 << 63 and df["high"].isna().any()
+
+
+def test_linear_fill_is_bounded() -> None:
+    """A `~` between two rows far apart in a linear histogram cannot make millions of
+    zero buckets (SystemTap prints at most 128)."""
+    body = "value |---- count\n    0 |@ 1\n    ~\n1000000000 |@ 1\n"
+    with pytest.raises(ValueError):
+        parse_hist(body, "linear:0:1000000000:1")

@@ -53,6 +53,8 @@ def fake(tmp_path, monkeypatch):
         "exit 0; fi\n"
         f"cat {tmp_path}/p1\n"
         f'sleep "${{FAKE_PAUSE:-0}}"\n'
+        # FAKE_MKDIR: make the recording's destination unusable while the run is on.
+        'if [ -n "$FAKE_MKDIR" ]; then mkdir "$FAKE_MKDIR"; fi\n'
         f"cat {tmp_path}/p2\n"
         "exit 0\n")
     stap.chmod(0o755)
@@ -377,3 +379,214 @@ def test_replay_never_touches_the_recorded_target(ip, fake, no_stap, monkeypatch
     replayed = ip.user_ns["_kprobe"]
     assert replayed.status.exit_status == 1 and len(replayed.df) == 2
     assert str(replayed.target) == "lab" and not replayed.notes
+
+
+# -- a recording that cannot be written (issue 11 §3) ----------------------------------------
+
+
+def _partials(tmp):
+    return sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*.partial"))
+
+
+@pytest.mark.parametrize("dest, needle", [
+    ("adir", "adir is a directory"),
+    ("nodir/rec.jsonl", "directory nodir does not exist"),
+    ("afile/rec.jsonl", "afile is not a directory"),
+    ("a\x00b.jsonl", "NUL"),
+])
+def test_unusable_record_path_is_refused_before_the_run(ip, fake, dest, needle):
+    (fake["tmp"] / "adir").mkdir()
+    (fake["tmp"] / "afile").write_text("x")
+    _, err = run(ip, f"%%kprobe -q --record {dest} {SPEC}")
+    assert isinstance(err, UsageError), repr(err)
+    assert needle in str(err)
+    assert "_kprobe" not in ip.user_ns  # refused before stap ran
+    assert _partials(fake["tmp"]) == []
+    assert not (fake["tmp"] / "nodir").exists()
+
+
+def test_recording_that_cannot_be_saved_after_the_run_keeps_the_rows(ip, fake, monkeypatch):
+    # The destination turns into a directory while stap runs: only closing the file can fail.
+    monkeypatch.setenv("FAKE_MKDIR", "rec.jsonl")
+    _, err = run(ip, f"%%kprobe -q --record rec.jsonl -o got {SPEC}")
+    assert isinstance(err, UsageError), repr(err)
+    assert "recording rec.jsonl was not saved" in str(err) and "directory" in str(err)
+    assert "2 rows" in str(err)
+    assert len(ip.user_ns["got"]) == 2
+    done = ip.user_ns["_kprobe"]
+    assert not done.running and done.status.exit_status == 0
+    assert _partials(fake["tmp"]) == []
+    assert ip.run_line_magic("kprobe", "--list-running").empty
+
+
+def test_background_run_whose_recording_fails_still_ends(ip, fake, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_MKDIR", "rec.jsonl")
+    value, err = run(ip, f"%%kprobe -q --bg --record rec.jsonl {SPEC}")
+    assert err is None, err
+    value.wait(20)
+    assert not value.running and len(value.df) == 2
+    assert "recording rec.jsonl was not saved" in capsys.readouterr().err
+    assert ip.run_line_magic("kprobe", "--list-running").empty
+    t0 = time.monotonic()
+    ip.run_line_magic("kprobe", "--stop-all")
+    assert time.monotonic() - t0 < 5
+    assert _partials(fake["tmp"]) == []
+
+
+def _replayable(tmp_path, **opts):
+    run_ = pipeline.prepare_script("probe begin { exit() }\n", pipeline.ProbeOptions(**opts),
+                                   build=lambda *a: ["stap", "-e", "x"])
+    return run_, recording.Player(_timed(tmp_path))
+
+
+def test_execute_marks_the_run_done_whatever_fails_after_it(tmp_path):
+    r, player = _replayable(tmp_path)
+    finals = []
+
+    def on_batch(run_, batch, final):
+        if final:
+            finals.append(run_.status)
+            raise RuntimeError("the final batch's consumer failed")
+
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        pipeline.execute(r, on_batch=on_batch, source=player)
+    assert r.done.is_set() and not r.running and r.finished is not None
+    assert len(finals) == 1 and finals[0].exit_status is None
+    assert r.messages == ["at 0.0", "at 0.5", "at 1.0"]
+
+
+def test_a_failing_post_mortem_is_a_note_not_a_lost_run(tmp_path, monkeypatch):
+    from stapmagic import lab, runner
+    from stapmagic.errors import LabError
+
+    r = pipeline.prepare_script("probe begin { exit() }\n", pipeline.ProbeOptions(target="lab"),
+                                build=lambda *a: ["stap"])
+
+    def failed_run(argv, on_chunk, **kw):
+        on_chunk(b"ERROR: something\n")
+        return runner.RunStatus(exit_status=1, signal=None, interrupted=False, escalated=None,
+                                duration=0.1, argv=tuple(argv))
+
+    def broken(*a, **kw):
+        raise LabError("lab state unreadable")
+
+    monkeypatch.setattr(runner, "run", failed_run)
+    monkeypatch.setattr(lab, "is_up", broken)
+    finals = []
+    pipeline.execute(r, on_batch=lambda run_, b, final: finals.append(final))
+    assert r.done.is_set() and finals == [True]
+    assert any("lab state unreadable" in n for n in r.notes)
+
+
+# -- a tampered recording (issue 11 §4) ------------------------------------------------------
+
+
+def _set(line, *path_value):
+    *path, value = path_value
+
+    def edit(objs):
+        obj = objs[line]
+        for key in path[:-1]:
+            obj = obj[key]
+        obj[path[-1]] = value
+    return edit
+
+
+def _drop_end(objs):
+    objs.pop()
+
+
+@pytest.mark.parametrize("edit, line, needle", [
+    (_set(1, "data", "not base64!"), 2, "`data` is not valid base64"),
+    (_set(1, "t", "abc"), 2, '`t` must be a number of seconds from 0, not "abc"'),
+    (_set(1, "t", None), 2, "`t` must be a number of seconds"),
+    (_set(1, "t", float("nan")), 2, "not NaN"),
+    (_set(1, "t", -1), 2, "not -1"),
+    (_set(1, "data", 123), 2, "`data` must be a base64 string, not 123"),
+    (_set(0, "options", "count", "5"), 1, 'option `count` must be a whole number or null, not "5"'),
+    (_set(0, "options", "regs", "rip"), 1, "option `regs` must be a list of (a string)"),
+    (_set(0, "options", []), 1, "`options` must be an object"),
+    (_set(0, "started", 1e300), 1, "`started` must be a number of seconds from 0 to"),
+    (_set(0, "argv", "stap -e x"), 1, "`argv` must be a list of strings"),
+    (_set(0, "target", "ssh://-oProxyCommand=x"), 1, "`target`"),
+    (_set(0, "version", 2), 1, "made by a newer stapmagic"),
+    (_set(-1, "end", "exit_status", "0"), "end", '`exit_status` must be null or a whole number '
+                                                 '0-255, not "0"'),
+    (_set(-1, "end", "exit_status", 0.0), "end", "`exit_status`"),
+    (_set(-1, "end", "interrupted", "yes"), "end", '`interrupted` must be true or false, not "yes"'),
+    (_set(-1, "end", "duration", float("inf")), "end", "`duration`"),
+])
+def test_tampered_recording_is_one_usage_error_naming_the_line(ip, fake, no_stap, edit, line,
+                                                                needle):
+    _, err = run(ip, f"%%kprobe -q --record rec.jsonl {SPEC}")
+    assert err is None, err
+    path = fake["tmp"] / "rec.jsonl"
+    objs = [json.loads(ln) for ln in path.read_text().splitlines()]
+    # header, the output in as many chunks as the pty delivered it (one or more), end
+    assert len(objs) >= 3 and "end" in objs[-1]
+    if line == "end":
+        line = len(objs)
+    edit(objs)
+    path.write_text("".join(json.dumps(obj) + "\n" for obj in objs))
+    no_stap()
+    _, err = run(ip, f"%%kprobe -q --replay rec.jsonl {SPEC}")
+    assert isinstance(err, UsageError), repr(err)
+    assert f"rec.jsonl, line {line}: " in str(err) and needle in str(err), str(err)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "rec.jsonl is empty"),
+    ("\n\n", "rec.jsonl is empty"),
+    ("hello\nworld\n", "rec.jsonl, line 1: not a stapmagic recording (not JSON"),
+    ("[1, 2]\n", "rec.jsonl, line 1: not a stapmagic recording"),
+    ('{"format": "stapmagic-recording", "version": true}\n', "`version` must be a whole number"),
+])
+def test_not_a_recording_is_one_usage_error(ip, fake, no_stap, text, needle):
+    (fake["tmp"] / "rec.jsonl").write_text(text)
+    no_stap()
+    _, err = run(ip, f"%%kprobe -q --replay rec.jsonl {SPEC}")
+    assert isinstance(err, UsageError), repr(err)
+    assert needle in str(err), str(err)
+
+
+def test_recording_without_its_end_line_is_one_usage_error(ip, fake, no_stap):
+    _, err = run(ip, f"%%kprobe -q --record rec.jsonl {SPEC}")
+    assert err is None, err
+    path = fake["tmp"] / "rec.jsonl"
+    path.write_text("".join(ln + "\n" for ln in path.read_text().splitlines()[:-1]))
+    no_stap()
+    _, err = run(ip, f"%%kprobe -q --replay rec.jsonl {SPEC}")
+    assert isinstance(err, UsageError) and "rec.jsonl is truncated" in str(err), repr(err)
+
+
+# -- names and directories (issue 11 §4) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("cell, needle", [
+    (f"%%kprobe -q --replay a\x00b.jsonl {SPEC}", "contains a NUL character"),
+    (f"%%kprobe -q --replay nodir/rec.jsonl {SPEC}",
+     "no recording nodir/rec.jsonl (make it with --record, or in mode record); "
+     "directory nodir does not exist"),
+])
+def test_bad_replay_names_are_usage_errors(ip, fake, no_stap, cell, needle):
+    no_stap()
+    _, err = run(ip, cell)
+    assert isinstance(err, UsageError), repr(err)
+    assert needle in str(err), str(err)
+
+
+@pytest.mark.parametrize("mode", ["record", "replay"])
+def test_recordings_dir_that_is_a_file_is_a_usage_error(ip, fake, config, mode):
+    (fake["tmp"] / "afile").write_text("x")
+    config(mode=mode, recordings_dir="afile")
+    _, err = run(ip, f"%%kprobe -q --recording r1 {SPEC}")
+    assert isinstance(err, UsageError), repr(err)
+    assert "KprobeMagics.recordings_dir 'afile' is a file, not a directory" in str(err)
+    assert "_kprobe" not in ip.user_ns and _partials(fake["tmp"]) == []
+
+
+def test_mode_record_creates_a_missing_recordings_dir(ip, fake, config):
+    config(mode="record", recordings_dir="new/dir")
+    _, err = run(ip, f"%%kprobe -q --recording r1 {SPEC}")
+    assert err is None, err
+    assert recording.load(fake["tmp"] / "new" / "dir" / "r1.jsonl").end.exit_status == 0

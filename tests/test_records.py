@@ -117,12 +117,30 @@ def test_escape_matches_systemtap(raw: bytes, printed: bytes) -> None:
 
 def test_escape_stops_at_nul_and_unescape_rejects() -> None:
     assert escape_text(b"ab\0cd") == b"ab"
-    assert unescape_text(rb"\x41\'\0") == "A'\0"
     assert unescape_text(rb"\377") == "\\xff"                   # not UTF-8: backslashreplace
     for bad in (b"tab\there", b'quote"', b"\\q", b"\\u12", b"\\", b"\\777", b"caf\xc3\xa9",
                 b"\\U00110000"):
         with pytest.raises(ValueError):
             unescape_text(bad)
+
+
+# Escapes that _stp_text_str (runtime/stp_string.c) never prints: it writes octal as exactly
+# three digits (the first 0-3) and only for bytes without a short escape that are not part
+# of valid UTF-8; \u/\U with upper-case hex, \u for code points up to FFFF, \U above; no
+# \x, no \', and a string ends at its first NUL.
+NEVER_PRINTED = [
+    rb"\x41", rb"\'", rb"\0", rb"\01", rb"\7", rb"\000", rb"\101", rb"\011", rb"\134",
+    rb"\042", rb"\303\251", rb"\u0041", rb"\u00e9", rb"\u007F", rb"\uD800",
+    rb"\U0000FFFF", rb"\U000000E9", rb"\u0000", rb"\400",
+]
+
+
+@pytest.mark.parametrize("printed", NEVER_PRINTED)
+def test_unescape_accepts_only_what_text_str_prints(printed: bytes) -> None:
+    with pytest.raises(ValueError):
+        unescape_text(printed)
+    with pytest.raises(ValueError):
+        unescape_text(b"ok " + printed + b" ok")
 
 
 @given(st.binary(max_size=80))
@@ -233,11 +251,11 @@ def chunked(parser: RecordParser, data: bytes, cuts: list[int], flushes: list[bo
     batches = []
     pos = 0
     for i, c in enumerate(sorted(set(cuts))):
-        batches.append(parser.feed(data[pos:c]))
+        parser.feed(data[pos:c])
         if flushes[i % len(flushes)]:
             batches.append(parser.flush())
         pos = c
-    batches.append(parser.feed(data[pos:]))
+    parser.feed(data[pos:])
     batches.append(parser.close())
     return batches
 
@@ -396,8 +414,8 @@ def test_frame_is_protected_and_cached() -> None:
 
 def test_batches() -> None:
     p = RecordParser([CONNECT], batch_bytes=1 << 20)
-    b = p.feed(pty(format_record(0, 1, 1, 1, 0, "a", [1, 2, 3], schema=CONNECT)))
-    assert b.empty and b.frame is None                # buffered, not parsed yet
+    p.feed(pty(format_record(0, 1, 1, 1, 0, "a", [1, 2, 3], schema=CONNECT)))
+    assert p.row_count == 0 and p.buffered > 0         # buffered, not parsed yet
     b = p.flush()
     assert b.rows == 1 and b.frame is not None and list(b.frame.index) == [0]
     p.feed(pty(b"hello\n" + format_record(0, 2, 1, 1, 0, "b", [1, 2, 3], schema=CONNECT)))
@@ -418,9 +436,9 @@ def test_feed_parses_but_flush_reports() -> None:
     p = RecordParser([CONNECT], batch_bytes=100)
     lines = [format_record(0, i, i, i, 0, "a", [i, i, i], schema=CONNECT) for i in range(50)]
     for ln in lines:
-        assert p.feed(pty(ln)).empty
+        assert p.feed(pty(ln)) is None                  # nothing to report: see flush()
     p.feed(b"msg\r\n@@smh\th\tlog\r\nvalue |---- count\r\n    1 |@ 1\r\n@@smh-end\r\n")
-    assert p.row_count >= 40 and p._size < 400       # parsed already, little buffered
+    assert p.row_count >= 40 and p.buffered < 400       # parsed already, little buffered
     b = p.flush()
     assert b.rows == 50 and b.messages == ("msg",) and len(b.histograms) == 1
     assert list(b.frame["pid"]) == list(range(50))
@@ -546,7 +564,9 @@ def test_hist_and_summary_tags(reference: Callable[[str], Path]) -> None:
         b"@@smc\tunpaired\t0\t3\t@@\n",
     ]))
     p = RecordParser([CONNECT], batch_bytes=64)
-    got = [p.feed(raw[i:i + 50]) for i in range(0, len(raw), 50)] + [p.close()]
+    for i in range(0, len(raw), 50):
+        p.feed(raw[i:i + 50])
+    got = [p.close()]
     assert len(p.histograms) == 1 and sum(len(b.histograms) for b in got) == 1
     h = p.histograms[0]
     assert h.name == "reads" and h.kind == "log" and h.frame["count"].sum() == 577

@@ -518,6 +518,36 @@ def test_grandchild_holding_the_pty_does_not_hang_the_run(tmp_path):
                 pass
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_child_left_in_stap_group_is_ended_by_the_runner(tmp_path):
+    """stap exits, leaving a child in its process group that survives the pty's hangup: the
+    runner's own clean-up ends it (the test never signals it, except to clean up a failure)."""
+    pidfile = tmp_path / "pid"
+    got = Collector()
+    try:
+        status = run(fake("leave-child", str(pidfile)), got)
+        assert status.exit_status == 0 and "parent done" in got.lines
+        child = int(pidfile.read_text())
+        deadline = time.monotonic() + 2
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _running(child), "the child stap left in its group survived the run"
+    finally:
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_output_closed_but_process_alive_is_terminated():
     got = Collector()
     status = run(fake("linger-exit"), got, grace=0.3)

@@ -21,13 +21,24 @@ Modes:
   background PIDFILE  start a grandchild that keeps the pty open (sleeps 30 s; its pid goes
                       to PIDFILE), print "parent done", exit 0 at once
   linger-exit         close stdout/stderr (pty EOF) but keep running 30 s
-  stap ARGS...        pretend to be `stap`: print "ARGV <json of ARGS>" and exit 0
+  leave-child PIDFILE start a child that stays in our process group, ignores SIGHUP and
+                      holds nothing of the pty (sleeps 30 s; its pid goes to PIDFILE), print
+                      "parent done", exit 0 at once
+  stap ARGS...        pretend to be `stap`: print "ARGV <json of ARGS>" and exit 0. With
+                      FAKESTAP_REMOTE_SCRATCH set and a `-c CMD`, pretend to be
+                      `stap --remote` (stapsh + staprun on another machine): run CMD as
+                      staprun does (staprun_argv) in that scratch directory, in another session (not our process group:
+                      it is "over there") but not as a group leader (staprun's child is
+                      none), HOME=FAKESTAP_REMOTE_HOME; print "CHILD PID" (that session's
+                      leader), exit 0 when CMD ends, or on SIGINT print "END" and exit 0
+                      leaving it running (stapio's `quit` does that)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -54,6 +65,17 @@ def hits_loop(on_int, on_term=None, ready: str | None = None) -> None:
         time.sleep(0.02)
     out("TIMEOUT")
     sys.exit(3)
+
+
+def staprun_argv(command: str) -> list[str]:
+    """How staprun runs `stap -c COMMAND` (runtime/staprun start_cmd): split like a shell
+    would (wordexp(3); shlex here) and exec'd, or `sh -c COMMAND` when it holds an unquoted
+    shell metacharacter."""
+    lex = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    if any(tok and set(tok) <= set("();<>|&") for tok in lex):
+        return ["sh", "-c", command]
+    return shlex.split(command)
 
 
 def main(argv: list[str]) -> int:
@@ -121,6 +143,20 @@ def main(argv: list[str]) -> int:
             f.write(str(pid))
         out("parent done")
         return 0
+    if mode == "leave-child":
+        pid = os.fork()
+        if pid == 0:  # like `nohup cmd &`: survives the pty's hangup, keeps our group
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            time.sleep(30)
+            os._exit(0)
+        with open(args[0] + ".tmp", "w") as f:
+            f.write(str(pid))
+        os.rename(args[0] + ".tmp", args[0])
+        out("parent done")
+        return 0
     if mode == "linger-exit":
         out("closing output")
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -128,12 +164,63 @@ def main(argv: list[str]) -> int:
             os.dup2(devnull, fd)
         time.sleep(30)
         return 0
+    if mode == "stap" and os.environ.get("FAKESTAP_RUN_COMMAND") == "1":
+        return stap_running_command(args)
     if mode == "stap":
         out("Pass 5: starting run.", stream=sys.stderr)
         out("ARGV " + json.dumps(args))
+        scratch = os.environ.get("FAKESTAP_REMOTE_SCRATCH")
+        if scratch and "-c" in args:
+            import subprocess
+
+            env = dict(os.environ, HOME=os.environ.get("FAKESTAP_REMOTE_HOME", "/"))
+            # like staprun's child: no group leader (an sh in a session of its own runs it)
+            child = subprocess.Popen(["sh", "-c", '"$@" & wait $!', "sh",  # noqa: S603
+                                      *staprun_argv(args[args.index("-c") + 1])],
+                                     cwd=scratch, env=env, start_new_session=True)
+
+            def end(signum, frame):
+                out("END")
+                os._exit(0)
+
+            signal.signal(signal.SIGINT, end)
+            out(f"CHILD {child.pid}")
+            return 0 if child.wait() == 0 else 1
         return 0
     out(f"fakestap: unknown mode {mode!r}", stream=sys.stderr)
     return 2
+
+
+def stap_running_command(args: list[str]) -> int:
+    """Mode `stap` with FAKESTAP_RUN_COMMAND=1 (opt-in: other tests pass hostile -c
+    commands): print "ARGV <json>", copy the file FAKESTAP_RECORDS (if set) to stdout, run
+    the -c command (split like a shell word list, no shell) and end as stapio and stap do
+    when it failed (staprun/mainloop.c chld_proc and cleanup_and_exit; main.cxx):
+    "WARNING: Child process exited with status N" or "... with signal N (NAME)", then
+    "Pass 5: run failed.  [man error::pass5]", exit 1. Exit 0 when it succeeded."""
+    import shlex
+    import subprocess
+
+    out("Pass 5: starting run.", stream=sys.stderr)
+    out("ARGV " + json.dumps(args))
+    records = os.environ.get("FAKESTAP_RECORDS")
+    if records:
+        with open(records, "rb") as f:
+            sys.stdout.buffer.write(f.read())
+        sys.stdout.flush()
+    if "-c" not in args:
+        return 0
+    command = shlex.split(args[args.index("-c") + 1])  # the test's own, opted in
+    rc = subprocess.run(command, check=False).returncode  # noqa: S603
+    if rc == 0:
+        return 0
+    if rc < 0:
+        out(f"WARNING: Child process exited with signal {-rc} ({signal.strsignal(-rc)})",
+            stream=sys.stderr)
+    else:
+        out(f"WARNING: Child process exited with status {rc}", stream=sys.stderr)
+    out("Pass 5: run failed.  [man error::pass5]", stream=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
