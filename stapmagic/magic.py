@@ -21,7 +21,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, Unicode, default, observe
 
 # plot registers the df.kprobe accessor
-from . import display, live, pipeline, plot, recording, runner  # noqa: F401
+from . import complete, display, live, pipeline, plot, recording, runner, symbols  # noqa: F401
 from .errors import StapMagicError
 
 
@@ -404,6 +404,11 @@ class KprobeMagics(Magics):
                 print(f"stapmagic: {d.summary}", file=out)
         print(f"stapmagic: {run.summary()}", file=out)
 
+    def function_names(self, target: str | None = None) -> list[str]:
+        """The kernel functions of `target` (default: this magic's), cached per target."""
+        where = target or self.target
+        return symbols.cached(where, runner.parse_target(where).run).names()
+
     def stop_all(self, timeout: float | None = None) -> list[pipeline.ProbeRun]:
         """Stop every live run (extension unload, interpreter exit): all are asked at once,
         then waited for (each at most `timeout` s past stap's grace and escalation)."""
@@ -447,6 +452,11 @@ def register(ipython: Any) -> None:
         # Background runs hold a stap session (a kernel module) each: end them at exit.
         atexit.register(magics.stop_all)
     display.install(ipython)
+    if magics is not None:
+        matcher = complete.ipython_matcher(complete.value_flags(magics.kprobe.parser),
+                                           magics.function_names)
+        ipython.Completer.custom_matchers.append(matcher)
+        magics._matcher = matcher
     transforms = ipython.input_transformer_manager.line_transforms
     if one_line_cell not in transforms:
         # Before IPython's own cell_magic transform, which would see an empty body.
@@ -461,6 +471,9 @@ def unregister(ipython: Any) -> None:
     if magics is not None:
         magics.stop_all()
         atexit.unregister(magics.stop_all)
+        matcher = getattr(magics, "_matcher", None)
+        if matcher in ipython.Completer.custom_matchers:
+            ipython.Completer.custom_matchers.remove(matcher)
     transforms = ipython.input_transformer_manager.line_transforms
     if one_line_cell in transforms:
         transforms.remove(one_line_cell)
