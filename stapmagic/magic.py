@@ -16,7 +16,14 @@ from typing import Any
 
 import pandas as pd
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic import (
+    Magics,
+    cell_magic,
+    line_cell_magic,
+    line_magic,
+    magics_class,
+    no_var_expand,
+)
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, Unicode, default, observe
 
@@ -56,6 +63,7 @@ def _linear(text: str) -> tuple[int, int, int]:
 
 
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+\Z")
 
 _ASMLINKAGE = "WARNING: Eliding side-effect-free expression : identifier 'asmlinkage'"
 
@@ -404,6 +412,36 @@ class KprobeMagics(Magics):
                 print(f"stapmagic: {d.summary}", file=out)
         print(f"stapmagic: {run.summary()}", file=out)
 
+    # -- %kfind ------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("pattern", nargs="+", help="function names or globs (tcp_v4_*, *_connect)")
+    @argument("--target", metavar="TARGET", help="where to look (default: "
+              "%%config KprobeMagics.target)")
+    @argument("--refresh", action="store_true", help="fetch the symbols again (the target's "
+              "kernel changed)")
+    @line_magic
+    def kfind(self, line: str) -> Any:
+        """Find kernel functions to probe: a DataFrame of name, module and the checks
+        in_kallsyms, traceable (available_filter_functions), blacklisted (kprobes refuse)."""
+        args = self._parse_plain(self.kfind, line)
+        bad = [p for p in args.pattern if not _GLOB.match(p)]
+        if bad:
+            raise UsageError(f"not a function name or glob: {bad[0]!r} (letters, digits, _ . "
+                             "and the glob characters * ? [ ])")
+        where = args.target or self.target
+        try:
+            found = symbols.cached(where, runner.parse_target(where).run, refresh=args.refresh)
+        except StapMagicError as exc:
+            raise UsageError(f"cannot read the kernel symbols of {where}: {exc}") from None
+        return symbols.find(found, args.pattern)
+
+    def _parse_plain(self, func: Any, line: str) -> Any:
+        try:
+            return func.parser.parse_args(shlex.split(line))
+        except ValueError as exc:
+            raise UsageError(f"cannot split the magic line ({exc}): {line}") from None
+
     def function_names(self, target: str | None = None) -> list[str]:
         """The kernel functions of `target` (default: this magic's), cached per target."""
         where = target or self.target
@@ -479,6 +517,6 @@ def unregister(ipython: Any) -> None:
         transforms.remove(one_line_cell)
     display.uninstall(ipython)
     for kind in ("line", "cell"):
-        for name in ("kprobe", "stap"):
+        for name in ("kprobe", "stap", "kfind"):
             ipython.magics_manager.magics[kind].pop(name, None)
     ipython.magics_manager.registry.pop("KprobeMagics", None)
