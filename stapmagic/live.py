@@ -445,7 +445,8 @@ class LiveView:
         self.draws += 1
         if self._display is None:
             # Progress is normal output: stdout (stderr is drawn as an error in notebooks).
-            print(repr(status).splitlines()[0], file=self._stream or sys.stdout, flush=True)
+            text = repr(status) if isinstance(status, RunSummary) else repr(status).splitlines()[0]
+            print(text, file=self._stream or sys.stdout, flush=True)
         elif self._handle is None:
             self._handle = self._display(status, display_id=True)
         else:

@@ -336,10 +336,13 @@ class KprobeMagics(Magics):
         plan = plan or recording.Plan()
         recorder: recording.Recorder | None = None
         source: recording.Player | None = None
+        note: str | None = None
         if plan.replay is not None:
             pace = ("as fast as possible" if plan.speed <= 0 else
                     "at the recorded pace" if plan.speed == 1 else f"at {plan.speed:g}x speed")
-            print(f"stapmagic: {recording.describe(plan.replay)}; {pace}")
+            note = f"{recording.describe(plan.replay)}; {pace}"
+            if args.quiet:
+                print(f"stapmagic: {note}")
             source = recording.Player(plan.replay, plan.speed)
         elif plan.record is not None:
             try:
@@ -348,7 +351,9 @@ class KprobeMagics(Magics):
                 raise UsageError(str(exc)) from None
             print(f"stapmagic: recording this run to {plan.record} (kernel "
                   f"{recorder.header.kernel_release}, {recorder.header.stap_version})")
-        view = None if args.quiet else live.LiveView()
+        view = None if args.quiet else live.LiveView(
+            hex_columns=display.run_hex_columns(run), duration=opts.duration, count=opts.count,
+            note=note)
         not_saved: list[str] = []
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
@@ -356,8 +361,6 @@ class KprobeMagics(Magics):
                 view.update(batch.frame, batch.messages, rows_total=run.parser.row_count,
                             skipped=run.skipped, transport_failures=run.transport_failures,
                             force=final)
-                if final:
-                    view.close(run.summary())
             if final:
                 if recorder is not None:
                     try:
@@ -367,7 +370,7 @@ class KprobeMagics(Magics):
                         run.notes.append(str(exc))
                         if args.bg:
                             print(f"stapmagic: {exc}", file=sys.stderr)
-                self._finish(run, args)
+                self._finish(run, args, view, note)
 
         self.runs.append(run)
         tap = recorder.chunk if recorder is not None else None
@@ -384,11 +387,18 @@ class KprobeMagics(Magics):
             raise UsageError(f"{not_saved[0]}\n({run.summary()}; the rows are in {where})")
         return df
 
-    def _finish(self, run: pipeline.ProbeRun, args: Any) -> None:
-        """Report a finished run: stap's messages worth reading, diagnoses, one summary."""
+    def _finish(self, run: pipeline.ProbeRun, args: Any, view: live.LiveView | None = None,
+                note: str | None = None) -> None:
+        """Report a finished run: its live view replaced in place by one summary (stap's
+        messages collapsed under it); without a view the same, as text on stdout."""
         if run in self.runs:
             self.runs.remove(run)
-        self._report(run)
+        shown = worth_showing(run.messages) if self.show_messages else []
+        if view is not None:
+            view.close(display.run_summary(run, view.timings(), shown, note))
+            if view.draws:
+                return
+        print(repr(display.run_summary(run, None, shown, None)))
 
     def _result(self, run: pipeline.ProbeRun, args: Any) -> Any:
         """The frame (stored first, even for a failed run), or UsageError if stap failed:
@@ -401,16 +411,6 @@ class KprobeMagics(Magics):
         if not run.ok:
             raise UsageError(failure_text(run, args.out))
         return df
-
-    def _report(self, run: pipeline.ProbeRun) -> None:
-        out = sys.stderr
-        if self.show_messages:
-            for msg in worth_showing(run.messages):
-                print(msg, file=out)
-        for d in run.diagnoses:
-            if d.severity != "info":
-                print(f"stapmagic: {d.summary}", file=out)
-        print(f"stapmagic: {run.summary()}", file=out)
 
     # -- %kfind ------------------------------------------------------------------------
 
