@@ -28,7 +28,17 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, Unicode, default, observe
 
 # plot registers the df.kprobe accessor
-from . import complete, display, live, pipeline, plot, recording, runner, symbols  # noqa: F401
+from . import (  # noqa: F401
+    complete,
+    display,
+    helptext,
+    live,
+    pipeline,
+    plot,
+    recording,
+    runner,
+    symbols,
+)
 from .errors import StapMagicError
 
 
@@ -478,6 +488,15 @@ class KprobeMagics(Magics):
                                   dtype="float64"),
             "rows": pd.array([r.parser.row_count for r in live_runs], dtype="int64"),
         })
+
+
+_KPROBE_PARSER = KprobeMagics.kprobe.parser  # type: ignore[attr-defined]
+# IPython's MagicHelpFormatter prefixes one more "%": the usage reads %%kprobe.
+_KPROBE_PARSER.prog = "%kprobe"
+KprobeMagics.kprobe.__doc__ = helptext.kprobe_help(
+    _KPROBE_PARSER._actions,
+    "Probe kernel functions without debuginfo (SystemTap kprobe.*); the events come back as "
+    "a typed DataFrame.")
 
 
 def register(ipython: Any) -> None:
