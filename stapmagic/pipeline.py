@@ -89,6 +89,8 @@ class ProbeRun:
     run_id: int = field(default_factory=lambda: next(_run_ids))
     # How the run ended, when stap's own messages do not say (killed, connection lost).
     end_diagnoses: list[diagnose.Diagnosis] = field(default_factory=list)
+    # A replay: the recording it plays (no stap runs; `target` is where it was recorded).
+    replay_of: str | None = None
 
     @property
     def df(self) -> pd.DataFrame:
@@ -100,9 +102,13 @@ class ProbeRun:
         # Short: a --bg cell's value is the run itself, and attrs of frames show it too.
         what = (", ".join(p.label for p in self.script.probes) if self.script is not None
                 else "%%stap script")
-        state = "running" if self.running else (self.summary() if self.status else "not run")
-        return (f"<ProbeRun {self.run_id}: {what} on {self.target.url or self.target.kind}; "
-                f"{self.parser.row_count} rows; {state}>")
+        where = self.target.url or self.target.kind
+        how = f"replay of {self.replay_of} (recorded on {where})" if self.replay_of else where
+        if self.running:
+            state = f"running, {self.parser.row_count} rows so far"
+        else:
+            state = self.summary() if self.status else "not run"
+        return f"<ProbeRun {self.run_id}: {what} on {how}: {state}>"
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ProbeRun:
         # pandas deep-copies df.attrs, where the magic keeps its run: a run is one live

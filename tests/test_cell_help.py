@@ -24,3 +24,19 @@ def test_a_bad_option_names_the_cell_magic(ip) -> None:
 
     usage = KprobeMagics.kprobe.parser.format_usage()
     assert "%%kprobe [-o VAR]" in usage and "%%%" not in usage
+
+
+def test_kprobe_repr_of_a_replay_says_so_once(ip, monkeypatch) -> None:
+    """Issue 13 item 8: "<ProbeRun 1: tcp_v4_connect on lab; 3 rows; 3 rows, 44.0s>"."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1] / "notebooks")
+    ip.run_line_magic("config", 'KprobeMagics.mode = "replay"')
+    try:
+        ip.run_cell('%%kprobe --recording 01_connect -q --cmd-only -c "python3 connect_a_few.py"'
+                    "\ntcp_v4_connect sk:ptr uaddr:ptr len:uint\n")
+    finally:
+        ip.run_line_magic("config", 'KprobeMagics.mode = "live"')
+    text = repr(ip.user_ns["_kprobe"])
+    assert "replay of recordings/01_connect.jsonl (recorded on lab)" in text, text
+    assert text.count("3 rows") == 1, text
