@@ -1,7 +1,8 @@
 """`%%kprobe?`: the SPEC grammar, the types, the options in groups, a few examples.
 
 Built from what owns each fact: the types from spec.py, the options (flags, metavars, help)
-from the magic's own argparse parser, so the help cannot drift from what the line accepts.
+from the magic's argparse parser and their groups from the options table, so the help cannot
+drift from what the line accepts.
 """
 
 from __future__ import annotations
@@ -12,20 +13,16 @@ from collections.abc import Mapping, Sequence
 
 from .spec import ARG_TYPES, RET_TYPES
 
-__all__ = ["GROUPS", "kprobe_help"]
+__all__ = ["TITLES", "kprobe_help"]
 
-# Option (argparse dest) -> the group the help lists it under; anything new goes to "other".
-GROUPS: dict[str, str] = {
-    **dict.fromkeys(("regs", "print_regs", "latency", "hist", "hist_linear", "count_by",
-                     "guru", "defines"), "what to record"),
-    **dict.fromkeys(("count", "duration", "command", "pid", "cmd_only"), "when to stop, whom"),
-    **dict.fromkeys(("target", "out", "bg", "quiet", "dry_run"), "where and how to run"),
-    **dict.fromkeys(("record", "replay", "recording", "replay_speed"), "recordings"),
-    **dict.fromkeys(("list_running", "stop_all"), "background runs (%kprobe ...)"),
+# The options table's groups (options.Option.group), in the order the help lists them.
+TITLES: dict[str, str] = {
+    "run": "what to probe, when to stop, where",
+    "aggregate": "aggregating in the kernel (no rows)",
+    "output": "what the cell shows and keeps",
+    "recording": "recordings",
+    "control": "background runs (%kprobe ...)",
 }
-_ORDER = ("what to record", "when to stop, whom", "where and how to run", "recordings",
-          "background runs (%kprobe ...)", "other")
-
 GRAMMAR = f"""\
 SPEC := [MODULE:]FUNCTION[.return[:RETTYPE]] [NAME:TYPE ...]
       | [MODULE:]FUNCTION.call+return[:RETTYPE] [NAME:TYPE ...]   entry+return paired: latency_ns
@@ -51,20 +48,20 @@ def _flag(action: argparse.Action) -> str:
 
 
 def kprobe_help(actions: Sequence[argparse.Action], summary: str,
-                groups: Mapping[str, str] = GROUPS) -> str:
-    """The whole `%%kprobe?` text."""
+                groups: Mapping[str, str]) -> str:
+    """The whole `%%kprobe?` text; `groups`: option (argparse dest) -> its group."""
     by_group: dict[str, list[argparse.Action]] = {}
     for action in actions:
         if not action.option_strings or action.dest == "help":
             continue
-        by_group.setdefault(groups.get(action.dest, "other"), []).append(action)
+        by_group.setdefault(groups.get(action.dest, "run"), []).append(action)
     parts = ["%%kprobe [options] SPEC", "[more SPEC lines, one probe each]", "", summary, "",
              GRAMMAR, "", "Options:"]
-    for title in _ORDER:
-        if title not in by_group:
+    for key in [*TITLES, *sorted(set(by_group) - set(TITLES))]:
+        if key not in by_group:
             continue
-        parts.append(f"  {title}:")
-        for action in by_group[title]:
+        parts.append(f"  {TITLES.get(key, key)}:")
+        for action in by_group[key]:
             flag = _flag(action)
             text = (action.help or "").replace("%%", "%")
             lines = textwrap.wrap(text, 60) or [""]

@@ -19,21 +19,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import diagnose, records, runner
+from . import diagnose, options, records, runner
 from .errors import OptionError, SpecError
 from .hist import Histogram, Summary
-from .script import COUNT_KEYS, Script, ScriptOptions, generate, module_statement_probe
+from .schema import ProbeSchema
+from .script import (
+    COUNT_KEYS,
+    Script,
+    ScriptOptions,
+    duration_probe,
+    generate,
+    module_statement_probe,
+    schema_for,
+)
 from .spec import Spec, parse_spec
 from .targets import kallsyms_symbols
 
-# Seconds stap gets after SIGINT before SIGTERM, then SIGKILL. A remote stap needs a few:
-# the end probes, the module unload and ssh round trips under TCG.
-DEFAULT_GRACE = 10.0
+DEFAULT_GRACE = options.DEFAULT_GRACE
 
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    """Everything the magic line can say about one run, already validated by type."""
+    """Everything the magic line can say about one run; each field is a row of
+    `options.OPTIONS`, which validates it here (OptionError), whoever builds it."""
 
     count: int | None = None
     duration: float | None = None
@@ -53,6 +61,10 @@ class ProbeOptions:
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
     command_only: bool = False      # --cmd-only: events of the -c command's process only
+    stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
+
+    def __post_init__(self) -> None:
+        options.validate(dataclasses.asdict(self))
 
 
 _run_ids = itertools.count(1)
@@ -427,8 +439,34 @@ def prepare_script(text: str, opts: ProbeOptions, *, build: ArgvBuilder = build_
                    ) -> ProbeRun:
     """A hand-written SystemTap script (%%stap) through the same runner."""
     target = runner.parse_target(opts.target)
+    schemas = stap_schemas(opts)
+    if opts.duration is not None:
+        text = with_duration(text, opts.duration)
     argv = build(text, opts, target)
-    return ProbeRun(None, None, argv, target, records.RecordParser(()), script_text=text)
+    return ProbeRun(None, None, argv, target, records.RecordParser(schemas), script_text=text)
+
+
+def with_duration(text: str, seconds: float) -> str:
+    """%%stap -T SEC: stap has no -T, so the script gets the timer probe %%kprobe -T generates.
+    Counted from the module's start, it ends the run with exit() (end probes run, rows
+    kept); an interrupt from the host after SEC s could land while a slow target (the lab
+    under TCG takes seconds) is still loading the module, and fail the run."""
+    return f"{text.rstrip()}\n{duration_probe(seconds)}\n"
+
+
+def stap_schemas(opts: ProbeOptions) -> tuple[ProbeSchema, ...]:
+    """%%stap --spec SPEC...: the record schemas of the probes the script prints, probe index
+    0 first, as `generate` would make them (the script itself is the user's)."""
+    schemas: list[ProbeSchema] = []
+    for text in opts.stap_spec:
+        try:
+            spec = parse_spec("", guru=opts.guru, first_line=text)
+        except SpecError as exc:
+            raise SpecError(f"--spec: {exc.message}", exc.source, exc.pos, exc.length,
+                            exc.line) from None
+        schemas += [schema_for(p, ScriptOptions(string_max=opts.string_max))
+                    for p in spec.probes]
+    return tuple(schemas)
 
 
 def execute(

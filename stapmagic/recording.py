@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import __version__, pipeline, runner
+from . import __version__, options, pipeline, runner
 from .errors import ReplayError, StapMagicError
 
 __all__ = [
@@ -73,15 +73,6 @@ STREAMS = "pty-merged"
 Kind = Literal["kprobe", "stap"]
 MODES = ("live", "record", "replay", "auto")
 
-# Options that do not change what stap is asked to do, so a replay may differ in them.
-_NOT_COMPARED = frozenset({"target", "verbose", "grace", "dry_run"})
-# How the magic line spells each option, for error messages.
-_FLAG = {
-    "count": "-n", "duration": "-T", "command": "-c", "pid": "-x", "regs": "--regs",
-    "print_regs": "--print-regs", "guru": "--guru", "defines": "-D",
-    "string_max": "KprobeMagics.string_max", "latency": "--latency", "hist": "--hist",
-    "count_by": "--count-by",
-}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 # datetime's limit (9999-12-31): `started` is shown as a date.
@@ -612,14 +603,14 @@ def check_match(header: Header, kind: Kind, spec: str, opts: pipeline.ProbeOptio
         raise ReplayError(f"the {what} differs from {where}: recorded `{a}`, this cell `{b}`")
     current = options_json(opts)
     defaults = options_json(pipeline.ProbeOptions())
-    for name in sorted(set(current) | set(header.options)):
-        if name in _NOT_COMPARED:
+    # Only the options that change what stap is asked to do (not the target, -q, grace...).
+    for opt in options.FIELDS:
+        if not opt.compared:
             continue
-        rec = header.options.get(name, defaults.get(name))
-        now = current.get(name, defaults.get(name))
+        rec = header.options.get(opt.name, defaults.get(opt.name))
+        now = current.get(opt.name, defaults.get(opt.name))
         if rec != now:
-            flag = _FLAG.get(name, name)
-            raise ReplayError(f"option {flag} differs from {where}: recorded {_show(rec)}, "
+            raise ReplayError(f"option {opt.label} differs from {where}: recorded {_show(rec)}, "
                               f"this cell {_show(now)}")
 
 

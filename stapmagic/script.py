@@ -32,7 +32,7 @@ __all__ = [
     "Column", "ProbeSchema", "Script", "ScriptOptions", "generate", "module_statement_probe",
     "schema_for", "MAX_PRINTF_ARGS", "PAIR_SLOTS", "REGS_ALLOWED", "RECORD_TAG",
     "COUNTER_TAG", "FAULT_TEXT", "STRING_MAX_LIMIT", "HIST_TAG", "HIST_END_TAG", "SUMMARY_TAG",
-    "KEYS_TAG", "COUNT_KEYS", "HIST_LINEAR_MAX_BUCKETS", "Aggregate", "pair_up",
+    "KEYS_TAG", "COUNT_KEYS", "HIST_LINEAR_MAX_BUCKETS", "Aggregate", "pair_up", "duration_probe",
 ]
 
 # The tags are the wire's (wire.py owns them); re-exported for the script's printf formats.
@@ -589,6 +589,13 @@ def _end_count(idx: int, name: str, agg: _Agg) -> list[str]:
     ]
 
 
+def duration_probe(seconds: float) -> str:
+    """The probe that ends a run after `seconds` (-T), counted from the module's start."""
+    w = _Writer()
+    w.probe([], f"timer.ms({max(1, round(seconds * 1000))})", ["exit()  # -T"])
+    return "\n".join(w.lines[1:])
+
+
 def generate(spec: Spec, opts: ScriptOptions) -> Script:
     """The SystemTap script for `spec`; its records follow DESIGN.md's `@@sm1` format, or,
     with `--hist`/`--count-by`, only aggregates printed by `probe end` (which also runs on
@@ -627,8 +634,7 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
         {"entry": _entry, "return": _return, "pair": _pair}[probe.kind](
             w, idx, probe, opts, aggs[idx])
     if opts.duration is not None:
-        ms = max(1, round(opts.duration * 1000))
-        w.probe([], f"timer.ms({ms})", ["exit()  # -T"])
+        w.add("", *duration_probe(opts.duration).split("\n"))
     # One end probe per aggregate: each handler has its own MAXACTION_INTERRUPTIBLE budget
     # (10 * MAXACTION), which a foreach over COUNT_KEYS keys needs.
     for idx, agg in enumerate(aggs):

@@ -12,8 +12,8 @@ def test_kprobe_help_has_grammar_types_groups_and_examples(ip) -> None:
     assert "\n%kprobe [" not in text and " %kprobe [" not in text and "::" not in text
     assert "SPEC := [MODULE:]FUNCTION[.return[:RETTYPE]] [NAME:TYPE ...]" in text
     assert " | ".join(ARG_TYPES) in text and " | ".join(RET_TYPES) in text
-    for group in ("what to record:", "when to stop, whom:", "where and how to run:",
-                  "recordings:"):
+    for group in ("what to probe, when to stop, where:", "aggregating in the kernel (no rows):",
+                  "what the cell shows and keeps:", "recordings:"):
         assert group in text
     assert "-n, --count N" in text and "--latency" in text and "Examples:" in text
     assert "%%kprobe tcp_v4_connect sk:ptr uaddr:ptr len:uint" in text
@@ -23,7 +23,7 @@ def test_a_bad_option_names_the_cell_magic(ip) -> None:
     from stapmagic.magic import KprobeMagics
 
     usage = KprobeMagics.kprobe.parser.format_usage()
-    assert "%%kprobe [-o VAR]" in usage and "%%%" not in usage
+    assert "%%kprobe [-c CMD]" in usage and "%%%" not in usage
 
 
 def test_kprobe_repr_of_a_replay_says_so_once(ip, monkeypatch) -> None:

@@ -235,13 +235,17 @@ def test_bad_targets_are_refused(ip, capsys, target):
 
 @pytest.mark.parametrize("target", BAD_TARGETS[:6])
 def test_bad_configured_target_is_refused(ip, capsys, target):
+    """Refused by %config itself (issue 11 §4): the target stays what it was."""
+    magics = ip.magics_manager.registry["KprobeMagics"]
     ip.run_line_magic("config", f"KprobeMagics.target = {target!r}")
     try:
+        assert magics.target == "local"
         err = run_cell(ip, "%%kprobe --dry-run tcp_v4_connect")
     finally:
         ip.run_line_magic("config", 'KprobeMagics.target = "local"')
-    assert isinstance(err, UsageError)
-    assert capsys.readouterr().out == ""
+    assert err is None
+    argv = printed_argv(capsys.readouterr().out)
+    assert not any(a.startswith("--remote") for a in argv)
 
 
 def test_good_ssh_target_is_one_remote_item(ip, capsys):

@@ -87,9 +87,64 @@ def test_bad_out_variable(ip):
     assert isinstance(err, UsageError)
 
 
-def test_stap_body_empty_is_refused(ip):
-    _, err = run(ip, "%%stap --dry-run")
-    assert err is not None
+@pytest.mark.parametrize("body", [" ", "\n  \n", "# only a comment\n\n", "// c\n/* c */\n"])
+def test_stap_body_empty_is_refused(ip, capsys, body):
+    """Called the way IPython calls it (a `%%stap` cell with nothing below never reaches the
+    magic: IPython refuses it first), and with bodies that hold no script."""
+    with pytest.raises(UsageError, match="no script below %%stap"):
+        ip.run_cell_magic("stap", "--dry-run", body)
+    assert capsys.readouterr().out == ""
+    _, err = run(ip, f"%%stap --dry-run\n{body}# nothing\n")
+    assert isinstance(err, UsageError) and "no script below %%stap" in str(err)
+
+
+STAP_RECORDS = "tcp_v4_connect sk:ptr len:uint"
+
+
+def test_stap_spec_makes_rows_of_a_hand_written_script(ip, tmp_path, monkeypatch):
+    """%%stap --spec: the records a hand-written script prints become rows, typed by SPEC."""
+    from stapmagic.records import format_record
+
+    schema = schema_of(STAP_RECORDS)
+    data = tmp_path / "out.bin"
+    data.write_bytes(b"hello from the script\n" + format_record(
+        0, 1_700_000_000_000_000_000, 42, 43, 1, "curl", [0xFFFF888001, 16], schema=schema))
+    fake = tmp_path / "stap"
+    fake.write_text(f"#!/bin/sh\ncat {data}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    value, err = run(ip, f"%%stap -q -o ev --spec '{STAP_RECORDS}'\n"
+                         "probe kprobe.function(\"tcp_v4_connect\") { }\n")
+    assert err is None, err
+    df = ip.user_ns["ev"]
+    assert value is df and list(df.columns[-2:]) == ["sk", "len"]
+    assert df["sk"].dtype == "uint64" and int(df["sk"][0]) == 0xFFFF888001
+    assert list(df["comm"]) == ["curl"] and list(df["probe"]) == ["tcp_v4_connect"]
+    assert df.kprobe.run.messages == ["hello from the script"]
+
+
+def test_stap_spec_two_probes_in_order(ip, tmp_path, monkeypatch):
+    from stapmagic.records import format_record
+
+    second = schema_of("tcp_v4_connect.return:int")
+    data = tmp_path / "out.bin"
+    data.write_bytes(format_record(1, 1_700_000_000_000_000_000, 1, 1, 0, "x", [-111, "ECONNREFUSED"],
+                                   schema=second))
+    fake = tmp_path / "stap"
+    fake.write_text(f"#!/bin/sh\ncat {data}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    _, err = run(ip, "%%stap -q -o ev --spec tcp_v4_connect --spec tcp_v4_connect.return:int\n"
+                     "probe begin { }\n")
+    assert err is None, err
+    df = ip.user_ns["ev"]
+    assert list(df["retval"]) == [-111] and list(df["errno"]) == ["ECONNREFUSED"]
+
+
+def test_stap_spec_errors_point_at_the_spec(ip, capsys):
+    _, err = run(ip, "%%stap --dry-run --spec 'tcp_v4_connect sk:pointer'\nprobe begin { }\n")
+    assert isinstance(err, UsageError) and "--spec" in str(err) and "unknown type" in str(err)
+    assert capsys.readouterr().out == ""
 
 
 def test_missing_stap_says_how_to_install(ip, monkeypatch, tmp_path):

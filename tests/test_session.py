@@ -1,0 +1,63 @@
+"""session.Session runs a cell without IPython (issue 12 §4): the magic is only its adapter."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from stapmagic import options, session
+from stapmagic.errors import OptionError, ReplayError
+
+
+class _Args:
+    """What argparse would give for a line with no options."""
+
+
+def cell(kind, first_line="", body="", **given):
+    values = options.line_values(_Args(), kind, {"target": "local", "grace": 1.0,
+                                                 "string_max": 64, "replay_speed": 0.0})
+    values.update(given)
+    return session.Cell.of(kind, first_line, body, values)
+
+
+def test_dry_run_without_ipython(capsys):
+    s = session.Session()
+    assert s.run(cell("kprobe", "tcp_v4_connect sk:ptr", dry_run=True)) is None
+    assert 'kprobe.function("tcp_v4_connect")' in capsys.readouterr().out
+
+
+def test_session_module_does_not_import_ipython():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(session))
+    names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+             for a in n.names} | {n.module or "" for n in ast.walk(tree)
+                                  if isinstance(n, ast.ImportFrom)}
+    assert not any("IPython" in n or "traitlets" in n for n in names)
+
+
+def test_a_run_and_its_report(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "stap"
+    fake.write_text(f"#!{sys.executable}\nprint('hello from stap')\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    s = session.Session()
+    outcome = s.run(cell("stap", body="probe begin { exit() }\n", verbose=0))
+    assert outcome is not None and outcome.run.ok and outcome.not_saved is None
+    assert outcome.run.messages == ["hello from stap"] and s.runs == []
+    seen = capsys.readouterr()
+    # normal output on stdout: a notebook draws stderr as an error (issue 13)
+    assert "hello from stap" in seen.out and "0 rows" in seen.out and seen.err == ""
+
+
+def test_mode_replay_needs_a_recording():
+    s = session.Session(mode="replay")
+    with pytest.raises(ReplayError, match="no --recording NAME"):
+        s.run(cell("kprobe", "tcp_v4_connect"))
+
+
+def test_cell_options_are_checked_by_the_table():
+    with pytest.raises(OptionError, match="-n"):
+        cell("kprobe", "tcp_v4_connect", count=5.5)
