@@ -43,7 +43,7 @@ def run_summary(run: Any, timings: tuple[float, float, float] | None,
     total, compile_s, run_s = timings
     counters = run.counters
     lost = int(counters.skipped_probes) + int(counters.transport_failures) + int(run.damaged)
-    notes = list(run._aggregate_notes())
+    notes = [*run._aggregate_notes(), *run.ending_notes()]
     aggregate = getattr(getattr(run, "script", None), "aggregate", None)
     rows = int(run.parser.row_count)
     line = summary_line(rows, total, compile_s, run_s, lost, interrupted=bool(run.interrupted),

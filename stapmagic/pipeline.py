@@ -213,16 +213,26 @@ class ProbeRun:
         if self.status is not None:
             if self.status.interrupted:
                 parts.append("interrupted")
-            elif self.status.signal:
-                parts.append(f"stap killed by {_signal_name(self.status.signal)}")
-            elif self.status.exit_status and not (self.status.command_status and self.ok):
-                parts.append(f"stap exit status {self.status.exit_status}")
-            command = self.status.command_status
-            if command:
-                parts.append(f"command exited with status {command}" if command > 0
-                             else f"command killed by {_signal_name(-command)}")
+            parts += self.ending_notes()
             parts.append(f"{self.status.duration:.1f}s")
         return ", ".join(parts)
+
+    def ending_notes(self) -> list[str]:
+        """How stap and the -c command ended, when not on their own with status 0
+        (an interrupt aside: the caller says that its own way)."""
+        notes: list[str] = []
+        status = self.status
+        if status is None or status.interrupted:
+            return notes
+        if status.signal:
+            notes.append(f"stap killed by {_signal_name(status.signal)}")
+        elif status.exit_status and not (status.command_status and self.ok):
+            notes.append(f"stap exit status {status.exit_status}")
+        command = status.command_status
+        if command:
+            notes.append(f"command exited with status {command}" if command > 0
+                         else f"command killed by {_signal_name(-command)}")
+        return notes
 
 
     # -- aggregates (--latency, --hist, --count-by) ---------------------------------------
