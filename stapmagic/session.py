@@ -138,7 +138,9 @@ class Session:
         action, why = self._resolved[key]
         if announce:
             rec = f"{self.recordings_dir}/NAME{recording.SUFFIX}"
-            head = f"stapmagic: mode {self.mode}" + (f" -> {action}" if self.mode == "auto" else "")
+            # auto says why it chose; an explicit mode's reason would only repeat it
+            head = (f"stapmagic: mode auto -> {action} ({why})" if self.mode == "auto"
+                    else f"stapmagic: mode {self.mode}")
             text = {
                 "live": f"every cell runs stap on target {target}; --recording is not written",
                 "record": f"cells run stap on target {target}; those with --recording NAME are "
@@ -146,7 +148,7 @@ class Session:
                 "replay": f"cells with --recording NAME REPLAY {rec}, recorded on a real "
                           "kernel; nothing is probed on this machine",
             }[action]
-            print(f"{head} ({why}): {text}")
+            print(f"{head}: {text}")
         return action, why
 
     # -- one cell ------------------------------------------------------------------------------

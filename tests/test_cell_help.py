@@ -40,3 +40,22 @@ def test_kprobe_repr_of_a_replay_says_so_once(ip, monkeypatch) -> None:
     text = repr(ip.user_ns["_kprobe"])
     assert "replay of recordings/01_connect.jsonl (recorded on lab)" in text, text
     assert text.count("3 rows") == 1, text
+
+
+def test_status_and_mode_lines_say_things_once(ip, monkeypatch, capsys) -> None:
+    """Issue 13 item 8: `_kprobe.status` printed the whole script inside argv; the mode line
+    read "mode replay (mode replay)"."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1] / "notebooks")
+    capsys.readouterr()
+    ip.run_line_magic("config", 'KprobeMagics.mode = "replay"')
+    try:
+        said = capsys.readouterr().out
+        ip.run_cell('%%kprobe --recording 01_connect -q --cmd-only -c "python3 connect_a_few.py"'
+                    "\ntcp_v4_connect sk:ptr uaddr:ptr len:uint\n")
+    finally:
+        ip.run_line_magic("config", 'KprobeMagics.mode = "live"')
+    assert said.startswith("stapmagic: mode replay: ") and "(mode replay)" not in said, said
+    status = repr(ip.user_ns["_kprobe"].status)
+    assert "\n" not in status and "_kprobe.script_text" in status and "exit_status=0" in status
