@@ -167,6 +167,16 @@ def bench_ingest_hex() -> None:
     _ingest("hex")
 
 
+@register("btf", "load and index the lab kernel's vmlinux BTF: cold, and with the index cached")
+def bench_btf() -> None:
+    from bench import btf as btf_bench
+
+    res = btf_bench.run(out=lambda s: print("  " + s))
+    for k, v in res.items():
+        RESULT_LINES.append(f"btf_{k}={v:.4f}")
+
+
+
 def _lab(fn_name: str) -> None:
     """Run one lab benchmark from bench/labreport.py; no lab -> Skip with the reason."""
     from bench import labbench, labreport

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from .spec import ARG_TYPES, RET_TYPES
 
@@ -108,7 +109,10 @@ def ipython_matcher(options: Mapping[str, bool],
     the function names of the cell's --target (None: the default target)."""
     from IPython.core.completer import CompletionContext, SimpleCompletion, context_matcher
 
-    @context_matcher()  # type: ignore[misc]
+    as_matcher = cast("Callable[[Callable[..., object]], Callable[..., object]]",
+                      context_matcher())
+
+    @as_matcher
     def kprobe_matcher(context: CompletionContext) -> dict[str, object]:
         try:
             found = complete(context.full_text, context.cursor_line, context.cursor_position,
@@ -126,4 +130,4 @@ def ipython_matcher(options: Mapping[str, bool],
             result["matched_fragment"] = fragment
         return result
 
-    return kprobe_matcher  # type: ignore[no-any-return]
+    return kprobe_matcher

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .wire import TAG_PREFIX
+
 __all__ = [
     "Counters",
     "Diagnosis",
@@ -344,7 +346,6 @@ def diagnose(lines: Sequence[str]) -> list[Diagnosis]:
 # stapio's err()/warn() prefixes (staprun/staprun.h); where one starts inside a damaged
 # record line, stap's stderr landed in the middle of a record on the shared pty.
 _EMBEDDED = re.compile(r"(?:ERROR|WARNING): ")
-_RECORD_START = "@@sm"
 
 
 def damaged_messages(damaged: Iterable[bytes | str]) -> list[str]:
@@ -357,7 +358,7 @@ def damaged_messages(damaged: Iterable[bytes | str]) -> list[str]:
         if m is None:
             continue
         text = line[m.start() :]
-        cut = text.find(_RECORD_START)
+        cut = text.find(TAG_PREFIX)
         text = (text[:cut] if cut >= 0 else text).rstrip()
         if text:
             found.append(text)

@@ -44,5 +44,10 @@ class LabError(StapMagicError):
     """The lab VM is missing, not built, not running or broken; the message says the fix."""
 
 
+class BTFError(StapMagicError):
+    """BTF that cannot be read (malformed, truncated, unsupported), or a name or member path
+    that it does not have; the message says which."""
+
+
 class ReplayError(StapMagicError):
     """A recording that does not exist, is not a recording, or does not match the spec."""

@@ -24,7 +24,6 @@ from IPython.core.magic import (
     magics_class,
     no_var_expand,
 )
-from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, observe, validate
 
 # plot registers the df.kprobe accessor
@@ -41,6 +40,7 @@ from . import (  # noqa: F401
     symbols,
 )
 from .errors import OptionError, StapMagicError
+from .magic_args import argument, magic_arguments
 from .session import failure_text, worth_showing  # noqa: F401  (their home before session.py)
 
 _GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+\Z")
@@ -232,7 +232,7 @@ class KprobeMagics(Magics):
     def kfind(self, line: str) -> Any:
         """Find kernel functions to probe: a DataFrame of name, module and the checks
         in_kallsyms, traceable (available_filter_functions), blacklisted (kprobes refuse)."""
-        args = self._parse(self.kfind, line)
+        args = self._parse(KprobeMagics.kfind, line)
         bad = [p for p in args.pattern if not _GLOB.match(p)]
         if bad:
             raise UsageError(f"not a function name or glob: {bad[0]!r} (letters, digits, _ . "
@@ -266,7 +266,7 @@ class KprobeMagics(Magics):
         return self.session.list_running()
 
 
-_KPROBE_PARSER = KprobeMagics.kprobe.parser  # type: ignore[attr-defined]
+_KPROBE_PARSER = KprobeMagics.kprobe.parser
 # IPython's MagicHelpFormatter prefixes one more "%": the usage reads %%kprobe.
 _KPROBE_PARSER.prog = "%kprobe"
 KprobeMagics.kprobe.__doc__ = helptext.kprobe_help(

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["execute", "has_outputs", "main", "strip"]
+from .recording import MODES
 
-MODES = ("live", "record", "replay", "auto")
+__all__ = ["execute", "has_outputs", "main", "strip"]
 
 
 def strip(nb: Any) -> Any:

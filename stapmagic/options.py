@@ -229,7 +229,7 @@ OPTIONS: tuple[Option, ...] = (
            _int_in(1, PID_MAX_LIMIT, "a process id"), parse=_ascii_int, metavar="PID",
            compared=True),
     Option("duration", ("-T", "--duration"), None,
-           "stop after SEC seconds (%%stap: the run is interrupted from here after SEC s)",
+           "stop after SEC seconds (%%stap too: a timer probe added to the script ends it)",
            _seconds(True, MAX_DURATION, f"a number of seconds above 0, at most "
                     f"{MAX_DURATION:.0f} (one day: SystemTap's timer limit)"),
            parse=_ascii_decimal, metavar="SEC", compared=True),
@@ -274,6 +274,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("count_by", ("--count-by",), None,
            "comm, pid, cpu, retval or ARG: in-kernel event counts per key", _text,
            metavar="KEY", group="aggregate", magics=KPROBE, compared=True),
+    Option("where", ("--where",), None,
+           "a filter evaluated in the probe: == != < <= > >=, && || !, parentheses, numbers, "
+           "\"strings\", the spec's names, retval, pid tid comm cpu", _text, metavar="EXPR",
+           magics=KPROBE, compared=True),
     Option("command_only", ("--cmd-only",), False,
            "with -c: only events of the command's process (target(), like -x)", _flag,
            action="store_true", magics=KPROBE, compared=True),
@@ -369,3 +373,17 @@ def line_values(args: argparse.Namespace, magic: Magic,
             value = given
         values[opt.name] = value
     return values
+
+
+def markdown_table() -> str:
+    """README.md's options table (scripts/options_table.py writes it; a test compares)."""
+    rows = ["| option | magics | meaning |", "| --- | --- | --- |"]
+    for opt in OPTIONS:
+        if not opt.flags:
+            continue
+        spelled = ", ".join(f"`{f} {opt.metavar}`" if opt.metavar and opt.action != "store_const"
+                            else f"`{f}`" for f in opt.flags)
+        where = ", ".join(f"%%{m}" for m in opt.magics)
+        meaning = opt.help.replace("|", "\\|")
+        rows.append(f"| {spelled} | {where} | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -16,13 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from . import diagnose, options, records, runner
-from .errors import OptionError, SpecError
+from . import btfspec, diagnose, frames, kbtf, options, records, runner
+from .errors import BTFError, OptionError, SpecError
 from .hist import Histogram, Summary
-from .schema import ProbeSchema
+from .schema import ColumnKind, ProbeSchema
 from .script import (
     COUNT_KEYS,
     Script,
@@ -60,6 +59,7 @@ class ProbeOptions:
     hist: str | None = None
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
+    where: str | None = None        # --where EXPR, compiled into the handlers (where.py)
     command_only: bool = False      # --cmd-only: events of the -c command's process only
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
 
@@ -271,63 +271,13 @@ class ProbeRun:
 
     @property
     def hist(self) -> pd.DataFrame:
-        """--hist: the buckets of every probe's histogram (probe, value, low, high, count;
-        [low, high) as in hist.py); attrs: kind, of, and the @count/@min/@max/@avg/@sum
-        summaries (`summaries` by probe; the fields themselves too when there is one)."""
-        frames = [h.frame.assign(probe=h.name) for h in self.histograms]
-        cols = ["probe", "value", "low", "high", "count"]
-        if frames:
-            df = pd.concat(frames, ignore_index=True)[cols]
-        else:
-            df = pd.DataFrame({"probe": pd.array([], dtype="str"),
-                               "value": pd.array([], dtype="int64"),
-                               "low": pd.array([], dtype="Int64"),
-                               "high": pd.array([], dtype="Int64"),
-                               "count": pd.array([], dtype="int64")})
-        df["probe"] = df["probe"].astype("category")
-        agg = self.script.aggregate if self.script is not None else None
-        df.attrs["kind"] = "linear" if agg and (agg.hist_kind or "").startswith("linear") \
-            else "log"
-        df.attrs["of"] = agg.of if agg else None
-        stats = {s.name: dataclasses.asdict(s) for s in self.summaries}
-        df.attrs["summaries"] = stats
-        if len(stats) == 1:
-            df.attrs.update({k: v for k, v in next(iter(stats.values())).items() if k != "name"})
-        df.attrs["kprobe_run"] = self
-        return df
+        """--hist: the buckets of every probe's histogram (frames.hist_frame)."""
+        return frames.hist_frame(self)
 
     @property
     def counts(self) -> pd.DataFrame:
-        """--count-by: one row per (probe, key) with its count, most frequent first."""
-        agg = self.script.aggregate if self.script is not None else None
-        labels = [p.label for p in self.script.probes] if self.script is not None else []
-        kinds = dict(zip(labels, agg.key_kinds if agg else (), strict=False))
-        with self.lock:
-            lines = [t for t in self.parser.tag_counts if t.tag == "smk"]
-        used = {kinds.get(t.name, "str") for t in lines} or set(agg.key_kinds if agg else ())
-
-        def key(t: records.TagCount) -> Any:
-            kind = kinds.get(t.name, "str")
-            if kind == "str":
-                return records.unescape_text(t.key.encode())
-            return int(t.key, 16 if kind == "hex" else 10)
-
-        keys = [key(t) for t in lines]
-        # via numpy: pd.array() of Python ints above 2**63 goes through float64
-        if used and used <= {"int"}:
-            key_col: Any = np.array(keys, dtype=np.int64)
-        elif used and used <= {"uint", "hex"}:
-            key_col = np.array(keys, dtype=np.uint64)
-        elif used <= {"str"}:
-            key_col = pd.array(keys, dtype="str")
-        else:
-            key_col = pd.array(keys, dtype=object)
-        df = pd.DataFrame({"probe": pd.Categorical([t.name for t in lines]), "key": key_col,
-                           "count": pd.array([t.value for t in lines], dtype="int64")})
-        df = df.sort_values("count", ascending=False, kind="stable", ignore_index=True)
-        df.attrs["count_by"] = agg.of if agg else None
-        df.attrs["kprobe_run"] = self
-        return df
+        """--count-by: one row per (probe, key) with its count (frames.counts_frame)."""
+        return frames.counts_frame(self)
 
     def result(self) -> pd.DataFrame:
         """What the magic returns: the histogram (--hist), the counts (--count-by), or df."""
@@ -352,6 +302,7 @@ def script_options(opts: ProbeOptions) -> ScriptOptions:
         hist=opts.hist,
         hist_linear=opts.hist_linear,
         count_by=opts.count_by,
+        where=opts.where,
     )
 
 
@@ -425,13 +376,40 @@ ArgvBuilder = Callable[[str, ProbeOptions, runner.Target], list[str]]
 Source = Callable[..., runner.RunStatus]
 
 
+def target_btf(target: runner.Target, modules: Sequence[str]) -> kbtf.KernelBTF:
+    """The target kernel's BTF (vmlinux and `modules`), over its channel, cached per build."""
+    return kbtf.kernel_btf(target, modules)
+
+
+BTFLookup = Callable[[runner.Target, Sequence[str]], kbtf.KernelBTF]
+
+
+def resolve_btf(spec: Spec, target: runner.Target, btf_lookup: BTFLookup | None = None,
+                ) -> Spec:
+    """Arguments named the kernel's way, resolved from the target's BTF (SpecError at the
+    word when the BTF is missing or does not have them)."""
+    needing = [p for p in spec.probes if p.btf_refs]
+    if not needing:
+        return spec
+    modules = sorted({p.module for p in needing if p.module})
+    try:
+        kb = (btf_lookup or target_btf)(target, modules)
+    except BTFError as exc:
+        ref = needing[0].btf_refs[0]
+        raise SpecError(f"{ref.path} needs the kernel's BTF: {exc}", ref.source, ref.pos,
+                        len(ref.path), ref.lineno) from None
+    return Spec(tuple(btfspec.resolve_probe(kb, p) for p in spec.probes))
+
+
 def prepare(first_line: str, body: str, opts: ProbeOptions, *,
             lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
             build: ArgvBuilder = build_argv,
+            btf_lookup: BTFLookup | None = None,
             ) -> ProbeRun:
     """Parse, generate and build the command line; raises SpecError/OptionError early."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
+    spec = resolve_btf(spec, target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
     if not spec.probes:
@@ -440,9 +418,20 @@ def prepare(first_line: str, body: str, opts: ProbeOptions, *,
             "after %%kprobe or on the lines below it"
         )
     script = generate(spec, script_options(opts))
-    argv = build(script.text, opts, target)
-    return ProbeRun(spec, script, argv, target, records.RecordParser(script.probes),
-                    script_text=script.text)
+    # The script says whether it needs -g (a statement probe at an absolute address).
+    argv = build(script.text, dataclasses.replace(opts, guru=True) if script.guru else opts,
+                 target)
+    parser = records.RecordParser(script.probes, key_kinds=count_key_kinds(script))
+    return ProbeRun(spec, script, argv, target, parser, script_text=script.text)
+
+
+def count_key_kinds(script: Script) -> dict[str, ColumnKind]:
+    """--count-by: each probe's `@@smk` key kind by label, so the parser refuses a key its
+    kind cannot hold (an int past int64 is DAMAGED, not an error in `ProbeRun.counts`)."""
+    agg = script.aggregate
+    if agg is None or agg.mode != "count":
+        return {}
+    return dict(zip((p.label for p in script.probes), agg.key_kinds, strict=False))
 
 
 def prepare_script(text: str, opts: ProbeOptions, *, build: ArgvBuilder = build_argv,
@@ -538,12 +527,12 @@ def execute(
                     run.end_diagnoses = ending_diagnoses(run)
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
                     run.notes.append(f"stapmagic could not check how the run ended: {exc}")
-            if not run.ok and run.target.kind == "lab" and source is None:  # a replay: no lab
+            if not run.ok and source is None:  # a replay: no target to look at
                 try:
-                    run.notes.extend(lab_post_mortem())
+                    run.notes.extend(run.target.post_mortem())
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
-                    run.notes.append(f"stapmagic could not check the lab VM after the run: "
-                                     f"{exc}")
+                    run.notes.append(f"stapmagic could not check {run.target.where} after the "
+                                     f"run: {exc}")
             if on_batch is not None:
                 try:
                     on_batch(run, batch, True)
@@ -582,7 +571,7 @@ def ending_diagnoses(run: ProbeRun, *,
                      f"ended, by something other than stapmagic (kill -9, the OOM killer...). "
                      f"{kept}"),
             detail=(), severity="error")]
-    if run.target.kind == "local":
+    if not run.target.remote:
         return []
     if status.command_status is not None:
         return []  # stapio reported the -c command's end: the session lasted to the end
@@ -593,7 +582,7 @@ def ending_diagnoses(run: ProbeRun, *,
     if not rows and not any(m.startswith("Pass 5: starting run") for m in passes):
         return []  # it did not get to the run: not a lost session
     why = (reachable or _target_problem)(run.target)
-    where = "the lab VM" if run.target.kind == "lab" else str(run.target)
+    where = run.target.where
     detail = tuple(m for m in passes if "failed" in m)
     if why is None:
         summary = (f"the connection to the target ({where}) was lost during the run: stap's ssh "
@@ -601,20 +590,15 @@ def ending_diagnoses(run: ProbeRun, *,
                    f"dropped). The target answers again now. {kept}")
         code = "connection_lost"
     else:
-        hint = (" (python -m stapmagic.lab status)" if run.target.kind == "lab" else "")
         summary = (f"the connection to the target ({where}) was lost during the run, and the "
-                   f"target does not answer now: is it down?{hint} ({why}). {kept}")
+                   f"target does not answer now: is it down?{run.target.down_hint} ({why}). "
+                   f"{kept}")
         code = "target_unreachable"
     return [diagnose.Diagnosis(code=code, summary=summary, detail=detail, severity="error")]
 
 
 def _target_problem(target: runner.Target) -> str | None:
     return target.problem()
-
-
-def lab_post_mortem() -> list[str]:
-    """After a failed lab run: say so if the VM itself died (e.g. the guest kernel crashed)."""
-    return runner.Target("lab").post_mortem()
 
 
 def start(

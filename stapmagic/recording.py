@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import __version__, options, pipeline, runner
+from . import __version__, options, pipeline, runner, targets
 from .errors import ReplayError, StapMagicError
 
 __all__ = [
@@ -628,8 +628,7 @@ class KallsymsCapture:
 
 def _recorded_lookup(header: Header) -> Callable[[runner.Target, Sequence[str]], list[str]]:
     def lookup(target: runner.Target, names: Sequence[str]) -> list[str]:
-        wanted = set(names)
-        return [ln for ln in header.kallsyms if len(ln.split()) >= 3 and ln.split()[2] in wanted]
+        return targets.kallsyms_filter(header.kallsyms, names)
 
     return lookup
 

@@ -236,18 +236,6 @@ class StapProcess:
         self._poll = select.poll()
         self._poll.register(self._child.child_fd, select.POLLIN | select.POLLPRI)
 
-    @classmethod
-    def spawn(
-        cls,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        linger: float = 1.0,
-    ) -> StapProcess:
-        """Start ``argv`` under a pty (DESIGN.md's name for the constructor)."""
-        return cls(argv, env=env, cwd=cwd, linger=linger)
-
     # --- reading -------------------------------------------------------------------------
 
     @property

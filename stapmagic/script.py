@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from . import where as where_mod
 from . import wire
 from .errors import OptionError, SpecError
 
@@ -138,6 +139,7 @@ class ScriptOptions:
     hist: str | None = None
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
+    where: str | None = None  # --where EXPR (where.py): events it rejects are not printed
 
     def __post_init__(self) -> None:
         if self.count is not None and (isinstance(self.count, bool)
@@ -187,11 +189,16 @@ _READER = {
     "longlong": "longlong_arg", "ulonglong": "ulonglong_arg", "s32": "s32_arg",
     "s64": "s64_arg", "u32": "u32_arg", "u64": "u64_arg", "ptr": "pointer_arg",
 }
+# 8/16-bit values: the register's low bits, sign-extended (s) or masked (u)
+_NARROW = {"s8": "((long_arg({0}) << 56) >> 56)", "u8": "(ulong_arg({0}) & 0xff)",
+           "s16": "((long_arg({0}) << 48) >> 48)", "u16": "(ulong_arg({0}) & 0xffff)"}
 _KIND: dict[str, ColumnKind] = {
     "int": "int", "long": "int", "longlong": "int", "s32": "int", "s64": "int",
     "uint": "uint", "ulong": "uint", "ulonglong": "uint", "u32": "uint", "u64": "uint",
-    "ptr": "hex", "str": "str", "ustr": "str",
+    "ptr": "hex", "str": "str", "ustr": "str", "cstr": "str",
+    "s8": "int", "s16": "int", "u8": "uint", "u16": "uint",
 }
+
 _FORMAT: dict[ColumnKind, str] = {"int": "%d", "uint": "%u", "hex": "%x", "str": "%s",
                                   "errno": "%s"}
 # returnval() is the whole of rax, zero-extended from what a 32-bit function left in eax.
@@ -223,6 +230,10 @@ def _address(address: int, probe: Probe) -> str:
 
 
 def _check_probe(probe: Probe) -> None:
+    if probe.btf_refs:
+        ref = probe.btf_refs[0]
+        raise SpecError(f"{ref.path!r} was not resolved from BTF", ref.source, ref.pos,
+                        len(ref.path), ref.lineno)
     if probe.kind not in ("entry", "return", "pair"):
         raise SpecError(f"unknown probe kind {probe.kind!r}", probe.text)
     if probe.kind != "entry" and probe.rettype not in _RETVAL:
@@ -296,23 +307,33 @@ def _reader(arg_type: str, index: int, string_max: int) -> str:
         return f"__sm_kstr(pointer_arg({index}), {string_max})"
     if arg_type == "ustr":
         return f"__sm_ustr(pointer_arg({index}), {string_max})"
+    if arg_type == "cstr":
+        return f"__sm_cstr(pointer_arg({index}), {string_max})"
+    if arg_type in _NARROW:
+        return _NARROW[arg_type].format(index)
     return f"{_READER[arg_type]}({index})"
+
+
+_COMMENT = re.compile(r"# [ -~]*")
 
 
 def _probe_point(probe: Probe, ret: bool) -> tuple[list[str], str]:
     """(comment lines, probe point) for one half of a probe."""
+    for line in probe.comments:
+        if not _COMMENT.fullmatch(line):  # from BTF's strings: one printable line each
+            raise SpecError(f"refusing comment {line!r} in a script", probe.text)
     if probe.address is not None:
         why = ("# module function at its absolute address (--guru): valid for this boot and "
                "module load only" if probe.module is not None else
                "# absolute address (--guru): valid for this boot only (KASLR)")
         return [why], f"kprobe.statement({_address(probe.address, probe)}).absolute"
     point = f'kprobe.function("{_symbol(probe.function, probe)}")' + (".return" if ret else "")
-    comments: list[str] = []
+    comments: list[str] = list(probe.comments)
     if probe.module is not None:
         _symbol(probe.module, probe)
         # The module name itself stays out of the script: names appear only in the point.
-        comments = ["# module function probed by name: kprobe.module(M).function(F) registers",
-                    "# nothing on Linux >= 6.4; the runner checked that the module is loaded"]
+        comments += ["# module function probed by name: kprobe.module(M).function(F) registers",
+                     "# nothing on Linux >= 6.4; the runner checked that the module is loaded"]
     return comments, point
 
 
@@ -435,10 +456,41 @@ def _tail(idx: int, fields: list[tuple[str, str]], opts: ScriptOptions,
     return out
 
 
+def _where(probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> list[str]:
+    """`if (!(EXPR)) next` for --where, over this probe's names (read into locals first)."""
+    if opts.where is None:
+        return []
+    if agg is not None or probe.kind == "pair":
+        raise OptionError("--where filters printed events of entry and .return probes; "
+                          "it does not combine with --hist, --count-by, --latency or "
+                          ".call+return yet")
+    names: dict[str, where_mod.Operand] = {}
+    for a in probe.args:
+        if a.name is not None:
+            kind: where_mod.OperandKind = "str" if _KIND[a.type] == "str" else "int"
+            names[a.name] = where_mod.Operand(f"a{a.index}", kind)
+    if probe.kind == "return":
+        names["retval"] = where_mod.Operand("rv", "int")
+
+    def resolve(text: str, pos: int) -> where_mod.Operand:
+        if text in names:
+            return names[text]
+        known = ", ".join([*names, *where_mod.BUILTINS]) or "none"
+        what = "a member path" if ("->" in text or "." in text) else "a name"
+        raise where_mod.WhereError(f"{text} is not {what} {probe.label} reads (its names: "
+                                   f"{known}); member paths are not readable yet", "", pos,
+                                   len(text))
+
+    return [f"if (!({where_mod.compile_where(opts.where, resolve)})) next  # --where"]
+
+
 def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=False)
     before, after = _count(opts)
-    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else []) + before
+    keep = _where(probe, opts, agg)
+    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else [])
+    if not keep:
+        body += before
     fields: list[tuple[str, str]] = []
     reads = _reads(probe, agg)
     if reads:
@@ -446,6 +498,8 @@ def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | 
     for arg in reads:
         body.append(f"a{arg.index} = {_reader(arg.type, arg.index, opts.string_max)}")
         fields.append((_FORMAT[_KIND[arg.type]], f"a{arg.index}"))
+    if keep:  # -n counts the events the filter keeps
+        body += keep + before
     w.probe(comments, point, body + _tail(idx, fields, opts, agg) + after)
 
 
@@ -453,10 +507,15 @@ def _return(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions,
             agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=True)
     before, after = _count(opts)
+    keep = _where(probe, opts, agg)
     rbody, fields = _retval_fields(probe)
-    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else []) + before
+    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else [])
+    if not keep:
+        body += before
     if agg is None or agg.retval:
         body += rbody
+    if keep:
+        body += keep + before
     w.probe(comments, point, body + _tail(idx, fields, opts, agg) + after)
 
 
@@ -520,6 +579,24 @@ _STRING_HELPERS = (
     "\treturn text_str(user_string_n(addr, n, \"FAULT\"))",
     "}",
 )
+# cstr: a C string from BTF's `char *`, which may point to kernel or user memory
+# (`__user` is not in BTF from a gcc-built kernel); the address picks the reader.
+_CSTR_HELPER = (
+    "function __sm_cstr:string (addr:long, n:long) {",
+    # x86_64 kernel addresses have the top bit set (4- and 5-level paging alike: from
+    # 0xffff800000000000 or 0xff00000000000000), user ones never: a negative long in stap.
+    "\tif (addr < 0) return __sm_kstr(addr, n)",
+    "\treturn __sm_ustr(addr, n)",
+    "}",
+)
+
+
+
+def string_helpers(cstr: bool = True) -> list[str]:
+    """The SystemTap functions behind str and ustr (and cstr, which calls both)."""
+    return [line.replace("FAULT", FAULT_TEXT)
+            for line in _STRING_HELPERS + (_CSTR_HELPER if cstr else ())]
+
 
 _LABEL = re.compile(r"[A-Za-z0-9_.:+]+")
 
@@ -627,9 +704,10 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
                          f"global __sm_kover{i}"]
     if globals_:
         w.add("", *globals_)
-    if any(a.type in ("str", "ustr") for p, agg in zip(spec.probes, aggs, strict=True)
-           for a in _reads(p, agg)):
-        w.add(*(line.replace("FAULT", FAULT_TEXT) for line in _STRING_HELPERS))
+    read_types = {a.type for p, agg in zip(spec.probes, aggs, strict=True)
+                  for a in _reads(p, agg)}
+    if read_types & {"str", "ustr", "cstr"}:
+        w.add(*string_helpers(cstr="cstr" in read_types))
     for idx, probe in enumerate(spec.probes):
         {"entry": _entry, "return": _return, "pair": _pair}[probe.kind](
             w, idx, probe, opts, aggs[idx])

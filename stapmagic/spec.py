@@ -22,17 +22,19 @@ import difflib
 from dataclasses import dataclass
 from typing import Literal
 
+from . import btf as btf_path
 from .errors import SpecError
 from .wire import PRINT_REGS_COLUMNS
 
 __all__ = [
     "ARG_TYPES", "RET_TYPES", "DEFAULT_RETTYPE", "REGISTER_COLUMNS", "RESERVED_NAMES",
-    "MAX_ARGS", "Arg", "Probe", "Spec", "Token", "tokenize", "parse_spec", "parse_line",
+    "MAX_ARGS", "Arg", "BtfRef", "Probe", "Spec", "Token", "tokenize", "parse_spec", "parse_line",
     "is_valid_symbol", "is_valid_arg_name",
 ]
 
 ARG_TYPES: tuple[str, ...] = ("int", "uint", "long", "ulong", "longlong", "ulonglong",
-                              "s32", "s64", "u32", "u64", "ptr", "str", "ustr")
+                              "s32", "s64", "u32", "u64", "ptr", "str", "ustr",
+                              "s8", "u8", "s16", "u16", "cstr")
 # A return value is one register: strings are not returned, so str/ustr are excluded.
 RET_TYPES: tuple[str, ...] = ("int", "uint", "long", "ulong", "longlong", "ulonglong",
                               "s32", "s64", "u32", "u64", "ptr")
@@ -57,6 +59,7 @@ _IDENT_CHARS = _IDENT_START | frozenset("0123456789")
 _DIGITS = frozenset("0123456789")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _SPACE = frozenset(" \t")
+_BTF_WORD = _IDENT_CHARS | frozenset(".=->")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,24 @@ class Arg:
     name: str | None
     type: str
     index: int
+
+
+@dataclass(frozen=True)
+class BtfRef:
+    """An argument named the kernel's way, resolved from the target's BTF before the script
+    is generated: a parameter (`path` is its name) or a member path (`sk->a.b`); `column` is
+    the column's name (NAME= or the last member). `pos` is the column of the word in
+    `source`, line `lineno`, for errors found then."""
+
+    column: str
+    path: str
+    pos: int
+    source: str
+    lineno: int
+
+    @property
+    def is_field(self) -> bool:
+        return "->" in self.path or "." in self.path
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,10 @@ class Probe:
     args: tuple[Arg, ...]
     text: str
     label: str
+    # Arguments named the kernel's way (issue 14), resolved from the target's BTF.
+    btf_refs: tuple[BtfRef, ...] = ()
+    notes: tuple[str, ...] = ()  # said once per cell, e.g. where BTF disagrees with NAME:TYPE
+    comments: tuple[str, ...] = ()  # put in the script (--dry-run shows them)
 
 
 @dataclass(frozen=True)
@@ -251,6 +276,7 @@ class _LineParser:
         self.skip_space()
         module, function, address, kind, rettype = self.parse_target()
         args: list[Arg] = []
+        refs: list[BtfRef] = []
         seen: dict[str, int] = {}
         index = 0
         while True:
@@ -266,6 +292,10 @@ class _LineParser:
                     "reused by then): use FUNCTION.call+return NAME:TYPE ... to get the entry "
                     "arguments together with the return value", tok.pos,
                     self.word_length(tok.pos))
+            ref = self.parse_btf_word(seen)
+            if ref is not None:
+                refs.append(ref)
+                continue
             index += 1
             if index > MAX_ARGS:
                 raise self.error(f"too many arguments: at most {MAX_ARGS} positions",
@@ -280,7 +310,44 @@ class _LineParser:
             suffix = {"entry": "", "return": ".return", "pair": ".call+return"}[kind]
             label = (f"{module}:" if module else "") + function + suffix
         return Probe(function=function, module=module, address=address, kind=kind,
-                     rettype=rettype, args=tuple(args), text=text, label=label)
+                     rettype=rettype, args=tuple(args), text=text, label=label,
+                     btf_refs=tuple(refs))
+
+    def parse_btf_word(self, seen: dict[str, int]) -> BtfRef | None:
+        """NAME (a parameter by its kernel name), NAME=PATH or PATH (a member path), or None
+        for the other argument forms (NAME:TYPE, `_`)."""
+        tok = self.peek()
+        assert tok is not None
+        start = tok.pos
+        end = start + self.word_length(start)
+        word = self.line[start:end]
+        if (tok.kind != "ident" or ":" in word or word == "_"
+                or any(c not in _BTF_WORD for c in word)):
+            return None  # NAME:TYPE, `_`, or characters parse_arg has a message for
+        column, eq, path = word.partition("=")
+        path_pos = start + len(column) + 1 if eq else start
+        if not eq:
+            path = word
+        if eq and not is_valid_arg_name(column):
+            raise self.error(f"bad column name {column!r}: names are [A-Za-z_][A-Za-z0-9_]*",
+                             start, max(1, len(column)))
+        try:
+            root, _, steps = btf_path.parse_path(path)
+        except btf_path.FieldPathError as exc:
+            raise self.error(exc.message, path_pos + exc.pos, exc.length) from None
+        if not eq:
+            column = steps[-1].name if steps else root
+        if column in RESERVED_NAMES:
+            raise self.error(f"{column!r} is a column stapmagic fills itself; name it: "
+                             f"NAME={path}", start, len(word))
+        if column in seen:
+            raise self.error(f"duplicate column name {column!r} (first at column "
+                             f"{seen[column] + 1}); name it: NAME={path}", start, len(word))
+        seen[column] = start
+        # the tokens of this word are consumed by position
+        while (t := self.peek()) is not None and t.pos < end:
+            self.i += 1
+        return BtfRef(column, path, path_pos, _display(self.line), self.lineno)
 
     def word_length(self, pos: int) -> int:
         end = pos

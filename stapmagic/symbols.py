@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pandas as pd
+from pandas.api.extensions import ExtensionArray
 
 __all__ = ["SymbolSet", "cached", "fetch", "find", "hidden", "parse_fetch_output"]
 
@@ -129,7 +130,7 @@ def find(symbols: SymbolSet, patterns: Iterable[str]) -> pd.DataFrame:
     hits = sorted(n for n in names
                   if not hidden(n) and any(fnmatch.fnmatchcase(n, p) for p in pats))
 
-    def check(known: frozenset[str] | None) -> pd.array:
+    def check(known: frozenset[str] | None) -> ExtensionArray:
         return pd.array([None if known is None else n in known for n in hits], dtype="boolean")
 
     return pd.DataFrame({

@@ -35,6 +35,7 @@ SUMMARY_TAG = "@@sms"       # @@sms <TAB> name <TAB> count <TAB> min <TAB> max <
 KEYS_TAG = "@@smk"          # @@smk <TAB> name <TAB> key <TAB> count <TAB> @@
 COUNTER_TAG = "@@smc"       # @@smc <TAB> name <TAB> probe_index <TAB> value <TAB> @@
 END_TAG = "@@"              # the last field of a record and of the one-line tags
+TAG_PREFIX = "@@sm"         # what every tag above starts with (diagnose.py cuts there)
 FIELD_SEP = "\t"
 # A record's fields before the probe's own (DESIGN.md): idx is the probe index.
 RECORD_FIELDS: tuple[str, ...] = ("idx", "time", "pid", "tid", "cpu", "comm")

@@ -268,6 +268,28 @@ def test_magic_returns_the_counts(ip, tmp_path, monkeypatch):
     assert list(df["key"]) == ["python3", "sh"] and list(df["count"]) == [4, 1]
 
 
+def test_count_by_int_key_out_of_range_is_damaged_not_a_traceback(ip, tmp_path, monkeypatch):
+    """prepare() gives the parser the key kinds: an int key past int64 is one DAMAGED line,
+    the other counts stay (it used to reach ProbeRun.counts and raise OverflowError)."""
+    fake_stap(tmp_path, monkeypatch,
+              r"print('@@smk\ttcp_v4_connect\t1249\t4\t@@\n"
+              r"@@smk\ttcp_v4_connect\t9223372036854775808\t2\t@@')")
+    df, err = run_cell(ip, "%%kprobe -q --count-by pid tcp_v4_connect")
+    assert err is None, err
+    assert list(df["key"]) == [1249] and list(df["count"]) == [4]
+    assert df["key"].dtype == "int64"
+    assert ip.user_ns["_kprobe"].damaged == 1
+
+
+def test_prepare_gives_the_parser_the_count_key_kinds():
+    run = prepared("tcp_v4_connect.return:int", "tcp_v6_connect.return:ulong", count_by="retval")
+    assert run.parser.key_kinds == {"tcp_v4_connect.return": "int",
+                                    "tcp_v6_connect.return": "uint"}
+    run = prepared("tcp_v4_connect sk:ptr", count_by="sk")
+    assert run.parser.key_kinds == {"tcp_v4_connect": "hex"}
+    assert prepared("tcp_v4_connect").parser.key_kinds == {}
+
+
 @pytest.mark.parametrize("line,needle", [
     ("%kprobe --hist-linear 1,2 --hist latency tcp_v4_connect", "hist-linear"),
     ("%kprobe --cmd-only tcp_v4_connect", "--cmd-only"),

@@ -586,7 +586,7 @@ def test_no_leaked_fds_or_zombies(tmp_path):
 
 def test_stap_process_api():
     before = open_fds()
-    proc = StapProcess.spawn(fake("sigint"))
+    proc = StapProcess(fake("sigint"))
     try:
         data = b""
         deadline = time.monotonic() + 10

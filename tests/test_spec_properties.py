@@ -8,6 +8,7 @@ import random
 import re
 import string
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -215,6 +216,15 @@ def parse_or_error(first_line: str, body: str, guru: bool, opts: ScriptOptions) 
             shown = lines[err.line - 1].split("\n")[0]
             # (a CRLF line's final \r is dropped before parsing)
             assert len(err.source) in (len(shown), len(shown.removesuffix("\r")))
+        return
+    refs = [r for p in spec.probes for r in p.btf_refs]
+    if refs:
+        # kernel names (issue 14) wait for the target's BTF (pipeline.resolve_btf): they are
+        # identifier paths, and no script is generated while one is unresolved
+        assert all(re.fullmatch(r"[A-Za-z_]\w*(?:(?:->|\.)[A-Za-z_]\w*)*", r.path, re.ASCII)
+                   for r in refs)
+        with pytest.raises(SpecError, match="not resolved from BTF"):
+            generate(spec, opts)
         return
     check_script(spec, opts)
 

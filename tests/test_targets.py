@@ -148,7 +148,6 @@ def test_lab_target_delegates_to_the_lab_module(monkeypatch):
     assert lab.can_run_stap() == (False, "the lab VM is not running (python -m stapmagic.lab up)")
     notes = lab.post_mortem()
     assert len(notes) == 1 and "guest kernel crashed (Kernel panic" in notes[0]
-    assert pipeline.lab_post_mortem() == notes
     assert lab.where == "the lab VM"
 
 
@@ -432,3 +431,18 @@ def test_end_workload_without_a_wrapped_command_asks_nothing(remote, monkeypatch
 
     monkeypatch.setattr(LoopbackSsh, "run", forbidden)
     remote.target.end_workload(runner.stap_argv(remote.target, SCRIPT))
+
+
+def test_the_script_decides_whether_stap_gets_g(monkeypatch):
+    """Script.guru (a statement probe at an absolute address) puts -g on stap's command line,
+    whatever the options say; a script without one gets no -g unless --guru asks for it."""
+    import dataclasses
+
+    real = pipeline.generate
+    monkeypatch.setattr(pipeline, "generate",
+                        lambda spec, o: dataclasses.replace(real(spec, o), guru=True))
+    opts = pipeline.ProbeOptions(dry_run=True)
+    assert "-g" in pipeline.prepare("tcp_v4_connect", "", opts).argv
+    monkeypatch.setattr(pipeline, "generate", real)
+    assert "-g" not in pipeline.prepare("tcp_v4_connect", "", opts).argv
+    assert "-g" in pipeline.prepare("tcp_v4_connect", "", dataclasses.replace(opts, guru=True)).argv

@@ -78,3 +78,9 @@ def test_format_record_follows_the_grammar() -> None:
     assert fields[7:9] == [b"ff", rb"x\ty"]
     assert wire.parse_record(line.rstrip(b"\n"), [s]) == wire.ParsedRecord(
         0, 5, 1, 2, 3, "sh", (255, "x\ty"))
+
+
+def test_every_tag_starts_with_the_tag_prefix() -> None:
+    tags = (wire.RECORD_TAG, wire.HIST_TAG, wire.HIST_END_TAG, wire.SUMMARY_TAG, wire.KEYS_TAG,
+            wire.COUNTER_TAG)
+    assert all(t.startswith(wire.TAG_PREFIX) for t in tags)

@@ -29,6 +29,7 @@ __all__ = [
     "KallsymsSymbol",
     "Target",
     "TargetKind",
+    "kallsyms_filter",
     "kallsyms_symbols",
     "parse_target",
     "stap_env",
@@ -190,6 +191,8 @@ class Target(metaclass=_TargetMeta):
     #: a stop goes to stap's whole process group (Ctrl-C in a terminal); for a remote target
     #: only stap itself gets it, so it can tell the remote side to stop cleanly
     group_signals: ClassVar[bool] = False
+    #: stap reaches this target over a connection (ssh) that can be lost mid-run
+    remote: ClassVar[bool] = True
     #: the ``ssh://`` URL of a remote target
     url: str | None = None
 

@@ -337,8 +337,9 @@ def test_runtime_limit_keeps_rows_and_is_diagnosed(lab, code):
 
 def _ended(status: runner.RunStatus, messages: list[str], target: str = "lab",
            rows: int = 0) -> pipeline.ProbeRun:
+    # No stap command line: these decisions must not need a running lab (or stap) at all.
     run = pipeline.prepare_script("probe begin {}", pipeline.ProbeOptions(
-        target=target, dry_run=True))
+        target=target, dry_run=True), build=lambda text, opts, tgt: ["stap", "-e", text])
     run.status = status
     run.parser.messages.extend(messages)
     run.parser.row_count = rows  # the count alone: no frame is built here
