@@ -1,4 +1,5 @@
-"""How a probe's DataFrame looks in a notebook: pointers and registers in hex.
+"""How a probe's output looks in a notebook: pointers and registers in hex, and the one
+summary a finished run leaves in place of its live view.
 
 The columns stay uint64 (so arithmetic and comparisons work); only the rendering changes,
 and only for frames the magic made (they carry their run in `df.attrs`).
@@ -6,11 +7,20 @@ and only for frames the magic made (they carry their run in `df.attrs`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
+from .live import RunSummary, hex_text, summary_line
 from .spec import REGISTER_COLUMNS
+
+
+def run_hex_columns(run: Any) -> tuple[str, ...]:
+    """The run's columns shown in hex: its schema's pointers (kind "hex"), its registers."""
+    probes = getattr(getattr(run, "script", None), "probes", ()) or ()
+    declared = [c.name for p in probes for c in p.columns if c.kind == "hex"]
+    return tuple(dict.fromkeys([*declared, *REGISTER_COLUMNS]))
 
 
 def hex_columns(df: pd.DataFrame) -> list[str]:
@@ -18,16 +28,31 @@ def hex_columns(df: pd.DataFrame) -> list[str]:
     run = df.attrs.get("kprobe_run")
     if run is None:
         return []
-    probes = getattr(getattr(run, "script", None), "probes", ()) or ()
-    declared = {c.name for p in probes for c in p.columns if c.kind == "hex"}
-    return [
-        c for c in df.columns
-        if (c in declared or c in REGISTER_COLUMNS) and pd.api.types.is_integer_dtype(df[c])
-    ]
+    shown = set(run_hex_columns(run))
+    return [c for c in df.columns if c in shown and pd.api.types.is_integer_dtype(df[c])]
 
 
-def _hex(value: Any) -> str:
-    return "<NA>" if pd.isna(value) else f"0x{int(value):x}"
+def run_summary(run: Any, timings: tuple[float, float, float] | None,
+                messages: Sequence[str], note: str | None = None) -> RunSummary:
+    """What a finished run shows in place of its live view: one summary line (`timings`
+    from the live view, else the run's own clock), the warnings and errors stapmagic
+    diagnosed (visible), `messages` collapsed."""
+    if timings is None:
+        total = float(getattr(run.status, "duration", 0.0) or 0.0)
+        timings = (total, 0.0, total)
+    total, compile_s, run_s = timings
+    counters = run.counters
+    lost = int(counters.skipped_probes) + int(counters.transport_failures) + int(run.damaged)
+    notes = [*run._aggregate_notes(), *run.ending_notes()]
+    aggregate = getattr(getattr(run, "script", None), "aggregate", None)
+    rows = int(run.parser.row_count)
+    line = summary_line(rows, total, compile_s, run_s, lost, interrupted=bool(run.interrupted),
+                        notes=notes, rows_word=not (aggregate is not None and notes and not rows))
+    warnings = tuple(d.summary for d in run.diagnoses if d.severity != "info")
+    return RunSummary(line, warnings, tuple(messages), note)
+
+
+_hex = hex_text
 
 
 def _options() -> dict[str, Any]:

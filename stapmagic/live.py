@@ -3,8 +3,8 @@
 `LiveView.update()` is called once per parser batch. It keeps O(1) state (counters and the
 last `tail` rows, taken with `.tail()` of each batch frame) and redraws at most `max_rate_hz`
 times per second, so a run costs the same to watch at 10 events as at 10 million. In a
-notebook it redraws one IPython display (a display handle); elsewhere it prints a status
-line to stderr every few seconds.
+notebook it redraws one IPython display (a display handle), which `close()` replaces in place
+by the run's summary; elsewhere it prints a status line to stdout every few seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any, NamedTuple, Protocol, TextIO
 
 import pandas as pd
 
-__all__ = ["LiveStatus", "LiveView", "PassProgress", "parse_pass_line"]
+__all__ = ["STOP_HINT", "LiveStatus", "LiveView", "PassProgress", "RunSummary", "hex_text",
+           "parse_pass_line", "summary_line"]
 
 
 class PassProgress(NamedTuple):
@@ -71,45 +72,129 @@ def _short(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# Said while a run can be stopped: the stop button (SIGINT) ends stap and keeps the rows.
+STOP_HINT = "the stop button (■) ends the run and keeps the rows received so far"
+
+
+def hex_text(value: Any) -> str:
+    """A pointer or register value as the tables show it: 0x..., <NA> when missing."""
+    return "<NA>" if pd.isna(value) else f"0x{int(value):x}"
+
+
 @dataclass(frozen=True, repr=False)
 class LiveStatus:
-    """What one draw shows: a status line, stap's pass progress and the last rows."""
+    """What one draw shows: a status line, stap's pass progress and the last rows
+    (`hex_columns` in hex, as the result table shows them), a note (e.g. that this is a
+    replay), the stop hint while the run can be stopped, -n progress (done, of)."""
 
     status: str
     progress: tuple[PassProgress, ...] = ()
     rows: pd.DataFrame | None = None
     final: bool = False
+    hex_columns: tuple[str, ...] = ()
+    note: str | None = None
+    hint: str | None = None
+    count: tuple[int, int] | None = None
 
     def progress_line(self) -> str:
-        """The passes so far on one line, e.g. "Pass 1 5.3 s · Pass 2 0.1 s"."""
+        """The passes so far on one line, e.g. "Pass 1 5.3 s · Pass 2 0.1 s" (a pass stap
+        reported twice, like Pass 5's start and end, once, with its last line)."""
+        latest: dict[int, PassProgress] = {}
+        for p in self.progress:
+            latest[p.pass_no] = p
         return " · ".join(
             f"Pass {p.pass_no}{'' if p.real_ms is None else f' {p.real_ms / 1000:.1f} s'}"
             + ("" if p.real_ms is not None or p.pass_no == 5 else f" {_short(p.text, 30)}")
-            for p in self.progress
+            for p in latest.values()
         )
+
+    def _formatters(self) -> dict[str, Callable[[Any], str]]:
+        rows = self.rows
+        if rows is None:
+            return {}
+        return {c: hex_text for c in self.hex_columns if c in rows.columns}
 
     def __repr__(self) -> str:
         lines = [f"stapmagic: {self.status}"]
+        if self.note:
+            lines.append(f"  {self.note}")
         if self.progress:
             lines.append(f"  stap: {self.progress_line()}")
         if self.rows is not None and len(self.rows):
-            lines.append(self.rows.to_string(index=False, max_colwidth=32))
+            lines.append(self.rows.to_string(index=False, max_colwidth=32,
+                                             formatters=self._formatters()))
+        if self.hint:
+            lines.append(f"  ({self.hint})")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         parts = [f"<div><b>stapmagic</b> {html.escape(self.status)}</div>"]
+        if self.count is not None:
+            done, of = self.count
+            parts.append(f"<progress value='{min(done, of)}' max='{of}'></progress>")
+        if self.note:
+            parts.append(f"<div style='color:#666'>{html.escape(self.note)}</div>")
         if self.progress:
             parts.append(
                 "<div style='color:#666'>stap: "
                 f"{html.escape(self.progress_line())}</div>"
             )
         if self.rows is not None and len(self.rows):
-            parts.append(self.rows.to_html(index=False, border=0, max_cols=16, notebook=False))
+            parts.append(self.rows.to_html(index=False, border=0, max_cols=16, notebook=False,
+                                           formatters=self._formatters()))
+        if self.hint:
+            parts.append(f"<div style='color:#666'>{html.escape(self.hint)}</div>")
         return (
             "<div class='stapmagic-live' style='font-family:monospace;font-size:85%'>"
             + "".join(parts)
             + "</div>"
         )
+
+
+@dataclass(frozen=True, repr=False)
+class RunSummary:
+    """What a finished cell shows in place of its live view: one summary line, the
+    warnings and errors (visible), and stap's and the workload's other messages in a
+    collapsed "messages (N)" section (listed under the line in plain text)."""
+
+    line: str
+    warnings: tuple[str, ...] = ()
+    messages: tuple[str, ...] = ()
+    note: str | None = None
+
+    def __repr__(self) -> str:
+        lines = [f"stapmagic: {self.line}"]
+        if self.note:
+            lines.append(f"  {self.note}")
+        lines += [f"stapmagic: {w}" for w in self.warnings]
+        lines += self.messages
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        parts = [f"<div><b>stapmagic</b> {html.escape(self.line)}</div>"]
+        if self.note:
+            parts.append(f"<div style='color:#666'>{html.escape(self.note)}</div>")
+        parts += [f"<div style='color:#a40'>{html.escape(w)}</div>" for w in self.warnings]
+        if self.messages:
+            text = html.escape("\n".join(self.messages))
+            parts.append(f"<details><summary>messages ({len(self.messages)})</summary>"
+                         f"<pre style='margin:0'>{text}</pre></details>")
+        return ("<div class='stapmagic-summary' style='font-family:monospace;font-size:85%'>"
+                + "".join(parts) + "</div>")
+
+
+def summary_line(rows: int, total: float, compile_s: float, run_s: float, lost: int, *,
+                 interrupted: bool = False, notes: Sequence[str] = (),
+                 rows_word: bool = True) -> str:
+    """"3 rows in 4.9 s: compile 1.8 s, run 2.8 s, 0 lost" (+ notes; + that a stopped
+    run keeps its rows). `rows_word` False: an aggregating run, whose notes say what it
+    counted instead of "0 rows"."""
+    head = f"{rows:,} row{'' if rows == 1 else 's'}" if rows_word else ", ".join(notes)
+    line = f"{head} in {total:.1f} s: compile {compile_s:.1f} s, run {run_s:.1f} s, {lost:,} lost"
+    extra = list(notes) if rows_word else []
+    if interrupted:
+        extra.append(f"stopped: the {rows:,} row{'' if rows == 1 else 's'} received are kept")
+    return "; ".join([line, *extra])
 
 
 class DisplayHandle(Protocol):
@@ -153,6 +238,10 @@ class LiveView:
         *,
         stream: TextIO | None = None,
         text_interval: float = 5.0,
+        hex_columns: Sequence[str] = (),
+        duration: float | None = None,
+        count: int | None = None,
+        note: str | None = None,
     ) -> None:
         if max_rate_hz <= 0:
             raise ValueError(f"max_rate_hz must be positive, not {max_rate_hz!r}")
@@ -162,6 +251,10 @@ class LiveView:
         self._display = display if display is not None else _kernel_display()
         self._stream = stream
         self.text_interval = text_interval
+        self.hex_columns = tuple(hex_columns)
+        self.duration = duration
+        self.count = count
+        self.note = note
         self._handle: DisplayHandle | None = None
         self._started = clock()
         self._run_started: float | None = None
@@ -212,19 +305,33 @@ class LiveView:
             return True
         return False
 
-    def close(self, final_summary: str) -> None:
-        """A last forced draw showing `final_summary` (in text mode only after earlier lines,
-        so that a short run prints nothing but the caller's own summary)."""
+    def close(self, final_summary: str | RunSummary) -> None:
+        """Replace the live view by `final_summary` (in place: the same display). In text
+        mode only after earlier lines, so that a short run prints nothing but the caller's
+        own summary."""
         if self.closed:
             return
         self.closed = True
         now = self._clock()
+        self._ended = now
         self._measure_rate(now, final=True)
-        status = self.status(now, final_summary)
         if self._display is None and self._last_draw is None:
             return
-        self._emit(status)
+        if isinstance(final_summary, RunSummary):
+            self._emit(final_summary)
+        else:
+            self._emit(self.status(now, final_summary))
         self._last_draw = now
+
+    def timings(self) -> tuple[float, float, float]:
+        """(total, compile, run) seconds: compile until stap's Pass 5 (or the first row),
+        run from then to the end (close(), or now)."""
+        end = getattr(self, "_ended", None)
+        now = self._clock() if end is None else end
+        total = max(0.0, now - self._started)
+        begun = self._run_started if self._run_started is not None else now
+        compile_s = min(total, max(0.0, begun - self._started))
+        return total, compile_s, total - compile_s
 
     # -- state --------------------------------------------------------------------------
 
@@ -264,10 +371,14 @@ class LiveView:
         return "compiling" if self.compile_progress else "starting"
 
     def _counters(self) -> str:
-        return (
-            f"{self.rows_total:,} events · {self._rate:,.0f}/s · {self.skipped:,} skipped · "
-            f"{self.transport_failures:,} transport failures"
-        )
+        events = (f"{self.rows_total:,}/{self.count:,} events" if self.count
+                  else f"{self.rows_total:,} events")
+        parts = [events, f"{self._rate:,.0f}/s"]
+        if self.skipped:
+            parts.append(f"{self.skipped:,} skipped")
+        if self.transport_failures:
+            parts.append(f"{self.transport_failures:,} transport failures")
+        return " · ".join(parts)
 
     def status(self, now: float | None = None, final_summary: str | None = None) -> LiveStatus:
         """The LiveStatus a draw at `now` (default: the clock) would show."""
@@ -276,11 +387,11 @@ class LiveView:
         ran = now - (self._run_started if self._run_started is not None else self._started)
         phase = self.phase
         if phase == "finished":
-            line = f"finished {ran:.1f} s · {self._counters()}"
-            if final_summary:
-                line += f" — {final_summary}"
+            line = final_summary or f"finished: {self.rows_total:,} events"
         elif phase == "running":
             line = f"running {ran:.1f} s · {self._counters()}"
+            if self.duration is not None:
+                line += f" · {max(0.0, self.duration - ran):.0f} s left of {self.duration:g}"
         elif phase == "failed":
             failed = next(p for p in self.compile_progress if _failed(p))
             line = f"stap failed: Pass {failed.pass_no}: {failed.text} · {elapsed:.1f} s"
@@ -292,8 +403,12 @@ class LiveView:
             )
         else:
             line = f"starting stap · {elapsed:.1f} s · no events yet"
+        final = phase == "finished"
         return LiveStatus(
-            line, tuple(self.compile_progress), self.last_rows(), final=phase == "finished"
+            line, tuple(self.compile_progress), self.last_rows(), final=final,
+            hex_columns=self.hex_columns, note=self.note,
+            hint=None if final or phase == "failed" else STOP_HINT,
+            count=(self.rows_total, self.count) if self.count and not final else None,
         )
 
     # -- drawing ------------------------------------------------------------------------
@@ -326,10 +441,12 @@ class LiveView:
         self._emit(self.status(now))
         self._last_draw = now
 
-    def _emit(self, status: LiveStatus) -> None:
+    def _emit(self, status: LiveStatus | RunSummary) -> None:
         self.draws += 1
         if self._display is None:
-            print(repr(status).splitlines()[0], file=self._stream or sys.stderr, flush=True)
+            # Progress is normal output: stdout (stderr is drawn as an error in notebooks).
+            text = repr(status) if isinstance(status, RunSummary) else repr(status).splitlines()[0]
+            print(text, file=self._stream or sys.stdout, flush=True)
         elif self._handle is None:
             self._handle = self._display(status, display_id=True)
         else:

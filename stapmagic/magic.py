@@ -9,20 +9,41 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shlex
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic import (
+    Magics,
+    cell_magic,
+    line_cell_magic,
+    line_magic,
+    magics_class,
+    no_var_expand,
+)
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, observe, validate
 
 # plot registers the df.kprobe accessor
-from . import display, options, pipeline, plot, recording, session  # noqa: F401
+from . import (  # noqa: F401
+    complete,
+    display,
+    helptext,
+    options,
+    pipeline,
+    plot,
+    recording,
+    runner,
+    session,
+    symbols,
+)
 from .errors import OptionError, StapMagicError
 from .magic_args import argument, magic_arguments
 from .session import failure_text, worth_showing  # noqa: F401  (their home before session.py)
+
+_GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+\Z")
 
 
 def _options_of(magic: options.Magic) -> Callable[[Any], Any]:
@@ -199,6 +220,35 @@ class KprobeMagics(Magics):
             raise UsageError(f"{outcome.not_saved}\n({run.summary()}; the rows are in {where})")
         return df
 
+    # -- %kfind ------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("pattern", nargs="+", help="function names or globs (tcp_v4_*, *_connect)")
+    @argument("--target", metavar="TARGET", help="where to look (default: "
+              "%%config KprobeMagics.target)")
+    @argument("--refresh", action="store_true", help="fetch the symbols again (the target's "
+              "kernel changed)")
+    @line_magic
+    def kfind(self, line: str) -> Any:
+        """Find kernel functions to probe: a DataFrame of name, module and the checks
+        in_kallsyms, traceable (available_filter_functions), blacklisted (kprobes refuse)."""
+        args = self._parse(KprobeMagics.kfind, line)
+        bad = [p for p in args.pattern if not _GLOB.match(p)]
+        if bad:
+            raise UsageError(f"not a function name or glob: {bad[0]!r} (letters, digits, _ . "
+                             "and the glob characters * ? [ ])")
+        where = args.target or self.target
+        try:
+            found = symbols.cached(where, runner.parse_target(where).run, refresh=args.refresh)
+        except StapMagicError as exc:
+            raise UsageError(f"cannot read the kernel symbols of {where}: {exc}") from None
+        return symbols.find(found, args.pattern)
+
+    def function_names(self, target: str | None = None) -> list[str]:
+        """The kernel functions of `target` (default: this magic's), cached per target."""
+        where = target or self.target
+        return symbols.cached(where, runner.parse_target(where).run).names()
+
     def stop_all(self, timeout: float | None = None) -> list[pipeline.ProbeRun]:
         """Stop every live run (extension unload, interpreter exit): all are asked at once,
         then waited for (each at most `timeout` s past stap's grace and escalation)."""
@@ -216,6 +266,16 @@ class KprobeMagics(Magics):
         return self.session.list_running()
 
 
+_KPROBE_PARSER = KprobeMagics.kprobe.parser
+# IPython's MagicHelpFormatter prefixes one more "%": the usage reads %%kprobe.
+_KPROBE_PARSER.prog = "%kprobe"
+KprobeMagics.kprobe.__doc__ = helptext.kprobe_help(
+    _KPROBE_PARSER._actions,
+    "Probe kernel functions without debuginfo (SystemTap kprobe.*); the events come back as "
+    "a typed DataFrame.",
+    {o.name: o.group for o in options.OPTIONS})
+
+
 def register(ipython: Any) -> None:
     """Register the magics and the one-line `%%kprobe` input transformer."""
     from . import one_line_cell
@@ -226,6 +286,11 @@ def register(ipython: Any) -> None:
         # Background runs hold a stap session (a kernel module) each: end them at exit.
         atexit.register(magics.stop_all)
     display.install(ipython)
+    if magics is not None:
+        matcher = complete.ipython_matcher(complete.value_flags(magics.kprobe.parser),
+                                           magics.function_names)
+        ipython.Completer.custom_matchers.append(matcher)
+        magics._matcher = matcher
     transforms = ipython.input_transformer_manager.line_transforms
     if one_line_cell not in transforms:
         # Before IPython's own cell_magic transform, which would see an empty body.
@@ -240,11 +305,14 @@ def unregister(ipython: Any) -> None:
     if magics is not None:
         magics.stop_all()
         atexit.unregister(magics.stop_all)
+        matcher = getattr(magics, "_matcher", None)
+        if matcher in ipython.Completer.custom_matchers:
+            ipython.Completer.custom_matchers.remove(matcher)
     transforms = ipython.input_transformer_manager.line_transforms
     if one_line_cell in transforms:
         transforms.remove(one_line_cell)
     display.uninstall(ipython)
     for kind in ("line", "cell"):
-        for name in ("kprobe", "stap"):
+        for name in ("kprobe", "stap", "kfind"):
             ipython.magics_manager.magics[kind].pop(name, None)
     ipython.magics_manager.registry.pop("KprobeMagics", None)

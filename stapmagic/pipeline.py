@@ -101,6 +101,8 @@ class ProbeRun:
     run_id: int = field(default_factory=lambda: next(_run_ids))
     # How the run ended, when stap's own messages do not say (killed, connection lost).
     end_diagnoses: list[diagnose.Diagnosis] = field(default_factory=list)
+    # A replay: the recording it plays (no stap runs; `target` is where it was recorded).
+    replay_of: str | None = None
 
     @property
     def df(self) -> pd.DataFrame:
@@ -112,9 +114,13 @@ class ProbeRun:
         # Short: a --bg cell's value is the run itself, and attrs of frames show it too.
         what = (", ".join(p.label for p in self.script.probes) if self.script is not None
                 else "%%stap script")
-        state = "running" if self.running else (self.summary() if self.status else "not run")
-        return (f"<ProbeRun {self.run_id}: {what} on {self.target.url or self.target.kind}; "
-                f"{self.parser.row_count} rows; {state}>")
+        where = self.target.url or self.target.kind
+        how = f"replay of {self.replay_of} (recorded on {where})" if self.replay_of else where
+        if self.running:
+            state = f"running, {self.parser.row_count} rows so far"
+        else:
+            state = self.summary() if self.status else "not run"
+        return f"<ProbeRun {self.run_id}: {what} on {how}: {state}>"
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ProbeRun:
         # pandas deep-copies df.attrs, where the magic keeps its run: a run is one live
@@ -207,16 +213,26 @@ class ProbeRun:
         if self.status is not None:
             if self.status.interrupted:
                 parts.append("interrupted")
-            elif self.status.signal:
-                parts.append(f"stap killed by {_signal_name(self.status.signal)}")
-            elif self.status.exit_status and not (self.status.command_status and self.ok):
-                parts.append(f"stap exit status {self.status.exit_status}")
-            command = self.status.command_status
-            if command:
-                parts.append(f"command exited with status {command}" if command > 0
-                             else f"command killed by {_signal_name(-command)}")
+            parts += self.ending_notes()
             parts.append(f"{self.status.duration:.1f}s")
         return ", ".join(parts)
+
+    def ending_notes(self) -> list[str]:
+        """How stap and the -c command ended, when not on their own with status 0
+        (an interrupt aside: the caller says that its own way)."""
+        notes: list[str] = []
+        status = self.status
+        if status is None or status.interrupted:
+            return notes
+        if status.signal:
+            notes.append(f"stap killed by {_signal_name(status.signal)}")
+        elif status.exit_status and not (status.command_status and self.ok):
+            notes.append(f"stap exit status {status.exit_status}")
+        command = status.command_status
+        if command:
+            notes.append(f"command exited with status {command}" if command > 0
+                         else f"command killed by {_signal_name(-command)}")
+        return notes
 
 
     # -- aggregates (--latency, --hist, --count-by) ---------------------------------------

@@ -658,6 +658,7 @@ def prepare_replay(rec: Recording, kind: Kind, first_line: str, body: str,
             f": recorded `{theirs[n] if n < len(theirs) else '(end)'}`, now "
             f"`{ours[n] if n < len(ours) else '(end)'}`): stapmagic changed since the "
             "recording; re-record it (scripts/record_notebooks.py for the notebooks)")
+    run.replay_of = where
     return run
 
 

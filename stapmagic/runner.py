@@ -440,6 +440,15 @@ class RunStatus:
     def ok(self) -> bool:
         return self.exit_status == 0
 
+    def __repr__(self) -> str:
+        # argv carries the whole generated script (stap -e): `_kprobe.status` shows one line.
+        argv = [a if len(a) <= 60 and "\n" not in a else f"<{len(a)} chars: _kprobe.script_text>"
+                for a in self.argv]
+        return (f"RunStatus(exit_status={self.exit_status!r}, signal={self.signal!r}, "
+                f"interrupted={self.interrupted!r}, escalated={self.escalated!r}, "
+                f"duration={self.duration:.1f}, command_status={self.command_status!r}, "
+                f"argv={argv!r})")
+
     @property
     def returncode(self) -> int | None:
         """subprocess-style: the exit status, or ``-signal``."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import live, pipeline, recording, runner
+from . import display, live, pipeline, recording, runner
 from .errors import OptionError, ReplayError, StapMagicError
 from .options import FIELDS, Magic
 
@@ -138,7 +138,9 @@ class Session:
         action, why = self._resolved[key]
         if announce:
             rec = f"{self.recordings_dir}/NAME{recording.SUFFIX}"
-            head = f"stapmagic: mode {self.mode}" + (f" -> {action}" if self.mode == "auto" else "")
+            # auto says why it chose; an explicit mode's reason would only repeat it
+            head = (f"stapmagic: mode auto -> {action} ({why})" if self.mode == "auto"
+                    else f"stapmagic: mode {self.mode}")
             text = {
                 "live": f"every cell runs stap on target {target}; --recording is not written",
                 "record": f"cells run stap on target {target}; those with --recording NAME are "
@@ -146,7 +148,7 @@ class Session:
                 "replay": f"cells with --recording NAME REPLAY {rec}, recorded on a real "
                           "kernel; nothing is probed on this machine",
             }[action]
-            print(f"{head} ({why}): {text}")
+            print(f"{head}: {text}")
         return action, why
 
     # -- one cell ------------------------------------------------------------------------------
@@ -196,16 +198,21 @@ class Session:
         opts = cell.opts
         recorder: recording.Recorder | None = None
         source: recording.Player | None = None
+        note: str | None = None
         if plan.replay is not None:
             pace = ("as fast as possible" if plan.speed <= 0 else
                     "at the recorded pace" if plan.speed == 1 else f"at {plan.speed:g}x speed")
-            print(f"stapmagic: {recording.describe(plan.replay)}; {pace}")
+            note = f"{recording.describe(plan.replay)}; {pace}"
+            if opts.verbose == 0:
+                print(f"stapmagic: {note}")
             source = recording.Player(plan.replay, plan.speed)
         elif plan.record is not None:
             recorder = plan.start_recording(run, opts)
             print(f"stapmagic: recording this run to {plan.record} (kernel "
                   f"{recorder.header.kernel_release}, {recorder.header.stap_version})")
-        view = None if opts.verbose == 0 else live.LiveView()
+        view = None if opts.verbose == 0 else live.LiveView(
+            hex_columns=display.run_hex_columns(run), duration=opts.duration, count=opts.count,
+            note=note)
         outcome = Outcome(run)
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
@@ -213,8 +220,6 @@ class Session:
                 view.update(batch.frame, batch.messages, rows_total=run.parser.row_count,
                             skipped=run.skipped, transport_failures=run.transport_failures,
                             force=final)
-                if final:
-                    view.close(run.summary())
             if final:
                 if recorder is not None:
                     try:
@@ -224,7 +229,7 @@ class Session:
                         run.notes.append(str(exc))
                         if cell.bg:
                             print(f"stapmagic: {exc}", file=sys.stderr)
-                self._finish(run)
+                self._finish(run, view, note)
 
         self.runs.append(run)
         tap = recorder.chunk if recorder is not None else None
@@ -234,29 +239,33 @@ class Session:
             pipeline.execute(run, on_batch=on_batch, grace=opts.grace, tap=tap, source=source)
         return outcome
 
-    def _finish(self, run: pipeline.ProbeRun) -> None:
+    def _finish(self, run: pipeline.ProbeRun, view: live.LiveView | None = None,
+                note: str | None = None) -> None:
         if run in self.runs:
             self.runs.remove(run)
-        self.report(run)
+        self.report(run, view, note)
 
-    def report(self, run: pipeline.ProbeRun) -> None:
-        """A finished run: the last of stap's messages worth reading, diagnoses, one summary."""
-        out = sys.stderr
+    def report(self, run: pipeline.ProbeRun, view: live.LiveView | None = None,
+               note: str | None = None) -> None:
+        """A finished run: its live view replaced in place by one summary line, with the
+        warnings visible and the last of stap's messages worth reading collapsed under it;
+        without a view, the same as text on stdout (stderr is for errors)."""
+        messages: list[str] = []
         if self.show_messages:
             shown = worth_showing(run.messages)
             kept = max(0, len(shown) - SHOWN_MESSAGES)
             dropped = run.parser.messages_dropped  # the parser keeps a bounded log
             if kept or dropped:
                 lost = f", {dropped} not kept" if dropped else ""
-                print(f"stapmagic: {kept + dropped} earlier lines not shown ({kept} of them in "
-                      f"_kprobe.messages{lost}); the last {min(len(shown), SHOWN_MESSAGES)}:",
-                      file=out)
-            for msg in shown[-SHOWN_MESSAGES:]:
-                print(msg, file=out)
-        for d in run.diagnoses:
-            if d.severity != "info":
-                print(f"stapmagic: {d.summary}", file=out)
-        print(f"stapmagic: {run.summary()}", file=out)
+                messages.append(f"({kept + dropped} earlier lines not shown ({kept} of them in "
+                                f"_kprobe.messages{lost}); the last "
+                                f"{min(len(shown), SHOWN_MESSAGES)}:)")
+            messages += shown[-SHOWN_MESSAGES:]
+        if view is not None:
+            view.close(display.run_summary(run, view.timings(), messages, note))
+            if view.draws:
+                return
+        print(repr(display.run_summary(run, None, messages, note)))
 
     # -- live runs -----------------------------------------------------------------------------
 

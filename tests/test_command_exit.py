@@ -86,7 +86,9 @@ def test_failing_command_returns_its_rows_and_its_status(ip, fake, capsys, targe
     assert [d.code for d in run.diagnoses] == ["command_failed"]
     assert run.diagnoses[0].severity == "info"
     assert not fake  # no reachability round trip: stap said how the run ended
-    assert "stapmagic: 3 rows, " in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "stapmagic: 3 rows in " in said.out and "command exited with status 1" in said.out
+    assert said.err == ""  # normal output is not drawn as an error (issue 13)
 
 
 def test_command_killed_by_a_signal_is_its_status_too(ip, fake):

@@ -192,7 +192,7 @@ def test_many_messages_print_a_bounded_tail(ip, tmp_path, monkeypatch, capsys):
               "sys.stdout.write(''.join(f'chatty line {i}\\n' for i in range(20000)))")
     _, err = run(ip, "%%stap -q\nprobe begin { exit() }\n")
     assert err is None, err
-    text = capsys.readouterr().err
+    text = capsys.readouterr().out  # normal output: stdout (issue 13)
     lines = text.splitlines()
     assert len(lines) <= 60
     assert "chatty line 19999" in text and "chatty line 0\n" not in text
