@@ -49,9 +49,11 @@ def run(out: Callable[[str], None] = print) -> dict[str, float]:
             t = time.perf_counter()
             use(cached)
             res["first_use"].append(time.perf_counter() - t)
-            out(f"round {i + 1}: cold {res['cold'][-1] * 1e3:.0f} ms, cached "
+            out(
+                f"round {i + 1}: cold {res['cold'][-1] * 1e3:.0f} ms, cached "
                 f"{res['cached'][-1] * 1e3:.0f} ms, first prototype + member path "
-                f"{res['first_use'][-1] * 1e3:.1f} ms")
+                f"{res['first_use'][-1] * 1e3:.1f} ms"
+            )
     summary = {f"{k}_best_s": min(v) for k, v in res.items()}
     summary.update({f"{k}_median_s": statistics.median(v) for k, v in res.items()})
     return summary

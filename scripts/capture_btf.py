@@ -91,8 +91,19 @@ OFFSET_PATHS: tuple[tuple[str, str], ...] = (
     ("qstr", "name"),
     ("qstr", "len"),
 )
-SIZE_STRUCTS: tuple[str, ...] = ("sock", "sock_common", "inet_sock", "sockaddr_in", "path",
-                                 "dentry", "file", "inode", "task_struct", "sk_buff", "qstr")
+SIZE_STRUCTS: tuple[str, ...] = (
+    "sock",
+    "sock_common",
+    "inet_sock",
+    "sockaddr_in",
+    "path",
+    "dentry",
+    "file",
+    "inode",
+    "task_struct",
+    "sk_buff",
+    "qstr",
+)
 
 
 def _guest_bytes(argv: list[str], timeout: float) -> bytes:
@@ -101,16 +112,20 @@ def _guest_bytes(argv: list[str], timeout: float) -> bytes:
     full = runner.exec_argv(runner.Target("lab"), argv)
     done = subprocess.run(full, capture_output=True, timeout=timeout, check=False)  # noqa: S603
     if done.returncode != 0:
-        raise SystemExit(f"{argv} failed on the target (exit {done.returncode}): "
-                         f"{done.stderr.decode(errors='replace')[-2000:]}")
+        raise SystemExit(
+            f"{argv} failed on the target (exit {done.returncode}): "
+            f"{done.stderr.decode(errors='replace')[-2000:]}"
+        )
     return done.stdout
 
 
 def _offsets_program() -> str:
     lines = ["BEGIN {"]
     for struct, path in OFFSET_PATHS:
-        lines.append(f'  printf("offsetof %s %s %d\\n", "{struct}", "{path}", '
-                     f"offsetof(struct {struct}, {path}));")
+        lines.append(
+            f'  printf("offsetof %s %s %d\\n", "{struct}", "{path}", '
+            f"offsetof(struct {struct}, {path}));"
+        )
     for struct in SIZE_STRUCTS:
         lines.append(f'  printf("sizeof %s %d\\n", "{struct}", sizeof(struct {struct}));')
     lines.append("  exit();")
@@ -121,11 +136,18 @@ def _offsets_program() -> str:
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--module", action="append", default=None,
-                   help="a loaded module whose split BTF to capture too (default: ext4)")
+    p.add_argument(
+        "--module",
+        action="append",
+        default=None,
+        help="a loaded module whose split BTF to capture too (default: ext4)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "btf")
-    p.add_argument("--offsets-only", action="store_true",
-                   help="only refresh offsets.json (the kernel must be the one captured)")
+    p.add_argument(
+        "--offsets-only",
+        action="store_true",
+        help="only refresh offsets.json (the kernel must be the one captured)",
+    )
     args = p.parse_args(argv)
     modules = args.module or ["ext4"]
     out: Path = args.out
@@ -178,8 +200,9 @@ def _capture_offsets(out: Path) -> None:
             sizes[parts[1]] = int(parts[2])
     if len(offsets) != len(OFFSET_PATHS) or len(sizes) != len(SIZE_STRUCTS):
         raise SystemExit(f"bpftrace printed {len(offsets)} offsets, {len(sizes)} sizes:\n{text}")
-    (out / "offsets.json").write_text(json.dumps(
-        {"offsetof": offsets, "sizeof": sizes}, indent=1, sort_keys=True) + "\n")
+    (out / "offsets.json").write_text(
+        json.dumps({"offsetof": offsets, "sizeof": sizes}, indent=1, sort_keys=True) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ def main(argv: list[str]) -> int:
     new = with_table(text)
     if "--check" in argv:
         if new != text:
-            print("README.md's options table is out of date: python scripts/options_table.py",
-                  file=sys.stderr)
+            print(
+                "README.md's options table is out of date: python scripts/options_table.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     README.write_text(new)

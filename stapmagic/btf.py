@@ -29,8 +29,20 @@ from typing import Literal
 from stapmagic.errors import BTFError
 
 __all__ = [
-    "BTF", "BTFError", "EnumValue", "Field", "FieldPathError", "Function", "Kind", "Member",
-    "Param", "PathStep", "Type", "default_cache_dir", "load", "parse_path",
+    "BTF",
+    "BTFError",
+    "EnumValue",
+    "Field",
+    "FieldPathError",
+    "Function",
+    "Kind",
+    "Member",
+    "Param",
+    "PathStep",
+    "Type",
+    "default_cache_dir",
+    "load",
+    "parse_path",
 ]
 
 MAGIC = 0xEB9F
@@ -75,8 +87,14 @@ for _k in Kind:
         _FIXED[_k] = 0
 for _k, _n in ((Kind.INT, 4), (Kind.ARRAY, 12), (Kind.VAR, 4), (Kind.DECL_TAG, 4)):
     _FIXED[_k] = _n
-for _k, _n in ((Kind.STRUCT, 12), (Kind.UNION, 12), (Kind.ENUM, 8), (Kind.FUNC_PROTO, 8),
-               (Kind.DATASEC, 12), (Kind.ENUM64, 12)):
+for _k, _n in (
+    (Kind.STRUCT, 12),
+    (Kind.UNION, 12),
+    (Kind.ENUM, 8),
+    (Kind.FUNC_PROTO, 8),
+    (Kind.DATASEC, 12),
+    (Kind.ENUM64, 12),
+):
     _PER_VLEN[_k] = _n
 _FIXED_WORDS = [n // 4 if n >= 0 else -1 for n in _FIXED]
 _PER_VLEN_WORDS = [n // 4 for n in _PER_VLEN]
@@ -219,8 +237,14 @@ class _Index:
 class BTF:
     """One BTF object (vmlinux, or a module's split BTF over `base`)."""
 
-    def __init__(self, data: bytes, *, base: BTF | None = None, name: str = "vmlinux",
-                 index: _Index | None = None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        *,
+        base: BTF | None = None,
+        name: str = "vmlinux",
+        index: _Index | None = None,
+    ) -> None:
         self.data = bytes(data)
         self.base = base
         self.name = name
@@ -254,15 +278,18 @@ class BTF:
         else:
             raise BTFError(f"BTF {self.name}: bad magic {d[:2].hex()} (not BTF)")
         version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
-            self._order + "BBIIIII", d, 2)
+            self._order + "BBIIIII", d, 2
+        )
         if version != 1:
             raise BTFError(f"BTF {self.name}: version {version}, only version 1 is known")
         if hdr_len < HEADER_SIZE or hdr_len > len(d):
             raise BTFError(f"BTF {self.name}: header length {hdr_len} out of range")
         t0, s0 = hdr_len + type_off, hdr_len + str_off
         if t0 + type_len > len(d) or s0 + str_len > len(d):
-            raise BTFError(f"BTF {self.name}: sections run past the end of the data "
-                           f"({len(d)} bytes): truncated?")
+            raise BTFError(
+                f"BTF {self.name}: sections run past the end of the data "
+                f"({len(d)} bytes): truncated?"
+            )
         if type_len % 4:
             raise BTFError(f"BTF {self.name}: type section length {type_len} not a multiple of 4")
         if str_len == 0 and self.base is None:
@@ -279,7 +306,7 @@ class BTF:
 
     def _walk(self) -> _Index:
         d, t0 = self.data, self._t0
-        words = array.array("I", d[t0:self._t1])
+        words = array.array("I", d[t0 : self._t1])
         if (self._order == "<") != (sys.byteorder == "little"):
             words.byteswap()
         fixed, per = _FIXED_WORDS, _PER_VLEN_WORDS
@@ -315,7 +342,7 @@ class BTF:
                 start = s0 + off - own
                 if start >= s1:
                     raise BTFError(f"BTF {self.name}: string offset {off} out of range")
-                name = d[start:find(b"\0", start, s1)].decode("utf-8", "replace")
+                name = d[start : find(b"\0", start, s1)].decode("utf-8", "replace")
             got = funcs.get(name)
             if got is None:
                 funcs[name] = [fid]
@@ -372,8 +399,9 @@ class BTF:
     def _decode(self, tid: int) -> Type:
         idx = tid - self.start_id
         if not 0 <= idx < len(self._offsets):
-            raise BTFError(f"BTF {self.name}: type id {tid} out of range "
-                           f"(1..{self.type_count - 1})")
+            raise BTFError(
+                f"BTF {self.name}: type id {tid} out of range (1..{self.type_count - 1})"
+            )
         d, o = self.data, self._order
         pos = self._offsets[idx]
         name_off, info, st = self._u32x3.unpack_from(d, pos)
@@ -384,12 +412,22 @@ class BTF:
         p = pos + 12
         if kind is Kind.INT:
             (v,) = struct.unpack_from(o + "I", d, p)
-            return Type(tid, kind, name, kf, vlen, st, int_encoding=(v >> 24) & 0x0F,
-                        int_offset=(v >> 16) & 0xFF, int_bits=v & 0xFF)
+            return Type(
+                tid,
+                kind,
+                name,
+                kf,
+                vlen,
+                st,
+                int_encoding=(v >> 24) & 0x0F,
+                int_offset=(v >> 16) & 0xFF,
+                int_bits=v & 0xFF,
+            )
         if kind is Kind.ARRAY:
             a, ix, n = struct.unpack_from(o + "III", d, p)
-            return Type(tid, kind, name, kf, vlen, st, array_type=a, array_index_type=ix,
-                        array_nelems=n)
+            return Type(
+                tid, kind, name, kf, vlen, st, array_type=a, array_index_type=ix, array_nelems=n
+            )
         if kind in (Kind.STRUCT, Kind.UNION):
             members = []
             for i in range(vlen):
@@ -401,8 +439,10 @@ class BTF:
             return Type(tid, kind, name, kf, vlen, st, members=tuple(members))
         if kind is Kind.ENUM:
             fmt = o + ("Ii" if kf else "II")
-            vals = tuple(EnumValue(self.string(n), v)
-                         for n, v in (struct.unpack_from(fmt, d, p + 8 * i) for i in range(vlen)))
+            vals = tuple(
+                EnumValue(self.string(n), v)
+                for n, v in (struct.unpack_from(fmt, d, p + 8 * i) for i in range(vlen))
+            )
             return Type(tid, kind, name, kf, vlen, st, enumerators=vals)
         if kind is Kind.ENUM64:
             vals64 = []
@@ -414,15 +454,18 @@ class BTF:
                 vals64.append(EnumValue(self.string(n), v))
             return Type(tid, kind, name, kf, vlen, st, enumerators=tuple(vals64))
         if kind is Kind.FUNC_PROTO:
-            params = tuple(Param(self.string(n), t) for n, t in
-                           (struct.unpack_from(o + "II", d, p + 8 * i) for i in range(vlen)))
+            params = tuple(
+                Param(self.string(n), t)
+                for n, t in (struct.unpack_from(o + "II", d, p + 8 * i) for i in range(vlen))
+            )
             return Type(tid, kind, name, kf, vlen, st, params=params)
         if kind is Kind.VAR:
             (link,) = struct.unpack_from(o + "I", d, p)
             return Type(tid, kind, name, kf, vlen, st, linkage=link)
         if kind is Kind.DATASEC:
-            secs = tuple(VarSecinfo(*struct.unpack_from(o + "III", d, p + 12 * i))
-                         for i in range(vlen))
+            secs = tuple(
+                VarSecinfo(*struct.unpack_from(o + "III", d, p + 12 * i)) for i in range(vlen)
+            )
             return Type(tid, kind, name, kf, vlen, st, secinfos=secs)
         if kind is Kind.DECL_TAG:
             (cidx,) = struct.unpack_from(o + "i", d, p)
@@ -468,10 +511,11 @@ class BTF:
             f = self.type(fid)
             proto = self.type(f.ref)
             if proto.kind is not Kind.FUNC_PROTO:
-                raise BTFError(f"BTF {self.name}: function {name} [{fid}] has no FUNC_PROTO "
-                               f"(type [{f.ref}] is {proto.kind.name})")
-            out.append(Function(self.name, fid, name, f.linkage, proto.id, proto.params,
-                                proto.ref))
+                raise BTFError(
+                    f"BTF {self.name}: function {name} [{fid}] has no FUNC_PROTO "
+                    f"(type [{f.ref}] is {proto.kind.name})"
+                )
+            out.append(Function(self.name, fid, name, f.linkage, proto.id, proto.params, proto.ref))
         return out
 
     def near_functions(self, name: str, n: int = 3) -> list[str]:
@@ -522,14 +566,23 @@ class BTF:
             if t.kind is Kind.TYPEDEF:
                 names.append(t.name)
             t = self.type(t.ref)
-        raise BTFError(f"BTF {self.name}: type chain from [{tid}] longer than {MAX_CHAIN} (a cycle?)")
+        raise BTFError(
+            f"BTF {self.name}: type chain from [{tid}] longer than {MAX_CHAIN} (a cycle?)"
+        )
 
     def resolve_size(self, tid: int) -> int:
         t = self.type(tid)
         nelems = 1
         for _ in range(MAX_CHAIN):
-            if t.kind in (Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64,
-                          Kind.FLOAT, Kind.DATASEC):
+            if t.kind in (
+                Kind.INT,
+                Kind.STRUCT,
+                Kind.UNION,
+                Kind.ENUM,
+                Kind.ENUM64,
+                Kind.FLOAT,
+                Kind.DATASEC,
+            ):
                 return nelems * t.size
             if t.kind is Kind.PTR:
                 return nelems * 8
@@ -540,7 +593,9 @@ class BTF:
                 t = self.type(t.array_type)
             else:
                 raise BTFError(f"BTF {self.name}: type [{t.id}] ({t.kind.name}) has no size")
-        raise BTFError(f"BTF {self.name}: type chain from [{tid}] longer than {MAX_CHAIN} (a cycle?)")
+        raise BTFError(
+            f"BTF {self.name}: type chain from [{tid}] longer than {MAX_CHAIN} (a cycle?)"
+        )
 
     def member_names(self, t: Type, _depth: int = 0) -> list[str]:
         """Members of a struct/union by the names C code uses (anonymous ones flattened)."""
@@ -572,8 +627,9 @@ class BTF:
                         return m.bit_offset + hit[0], hit[1]
         return None
 
-    def resolve_field(self, root: int, steps: Sequence[PathStep], text: str = "",
-                      *, root_is_value: bool = True) -> Field:
+    def resolve_field(
+        self, root: int, steps: Sequence[PathStep], text: str = "", *, root_is_value: bool = True
+    ) -> Field:
         """Resolve a member path from a value of type `root` (a parameter: its value is in
         hand, so the first ``->`` reads nothing) or, with `root_is_value` False, from the
         start of an object of type `root` (offsets as ``offsetof`` gives them)."""
@@ -582,13 +638,15 @@ class BTF:
         except RecursionError:  # pragma: no cover - bounded above; belt and braces
             raise BTFError(f"BTF {self.name}: types nested too deeply") from None
 
-    def _resolve(self, root: int, steps: Sequence[PathStep], text: str,
-                 root_is_value: bool) -> Field:
+    def _resolve(
+        self, root: int, steps: Sequence[PathStep], text: str, root_is_value: bool
+    ) -> Field:
         cur, hops, bits, bitfield = self._walk_path(root, steps, text, root_is_value)
         return self._leaf(cur, text, hops, bits, bitfield)
 
-    def _walk_path(self, root: int, steps: Sequence[PathStep], text: str,
-                   root_is_value: bool) -> tuple[int, tuple[int, ...], int, int | None]:
+    def _walk_path(
+        self, root: int, steps: Sequence[PathStep], text: str, root_is_value: bool
+    ) -> tuple[int, tuple[int, ...], int, int | None]:
         """(leaf type, pointer hops, bit offset from the last address, bitfield width)."""
         cur = root
         hops: list[int] = []
@@ -602,13 +660,19 @@ class BTF:
             shown = self.decl(cur)
             tok_pos = step.pos - len(step.op)
             if bitfield is not None:
-                raise FieldPathError(f"{prev_text} is a bitfield ({shown}); it has no members",
-                                     tok_pos, len(step.op) + len(step.name))
+                raise FieldPathError(
+                    f"{prev_text} is a bitfield ({shown}); it has no members",
+                    tok_pos,
+                    len(step.op) + len(step.name),
+                )
             if step.op == "->":
                 if t.kind is not Kind.PTR:
                     hint = "; use `.`" if t.kind in (Kind.STRUCT, Kind.UNION) else ""
-                    raise FieldPathError(f"`->` on {prev_text}, which is not a pointer "
-                                         f"(it is `{shown}`){hint}", tok_pos, 2)
+                    raise FieldPathError(
+                        f"`->` on {prev_text}, which is not a pointer (it is `{shown}`){hint}",
+                        tok_pos,
+                        2,
+                    )
                 if not in_hand:
                     hops.append(bits // 8)
                 in_hand = False
@@ -617,20 +681,30 @@ class BTF:
                 owner = self.decl(t.ref)
             else:
                 if t.kind is Kind.PTR:
-                    raise FieldPathError(f"`.` on {prev_text}, which is a pointer (`{shown}`); "
-                                         "use `->`", tok_pos, 1)
+                    raise FieldPathError(
+                        f"`.` on {prev_text}, which is a pointer (`{shown}`); use `->`", tok_pos, 1
+                    )
                 if in_hand:
-                    raise FieldPathError(f"`.` on {prev_text}, a value passed in a register "
-                                         f"(`{shown}`): only pointers can be followed",
-                                         tok_pos, 1)
+                    raise FieldPathError(
+                        f"`.` on {prev_text}, a value passed in a register "
+                        f"(`{shown}`): only pointers can be followed",
+                        tok_pos,
+                        1,
+                    )
                 target = t
                 owner = shown
             if target.kind is Kind.FWD:
-                raise FieldPathError(f"{owner} is only declared in BTF (no members known)",
-                                     tok_pos, len(step.op) + len(step.name))
+                raise FieldPathError(
+                    f"{owner} is only declared in BTF (no members known)",
+                    tok_pos,
+                    len(step.op) + len(step.name),
+                )
             if target.kind not in (Kind.STRUCT, Kind.UNION):
-                raise FieldPathError(f"{prev_text} leads to `{owner}`, which has no members",
-                                     tok_pos, len(step.op) + len(step.name))
+                raise FieldPathError(
+                    f"{prev_text} leads to `{owner}`, which has no members",
+                    tok_pos,
+                    len(step.op) + len(step.name),
+                )
             hit = self.find_member(target, step.name)
             if hit is None:
                 names = self.member_names(target)
@@ -638,8 +712,9 @@ class BTF:
                 msg = f"{owner} has no member {step.name!r}"
                 if near:
                     msg += f" (did you mean {' or '.join(near)}?)"
-                shown_names = ", ".join(names[:80]) + (f", ... ({len(names)} in all)"
-                                                       if len(names) > 80 else "")
+                shown_names = ", ".join(names[:80]) + (
+                    f", ... ({len(names)} in all)" if len(names) > 80 else ""
+                )
                 msg += f"; its members: {shown_names}" if names else "; it has no members"
                 raise FieldPathError(msg, step.pos, len(step.name))
             moff, m = hit
@@ -651,63 +726,109 @@ class BTF:
                 bitfield = mtype.int_bits
                 bits += mtype.int_offset
             elif bits % 8:
-                raise FieldPathError(f"{step.name} starts at bit {bits}, not on a byte",
-                                     step.pos, len(step.name))
+                raise FieldPathError(
+                    f"{step.name} starts at bit {bits}, not on a byte", step.pos, len(step.name)
+                )
             cur = m.type
             prev_text = text[: step.pos + len(step.name)] if text else step.name
         if in_hand:
             raise FieldPathError(f"{where}: a path needs at least one member", 0, len(text))
         return cur, tuple(hops), bits, bitfield
 
-    def _leaf(self, tid: int, text: str, hops: tuple[int, ...], bits: int,
-              bitfield: int | None) -> Field:
+    def _leaf(
+        self, tid: int, text: str, hops: tuple[int, ...], bits: int, bitfield: int | None
+    ) -> Field:
         t, typedefs = self.strip(tid)
         shown = self.decl(tid)
         be = any(n in BIG_ENDIAN_TYPEDEFS for n in typedefs)
         if bitfield is not None:
             if t.kind not in (Kind.INT, Kind.ENUM, Kind.ENUM64):
-                raise FieldPathError(f"{text} is a bitfield of `{shown}`, not an integer", 0,
-                                     len(text))
+                raise FieldPathError(
+                    f"{text} is a bitfield of `{shown}`, not an integer", 0, len(text)
+                )
             shift = bits % 8
             need = (shift + bitfield + 7) // 8
             unit = next((u for u in (1, 2, 4, 8) if u >= need), 0)
             if not unit or bitfield < 1:
-                raise FieldPathError(f"{text}: a {bitfield}-bit field at bit {bits} cannot be "
-                                     "read in one load", 0, len(text))
+                raise FieldPathError(
+                    f"{text}: a {bitfield}-bit field at bit {bits} cannot be read in one load",
+                    0,
+                    len(text),
+                )
             signed = bool(t.int_encoding & INT_SIGNED) if t.kind is Kind.INT else t.kind_flag
-            kind: FieldKind = "enum" if t.kind is not Kind.INT else (
-                "bool" if t.int_encoding & INT_BOOL else "int")
-            return Field(text, hops, bits // 8, unit, kind, signed, shown, shift, bitfield, be,
-                         enumerators=t.enumerators)
+            kind: FieldKind = (
+                "enum"
+                if t.kind is not Kind.INT
+                else ("bool" if t.int_encoding & INT_BOOL else "int")
+            )
+            return Field(
+                text,
+                hops,
+                bits // 8,
+                unit,
+                kind,
+                signed,
+                shown,
+                shift,
+                bitfield,
+                be,
+                enumerators=t.enumerators,
+            )
         off = bits // 8
         if t.kind is Kind.INT:
             if t.size not in (1, 2, 4, 8):
-                raise FieldPathError(f"{text} is `{shown}`, {t.size} bytes: only 1, 2, 4 or 8 "
-                                     "byte integers can be read", 0, len(text))
+                raise FieldPathError(
+                    f"{text} is `{shown}`, {t.size} bytes: only 1, 2, 4 or 8 "
+                    "byte integers can be read",
+                    0,
+                    len(text),
+                )
             kind = "bool" if t.int_encoding & INT_BOOL else "int"
-            return Field(text, hops, off, t.size, kind, bool(t.int_encoding & INT_SIGNED),
-                         shown, big_endian=be)
+            return Field(
+                text,
+                hops,
+                off,
+                t.size,
+                kind,
+                bool(t.int_encoding & INT_SIGNED),
+                shown,
+                big_endian=be,
+            )
         if t.kind in (Kind.ENUM, Kind.ENUM64):
             if t.size not in (1, 2, 4, 8):
                 raise FieldPathError(f"{text} is `{shown}` of {t.size} bytes", 0, len(text))
-            return Field(text, hops, off, t.size, "enum", t.kind_flag, shown,
-                         enumerators=t.enumerators)
+            return Field(
+                text, hops, off, t.size, "enum", t.kind_flag, shown, enumerators=t.enumerators
+            )
         if t.kind is Kind.PTR:
             kind = "string" if self.is_char(t.ref) else "pointer"
             return Field(text, hops, off, 8, kind, False, shown)
         if t.kind is Kind.ARRAY:
             if self.is_char(t.array_type):
-                return Field(text, hops, off, t.array_nelems, "char_array", False, shown,
-                             length=t.array_nelems)
-            raise FieldPathError(f"{text} is an array (`{shown}`): only char arrays (strings) "
-                                 "can be read whole", 0, len(text))
+                return Field(
+                    text,
+                    hops,
+                    off,
+                    t.array_nelems,
+                    "char_array",
+                    False,
+                    shown,
+                    length=t.array_nelems,
+                )
+            raise FieldPathError(
+                f"{text} is an array (`{shown}`): only char arrays (strings) can be read whole",
+                0,
+                len(text),
+            )
         if t.kind in (Kind.STRUCT, Kind.UNION):
             names = self.member_names(t)
-            raise FieldPathError(f"{text} is `{shown}`: name one of its members "
-                                 f"({', '.join(names[:40])}{', ...' if len(names) > 40 else ''})",
-                                 0, len(text))
-        raise FieldPathError(f"{text} is `{shown}`, which cannot be read as a column", 0,
-                             len(text))
+            raise FieldPathError(
+                f"{text} is `{shown}`: name one of its members "
+                f"({', '.join(names[:40])}{', ...' if len(names) > 40 else ''})",
+                0,
+                len(text),
+            )
+        raise FieldPathError(f"{text} is `{shown}`, which cannot be read as a column", 0, len(text))
 
     def is_char(self, tid: int) -> bool:
         """A C character type, under qualifiers only: ``u8``/``__u8`` buffers are bytes."""
@@ -716,8 +837,11 @@ class BTF:
             if t.kind not in _MODS:
                 break
             t = self.type(t.ref)
-        return (t.kind is Kind.INT and t.size == 1
-                and (t.name in CHAR_NAMES or bool(t.int_encoding & INT_CHAR)))
+        return (
+            t.kind is Kind.INT
+            and t.size == 1
+            and (t.name in CHAR_NAMES or bool(t.int_encoding & INT_CHAR))
+        )
 
     def offsetof(self, struct_name: str, path: str) -> int:
         """Byte offset of a ``.``-separated member path in a struct (like C's offsetof)."""
@@ -757,8 +881,9 @@ def parse_path(text: str) -> tuple[str, int, list[PathStep]]:
         elif text[i] == ".":
             op = "."
         else:
-            raise FieldPathError(f"unexpected {text[i]!r} in {text!r}: members are joined by "
-                                 "`->` and `.`", i, 1)
+            raise FieldPathError(
+                f"unexpected {text[i]!r} in {text!r}: members are joined by `->` and `.`", i, 1
+            )
         i += len(op)
         j = ident(i)
         if j == i:
@@ -819,8 +944,14 @@ class _Dumper:
             if tid == 0:
                 break
             t = self.btf.type(tid)
-            if t.kind in (Kind.PTR, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.FUNC_PROTO,
-                          Kind.TYPE_TAG):
+            if t.kind in (
+                Kind.PTR,
+                Kind.VOLATILE,
+                Kind.CONST,
+                Kind.RESTRICT,
+                Kind.FUNC_PROTO,
+                Kind.TYPE_TAG,
+            ):
                 tid = t.ref
             elif t.kind is Kind.ARRAY:
                 tid = t.array_type
@@ -870,8 +1001,10 @@ class _Dumper:
                 if not t.name:
                     self._emit_struct_def(t, lvl, out)
                 else:
-                    out.append(("struct " if k is Kind.STRUCT else "union ")
-                               + self._resolve_name(t, self.type_names))
+                    out.append(
+                        ("struct " if k is Kind.STRUCT else "union ")
+                        + self._resolve_name(t, self.type_names)
+                    )
             elif k in (Kind.ENUM, Kind.ENUM64):
                 self._emit_mods(decls, out)
                 if not t.name:
@@ -880,8 +1013,10 @@ class _Dumper:
                     out.append("enum " + self._resolve_name(t, self.type_names))
             elif k is Kind.FWD:
                 self._emit_mods(decls, out)
-                out.append(("union " if t.kind_flag else "struct ")
-                           + self._resolve_name(t, self.type_names))
+                out.append(
+                    ("union " if t.kind_flag else "struct ")
+                    + self._resolve_name(t, self.type_names)
+                )
             elif k is Kind.TYPEDEF:
                 self._emit_mods(decls, out)
                 out.append(self._resolve_name(t, self.ident_names))
@@ -970,8 +1105,9 @@ class _Dumper:
         out.append("\n" + "\t" * min(lvl, 13) + "}")
         if t.size == 1:
             out.append(" __attribute__((mode(byte)))")
-        elif t.size == 8 and (t.kind is Kind.ENUM or all(
-                v.value & 0xFFFFFFFF00000000 == 0 for v in t.enumerators)):
+        elif t.size == 8 and (
+            t.kind is Kind.ENUM or all(v.value & 0xFFFFFFFF00000000 == 0 for v in t.enumerators)
+        ):
             out.append(" __attribute__((mode(word)))")
 
 
@@ -986,8 +1122,14 @@ def default_cache_dir() -> Path:
     return Path(root) / "stapmagic" / "btf"
 
 
-def load(data: bytes, *, base: BTF | None = None, name: str = "vmlinux",
-         cache_dir: Path | None = None, use_cache: bool = True) -> BTF:
+def load(
+    data: bytes,
+    *,
+    base: BTF | None = None,
+    name: str = "vmlinux",
+    cache_dir: Path | None = None,
+    use_cache: bool = True,
+) -> BTF:
     """`BTF.parse`, with the index kept in `cache_dir` (default ~/.cache/stapmagic/btf/) under
     the blob's sha256: a kernel build is indexed once."""
     if not use_cache:
@@ -1011,11 +1153,25 @@ def _read_index(path: Path) -> _Index | None:
     try:
         with open(path, "rb") as fh:
             got = pickle.load(fh)  # noqa: S301 - our own cache file
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
-            ImportError, IndexError, KeyError):
+    except (
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+    ):
         return None
-    if (not isinstance(got, tuple) or len(got) != 3 or got[0] != CACHE_VERSION
-            or not isinstance(got[1], bytes) or not isinstance(got[2], dict)):
+    if (
+        not isinstance(got, tuple)
+        or len(got) != 3
+        or got[0] != CACHE_VERSION
+        or not isinstance(got[1], bytes)
+        or not isinstance(got[2], dict)
+    ):
         return None
     return _Index(got[1], got[2])
 

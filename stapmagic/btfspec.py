@@ -20,8 +20,16 @@ from stapmagic.btf import BTF, Field, Function, Kind
 from stapmagic.errors import BTFError, SpecError
 from stapmagic.spec import Arg, BtfRef, Probe
 
-__all__ = ["ArgPlan", "REG_ARGS", "RetPlan", "arg_plans", "field_function", "resolve_probe",
-           "ret_plan", "string_reader"]
+__all__ = [
+    "ArgPlan",
+    "REG_ARGS",
+    "RetPlan",
+    "arg_plans",
+    "field_function",
+    "resolve_probe",
+    "ret_plan",
+    "string_reader",
+]
 
 REG_ARGS = 6  # x86_64 integer argument registers
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -87,27 +95,43 @@ def arg_plans(btf: BTF, func: Function) -> list[ArgPlan]:
         if t.kind in (Kind.STRUCT, Kind.UNION):
             size = t.size
             if size > 16:
-                plans.append(ArgPlan(name, None, ctype, None,
-                                     f"`{ctype}` ({size} bytes) is passed on the stack"))
+                plans.append(
+                    ArgPlan(
+                        name, None, ctype, None, f"`{ctype}` ({size} bytes) is passed on the stack"
+                    )
+                )
                 continue
             n = max(1, (size + 7) // 8)
-            plans.append(ArgPlan(name, reg if reg <= REG_ARGS else None, ctype, None,
-                                 f"`{ctype}` is passed by value in {n} register(s); "
-                                 "its members cannot be named"))
+            plans.append(
+                ArgPlan(
+                    name,
+                    reg if reg <= REG_ARGS else None,
+                    ctype,
+                    None,
+                    f"`{ctype}` is passed by value in {n} register(s); its members cannot be named",
+                )
+            )
             reg += n
             continue
         if t.kind is Kind.FLOAT:
             plans.append(ArgPlan(name, None, ctype, None, "floating point: an XMM register"))
             continue
         if reg > REG_ARGS:
-            plans.append(ArgPlan(name, None, ctype, None,
-                                 f"parameter {i + 1} is past the {REG_ARGS} argument registers "
-                                 "(on the stack)"))
+            plans.append(
+                ArgPlan(
+                    name,
+                    None,
+                    ctype,
+                    None,
+                    f"parameter {i + 1} is past the {REG_ARGS} argument registers (on the stack)",
+                )
+            )
             reg += 1
             continue
         at = value_type(btf, p.type)
-        plans.append(ArgPlan(name, reg, ctype, at,
-                             "" if at else f"`{ctype}` cannot be read as a column"))
+        plans.append(
+            ArgPlan(name, reg, ctype, at, "" if at else f"`{ctype}` cannot be read as a column")
+        )
         reg += 1
     return plans
 
@@ -120,8 +144,10 @@ def ret_plan(btf: BTF, func: Function) -> RetPlan:
     if at is None or at == "cstr":
         at = "ptr" if at == "cstr" else None
     if at is None:
-        raise BTFError(f"{func.name} returns `{ctype}`, which a register cannot carry as a "
-                       "column; give .return:TYPE")
+        raise BTFError(
+            f"{func.name} returns `{ctype}`, which a register cannot carry as a "
+            "column; give .return:TYPE"
+        )
     return RetPlan(ctype, at)
 
 
@@ -154,8 +180,9 @@ def field_function(n: int, f: Field, string_max: int, fault_counter: str) -> tup
     if f.kind == "string":
         body.append(f"\t\treturn __sm_cstr(kernel_pointer(p + {f.offset}), {string_max})")
     elif f.kind == "char_array":
-        body.append(f"\t\treturn text_str(kernel_string_n(p + {f.offset}, "
-                    f"{min(f.length, string_max)}))")
+        body.append(
+            f"\t\treturn text_str(kernel_string_n(p + {f.offset}, {min(f.length, string_max)}))"
+        )
     else:
         if f.size not in _LOAD:
             raise BTFError(f"{f.text}: {f.size}-byte value")
@@ -209,16 +236,25 @@ def _function(kb: _Kernel, probe: Probe, ref: BtfRef) -> tuple[BTF, Function]:
     if not funcs:
         near = kb.vmlinux.near_functions(name)
         hint = f" (did you mean {' or '.join(near)}?)" if near else ""
-        raise _error(ref, f"{name} is not in the kernel's BTF{hint}: pahole leaves out "
-                     "functions with inconsistent prototypes or unusual register use, and "
-                     "clones such as .isra/.constprop; give the arguments as NAME:TYPE",
-                     max(0, where), max(1, len(name)))
+        raise _error(
+            ref,
+            f"{name} is not in the kernel's BTF{hint}: pahole leaves out "
+            "functions with inconsistent prototypes or unusual register use, and "
+            "clones such as .isra/.constprop; give the arguments as NAME:TYPE",
+            max(0, where),
+            max(1, len(name)),
+        )
     obj = kb.object(funcs[0])
     protos = {obj.c_prototype(f) for f in funcs}
     if len(protos) > 1:
-        raise _error(ref, f"{name} has {len(protos)} different prototypes in BTF ("
-                     + "; ".join(sorted(protos)) + "): give the arguments as NAME:TYPE",
-                     max(0, where), max(1, len(name)))
+        raise _error(
+            ref,
+            f"{name} has {len(protos)} different prototypes in BTF ("
+            + "; ".join(sorted(protos))
+            + "): give the arguments as NAME:TYPE",
+            max(0, where),
+            max(1, len(name)),
+        )
     return obj, funcs[0]
 
 
@@ -238,22 +274,31 @@ def resolve_probe(kb: _Kernel, probe: Probe) -> Probe:
             hint = f" (did you mean {' or '.join(near)}?)" if near else ""
             if kb.functions(root):
                 hint += f"; {root} is a function: to probe it too, give it its own line"
-            raise _error(ref, f"{func.name} has no parameter {root!r}{hint}; its parameters: "
-                         f"{', '.join(plans) or 'none'} ({obj.c_prototype(func)})",
-                         ref.pos, len(root))
+            raise _error(
+                ref,
+                f"{func.name} has no parameter {root!r}{hint}; its parameters: "
+                f"{', '.join(plans) or 'none'} ({obj.c_prototype(func)})",
+                ref.pos,
+                len(root),
+            )
         if steps:
             param = next(p for p in func.params if p.name == root)
             try:
                 f = obj.resolve_field(param.type, steps, ref.path)
             except btfmod.FieldPathError as exc:
                 raise _error(ref, exc.message, ref.pos + exc.pos, exc.length) from None
-            raise _error(ref, f"{ref.path} resolves (`{f.type_name}` at offset {f.offset}"
-                         f"{' after ' + str(len(f.hops)) + ' pointer(s)' if f.hops else ''}), "
-                         "but reading member paths is not implemented yet", ref.pos,
-                         len(ref.path))
+            raise _error(
+                ref,
+                f"{ref.path} resolves (`{f.type_name}` at offset {f.offset}"
+                f"{' after ' + str(len(f.hops)) + ' pointer(s)' if f.hops else ''}), "
+                "but reading member paths is not implemented yet",
+                ref.pos,
+                len(ref.path),
+            )
         if plan.arg_type is None or plan.index is None:
             raise _error(ref, f"{root}: {plan.why}", ref.pos, len(root))
         args.append(Arg(ref.column, plan.arg_type, plan.index))
     comment = f"# {obj.c_prototype(func)}  (BTF of {func.obj})"
-    return dataclasses.replace(probe, args=tuple(args), btf_refs=(),
-                               comments=(*probe.comments, comment))
+    return dataclasses.replace(
+        probe, args=tuple(args), btf_refs=(), comments=(*probe.comments, comment)
+    )

@@ -15,8 +15,9 @@ class SpecError(StapMagicError):
     and `length` its width, so the message can underline it.
     """
 
-    def __init__(self, message: str, source: str = "", pos: int = 0, length: int = 1,
-                 line: int = 1) -> None:
+    def __init__(
+        self, message: str, source: str = "", pos: int = 0, length: int = 1, line: int = 1
+    ) -> None:
         self.message = message
         self.source = source
         self.pos = pos

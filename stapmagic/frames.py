@@ -29,15 +29,18 @@ def hist_frame(run: ProbeRun) -> pd.DataFrame:
     if frames:
         df = pd.concat(frames, ignore_index=True)[cols]
     else:
-        df = pd.DataFrame({"probe": pd.array([], dtype="str"),
-                           "value": pd.array([], dtype="int64"),
-                           "low": pd.array([], dtype="Int64"),
-                           "high": pd.array([], dtype="Int64"),
-                           "count": pd.array([], dtype="int64")})
+        df = pd.DataFrame(
+            {
+                "probe": pd.array([], dtype="str"),
+                "value": pd.array([], dtype="int64"),
+                "low": pd.array([], dtype="Int64"),
+                "high": pd.array([], dtype="Int64"),
+                "count": pd.array([], dtype="int64"),
+            }
+        )
     df["probe"] = df["probe"].astype("category")
     agg = run.script.aggregate if run.script is not None else None
-    df.attrs["kind"] = "linear" if agg and (agg.hist_kind or "").startswith("linear") \
-        else "log"
+    df.attrs["kind"] = "linear" if agg and (agg.hist_kind or "").startswith("linear") else "log"
     df.attrs["of"] = agg.of if agg else None
     stats = {s.name: dataclasses.asdict(s) for s in run.summaries}
     df.attrs["summaries"] = stats
@@ -72,8 +75,13 @@ def counts_frame(run: ProbeRun) -> pd.DataFrame:
         key_col = pd.array(keys, dtype="str")
     else:
         key_col = pd.array(keys, dtype=object)
-    df = pd.DataFrame({"probe": pd.Categorical([t.name for t in lines]), "key": key_col,
-                       "count": pd.array([t.value for t in lines], dtype="int64")})
+    df = pd.DataFrame(
+        {
+            "probe": pd.Categorical([t.name for t in lines]),
+            "key": key_col,
+            "count": pd.array([t.value for t in lines], dtype="int64"),
+        }
+    )
     df = df.sort_values("count", ascending=False, kind="stable", ignore_index=True)
     df.attrs["count_by"] = agg.of if agg else None
     df.attrs["kprobe_run"] = run

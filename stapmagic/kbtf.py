@@ -58,14 +58,24 @@ class KernelBTF:
 
 def _bytes(target: _Channel, argv: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(target.exec_argv(argv), capture_output=True,  # noqa: S603
-                              timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        return subprocess.run(  # noqa: S603
+            target.exec_argv(argv),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BTFError(f"could not run {' '.join(argv)} on the target: {exc}") from None
 
 
-def kernel_btf(target: _Channel, modules: Iterable[str] = (), *,
-               cache_dir: Path | None = None, timeout: float = 300.0) -> KernelBTF:
+def kernel_btf(
+    target: _Channel,
+    modules: Iterable[str] = (),
+    *,
+    cache_dir: Path | None = None,
+    timeout: float = 300.0,
+) -> KernelBTF:
     """vmlinux's BTF (and each module's) from `target`; NoBTF when the kernel has none."""
     mods = list(dict.fromkeys(modules))
     for m in mods:
@@ -81,9 +91,11 @@ def kernel_btf(target: _Channel, modules: Iterable[str] = (), *,
             sums[hit.group(2)] = hit.group(1)
     if "vmlinux" not in sums:
         err = done.stderr.decode(errors="replace").strip()
-        raise NoBTF(f"the target kernel has no BTF ({BTF_DIR}/vmlinux: "
-                    f"{err or 'not readable'}): it needs CONFIG_DEBUG_INFO_BTF; without it, "
-                    "give each argument as NAME:TYPE")
+        raise NoBTF(
+            f"the target kernel has no BTF ({BTF_DIR}/vmlinux: "
+            f"{err or 'not readable'}): it needs CONFIG_DEBUG_INFO_BTF; without it, "
+            "give each argument as NAME:TYPE"
+        )
     root = cache_dir or btf.default_cache_dir()
     blobs = root / "blobs"
 
@@ -98,12 +110,15 @@ def kernel_btf(target: _Channel, modules: Iterable[str] = (), *,
             pass
         got = _bytes(target, ["cat", f"{BTF_DIR}/{name}"], timeout)
         if got.returncode != 0:
-            raise NoBTF(f"could not read {BTF_DIR}/{name} on the target: "
-                        f"{got.stderr.decode(errors='replace').strip()}")
+            raise NoBTF(
+                f"could not read {BTF_DIR}/{name} on the target: "
+                f"{got.stderr.decode(errors='replace').strip()}"
+            )
         data = got.stdout
         if hashlib.sha256(data).hexdigest() != sha:
-            raise BTFError(f"{BTF_DIR}/{name} changed while it was read (or the copy is "
-                           "damaged): try again")
+            raise BTFError(
+                f"{BTF_DIR}/{name} changed while it was read (or the copy is damaged): try again"
+            )
         try:
             blobs.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -591,8 +591,12 @@ def _prune_old_recipes(log: Log) -> None:
     """Trees of earlier recipes are ~2 GB each and never used again: remove them."""
     current = _recipe_dir().resolve()
     for child in cache_root().iterdir():
-        if (child.is_dir() and child.resolve() != current and re.fullmatch(r"[0-9a-f]{16}", child.name)
-                and not _mounts_under(child / "root")):
+        if (
+            child.is_dir()
+            and child.resolve() != current
+            and re.fullmatch(r"[0-9a-f]{16}", child.name)
+            and not _mounts_under(child / "root")
+        ):
             log(f"lab: removing the tree of an older recipe: {child}")
             _safe_rmtree(child)
 
@@ -892,7 +896,8 @@ def _running_state() -> dict[str, Any]:
         crash = guest_crash(str(state.get("serial_log", "")))
         why = f"; the guest kernel crashed: {crash}" if crash else ""
         raise LabError(
-            f"the lab's qemu (pid {pid}) is gone{why} (see {state.get('serial_log')}); {fix}")
+            f"the lab's qemu (pid {pid}) is gone{why} (see {state.get('serial_log')}); {fix}"
+        )
     if not _chroot_mounted(Path(state["root"])):
         raise LabError(f"the lab's chroot mounts are missing; {fix}")
     return state

@@ -59,8 +59,8 @@ class ProbeOptions:
     hist: str | None = None
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
-    where: str | None = None        # --where EXPR, compiled into the handlers (where.py)
-    command_only: bool = False      # --cmd-only: events of the -c command's process only
+    where: str | None = None  # --where EXPR, compiled into the handlers (where.py)
+    command_only: bool = False  # --cmd-only: events of the -c command's process only
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
 
     def __post_init__(self) -> None:
@@ -112,8 +112,11 @@ class ProbeRun:
 
     def __repr__(self) -> str:
         # Short: a --bg cell's value is the run itself, and attrs of frames show it too.
-        what = (", ".join(p.label for p in self.script.probes) if self.script is not None
-                else "%%stap script")
+        what = (
+            ", ".join(p.label for p in self.script.probes)
+            if self.script is not None
+            else "%%stap script"
+        )
         where = self.target.url or self.target.kind
         how = f"replay of {self.replay_of} (recorded on {where})" if self.replay_of else where
         if self.running:
@@ -169,8 +172,7 @@ class ProbeRun:
 
     @property
     def diagnoses(self) -> list[diagnose.Diagnosis]:
-        found = diagnose.diagnose(
-            self.messages + diagnose.damaged_messages(self.parser.damaged))
+        found = diagnose.diagnose(self.messages + diagnose.damaged_messages(self.parser.damaged))
         if self.end_diagnoses:
             # they name the cause the generic "stap failed in pass 5" fallback could not
             found = [d for d in found if d.code != "stap_failed"]
@@ -192,15 +194,22 @@ class ProbeRun:
             return True
         # stap exits 1 when its -c command failed (staprun/mainloop.c), however the probes
         # did: the command's result, unless stap also failed for a reason of its own.
-        return (self.status.exit_status == 1 and bool(self.status.command_status)
-                and not any(d.severity == "error" for d in self.diagnoses))
+        return (
+            self.status.exit_status == 1
+            and bool(self.status.command_status)
+            and not any(d.severity == "error" for d in self.diagnoses)
+        )
 
     def summary(self) -> str:
         """One line: rows, messages, damage, how it ended."""
         parts = [f"{self.parser.row_count} rows"]
         notes = self._aggregate_notes()
-        if notes and self.script is not None and self.script.aggregate is not None \
-                and not self.parser.row_count:
+        if (
+            notes
+            and self.script is not None
+            and self.script.aggregate is not None
+            and not self.parser.row_count
+        ):
             parts = []  # an aggregating script prints no rows: "0 rows" says nothing
         parts += notes
         c = self.counters
@@ -230,10 +239,12 @@ class ProbeRun:
             notes.append(f"stap exit status {status.exit_status}")
         command = status.command_status
         if command:
-            notes.append(f"command exited with status {command}" if command > 0
-                         else f"command killed by {_signal_name(-command)}")
+            notes.append(
+                f"command exited with status {command}"
+                if command > 0
+                else f"command killed by {_signal_name(-command)}"
+            )
         return notes
-
 
     # -- aggregates (--latency, --hist, --count-by) ---------------------------------------
 
@@ -260,13 +271,17 @@ class ProbeRun:
             with self.lock:
                 keys = [t for t in self.parser.tag_counts if t.tag == "smk"]
             if keys:
-                notes.append(f"{sum(t.value for t in keys)} events counted by {agg.of} "
-                             f"({len(keys)} key{'' if len(keys) == 1 else 's'})")
+                notes.append(
+                    f"{sum(t.value for t in keys)} events counted by {agg.of} "
+                    f"({len(keys)} key{'' if len(keys) == 1 else 's'})"
+                )
         if self.unpaired:
             notes.append(f"{self.unpaired} returns without a recorded entry were skipped")
         if self.count_overflow:
-            notes.append(f"{self.count_overflow} events with a key past the first "
-                         f"{COUNT_KEYS} were not counted")
+            notes.append(
+                f"{self.count_overflow} events with a key past the first "
+                f"{COUNT_KEYS} were not counted"
+            )
         return notes
 
     @property
@@ -325,9 +340,13 @@ def kallsyms_lines(target: runner.Target, names: Sequence[str]) -> list[str]:
     return target.kallsyms_lines(names)
 
 
-def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
-                    lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
-                    ) -> Spec:
+def resolve_modules(
+    spec: Spec,
+    target: runner.Target,
+    *,
+    guru: bool,
+    lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
+) -> Spec:
     """Check each MODULE:FUNCTION against the target's /proc/kallsyms; under --guru move it to
     its absolute address.
 
@@ -356,15 +375,20 @@ def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
                 homes = ", ".join(sorted({m or "the kernel itself" for _, m in found}))
                 why = f"{probe.function} belongs to {homes}, not to module {probe.module}"
             else:
-                why = (f"no function {probe.function} in the target's /proc/kallsyms: is module "
-                       f"{probe.module} loaded (lsmod; modprobe {probe.module})?")
+                why = (
+                    f"no function {probe.function} in the target's /proc/kallsyms: is module "
+                    f"{probe.module} loaded (lsmod; modprobe {probe.module})?"
+                )
             raise SpecError(why, probe.text, 0, len(probe.text))
         if guru and probe.kind == "entry":
             if not in_module[0]:
                 raise SpecError(
                     "the target's /proc/kallsyms shows zero addresses (kptr_restrict, or not "
                     "root): cannot place an absolute probe; drop --guru to probe it by name",
-                    probe.text, 0, len(probe.text))
+                    probe.text,
+                    0,
+                    len(probe.text),
+                )
             probes.append(module_statement_probe(probe, in_module[0]))
         else:
             probes.append(probe)
@@ -384,8 +408,11 @@ def target_btf(target: runner.Target, modules: Sequence[str]) -> kbtf.KernelBTF:
 BTFLookup = Callable[[runner.Target, Sequence[str]], kbtf.KernelBTF]
 
 
-def resolve_btf(spec: Spec, target: runner.Target, btf_lookup: BTFLookup | None = None,
-                ) -> Spec:
+def resolve_btf(
+    spec: Spec,
+    target: runner.Target,
+    btf_lookup: BTFLookup | None = None,
+) -> Spec:
     """Arguments named the kernel's way, resolved from the target's BTF (SpecError at the
     word when the BTF is missing or does not have them)."""
     needing = [p for p in spec.probes if p.btf_refs]
@@ -396,16 +423,25 @@ def resolve_btf(spec: Spec, target: runner.Target, btf_lookup: BTFLookup | None 
         kb = (btf_lookup or target_btf)(target, modules)
     except BTFError as exc:
         ref = needing[0].btf_refs[0]
-        raise SpecError(f"{ref.path} needs the kernel's BTF: {exc}", ref.source, ref.pos,
-                        len(ref.path), ref.lineno) from None
+        raise SpecError(
+            f"{ref.path} needs the kernel's BTF: {exc}",
+            ref.source,
+            ref.pos,
+            len(ref.path),
+            ref.lineno,
+        ) from None
     return Spec(tuple(btfspec.resolve_probe(kb, p) for p in spec.probes))
 
 
-def prepare(first_line: str, body: str, opts: ProbeOptions, *,
-            lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
-            build: ArgvBuilder = build_argv,
-            btf_lookup: BTFLookup | None = None,
-            ) -> ProbeRun:
+def prepare(
+    first_line: str,
+    body: str,
+    opts: ProbeOptions,
+    *,
+    lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
+    build: ArgvBuilder = build_argv,
+    btf_lookup: BTFLookup | None = None,
+) -> ProbeRun:
     """Parse, generate and build the command line; raises SpecError/OptionError early."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
@@ -419,8 +455,7 @@ def prepare(first_line: str, body: str, opts: ProbeOptions, *,
         )
     script = generate(spec, script_options(opts))
     # The script says whether it needs -g (a statement probe at an absolute address).
-    argv = build(script.text, dataclasses.replace(opts, guru=True) if script.guru else opts,
-                 target)
+    argv = build(script.text, dataclasses.replace(opts, guru=True) if script.guru else opts, target)
     parser = records.RecordParser(script.probes, key_kinds=count_key_kinds(script))
     return ProbeRun(spec, script, argv, target, parser, script_text=script.text)
 
@@ -434,8 +469,12 @@ def count_key_kinds(script: Script) -> dict[str, ColumnKind]:
     return dict(zip((p.label for p in script.probes), agg.key_kinds, strict=False))
 
 
-def prepare_script(text: str, opts: ProbeOptions, *, build: ArgvBuilder = build_argv,
-                   ) -> ProbeRun:
+def prepare_script(
+    text: str,
+    opts: ProbeOptions,
+    *,
+    build: ArgvBuilder = build_argv,
+) -> ProbeRun:
     """A hand-written SystemTap script (%%stap) through the same runner."""
     target = runner.parse_target(opts.target)
     schemas = stap_schemas(opts)
@@ -461,10 +500,10 @@ def stap_schemas(opts: ProbeOptions) -> tuple[ProbeSchema, ...]:
         try:
             spec = parse_spec("", guru=opts.guru, first_line=text)
         except SpecError as exc:
-            raise SpecError(f"--spec: {exc.message}", exc.source, exc.pos, exc.length,
-                            exc.line) from None
-        schemas += [schema_for(p, ScriptOptions(string_max=opts.string_max))
-                    for p in spec.probes]
+            raise SpecError(
+                f"--spec: {exc.message}", exc.source, exc.pos, exc.length, exc.line
+            ) from None
+        schemas += [schema_for(p, ScriptOptions(string_max=opts.string_max)) for p in spec.probes]
     return tuple(schemas)
 
 
@@ -498,8 +537,9 @@ def execute(
 
     try:
         if source is None:
-            run.status = runner.run(run.argv, on_chunk, stop=run.stop_event, grace=grace,
-                                    tick=tick, target=run.target)
+            run.status = runner.run(
+                run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick, target=run.target
+            )
         else:
             run.status = source(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
     finally:
@@ -519,8 +559,12 @@ def execute(
             if run.status is None:
                 # runner.run itself failed (e.g. could not spawn): keep what we have.
                 run.status = runner.RunStatus(
-                    exit_status=None, signal=None, interrupted=False, escalated=None,
-                    duration=run.finished - run.started, argv=run.argv,
+                    exit_status=None,
+                    signal=None,
+                    interrupted=False,
+                    escalated=None,
+                    duration=run.finished - run.started,
+                    argv=run.argv,
                 )
             elif source is None:
                 try:
@@ -531,8 +575,9 @@ def execute(
                 try:
                     run.notes.extend(run.target.post_mortem())
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
-                    run.notes.append(f"stapmagic could not check {run.target.where} after the "
-                                     f"run: {exc}")
+                    run.notes.append(
+                        f"stapmagic could not check {run.target.where} after the run: {exc}"
+                    )
             if on_batch is not None:
                 try:
                     on_batch(run, batch, True)
@@ -552,9 +597,11 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def ending_diagnoses(run: ProbeRun, *,
-                     reachable: Callable[[runner.Target], str | None] | None = None,
-                     ) -> list[diagnose.Diagnosis]:
+def ending_diagnoses(
+    run: ProbeRun,
+    *,
+    reachable: Callable[[runner.Target], str | None] | None = None,
+) -> list[diagnose.Diagnosis]:
     """What ended a run when stap's messages do not say: stap killed from outside, or (on a
     remote target) stap's ssh connection lost mid-run. `reachable(target)` returns None when
     the target answers, else why not (default: one `true` over ssh)."""
@@ -565,12 +612,18 @@ def ending_diagnoses(run: ProbeRun, *,
     kept = f"The {rows} rows received before are kept."
     if status.signal is not None:
         name = _signal_name(status.signal)
-        return [diagnose.Diagnosis(
-            code="stap_killed",
-            summary=(f"stap was killed by {name} (signal {status.signal}) before the run "
-                     f"ended, by something other than stapmagic (kill -9, the OOM killer...). "
-                     f"{kept}"),
-            detail=(), severity="error")]
+        return [
+            diagnose.Diagnosis(
+                code="stap_killed",
+                summary=(
+                    f"stap was killed by {name} (signal {status.signal}) before the run "
+                    f"ended, by something other than stapmagic (kill -9, the OOM killer...). "
+                    f"{kept}"
+                ),
+                detail=(),
+                severity="error",
+            )
+        ]
     if not run.target.remote:
         return []
     if status.command_status is not None:
@@ -585,14 +638,18 @@ def ending_diagnoses(run: ProbeRun, *,
     where = run.target.where
     detail = tuple(m for m in passes if "failed" in m)
     if why is None:
-        summary = (f"the connection to the target ({where}) was lost during the run: stap's ssh "
-                   f"session ended without a word from stap (the ssh client died or the network "
-                   f"dropped). The target answers again now. {kept}")
+        summary = (
+            f"the connection to the target ({where}) was lost during the run: stap's ssh "
+            f"session ended without a word from stap (the ssh client died or the network "
+            f"dropped). The target answers again now. {kept}"
+        )
         code = "connection_lost"
     else:
-        summary = (f"the connection to the target ({where}) was lost during the run, and the "
-                   f"target does not answer now: is it down?{run.target.down_hint} ({why}). "
-                   f"{kept}")
+        summary = (
+            f"the connection to the target ({where}) was lost during the run, and the "
+            f"target does not answer now: is it down?{run.target.down_hint} ({why}). "
+            f"{kept}"
+        )
         code = "target_unreachable"
     return [diagnose.Diagnosis(code=code, summary=summary, detail=detail, severity="error")]
 
@@ -611,9 +668,11 @@ def start(
 ) -> ProbeRun:
     """`execute` in a background thread; the run's `df` grows while it runs."""
     thread = threading.Thread(
-        target=execute, args=(run,),
+        target=execute,
+        args=(run,),
         kwargs={"on_batch": on_batch, "grace": grace, "tap": tap, "source": source},
-        name=f"stapmagic-run-{id(run):x}", daemon=True,
+        name=f"stapmagic-run-{id(run):x}",
+        daemon=True,
     )
     run.thread = thread
     thread.start()

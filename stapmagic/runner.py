@@ -144,8 +144,9 @@ def exec_argv(target: Target, argv: Sequence[str]) -> list[str]:
     return target.exec_argv(argv)
 
 
-def run_on_target(target: Target, argv: Sequence[str], *, timeout: float = 60.0,
-                  ok_codes: tuple[int, ...] = (0,)) -> str:
+def run_on_target(
+    target: Target, argv: Sequence[str], *, timeout: float = 60.0, ok_codes: tuple[int, ...] = (0,)
+) -> str:
     """Run a short plain command on `target` and return its stdout (OptionError on failure)."""
     return target.run(argv, timeout=timeout, ok_codes=ok_codes)
 
@@ -442,12 +443,16 @@ class RunStatus:
 
     def __repr__(self) -> str:
         # argv carries the whole generated script (stap -e): `_kprobe.status` shows one line.
-        argv = [a if len(a) <= 60 and "\n" not in a else f"<{len(a)} chars: _kprobe.script_text>"
-                for a in self.argv]
-        return (f"RunStatus(exit_status={self.exit_status!r}, signal={self.signal!r}, "
-                f"interrupted={self.interrupted!r}, escalated={self.escalated!r}, "
-                f"duration={self.duration:.1f}, command_status={self.command_status!r}, "
-                f"argv={argv!r})")
+        argv = [
+            a if len(a) <= 60 and "\n" not in a else f"<{len(a)} chars: _kprobe.script_text>"
+            for a in self.argv
+        ]
+        return (
+            f"RunStatus(exit_status={self.exit_status!r}, signal={self.signal!r}, "
+            f"interrupted={self.interrupted!r}, escalated={self.escalated!r}, "
+            f"duration={self.duration:.1f}, command_status={self.command_status!r}, "
+            f"argv={argv!r})"
+        )
 
     @property
     def returncode(self) -> int | None:

@@ -28,7 +28,9 @@ __all__ = ["BUILTINS", "Operand", "WhereError", "compile_where", "tokenize"]
 OperandKind = Literal["int", "str"]
 # the names every probe has, as SystemTap expressions
 BUILTINS: dict[str, tuple[str, OperandKind]] = {
-    "pid": ("pid()", "int"), "tid": ("tid()", "int"), "cpu": ("cpu()", "int"),
+    "pid": ("pid()", "int"),
+    "tid": ("tid()", "int"),
+    "cpu": ("cpu()", "int"),
     "comm": ("execname()", "str"),
 }
 MAX_LENGTH = 1000
@@ -49,8 +51,10 @@ class WhereError(StapMagicError):
     def render(self) -> str:
         if not self.source:
             return self.message
-        return (f"{self.message} (--where, column {self.pos + 1})\n    {self.source}\n"
-                f"    {' ' * self.pos}{'^' * self.length}")
+        return (
+            f"{self.message} (--where, column {self.pos + 1})\n    {self.source}\n"
+            f"    {' ' * self.pos}{'^' * self.length}"
+        )
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,17 @@ class Operand:
     kind: OperandKind
 
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<ws>[ \t]+)
   | (?P<int>-?(?:0[xX][0-9a-fA-F]+|[0-9]+))(?![A-Za-z0-9_])
   | (?P<path>[A-Za-z_][A-Za-z0-9_]*(?:(?:->|\.)[A-Za-z_][A-Za-z0-9_]*)+)
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op>==|!=|<=|>=|<|>)
   | (?P<and>&&) | (?P<or>\|\|) | (?P<not>!) | (?P<lparen>\() | (?P<rparen>\))
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
 
 def _string(src: str, i: int) -> tuple[Token, int]:
@@ -84,13 +91,13 @@ def _string(src: str, i: int) -> tuple[Token, int]:
     while j < len(src):
         c = src[j]
         if c == '"':
-            return Token("str", src[i:j + 1], i, "".join(out)), j + 1
+            return Token("str", src[i : j + 1], i, "".join(out)), j + 1
         if c == "\\":
             if j + 1 < len(src) and src[j + 1] in '"\\':
                 out.append(src[j + 1])
                 j += 2
                 continue
-            raise WhereError("only \\\" and \\\\ are escapes in a --where string", src, j, 2)
+            raise WhereError('only \\" and \\\\ are escapes in a --where string', src, j, 2)
         if not (" " <= c <= "~"):
             raise WhereError(f"character {c!r} in a string: printable ASCII only", src, j, 1)
         out.append(c)
@@ -100,8 +107,9 @@ def _string(src: str, i: int) -> tuple[Token, int]:
 
 def tokenize(src: str) -> list[Token]:
     if len(src) > MAX_LENGTH:
-        raise WhereError(f"--where is {len(src)} characters; at most {MAX_LENGTH}", src,
-                         MAX_LENGTH, 1)
+        raise WhereError(
+            f"--where is {len(src)} characters; at most {MAX_LENGTH}", src, MAX_LENGTH, 1
+        )
     toks: list[Token] = []
     i = 0
     while i < len(src):
@@ -117,13 +125,13 @@ def tokenize(src: str) -> list[Token]:
         if kind == "int":
             digits = text.lstrip("-")
             if len(digits) > 1 and digits[0] == "0" and digits[1] not in "xX":
-                raise WhereError(f"{text}: a leading 0 (octal?) is not accepted", src, i,
-                                 len(text))
+                raise WhereError(f"{text}: a leading 0 (octal?) is not accepted", src, i, len(text))
             value = int(digits, 16 if digits[:2] in ("0x", "0X") else 10)
             value = -value if text.startswith("-") else value
             if not -_INT64 <= value < _INT64:
-                raise WhereError(f"{text} does not fit in a signed 64-bit integer", src, i,
-                                 len(text))
+                raise WhereError(
+                    f"{text} does not fit in a signed 64-bit integer", src, i, len(text)
+                )
             toks.append(Token("int", text, i, value))
         elif kind != "ws":
             toks.append(Token(kind, text, i))  # type: ignore[arg-type]
@@ -184,7 +192,7 @@ class _Parser:
     def operand(self) -> tuple[str, OperandKind, Token]:
         t = self.peek()
         if t is None or t.kind not in ("int", "str", "name", "path"):
-            raise self.fail("expected a number, a \"string\" or a name", t)
+            raise self.fail('expected a number, a "string" or a name', t)
         self.i += 1
         if t.kind == "int":
             assert isinstance(t.value, int)
@@ -203,10 +211,14 @@ class _Parser:
         self.i += 1
         right, rk, rt = self.operand()
         if lk != rk:
-            raise WhereError(f"{lt.text} is {'a string' if lk == 'str' else 'a number'} and "
-                             f"{rt.text} is {'a string' if rk == 'str' else 'a number'}: "
-                             "they cannot be compared", self.src, lt.pos,
-                             rt.pos + len(rt.text) - lt.pos)
+            raise WhereError(
+                f"{lt.text} is {'a string' if lk == 'str' else 'a number'} and "
+                f"{rt.text} is {'a string' if rk == 'str' else 'a number'}: "
+                "they cannot be compared",
+                self.src,
+                lt.pos,
+                rt.pos + len(rt.text) - lt.pos,
+            )
         return f"{left} {op.text} {right}"
 
 

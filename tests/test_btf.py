@@ -81,16 +81,19 @@ def test_vmlinux_header_and_index():
 
 
 def test_tcp_v4_connect_prototype_as_bpftrace_prints_it():
-    expected = ("fentry:vmlinux:tcp_v4_connect\n"
-                "    struct sock * sk\n"
-                "    struct sockaddr * uaddr\n"
-                "    int addr_len\n"
-                "    int retval\n")
+    expected = (
+        "fentry:vmlinux:tcp_v4_connect\n"
+        "    struct sock * sk\n"
+        "    struct sockaddr * uaddr\n"
+        "    int addr_len\n"
+        "    int retval\n"
+    )
     assert listing_blocks()["fentry:vmlinux:tcp_v4_connect"] == expected
     assert vmlinux().bpftrace_listing(["tcp_v4_connect"]) == expected
     (f,) = vmlinux().functions("tcp_v4_connect")
     assert vmlinux().c_prototype(f) == (
-        "int tcp_v4_connect(struct sock *sk, struct sockaddr *uaddr, int addr_len)")
+        "int tcp_v4_connect(struct sock *sk, struct sockaddr *uaddr, int addr_len)"
+    )
     assert [p.name for p in f.params] == ["sk", "uaddr", "addr_len"]
 
 
@@ -113,9 +116,12 @@ def test_every_function_bpftrace_lists_has_the_same_prototype(obj):
 def test_void_function_has_no_retval_and_const_pointers():
     blocks = listing_blocks()
     assert blocks["fentry:vmlinux:tcp_v4_send_check"] == (
-        "fentry:vmlinux:tcp_v4_send_check\n    struct sock * sk\n    struct sk_buff * skb\n")
-    assert vmlinux().bpftrace_listing(["tcp_v4_send_check"]) == blocks[
-        "fentry:vmlinux:tcp_v4_send_check"]
+        "fentry:vmlinux:tcp_v4_send_check\n    struct sock * sk\n    struct sk_buff * skb\n"
+    )
+    assert (
+        vmlinux().bpftrace_listing(["tcp_v4_send_check"])
+        == blocks["fentry:vmlinux:tcp_v4_send_check"]
+    )
     assert "    const struct path * path\n" in vmlinux().bpftrace_listing(["vfs_open"])
 
 
@@ -126,11 +132,13 @@ def test_functions_sharing_a_name():
     p2 = b.add("", 13, 2, 0, struct.pack("<II", b.s("x"), i) + struct.pack("<II", b.s("y"), i))
     f1, f2 = b.add("same", 12, 0, p1), b.add("same", 12, 1, p2)
     got = BTF.parse(b.blob())
-    assert [(f.id, [p.name for p in f.params], f.ret, f.linkage) for f in got.functions("same")] == [
-        (f1, ["a"], i, 0), (f2, ["x", "y"], 0, 1)]
+    assert [
+        (f.id, [p.name for p in f.params], f.ret, f.linkage) for f in got.functions("same")
+    ] == [(f1, ["a"], i, 0), (f2, ["x", "y"], 0, 1)]
     # bpftrace 0.23 keys its parameter lists by name: both FUNCs' lines under one header
     assert got.bpftrace_listing(["same"]) == (
-        "fentry:vmlinux:same\n    int a\n    int retval\n    int x\n    int y\n")
+        "fentry:vmlinux:same\n    int a\n    int retval\n    int x\n    int y\n"
+    )
 
 
 @pytest.mark.parametrize("key", sorted(oracle()["offsetof"]))
@@ -147,8 +155,11 @@ def test_struct_sizes_equal_bpftrace_sizeof(name):
 def test_field_through_anonymous_unions_with_byte_order():
     b = vmlinux()
     dport = field(b, "tcp_finish_connect", "sk->__sk_common.skc_dport")
-    assert (dport.hops, dport.offset, dport.size) == ((), oracle()["offsetof"][
-        "sock:__sk_common.skc_dport"], 2)
+    assert (dport.hops, dport.offset, dport.size) == (
+        (),
+        oracle()["offsetof"]["sock:__sk_common.skc_dport"],
+        2,
+    )
     assert dport.kind == "int" and not dport.signed and dport.big_endian
     assert dport.type_name == "__be16"
     daddr = field(b, "tcp_finish_connect", "sk->__sk_common.skc_daddr")
@@ -186,26 +197,40 @@ def test_bitfields_sit_where_the_kernel_marks_their_byte():
     off = oracle()["offsetof"]
     cloned = field(b, "tcp_v4_rcv", "skb->cloned")
     assert (cloned.offset, cloned.bit_offset, cloned.bit_size, cloned.size) == (
-        off["sk_buff:__cloned_offset"], 0, 1, 1)
+        off["sk_buff:__cloned_offset"],
+        0,
+        1,
+        1,
+    )
     fclone = field(b, "tcp_v4_rcv", "skb->fclone")  # cloned:1, nohdr:1, fclone:2
     assert (fclone.offset, fclone.bit_offset, fclone.bit_size) == (
-        off["sk_buff:__cloned_offset"], 2, 2)
+        off["sk_buff:__cloned_offset"],
+        2,
+        2,
+    )
     pkt = field(b, "tcp_v4_rcv", "skb->pkt_type")
     assert (pkt.offset, pkt.bit_offset, pkt.bit_size, pkt.signed) == (
-        off["sk_buff:__pkt_type_offset"], 0, 3, False)
+        off["sk_buff:__pkt_type_offset"],
+        0,
+        3,
+        False,
+    )
     with pytest.raises(BTFError, match="bitfield"):
         b.offsetof("sk_buff", "cloned")
 
 
-@pytest.mark.parametrize("path, pos, message", [
-    ("sk->__sk_common.skc_dportt", 16, "did you mean skc_dport"),
-    ("sk->__sk_common->skc_dport", 15, "`->` on sk->__sk_common, which is not a pointer"),
-    ("sk.sk_err", 2, "`.` on sk, which is a pointer (`struct sock *`); use `->`"),
-    ("sk->sk_socket.state", 13, "`.` on sk->sk_socket, which is a pointer"),
-    ("sk->sk_err->x", 10, "not a pointer (it is `int`)"),
-    ("sk->__sk_common", 0, "name one of its members"),
-    ("sk", 0, "at least one member"),
-])
+@pytest.mark.parametrize(
+    "path, pos, message",
+    [
+        ("sk->__sk_common.skc_dportt", 16, "did you mean skc_dport"),
+        ("sk->__sk_common->skc_dport", 15, "`->` on sk->__sk_common, which is not a pointer"),
+        ("sk.sk_err", 2, "`.` on sk, which is a pointer (`struct sock *`); use `->`"),
+        ("sk->sk_socket.state", 13, "`.` on sk->sk_socket, which is a pointer"),
+        ("sk->sk_err->x", 10, "not a pointer (it is `int`)"),
+        ("sk->__sk_common", 0, "name one of its members"),
+        ("sk", 0, "at least one member"),
+    ],
+)
 def test_path_errors_point_at_the_token(path, pos, message):
     with pytest.raises(FieldPathError) as exc:
         field(vmlinux(), "tcp_v4_connect", path)
@@ -223,8 +248,10 @@ def test_unknown_member_lists_the_struct_members():
     assert exc.value.length == len("skc_dportt")
 
 
-@pytest.mark.parametrize("text, pos", [("", 0), ("1sk", 0), ("sk->", 4), ("sk-x", 2),
-                                       ("sk->a..b", 6), ("sk->a b", 5), ("sk;x", 2)])
+@pytest.mark.parametrize(
+    "text, pos",
+    [("", 0), ("1sk", 0), ("sk->", 4), ("sk-x", 2), ("sk->a..b", 6), ("sk->a b", 5), ("sk;x", 2)],
+)
 def test_parse_path_rejects(text, pos):
     with pytest.raises(FieldPathError) as exc:
         btf.parse_path(text)
@@ -232,8 +259,11 @@ def test_parse_path_rejects(text, pos):
 
 
 def test_parse_path():
-    assert btf.parse_path("path->dentry->d_name.name") == ("path", 0, [
-        PathStep("->", "dentry", 6), PathStep("->", "d_name", 14), PathStep(".", "name", 21)])
+    assert btf.parse_path("path->dentry->d_name.name") == (
+        "path",
+        0,
+        [PathStep("->", "dentry", 6), PathStep("->", "d_name", 14), PathStep(".", "name", 21)],
+    )
 
 
 # --- split BTF --------------------------------------------------------------------------
@@ -245,8 +275,9 @@ def test_module_split_btf_continues_the_base():
     assert mod.start_str_off == base.str_end
     (f,) = mod.functions("ext4_file_open")
     assert f.id >= mod.start_id and f.obj == "ext4"
-    assert mod.bpftrace_listing(["ext4_file_open"]) == listing_blocks()[
-        "fentry:ext4:ext4_file_open"]
+    assert (
+        mod.bpftrace_listing(["ext4_file_open"]) == listing_blocks()["fentry:ext4:ext4_file_open"]
+    )
     # a module struct whose members are base types
     sbi = mod.struct("ext4_sb_info")
     assert sbi.id >= mod.start_id
@@ -277,8 +308,7 @@ def test_load_caches_the_index(tmp_path, monkeypatch):
     monkeypatch.setattr(BTF, "_walk", no_walk)
     again = btf.load(data, cache_dir=tmp_path)
     assert again.type_count == first.type_count
-    assert again.bpftrace_listing(["tcp_v4_connect"]) == first.bpftrace_listing(
-        ["tcp_v4_connect"])
+    assert again.bpftrace_listing(["tcp_v4_connect"]) == first.bpftrace_listing(["tcp_v4_connect"])
     monkeypatch.undo()
     mod = btf.load(_blob("ext4"), base=again, name="ext4", cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 2  # split BTF: keyed by its base too
@@ -312,8 +342,15 @@ class Builder:
         self.strs += text.encode() + b"\0"
         return off
 
-    def add(self, name: str, kind: int, vlen: int, size_or_type: int, extra: bytes = b"",
-            kflag: bool = False) -> int:
+    def add(
+        self,
+        name: str,
+        kind: int,
+        vlen: int,
+        size_or_type: int,
+        extra: bytes = b"",
+        kflag: bool = False,
+    ) -> int:
         info = (int(kflag) << 31) | (kind << 24) | vlen
         self.types.append(struct.pack("<III", self.s(name), info, size_or_type) + extra)
         return len(self.types)
@@ -322,8 +359,7 @@ class Builder:
         t = b"".join(self.types)
         if order == ">":  # every field is a u32 (or s32) except the header's first bytes
             t = b"".join(struct.pack(">I", w) for (w,) in struct.iter_unpack("<I", t))
-        hdr = struct.pack(order + "HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(t), len(t),
-                          len(self.strs))
+        hdr = struct.pack(order + "HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(t), len(t), len(self.strs))
         return hdr + t + bytes(self.strs)
 
 
@@ -337,24 +373,43 @@ def synthetic() -> tuple[Builder, dict[str, int]]:
     ids["cchar"] = b.add("", 10, 0, ids["char"])
     ids["user_tag"] = b.add("user", 18, 0, ids["cchar"])
     ids["pcc"] = b.add("", 2, 0, ids["user_tag"])
-    ids["e64"] = b.add("big", 19, 2, 8, struct.pack("<III", b.s("NEG"), 0xFFFFFFFF,
-                                                     0xFFFFFFFF)
-                       + struct.pack("<III", b.s("HUGE"), 0, 0x10), kflag=True)
+    ids["e64"] = b.add(
+        "big",
+        19,
+        2,
+        8,
+        struct.pack("<III", b.s("NEG"), 0xFFFFFFFF, 0xFFFFFFFF)
+        + struct.pack("<III", b.s("HUGE"), 0, 0x10),
+        kflag=True,
+    )
     ids["f"] = b.add("double", 16, 0, 8)
     # struct s { int a; unsigned int b:3 (old style: int bits 3, int offset 2); }
-    ids["s"] = b.add("s", 4, 2, 8, struct.pack("<III", b.s("a"), ids["int"], 0)
-                     + struct.pack("<III", b.s("b"), ids["uint3"], 32))
+    ids["s"] = b.add(
+        "s",
+        4,
+        2,
+        8,
+        struct.pack("<III", b.s("a"), ids["int"], 0)
+        + struct.pack("<III", b.s("b"), ids["uint3"], 32),
+    )
     ids["ps"] = b.add("", 2, 0, ids["s"])
     ids["be"] = b.add("__be32", 8, 0, ids["int"])
     ids["arr"] = b.add("", 3, 0, 0, struct.pack("<III", ids["int"], ids["int"], 4))
-    ids["fp"] = b.add("", 13, 2, ids["int"], struct.pack("<II", b.s("x"), ids["int"])
-                      + struct.pack("<II", 0, 0))
+    ids["fp"] = b.add(
+        "", 13, 2, ids["int"], struct.pack("<II", b.s("x"), ids["int"]) + struct.pack("<II", 0, 0)
+    )
     ids["pfp"] = b.add("", 2, 0, ids["fp"])
-    ids["proto"] = b.add("", 13, 5, 0, struct.pack("<II", b.s("p"), ids["pcc"])
-                         + struct.pack("<II", b.s("s"), ids["ps"])
-                         + struct.pack("<II", b.s("cb"), ids["pfp"])
-                         + struct.pack("<II", b.s("e"), ids["e64"])
-                         + struct.pack("<II", b.s("v"), ids["be"]))
+    ids["proto"] = b.add(
+        "",
+        13,
+        5,
+        0,
+        struct.pack("<II", b.s("p"), ids["pcc"])
+        + struct.pack("<II", b.s("s"), ids["ps"])
+        + struct.pack("<II", b.s("cb"), ids["pfp"])
+        + struct.pack("<II", b.s("e"), ids["e64"])
+        + struct.pack("<II", b.s("v"), ids["be"]),
+    )
     ids["func"] = b.add("g", 12, 1, ids["proto"])
     ids["var"] = b.add("counter", 14, 0, ids["int"], struct.pack("<I", 1))
     ids["sec"] = b.add(".data", 15, 1, 4, struct.pack("<III", ids["var"], 0, 4))
@@ -373,7 +428,8 @@ def test_synthetic_kinds(order):
         "    struct s * s\n"
         "    int (*)(int x, ...) cb\n"
         "    enum big e\n"
-        "    __be32 v\n")
+        "    __be32 v\n"
+    )
     e64 = b.type(ids["e64"])
     assert [(v.name, v.value) for v in e64.enumerators] == [("NEG", -1), ("HUGE", 1 << 36)]
     assert b.type(ids["f"]).kind is Kind.FLOAT and b.resolve_size(ids["f"]) == 8
@@ -402,16 +458,20 @@ def test_duplicate_names_get_libbpf_suffixes():
     b.add("h", 12, 1, proto)
     # the first one emitted keeps the name, as in one libbpf btf_dump
     assert BTF.parse(b.blob()).bpftrace_listing(["h"]) == (
-        "fentry:vmlinux:h\n    struct dup * a\n    struct dup___2 * b\n")
+        "fentry:vmlinux:h\n    struct dup * a\n    struct dup___2 * b\n"
+    )
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d[:10], "shorter than a BTF header"),
-    (lambda d: b"\0\0" + d[2:], "bad magic"),
-    (lambda d: d[:2] + b"\x02" + d[3:], "version 2"),
-    (lambda d: d[:-1], "past the end"),
-    (lambda d: d[:24 + 1] + b"\x7f" + d[26:], "unknown kind"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d[:10], "shorter than a BTF header"),
+        (lambda d: b"\0\0" + d[2:], "bad magic"),
+        (lambda d: d[:2] + b"\x02" + d[3:], "version 2"),
+        (lambda d: d[:-1], "past the end"),
+        (lambda d: d[: 24 + 1] + b"\x7f" + d[26:], "unknown kind"),
+    ],
+)
 def test_malformed_headers_and_types(mutate, message):
     builder, _ = synthetic()
     data = builder.blob()

@@ -28,8 +28,9 @@ def lab_btf(monkeypatch):
 @pytest.fixture
 def no_btf(monkeypatch):
     def lookup(target, modules):
-        raise kbtf.NoBTF("the target kernel has no BTF (/sys/kernel/btf/vmlinux: No such "
-                         "file or directory)")
+        raise kbtf.NoBTF(
+            "the target kernel has no BTF (/sys/kernel/btf/vmlinux: No such file or directory)"
+        )
 
     monkeypatch.setattr(pipeline, "target_btf", lookup)
 
@@ -68,18 +69,30 @@ def test_seed_style_needs_no_btf(ip, capsys, no_btf):
     assert err is None
 
 
-@pytest.mark.parametrize("cell, message, marked", [
-    ("tcp_v4_connect addr_lenn", "has no parameter 'addr_lenn' (did you mean addr_len?)",
-     "addr_lenn"),
-    ("tcp_v4_connect sk->__sk_common.skc_dportt", "did you mean skc_dport", "skc_dportt"),
-    ("tcp_v4_connect sk->__sk_common->skc_dport", "which is not a pointer", "->skc"),
-    ("tcp_v4_connect dport=sk->__sk_common.skc_dport",
-     "reading member paths is not implemented yet", "sk->__sk_common.skc_dport"),
-    ("tcp_v4_connectt addr_len", "tcp_v4_connectt is not in the kernel's BTF (did you mean "
-     "tcp_v4_connect", "tcp_v4_connectt"),
-    ("tcp_v4_connect sk->", "expected a member name", ""),
-    ("tcp_v4_connect len=addr_len len:int", "duplicate argument name 'len'", None),
-])
+@pytest.mark.parametrize(
+    "cell, message, marked",
+    [
+        (
+            "tcp_v4_connect addr_lenn",
+            "has no parameter 'addr_lenn' (did you mean addr_len?)",
+            "addr_lenn",
+        ),
+        ("tcp_v4_connect sk->__sk_common.skc_dportt", "did you mean skc_dport", "skc_dportt"),
+        ("tcp_v4_connect sk->__sk_common->skc_dport", "which is not a pointer", "->skc"),
+        (
+            "tcp_v4_connect dport=sk->__sk_common.skc_dport",
+            "reading member paths is not implemented yet",
+            "sk->__sk_common.skc_dport",
+        ),
+        (
+            "tcp_v4_connectt addr_len",
+            "tcp_v4_connectt is not in the kernel's BTF (did you mean tcp_v4_connect",
+            "tcp_v4_connectt",
+        ),
+        ("tcp_v4_connect sk->", "expected a member name", ""),
+        ("tcp_v4_connect len=addr_len len:int", "duplicate argument name 'len'", None),
+    ],
+)
 def test_refused_before_anything_runs(ip, lab_btf, cell, message, marked):
     _, err = run(ip, f"%%kprobe --dry-run {cell}")
     assert err is not None and message in str(err), err
@@ -101,11 +114,12 @@ def test_another_function_on_the_same_line_is_named(ip, lab_btf):
 
 
 def test_where_on_the_magic_line(ip, capsys, lab_btf):
-    _, err = run(ip, "%%kprobe --dry-run --where 'addr_len == 16 && comm == \"curl\"' "
-                     "tcp_v4_connect addr_len")
+    _, err = run(
+        ip,
+        "%%kprobe --dry-run --where 'addr_len == 16 && comm == \"curl\"' tcp_v4_connect addr_len",
+    )
     assert err is None, err
-    assert 'if (!((a3 == 16 && execname() == "curl"))) next  # --where' in (
-        capsys.readouterr().out)
+    assert 'if (!((a3 == 16 && execname() == "curl"))) next  # --where' in (capsys.readouterr().out)
 
 
 def test_bad_where_is_one_usage_error_with_a_caret(ip, lab_btf):

@@ -50,8 +50,11 @@ def test_notebook_runs_in_replay_mode(path, monkeypatch, tmp_path):
         if cell.cell_type != "code":
             continue
         # IPython shows a magic's UsageError as stderr text, not as an error output.
-        errors = [o for o in cell.outputs if o.output_type == "error"
-                  or (o.output_type == "stream" and "UsageError:" in o.text)]
+        errors = [
+            o
+            for o in cell.outputs
+            if o.output_type == "error" or (o.output_type == "stream" and "UsageError:" in o.text)
+        ]
         if "raises-exception" in cell.metadata.get("tags", []):
             assert errors, f"this cell is meant to fail:\n{cell.source}"
         else:

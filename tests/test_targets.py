@@ -135,7 +135,14 @@ def test_lab_target_delegates_to_the_lab_module(monkeypatch):
     import stapmagic
 
     stub = types.ModuleType("stapmagic.lab")
-    stub.stap_argv = lambda require_running=True: ["chroot", "/ROOT", "/usr/bin/stap", "--remote=ssh://x", "-D", "Y"]
+    stub.stap_argv = lambda require_running=True: [
+        "chroot",
+        "/ROOT",
+        "/usr/bin/stap",
+        "--remote=ssh://x",
+        "-D",
+        "Y",
+    ]
     stub.exec_argv = lambda argv: ["lab-exec", *argv]
     stub.is_up = lambda: False
     stub.last_state = lambda: {"serial_log": "/x/serial.log"}
@@ -439,8 +446,9 @@ def test_the_script_decides_whether_stap_gets_g(monkeypatch):
     import dataclasses
 
     real = pipeline.generate
-    monkeypatch.setattr(pipeline, "generate",
-                        lambda spec, o: dataclasses.replace(real(spec, o), guru=True))
+    monkeypatch.setattr(
+        pipeline, "generate", lambda spec, o: dataclasses.replace(real(spec, o), guru=True)
+    )
     opts = pipeline.ProbeOptions(dry_run=True)
     assert "-g" in pipeline.prepare("tcp_v4_connect", "", opts).argv
     monkeypatch.setattr(pipeline, "generate", real)

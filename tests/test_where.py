@@ -10,8 +10,12 @@ from hypothesis import strategies as st
 
 from stapmagic.where import Operand, WhereError, compile_where, tokenize
 
-NAMES = {"addr_len": Operand("a3", "int"), "dport": Operand("f0", "int"),
-         "name": Operand("f1", "str"), "sk->__sk_common.skc_num": Operand("f2", "int")}
+NAMES = {
+    "addr_len": Operand("a3", "int"),
+    "dport": Operand("f0", "int"),
+    "name": Operand("f1", "str"),
+    "sk->__sk_common.skc_num": Operand("f2", "int"),
+}
 
 
 def resolve(text: str, pos: int) -> Operand:
@@ -22,39 +26,46 @@ def resolve(text: str, pos: int) -> Operand:
 
 def test_the_issue_example():
     assert compile_where('addr_len == 16 && comm == "curl"', resolve) == (
-        '(a3 == 16 && execname() == "curl")')
+        '(a3 == 16 && execname() == "curl")'
+    )
 
 
-@pytest.mark.parametrize("src, out", [
-    ("pid == 1", "pid() == 1"),
-    ("!(cpu != 0) || tid >= -5", "(!(cpu() != 0) || tid() >= (-5))"),
-    ("dport == 0x1f90", "f0 == 8080"),
-    ('name == "a\\"b\\\\"', 'f1 == "a\\"b\\\\"'),
-    ("sk->__sk_common.skc_num < 1024", "f2 < 1024"),
-    ("((pid > 1))", "((pid() > 1))"),
-    ("pid>1&&tid<2||cpu==0", "((pid() > 1 && tid() < 2) || cpu() == 0)"),
-])
+@pytest.mark.parametrize(
+    "src, out",
+    [
+        ("pid == 1", "pid() == 1"),
+        ("!(cpu != 0) || tid >= -5", "(!(cpu() != 0) || tid() >= (-5))"),
+        ("dport == 0x1f90", "f0 == 8080"),
+        ('name == "a\\"b\\\\"', 'f1 == "a\\"b\\\\"'),
+        ("sk->__sk_common.skc_num < 1024", "f2 < 1024"),
+        ("((pid > 1))", "((pid() > 1))"),
+        ("pid>1&&tid<2||cpu==0", "((pid() > 1 && tid() < 2) || cpu() == 0)"),
+    ],
+)
 def test_compiles(src, out):
     assert compile_where(src, resolve) == out
 
 
-@pytest.mark.parametrize("src, pos, message", [
-    ("", 0, "needs an expression"),
-    ("pid", 3, "expected a comparison (== != < <= > >=) at the end"),
-    ("pid == ", 7, "at the end"),
-    ("pid = 1", 4, "unexpected '='"),
-    ("comm == 1", 0, "cannot be compared"),
-    ("bogus == 1", 0, "unknown name 'bogus'"),
-    ("pid == 1 pid", 9, "expected `&&`, `||` or the end"),
-    ("(pid == 1", 9, "expected `)` at the end"),
-    ('comm == "x', 8, "unterminated string"),
-    ('comm == "\\n"', 9, "escapes"),
-    ("pid == 99999999999999999999", 7, "64-bit"),
-    ("pid == 017", 7, "leading 0"),
-    ("pid == 1; system(1)", 8, "unexpected ';'"),
-    ("pid == $1", 7, "unexpected '$'"),
-    ('comm == "é"', 9, "printable ASCII"),
-])
+@pytest.mark.parametrize(
+    "src, pos, message",
+    [
+        ("", 0, "needs an expression"),
+        ("pid", 3, "expected a comparison (== != < <= > >=) at the end"),
+        ("pid == ", 7, "at the end"),
+        ("pid = 1", 4, "unexpected '='"),
+        ("comm == 1", 0, "cannot be compared"),
+        ("bogus == 1", 0, "unknown name 'bogus'"),
+        ("pid == 1 pid", 9, "expected `&&`, `||` or the end"),
+        ("(pid == 1", 9, "expected `)` at the end"),
+        ('comm == "x', 8, "unterminated string"),
+        ('comm == "\\n"', 9, "escapes"),
+        ("pid == 99999999999999999999", 7, "64-bit"),
+        ("pid == 017", 7, "leading 0"),
+        ("pid == 1; system(1)", 8, "unexpected ';'"),
+        ("pid == $1", 7, "unexpected '$'"),
+        ('comm == "é"', 9, "printable ASCII"),
+    ],
+)
 def test_refused_with_position(src, pos, message):
     with pytest.raises(WhereError) as exc:
         compile_where(src, resolve)
@@ -65,7 +76,10 @@ def test_refused_with_position(src, pos, message):
 
 def test_tokens_carry_positions():
     assert [(t.kind, t.pos) for t in tokenize('a->b.c == "x" ')] == [
-        ("path", 0), ("op", 7), ("str", 10)]
+        ("path", 0),
+        ("op", 7),
+        ("str", 10),
+    ]
 
 
 _STAP_STRING = re.compile(r'"(?:[^"\\]|\\["\\])*"')
@@ -80,11 +94,54 @@ def _safe(expr: str) -> bool:
     return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rest)) <= _ALLOWED_WORDS
 
 
-_atoms = st.sampled_from(["pid", "tid", "cpu", "comm", "addr_len", "dport", "name",
-                          "sk->__sk_common.skc_num", "sk->x", "0", "-1", "0x10", "16",
-                          '"curl"', '"a\\"b"', "==", "!=", "<", "<=", ">", ">=", "&&", "||",
-                          "!", "(", ")", ";", "}", "{", "$", "#", "'", '"', "\\", "system",
-                          "%{", "%}", "\n", " ", "->", ".", "9" * 25, "é", "\x00"])
+_atoms = st.sampled_from(
+    [
+        "pid",
+        "tid",
+        "cpu",
+        "comm",
+        "addr_len",
+        "dport",
+        "name",
+        "sk->__sk_common.skc_num",
+        "sk->x",
+        "0",
+        "-1",
+        "0x10",
+        "16",
+        '"curl"',
+        '"a\\"b"',
+        "==",
+        "!=",
+        "<",
+        "<=",
+        ">",
+        ">=",
+        "&&",
+        "||",
+        "!",
+        "(",
+        ")",
+        ";",
+        "}",
+        "{",
+        "$",
+        "#",
+        "'",
+        '"',
+        "\\",
+        "system",
+        "%{",
+        "%}",
+        "\n",
+        " ",
+        "->",
+        ".",
+        "9" * 25,
+        "é",
+        "\x00",
+    ]
+)
 
 
 @settings(max_examples=6000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -110,6 +167,7 @@ def test_arbitrary_text_compiles_safely_or_fails_cleanly(src):
 
 # --- in the generated script -------------------------------------------------------------
 
+
 def _script(spec_text: str, where: str, **kw) -> str:
     from stapmagic.script import ScriptOptions, generate
     from stapmagic.spec import parse_spec
@@ -118,9 +176,10 @@ def _script(spec_text: str, where: str, **kw) -> str:
 
 
 def test_filter_follows_the_reads_and_precedes_the_count():
-    text = _script("tcp_v4_connect sk:ptr uaddr:ptr addr_len:int",
-                   'addr_len == 16 && comm == "curl"', count=5)
-    body = text[text.index('probe kprobe.function("tcp_v4_connect")'):]
+    text = _script(
+        "tcp_v4_connect sk:ptr uaddr:ptr addr_len:int", 'addr_len == 16 && comm == "curl"', count=5
+    )
+    body = text[text.index('probe kprobe.function("tcp_v4_connect")') :]
     lines = [ln.strip() for ln in body.splitlines()]
     i_read = lines.index("a3 = int_arg(3)")
     i_where = lines.index('if (!((a3 == 16 && execname() == "curl"))) next  # --where')
@@ -138,7 +197,8 @@ def test_unknown_name_is_refused_with_the_probe_names():
     with pytest.raises(WhereError) as exc:
         _script("tcp_v4_connect len:int", "addr_len == 16")
     assert "addr_len is not a name tcp_v4_connect reads (its names: len, pid, tid, cpu, comm)" in (
-        exc.value.message)
+        exc.value.message
+    )
     assert exc.value.pos == 0 and exc.value.length == len("addr_len")
 
 

@@ -16,19 +16,29 @@ SAMPLE = 50
 
 def _guest_bytes(argv: list[str]) -> bytes:
     # bpftrace parses all of BTF before it lists: minutes under TCG on a busy host
-    done = subprocess.run(runner.exec_argv(LAB, argv), capture_output=True,  # noqa: S603
-                          timeout=900, check=True)
+    done = subprocess.run(  # noqa: S603
+        runner.exec_argv(LAB, argv),
+        capture_output=True,
+        timeout=900,
+        check=True,
+    )
     return done.stdout
 
 
 def test_fifty_sampled_prototypes_equal_bpftrace(lab):
     vmlinux = btf.BTF.parse(_guest_bytes(["cat", "/sys/kernel/btf/vmlinux"]))
-    traceable = {line.split()[0] for line in
-                 _guest_bytes(["cat", "/sys/kernel/tracing/available_filter_functions"])
-                 .decode().splitlines() if line and "[" not in line}
+    traceable = {
+        line.split()[0]
+        for line in _guest_bytes(["cat", "/sys/kernel/tracing/available_filter_functions"])
+        .decode()
+        .splitlines()
+        if line and "[" not in line
+    }
     candidates = sorted(
-        n for n in vmlinux.function_names()
-        if n in traceable and all(len(f.params) <= 6 for f in vmlinux.functions(n)))
+        n
+        for n in vmlinux.function_names()
+        if n in traceable and all(len(f.params) <= 6 for f in vmlinux.functions(n))
+    )
     assert len(candidates) > 30_000
     seed = int(time.time())
     names = random.Random(seed).sample(candidates, SAMPLE)
@@ -37,7 +47,6 @@ def test_fifty_sampled_prototypes_equal_bpftrace(lab):
     theirs = _guest_bytes(["bpftrace", "-lv", "-e", probes + " {}"]).decode()
     # -lv over a program lists its attach points in order, each with its own libbpf dumper
     mine = "".join(vmlinux.bpftrace_listing([n]) for n in names)
-    listed = {line.split(":", 2)[2] for line in theirs.splitlines()
-              if line.startswith("fentry:")}
+    listed = {line.split(":", 2)[2] for line in theirs.splitlines() if line.startswith("fentry:")}
     assert listed == set(names), (seed, sorted(set(names) - listed))
     assert mine == theirs, f"seed {seed}"
