@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from stapmagic import btf
+from stapmagic import btf, targets
 from stapmagic.errors import BTFError
 
 __all__ = ["KernelBTF", "NoBTF", "kernel_btf"]
@@ -58,13 +58,7 @@ class KernelBTF:
 
 def _bytes(target: _Channel, argv: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(  # noqa: S603
-            target.exec_argv(argv),
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        return targets.capture(target.exec_argv(argv), timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BTFError(f"could not run {' '.join(argv)} on the target: {exc}") from None
 

@@ -156,7 +156,7 @@ def fake_lab(monkeypatch):
     import stapmagic
 
     stub = types.ModuleType("stapmagic.lab")
-    stub.stap_argv = lambda: [
+    stub.stap_argv = lambda require_running=True: [
         "chroot",
         "/ROOT",
         "stap",
