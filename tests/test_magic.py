@@ -175,7 +175,11 @@ def test_missing_stap_says_how_to_install(ip, monkeypatch, tmp_path):
 def test_config_target_is_used(ip, capsys, monkeypatch):
     from stapmagic import lab
 
-    monkeypatch.setattr(lab, "stap_argv", lambda: ["chroot", "/ROOT", "stap", "--remote=ssh://x"])
+    monkeypatch.setattr(
+        lab,
+        "stap_argv",
+        lambda require_running=True: ["chroot", "/ROOT", "stap", "--remote=ssh://x"],
+    )
     ip.run_line_magic("config", 'KprobeMagics.target = "lab"')
     try:
         _, err = run(ip, "%%kprobe --dry-run tcp_v4_connect")

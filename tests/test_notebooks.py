@@ -61,7 +61,14 @@ def test_notebook_runs_in_replay_mode(path, monkeypatch, tmp_path):
             assert not errors, f"{cell.source}\n{errors}"
         if PROBE_CELL.search(cell.source):
             probe_cells += 1
-            out = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            # The run's summary (with its REPLAY note) is a display, its messages a stream.
+            out = "".join(
+                o.get("text", "")
+                if o.output_type == "stream"
+                else o.get("data", {}).get("text/plain", "")
+                for o in cell.outputs
+                if o.output_type in ("stream", "display_data")
+            )
             assert "REPLAY of recordings/" in out, out
             replays += 1
     assert replays == probe_cells >= 1
