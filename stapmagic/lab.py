@@ -1121,7 +1121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "build":
             print(build(force=args.force))
         elif args.cmd == "shell":
-            state = _running_state(args.name)
+            state = _running_state(args.name) if args.name != DEFAULT_GUEST else _running_state()
             alias = guest_alias(args.name)
             cmd = list(args.command)
             if cmd[:1] == ["--"]:

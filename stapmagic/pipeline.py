@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, frames, kbtf, options, records, runner
+from . import btfspec, diagnose, fleet, frames, kbtf, options, records, runner
 from .errors import BTFError, OptionError, SpecError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -33,6 +33,7 @@ from .script import (
 )
 from .spec import Spec, parse_spec
 from .targets import kallsyms_symbols
+from .targets.fleet import FleetTarget
 
 DEFAULT_GRACE = options.DEFAULT_GRACE
 
@@ -108,7 +109,10 @@ class ProbeRun:
     def df(self) -> pd.DataFrame:
         """Every row received so far (safe to read while a background run is live)."""
         with self.lock:
-            return self.parser.frame()
+            df = self.parser.frame()
+        if isinstance(self.target, FleetTarget):
+            return fleet.label_hosts(df, self.target.remote_names, self.target.hosts)
+        return df
 
     def __repr__(self) -> str:
         # Short: a --bg cell's value is the run itself, and attrs of frames show it too.
@@ -305,6 +309,9 @@ class ProbeRun:
 def script_options(opts: ProbeOptions) -> ScriptOptions:
     if opts.command_only and opts.command is None:
         raise OptionError("--cmd-only keeps the events of the -c command: give -c CMD")
+    fleet.check_options(
+        opts.target, pid=opts.pid, aggregate=opts.hist is not None or opts.count_by is not None
+    )
     return ScriptOptions(
         count=opts.count,
         duration=opts.duration,
@@ -318,6 +325,7 @@ def script_options(opts: ProbeOptions) -> ScriptOptions:
         hist_linear=opts.hist_linear,
         count_by=opts.count_by,
         where=opts.where,
+        host_column=bool(fleet.host_names(opts.target)),
     )
 
 
@@ -441,10 +449,13 @@ def prepare(
     lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
     build: ArgvBuilder = build_argv,
     btf_lookup: BTFLookup | None = None,
+    preflight: Callable[[runner.Target], runner.Target] = fleet.preflight,
 ) -> ProbeRun:
     """Parse, generate and build the command line; raises SpecError/OptionError early."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
+    if not opts.dry_run:
+        target = preflight(target)  # several hosts: each asked before anything runs
     spec = resolve_btf(spec, target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
