@@ -168,3 +168,28 @@ def as_recorded(target: Target, argv: Sequence[str]) -> Target:
     if not kept or len(kept) == len(target.members):
         return target
     return FleetTarget(kept, asked=target.hosts)
+
+
+def host_report(target: Target, df: pd.DataFrame, *, failed: bool) -> list[str]:
+    """After a live run on several hosts: the hosts pre-flight left out, and (when stap did
+    not end cleanly) each host that no longer answers, named with the cause and its rows."""
+    if not isinstance(target, FleetTarget):
+        return []
+    out = list(target.notes)
+    if not failed:
+        return out
+    hosts = df[wire.HOST_FIELD] if wire.HOST_FIELD in df.columns else None
+    for member in target.members:
+        why = member.problem()
+        if why is None:
+            continue
+        name = str(member)
+        mine = df[hosts == name] if hosts is not None else df.iloc[0:0]
+        last = ""
+        if len(mine) and "time" in mine.columns:
+            last = f", the last at {mine['time'].iloc[-1]}"
+        out.append(
+            f"{name} stopped answering during the run ({why}): its rows end there "
+            f"({len(mine)} rows{last}); the other hosts ran on to their end"
+        )
+    return out

@@ -582,6 +582,16 @@ def execute(
                     run.end_diagnoses = ending_diagnoses(run)
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
                     run.notes.append(f"stapmagic could not check how the run ended: {exc}")
+            if source is None and isinstance(run.target, FleetTarget):
+                st = run.status
+                try:
+                    run.notes.extend(
+                        fleet.host_report(
+                            run.target, run.df, failed=bool(st.exit_status or st.signal)
+                        )
+                    )
+                except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
+                    run.notes.append(f"stapmagic could not check the hosts after the run: {exc}")
             if not run.ok and source is None:  # a replay: no target to look at
                 try:
                     run.notes.extend(run.target.post_mortem())

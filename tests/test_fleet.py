@@ -163,6 +163,8 @@ class FakeHost(Target):
         self.ran.append(" ".join(argv))
         if not self.answers:
             raise OptionError("ssh: connect to host web2 port 22: Connection refused")
+        if list(argv) == ["true"]:
+            return ""
         assert list(argv) == ["uname", "-r"]
         return self.release + "\n"
 
@@ -209,6 +211,24 @@ def test_preflight_groups_hosts_by_kernel():
     c = FakeHost("c", "6.12.0-1-amd64", _complete("6.12.0-1-amd64"))
     ready = fleet.preflight(FleetTarget((a, b, c)))
     assert ready.kernels == {"6.12.0-1-amd64": ("a", "c"), "6.1.0-9-amd64": ("b",)}
+
+
+def test_after_a_failed_run_the_host_that_stopped_answering_is_named_with_its_rows():
+    alive = FakeHost("web1")
+    dead = FakeHost("web2", answers=False)  # answered at the start, gone now
+    target = FleetTarget((alive, dead), notes=("web3 did not answer before the run",))
+    df = pd.DataFrame(
+        {
+            "time": [1, 2, 3],
+            "host": pd.Categorical(["web1", "web2", "web1"], categories=["web1", "web2"]),
+        }
+    )
+    notes = fleet.host_report(target, df, failed=True)
+    assert notes[0] == "web3 did not answer before the run"
+    (gone,) = notes[1:]
+    assert gone.startswith("web2 stopped answering during the run (")
+    assert "Connection refused" in gone and "1 rows, the last at 2" in gone
+    assert fleet.host_report(target, df, failed=False) == notes[:1]
 
 
 # -- options -----------------------------------------------------------------------------------

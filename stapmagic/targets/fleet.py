@@ -158,7 +158,7 @@ class FleetTarget(Target):
         return False, "; ".join(f"{m}: {why}" for m, ok, why in found if not ok)
 
     def post_mortem(self) -> list[str]:
-        out = list(self.notes)
+        out: list[str] = []
         for member in self.members:
             out += [f"{member}: {note}" for note in member.post_mortem()]
         return out
