@@ -50,7 +50,9 @@ def first_row(target: str) -> dict[str, Any]:
     assert run.script is not None
     res = L.run_pipeline(run, run.script.probes, t0=t0)
     hosts = (
-        res.frame["host"].value_counts().to_dict() if "host" in res.frame.columns else {target: 0}
+        res.frame["host"].value_counts().to_dict()
+        if "host" in res.frame.columns
+        else {target: len(res.frame)}
     )
     return {
         "first_row": res.first_row,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from stapmagic import wire
+from stapmagic import diagnose, wire
 from stapmagic.errors import OptionError, StapMagicError
 from stapmagic.targets import Target, parse_target
 from stapmagic.targets.fleet import FleetTarget
@@ -193,3 +193,8 @@ def host_report(target: Target, df: pd.DataFrame, *, failed: bool) -> list[str]:
             f"({len(mine)} rows{last}); the other hosts ran on to their end"
         )
     return out
+
+
+def warnings(notes: Sequence[str]) -> list[diagnose.Diagnosis]:
+    """host_report's notes as the warnings a run that went well still shows."""
+    return [diagnose.Diagnosis("fleet_host", n, (), "warning") for n in notes]

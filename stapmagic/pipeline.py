@@ -583,13 +583,14 @@ def execute(
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
                     run.notes.append(f"stapmagic could not check how the run ended: {exc}")
             if source is None and isinstance(run.target, FleetTarget):
-                st = run.status
+                failed = bool(run.status.exit_status or run.status.signal)
                 try:
-                    run.notes.extend(
-                        fleet.host_report(
-                            run.target, run.df, failed=bool(st.exit_status or st.signal)
-                        )
-                    )
+                    said = fleet.host_report(run.target, run.df, failed=failed)
+                    # a failed run lists them under its error; a good one shows them as warnings
+                    if failed:
+                        run.notes.extend(said)
+                    else:
+                        run.end_diagnoses.extend(fleet.warnings(said))
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
                     run.notes.append(f"stapmagic could not check the hosts after the run: {exc}")
             if not run.ok and source is None:  # a replay: no target to look at
