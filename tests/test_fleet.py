@@ -1,5 +1,5 @@
 """Several targets in one cell (issue 16): the target list, the host column, pre-flight, and
-the options that mean nothing across hosts. Host side only: tests/lab/test_fleet.py runs two
+the options that mean nothing across hosts. Host side only: tests/lab/test_fleet_lab.py runs two
 lab guests."""
 
 from __future__ import annotations

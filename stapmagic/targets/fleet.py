@@ -1,7 +1,7 @@
 """Several targets in one cell (``--target lab,lab:b,ssh://root@web1``): one stap with one
 ``--remote`` per host. SystemTap itself compiles once per distinct kernel and runs the module on
 every remote (main.cxx, remote.cxx); a remote that dies mid-run ends only its own session, the
-others run to their end (seen on the lab: tests/lab/test_fleet.py).
+others run to their end (seen on the lab: tests/lab/test_fleet_lab.py).
 
 One stap means one compile side: hosts whose stap prefixes differ other than by their
 ``--remote`` (lab guests compile in the lab's chroot, ssh hosts with this machine's stap) cannot
