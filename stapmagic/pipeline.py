@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, frames, kbtf, options, records, runner
+from . import btfspec, diagnose, frames, kbtf, ledger, options, records, runner
 from .errors import BTFError, OptionError, SpecError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -211,7 +211,7 @@ class ProbeRun:
             and not self.parser.row_count
         ):
             parts = []  # an aggregating script prints no rows: "0 rows" says nothing
-        parts += notes
+        parts += notes + ledger.summary_notes(self)
         c = self.counters
         if c.skipped_probes:
             parts.append(f"{c.skipped_probes} skipped probes")
@@ -283,6 +283,11 @@ class ProbeRun:
                 f"{COUNT_KEYS} were not counted"
             )
         return notes
+
+    @property
+    def ledger(self) -> pd.DataFrame:
+        """Per probe: events counted in the kernel, rows received, lost (ledger.py)."""
+        return ledger.ledger_frame(self)
 
     @property
     def hist(self) -> pd.DataFrame:

@@ -26,6 +26,7 @@ __all__ = [
     "SUMMARY_TAG",
     "KEYS_TAG",
     "COUNTER_TAG",
+    "FIRED_COUNTER",
     "END_TAG",
     "FIELD_SEP",
     "RECORD_FIELDS",
@@ -53,6 +54,9 @@ SUMMARY_TAG = (
 )
 KEYS_TAG = "@@smk"  # @@smk <TAB> name <TAB> key <TAB> count <TAB> @@
 COUNTER_TAG = "@@smc"  # @@smc <TAB> name <TAB> probe_index <TAB> value <TAB> @@
+# The @@smc counter `probe end` prints per probe: the events that passed its filters
+# (counted in the kernel with a per-CPU statistic), what the ledger checks rows against.
+FIRED_COUNTER = "fired"
 END_TAG = "@@"  # the last field of a record and of the one-line tags
 TAG_PREFIX = "@@sm"  # what every tag above starts with (diagnose.py cuts there)
 FIELD_SEP = "\t"

@@ -1,0 +1,130 @@
+"""The loss ledger (issue 15): per probe, the events the kernel counted against the rows
+that reached the frame, next to stap's own loss counters.
+
+- `fired`: `@count` of the per-CPU statistic each handler feeds right before it prints
+  (after the stapio guard, -x/--cmd-only, --where and -n's cut: what could reach the
+  frame), printed by `probe end` as an `@@smc fired` counter (wire.FIRED_COUNTER).
+  Unknown (NA) while the run is live and when that line never arrived (a killed run, or
+  the end of the output lost on the way).
+- `rows`: rows in the frame; with --hist the events the histogram holds (@@sms count),
+  with --count-by the counted keys' events plus `count_overflow` (counted, not keyed).
+- `lost`: fired - rows (NA when fired is).
+- `transport_failures`, `lost_messages`, `skipped_probes`: stap's end-of-run warnings
+  (runtime/transport/transport.c, staprun/relay.c, translate.cxx; diagnose.py reads them).
+  stap counts them per run, not per probe: every row carries the run's numbers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from . import diagnose, wire
+
+if TYPE_CHECKING:
+    from .pipeline import ProbeRun
+
+__all__ = ["COLUMNS", "ledger_frame", "fired_counts", "loss", "loss_note", "UNKNOWN_NOTE"]
+
+COLUMNS = (
+    "probe",
+    "fired",
+    "rows",
+    "lost",
+    "transport_failures",
+    "lost_messages",
+    "skipped_probes",
+)
+UNKNOWN_NOTE = "loss unknown: the kernel's event count never arrived"
+
+
+def fired_counts(run: ProbeRun) -> dict[int, int]:
+    """The `@@smc fired` counts received, by probe index."""
+    with run.lock:
+        tags = list(run.parser.tag_counts)
+    out: dict[int, int] = {}
+    for t in tags:
+        if t.tag == "smc" and t.name == wire.FIRED_COUNTER and t.key.isdigit():
+            out[int(t.key)] = out.get(int(t.key), 0) + t.value
+    return out
+
+
+def _rows(run: ProbeRun) -> list[int]:
+    assert run.script is not None
+    labels = [p.label for p in run.script.probes]
+    agg = run.script.aggregate
+    if agg is None:
+        df = run.df
+        counts = df["probe"].value_counts() if "probe" in df.columns else pd.Series(dtype=int)
+        return [int(counts.get(label, 0)) for label in labels]
+    if agg.mode == "hist":
+        with run.lock:
+            held = {s.name: s.count for s in run.parser.summaries}
+        return [held.get(label, 0) for label in labels]
+    with run.lock:
+        tags = list(run.parser.tag_counts)
+    rows = [0] * len(labels)
+    for t in tags:
+        if t.tag == "smk" and t.name in labels:
+            rows[labels.index(t.name)] += t.value
+        elif t.tag == "smc" and t.name == "count_overflow" and t.key.isdigit():
+            if int(t.key) < len(rows):
+                rows[int(t.key)] += t.value
+    return rows
+
+
+def ledger_frame(run: ProbeRun) -> pd.DataFrame:
+    """One row per probe (COLUMNS); empty for a %%stap script (no kernel count)."""
+    if run.script is None:
+        return pd.DataFrame({c: [] for c in COLUMNS})
+    labels = [p.label for p in run.script.probes]
+    fired = fired_counts(run) if not run.running else {}
+    rows = _rows(run)
+    lines = run.messages
+    lost_out = diagnose.lost_output(lines)
+    skipped = diagnose.counters(lines).skipped_probes
+    fired_col = pd.array([fired.get(i) for i in range(len(labels))], dtype="Int64")
+    rows_col = pd.array(rows, dtype="Int64")
+    n = len(labels)
+    return pd.DataFrame(
+        {
+            "probe": labels,
+            "fired": fired_col,
+            "rows": pd.array(rows, dtype="int64"),
+            "lost": fired_col - rows_col,
+            "transport_failures": [lost_out.transport_failures] * n,
+            "lost_messages": [lost_out.lost_messages] * n,
+            "skipped_probes": [skipped] * n,
+        }
+    )
+
+
+def loss(run: ProbeRun) -> tuple[int, int] | None:
+    """(lost, fired) over all probes, or None when some probe's count is unknown."""
+    if run.script is None or run.running:
+        return None
+    fired = fired_counts(run)
+    n = len(run.script.probes)
+    if any(i not in fired for i in range(n)):
+        return None
+    total = sum(fired[i] for i in range(n))
+    return total - sum(_rows(run)), total
+
+
+def loss_note(lost: int, fired: int) -> str:
+    """ "1,204 of 50,000 events lost (2.4 %)"."""
+    pct = 100.0 * lost / fired if fired else 0.0
+    return f"{lost:,} of {fired:,} events lost ({pct:.1f} %)"
+
+
+def summary_notes(run: ProbeRun) -> list[str]:
+    """What the summary line says about loss: the note when events were lost, that the loss
+    is unknown when the kernel's count never arrived, nothing otherwise."""
+    if run.script is None or run.running or run.status is None:
+        return []
+    found = loss(run)
+    if found is None:
+        return [UNKNOWN_NOTE]
+    lost, fired = found
+    return [loss_note(lost, fired)] if lost else []

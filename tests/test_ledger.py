@@ -1,0 +1,162 @@
+"""Issue 15: the loss ledger. `fired` is counted in the kernel and printed by `probe end`
+as an `@@smc fired` counter; rows are what reached the frame; stap's own counters come from
+its end-of-run warnings (formats: shared/reference 4f_wildcard_run.stderr, staprun/relay.c)."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from stapmagic import display, ledger, pipeline, runner, wire
+
+TRANSPORT = (
+    "WARNING: There were 3 transport failures. Try stap -s to increase the buffer size from 16."
+)
+LOST = "WARNING: There were 7 lost messages and 560 lost bytes."
+SKIPPED = "WARNING: Number of errors: 0, skipped probes: 2"
+
+
+def _run(body: str, **opts: object) -> pipeline.ProbeRun:
+    first, _, rest = body.partition("\n")
+    return pipeline.prepare(
+        first,
+        rest,
+        pipeline.ProbeOptions(**opts),  # type: ignore[arg-type]
+        lookup=lambda target, names: [],
+        build=lambda text, o, target: ["stap", "-e", text],
+    )
+
+
+def _records(run: pipeline.ProbeRun, idx: int, n: int) -> bytes:
+    assert run.script is not None
+    schema = run.script.probes[idx]
+    fields = [5 for _ in schema.columns]
+    return b"".join(
+        wire.format_record(idx, 1_000 + i, 7, 7, 0, "dd", fields, schema=schema) for i in range(n)
+    )
+
+
+def _fired(idx: int, n: int) -> bytes:
+    return f"{wire.COUNTER_TAG}\t{wire.FIRED_COUNTER}\t{idx}\t{n}\t@@\n".encode()
+
+
+def _finish(run: pipeline.ProbeRun, data: bytes, *, signal: int | None = None) -> None:
+    run.parser.feed(data)
+    run.parser.close()
+    run.status = runner.RunStatus(
+        exit_status=None if signal else 0,
+        signal=signal,
+        interrupted=False,
+        escalated=None,
+        duration=1.0,
+    )
+    run.done.set()
+
+
+def test_script_counts_each_probe_after_its_filters_and_prints_fired_at_end() -> None:
+    run = _run("ksys_read fd:int count:ulong\nksys_write fd:int", where="fd > 1", count=5)
+    assert run.script is not None
+    text = run.script.text
+    # one per-CPU statistic per probe, fed right before the record is printed: after the
+    # stapio guard, the --where filter and -n's cut (what could reach the frame)
+    for i in (0, 1):
+        handler = text.split(f"printf(\"{wire.RECORD_TAG}\\t{i}\\t")[0].rsplit("probe ", 1)[1]
+        lines = [ln.strip() for ln in handler.splitlines() if ln.strip()]
+        assert lines[-1] == f"__sm_f{i} <<< 1", handler
+        assert any("--where" in ln for ln in lines) or i == 1
+        assert any(ln.startswith(f"if (k > 5) next") for ln in lines)
+        assert f"global __sm_f{i}" in text
+    end = text.split("probe end")[-1]
+    for i in (0, 1):
+        assert f"{wire.COUNTER_TAG}\\t{wire.FIRED_COUNTER}\\t{i}\\t%d\\t@@\\n" in end
+        assert f"@count(__sm_f{i})" in end
+
+
+def test_ledger_counts_fired_rows_and_loss_per_probe() -> None:
+    run = _run("ksys_read fd:int\nksys_write fd:int")
+    _finish(run, _records(run, 0, 10) + _records(run, 1, 4) + _fired(0, 12) + _fired(1, 4))
+    led = run.ledger
+    assert list(led["probe"]) == ["ksys_read", "ksys_write"]
+    assert list(led["fired"]) == [12, 4]
+    assert list(led["rows"]) == [10, 4]
+    assert list(led["lost"]) == [2, 0]
+    assert str(led["fired"].dtype) == "Int64"
+    for col in ("transport_failures", "lost_messages", "skipped_probes"):
+        assert list(led[col]) == [0, 0]
+
+
+def test_ledger_takes_stap_counters_from_its_end_of_run_warnings() -> None:
+    run = _run("ksys_read fd:int")
+    text = f"{TRANSPORT}\n{LOST}\n{SKIPPED}\n".encode()
+    _finish(run, _records(run, 0, 3) + _fired(0, 13) + text)
+    row = run.ledger.iloc[0]
+    assert (row["transport_failures"], row["lost_messages"], row["skipped_probes"]) == (3, 7, 2)
+    assert (row["fired"], row["rows"], row["lost"]) == (13, 3, 10)
+
+
+def test_killed_run_says_fired_is_unknown_not_zero() -> None:
+    run = _run("ksys_read fd:int")
+    _finish(run, _records(run, 0, 3), signal=9)
+    led = run.ledger
+    assert led["rows"].tolist() == [3]
+    assert led["fired"].isna().all() and led["lost"].isna().all()
+    assert "loss unknown" in run.summary()
+
+
+def test_summary_line_names_the_loss() -> None:
+    run = _run("ksys_read fd:int")
+    _finish(run, _records(run, 0, 46) + _fired(0, 50))
+    line = display.run_summary(run, None, []).line
+    assert "4 of 50 events lost (8.0 %)" in line
+    assert "4 of 50 events lost (8.0 %)" in run.summary()
+
+
+def test_summary_line_formats_big_numbers_like_the_issue() -> None:
+    assert ledger.loss_note(1204, 50_000) == "1,204 of 50,000 events lost (2.4 %)"
+
+
+def test_no_loss_no_loss_note() -> None:
+    run = _run("ksys_read fd:int")
+    _finish(run, _records(run, 0, 5) + _fired(0, 5))
+    assert "events lost" not in display.run_summary(run, None, []).line
+    assert run.ledger["lost"].tolist() == [0]
+
+
+def test_hist_ledger_counts_the_events_the_histogram_holds() -> None:
+    run = _run("ksys_read fd:int count:ulong", hist="count")
+    assert run.script is not None
+    assert "__sm_f0 <<< 1" in run.script.text
+    summary = f"{wire.SUMMARY_TAG}\tksys_read\t9\t1\t8\t4\t36\t@@\n".encode()
+    _finish(run, summary + _fired(0, 9))
+    assert run.ledger[["fired", "rows", "lost"]].iloc[0].tolist() == [9, 9, 0]
+
+
+def test_count_by_ledger_counts_keyed_and_overflowed_events() -> None:
+    run = _run("ksys_read fd:int", count_by="fd")
+    keys = b"".join(
+        f"{wire.KEYS_TAG}\tksys_read\t{k}\t{c}\t@@\n".encode() for k, c in ((3, 5), (4, 2))
+    )
+    over = f"{wire.COUNTER_TAG}\tcount_overflow\t0\t1\t@@\n".encode()
+    _finish(run, keys + over + _fired(0, 8))
+    assert run.ledger[["fired", "rows", "lost"]].iloc[0].tolist() == [8, 8, 0]
+
+
+def test_stap_script_has_no_kernel_count() -> None:
+    run = pipeline.prepare_script(
+        'probe begin { exit() }', pipeline.ProbeOptions(), build=lambda t, o, tg: ["stap"]
+    )
+    _finish(run, b"")
+    led = run.ledger
+    assert isinstance(led, pd.DataFrame) and led.empty
+    assert re.search(r"events lost|loss unknown", run.summary()) is None
+
+
+@pytest.mark.parametrize("fired", [b"x", b"-1"])
+def test_a_malformed_fired_line_is_damaged_and_the_count_unknown(fired: bytes) -> None:
+    run = _run("ksys_read fd:int")
+    line = f"{wire.COUNTER_TAG}\t{wire.FIRED_COUNTER}\t0\t".encode() + fired + b"\t@@\n"
+    _finish(run, _records(run, 0, 2) + line)
+    assert run.damaged == 1
+    assert run.ledger["fired"].isna().all()
