@@ -60,6 +60,7 @@ class ProbeOptions:
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
     where: str | None = None  # --where EXPR, compiled into the handlers (where.py)
+    buffer_mb: int | None = None  # -s MB: stap's buffer size
     command_only: bool = False  # --cmd-only: events of the -c command's process only
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
 
@@ -335,6 +336,7 @@ def build_argv(script_text: str, opts: ProbeOptions, target: runner.Target) -> l
         command=opts.command,
         pid=opts.pid,
         verbose=opts.verbose,
+        extra=("-s", str(opts.buffer_mb)) if opts.buffer_mb is not None else (),
         # --dry-run shows the command line even where stap is not installed.
         require_stap=not opts.dry_run,
     )

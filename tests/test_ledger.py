@@ -160,3 +160,15 @@ def test_a_malformed_fired_line_is_damaged_and_the_count_unknown(fired: bytes) -
     _finish(run, _records(run, 0, 2) + line)
     assert run.damaged == 1
     assert run.ledger["fired"].isna().all()
+
+
+def test_buffer_size_reaches_stap_and_is_checked(ip) -> None:
+    argv = pipeline.build_argv(
+        "probe begin { exit() }",
+        pipeline.ProbeOptions(buffer_mb=2, dry_run=True),
+        runner.parse_target("local"),
+    )
+    assert argv[argv.index("-s") + 1] == "2" and argv.index("-s") < argv.index("-e")
+    for bad in ("0", "4096"):
+        result = ip.run_cell(f"%%kprobe --dry-run -s {bad} ksys_read")
+        assert "1 to 4095" in str(result.error_in_exec), bad

@@ -110,6 +110,7 @@ OTHER = {
     "count_by": "comm",
     "command_only": True,
     "where": "pid == 1",
+    "buffer_mb": 1,
     "stap_spec": ("tcp_v4_connect sk:ptr",),
 }
 
