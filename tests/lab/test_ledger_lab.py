@@ -1,0 +1,52 @@
+"""Issue 15 on the lab's kernel: the loss ledger adds up.
+
+`fired` is counted in the kernel (a per-CPU statistic fed right before each record is
+printed) and printed by `probe end`; `rows` are what reached the frame. A run that loses
+nothing has fired == rows; a run that loses (a 1 MB buffer and a flood of large records)
+says how many, exactly, in the ledger and the summary line.
+"""
+
+from __future__ import annotations
+
+import re
+
+DD = "dd if=/dev/zero of=/dev/null bs=1 count=20000"
+
+
+def _show(run, capsys) -> str:
+    printed = capsys.readouterr()
+    print(printed.out + printed.err)  # the cell's own output, kept in the test log
+    print(run.ledger.to_string())
+    print("\n".join(m for m in run.messages if "WARNING" in m or "ERROR" in m)[-3000:])
+    return printed.out
+
+
+def test_run_without_loss_adds_up(cell, capsys):
+    value, err, run = cell(f'%%kprobe --target lab --cmd-only -c "{DD}" ksys_read fd:int')
+    out = _show(run, capsys)
+    assert err is None, err
+    led = run.ledger
+    assert led["rows"].tolist() == [len(value)]
+    assert len(value) >= 20_000  # dd's 20,000 reads of one byte, plus its start-up reads
+    assert led["fired"].tolist() == [len(value)]
+    assert led["lost"].tolist() == [0]
+    assert led[["transport_failures", "lost_messages", "skipped_probes"]].sum().sum() == 0
+    assert "events lost" not in out and "loss unknown" not in out
+
+
+def test_run_forced_to_lose_says_how_many_exactly(cell, capsys):
+    # 1 MB of buffer and ~700 bytes per event (--print-regs): the kernel drops records
+    value, err, run = cell(
+        "%%kprobe --target lab --cmd-only -s 1 --print-regs "
+        '-c "dd if=/dev/zero of=/dev/null bs=1 count=60000" ksys_read fd:int'
+    )
+    out = _show(run, capsys)
+    assert err is None, err
+    led = run.ledger
+    fired, rows, lost = (int(led[c].iloc[0]) for c in ("fired", "rows", "lost"))
+    assert rows == len(value)
+    assert fired >= 60_000
+    assert lost > 0 and rows + lost == fired
+    m = re.search(r"([\d,]+) of ([\d,]+) events lost \(([\d.]+) %\)", out)
+    assert m, out
+    assert (int(m[1].replace(",", "")), int(m[2].replace(",", ""))) == (lost, fired)
