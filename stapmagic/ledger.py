@@ -3,12 +3,14 @@ that reached the frame, next to stap's own loss counters.
 
 - `fired`: `@count` of the per-CPU statistic each handler feeds right before it prints
   (after the stapio guard, -x/--cmd-only, --where and -n's cut: what could reach the
-  frame), printed by `probe end` as an `@@smc fired` counter (wire.FIRED_COUNTER).
+  frame), sent by `probe end` as a `WARNING: @@smc fired` line (wire.FIRED_COUNTER: over
+  stap's control channel, so neither a full buffer nor the end of the output loses it).
   Unknown (NA) while the run is live and when that line never arrived (a killed run, or
   the end of the output lost on the way).
 - `rows`: rows in the frame; with --hist the events the histogram holds (@@sms count),
   with --count-by the counted keys' events plus `count_overflow` (counted, not keyed).
-- `lost`: fired - rows (NA when fired is).
+- `lost`: fired - rows (NA when fired is): records the transport dropped or cut (a damaged
+  line is not a row).
 - `transport_failures`, `lost_messages`, `skipped_probes`: stap's end-of-run warnings
   (runtime/transport/transport.c, staprun/relay.c, translate.cxx; diagnose.py reads them).
   stap counts them per run, not per probe: every row carries the run's numbers.
@@ -25,7 +27,7 @@ from . import diagnose, wire
 if TYPE_CHECKING:
     from .pipeline import ProbeRun
 
-__all__ = ["COLUMNS", "ledger_frame", "fired_counts", "loss", "loss_note", "UNKNOWN_NOTE"]
+__all__ = ["COLUMNS", "ledger_frame", "fired_counts", "loss", "loss_note", "UNKNOWN_NOTE", "is_fired_line"]
 
 COLUMNS = (
     "probe",
@@ -40,14 +42,18 @@ UNKNOWN_NOTE = "loss unknown: the kernel's event count never arrived"
 
 
 def fired_counts(run: ProbeRun) -> dict[int, int]:
-    """The `@@smc fired` counts received, by probe index."""
-    with run.lock:
-        tags = list(run.parser.tag_counts)
+    """The kernel's counts received (`WARNING: @@smc fired` lines), by probe index."""
     out: dict[int, int] = {}
-    for t in tags:
-        if t.tag == "smc" and t.name == wire.FIRED_COUNTER and t.key.isdigit():
-            out[int(t.key)] = out.get(int(t.key), 0) + t.value
+    for line in run.messages:
+        found = wire.parse_fired(line)
+        if found is not None:
+            out[found[0]] = out.get(found[0], 0) + found[1]
     return out
+
+
+def is_fired_line(line: str) -> bool:
+    """A message that carries the kernel's count (not worth showing the user)."""
+    return wire.parse_fired(line) is not None
 
 
 def _rows(run: ProbeRun) -> list[int]:

@@ -861,11 +861,17 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
                 for i in pairs
             ],
         )
-    fired = f"{COUNTER_TAG}\\t{wire.FIRED_COUNTER}\\t%d\\t%%d\\t@@\\n"
+    fired = f"{COUNTER_TAG}\\t{wire.FIRED_COUNTER}\\t%d\\t%%d\\t@@"
     w.probe(
-        ["# the ledger: events counted in the kernel, for rows to be checked against"],
+        [
+            "# the ledger: events counted in the kernel, for rows to be checked against;",
+            "# warn() takes the control channel, which the end of the output cannot lose",
+        ],
         "end",
-        [f'printf("{fired % i}", @count(__sm_f{i}))' for i in range(len(spec.probes))],
+        [
+            f'warn(sprintf("{fired % i}", @count(__sm_f{i})))'
+            for i in range(len(spec.probes))
+        ],
     )
     text = "\n".join(w.lines) + "\n"
     schemas = tuple(schema_for(p, opts) for p in spec.probes)

@@ -37,15 +37,15 @@ def test_run_without_loss_adds_up(cell, capsys):
 def test_run_forced_to_lose_says_how_many_exactly(cell, capsys):
     # 1 MB of buffer and ~700 bytes per event (--print-regs): the kernel drops records
     value, err, run = cell(
-        "%%kprobe --target lab --cmd-only -s 1 --print-regs "
-        '-c "dd if=/dev/zero of=/dev/null bs=1 count=60000" ksys_read fd:int'
+        "%%kprobe --target lab --cmd-only -s 1 --print-regs -D STP_NO_OVERLOAD "
+        '-c "dd if=/dev/zero of=/dev/null bs=1 count=30000" ksys_read fd:int'
     )
     out = _show(run, capsys)
     assert err is None, err
     led = run.ledger
     fired, rows, lost = (int(led[c].iloc[0]) for c in ("fired", "rows", "lost"))
     assert rows == len(value)
-    assert fired >= 60_000
+    assert fired >= 30_000
     assert lost > 0 and rows + lost == fired
     m = re.search(r"([\d,]+) of ([\d,]+) events lost \(([\d.]+) %\)", out)
     assert m, out
