@@ -188,3 +188,17 @@ def test_buffer_size_reaches_stap_and_is_checked(ip) -> None:
     for bad in ("0", "4096"):
         result = ip.run_cell(f"%%kprobe --dry-run -s {bad} ksys_read")
         assert "1 to 4095" in str(result.error_in_exec), bad
+
+
+def test_loss_stap_did_not_report_is_named() -> None:
+    run = _run("ksys_read fd:int")
+    _finish(run, _records(run, 0, 40) + _fired(0, 50) + f"{TRANSPORT}\n".encode())
+    line = display.run_summary(run, None, []).line
+    assert "10 of 50 events lost (20.0 %)" in line
+    assert "7 of them unreported by stap" in line
+
+
+def test_loss_stap_reported_in_full_gets_no_extra_note() -> None:
+    run = _run("ksys_read fd:int")
+    _finish(run, _records(run, 0, 47) + _fired(0, 50) + f"{TRANSPORT}\n".encode())
+    assert "unreported" not in display.run_summary(run, None, []).line

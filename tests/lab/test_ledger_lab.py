@@ -35,17 +35,19 @@ def test_run_without_loss_adds_up(cell, capsys):
 
 
 def test_run_forced_to_lose_says_how_many_exactly(cell, capsys):
-    # 1 MB of buffer and ~700 bytes per event (--print-regs): the kernel drops records
+    # dd pinned to CPU 1, where stapio's reader thread for that CPU's buffer is pinned too
+    # (staprun/relay.c reader_thread_serialmode): the reader falls behind, a 1 MB buffer
+    # fills (transport failures) and what is unread when the run ends is never read
     value, err, run = cell(
-        "%%kprobe --target lab --cmd-only -s 1 --print-regs -D STP_NO_OVERLOAD "
-        '-c "dd if=/dev/zero of=/dev/null bs=1 count=30000" ksys_read fd:int'
+        "%%kprobe --target lab --cmd-only -s 1 "
+        '-c "taskset -c 1 dd if=/dev/zero of=/dev/null bs=1 count=20000" ksys_read fd:int'
     )
     out = _show(run, capsys)
     assert err is None, err
     led = run.ledger
     fired, rows, lost = (int(led[c].iloc[0]) for c in ("fired", "rows", "lost"))
     assert rows == len(value)
-    assert fired >= 30_000
+    assert fired >= 20_000
     assert lost > 0 and rows + lost == fired
     m = re.search(r"([\d,]+) of ([\d,]+) events lost \(([\d.]+) %\)", out)
     assert m, out
