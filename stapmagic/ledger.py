@@ -5,7 +5,7 @@ that reached the frame, next to stap's own loss counters.
   (after the stapio guard, -x/--cmd-only, --where and -n's cut: what could reach the
   frame), sent by `probe end` as a `WARNING: @@smc fired` line (wire.FIRED_COUNTER: over
   stap's control channel, so neither a full buffer nor the end of the output loses it).
-  Unknown (NA) while the run is live and when that line never arrived (a killed run, or
+  Unknown (NA) until the run has ended (`status` set) and when that line never arrived (a killed run, or
   the end of the output lost on the way).
 - `rows`: rows in the frame; with --hist the events the histogram holds (@@sms count),
   with --count-by the counted keys' events plus `count_overflow` (counted, not keyed).
@@ -85,7 +85,7 @@ def ledger_frame(run: ProbeRun) -> pd.DataFrame:
     if run.script is None:
         return pd.DataFrame({c: [] for c in COLUMNS})
     labels = [p.label for p in run.script.probes]
-    fired = fired_counts(run) if not run.running else {}
+    fired = fired_counts(run) if run.status is not None else {}
     rows = _rows(run)
     lines = run.messages
     lost_out = diagnose.lost_output(lines)
@@ -108,7 +108,7 @@ def ledger_frame(run: ProbeRun) -> pd.DataFrame:
 
 def loss(run: ProbeRun) -> tuple[int, int] | None:
     """(lost, fired) over all probes, or None when some probe's count is unknown."""
-    if run.script is None or run.running:
+    if run.script is None or run.status is None:
         return None
     fired = fired_counts(run)
     n = len(run.script.probes)
@@ -127,7 +127,7 @@ def loss_note(lost: int, fired: int) -> str:
 def summary_notes(run: ProbeRun) -> list[str]:
     """What the summary line says about loss: the note when events were lost, that the loss
     is unknown when the kernel's count never arrived, nothing otherwise."""
-    if run.script is None or run.running or run.status is None:
+    if run.script is None or run.status is None:
         return []
     found = loss(run)
     if found is None:
