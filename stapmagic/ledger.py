@@ -27,7 +27,15 @@ from . import diagnose, wire
 if TYPE_CHECKING:
     from .pipeline import ProbeRun
 
-__all__ = ["COLUMNS", "ledger_frame", "fired_counts", "loss", "loss_note", "UNKNOWN_NOTE", "is_fired_line"]
+__all__ = [
+    "COLUMNS",
+    "ledger_frame",
+    "fired_counts",
+    "loss",
+    "loss_note",
+    "UNKNOWN_NOTE",
+    "is_fired_line",
+]
 
 COLUMNS = (
     "probe",
@@ -90,15 +98,15 @@ def ledger_frame(run: ProbeRun) -> pd.DataFrame:
     lines = run.messages
     lost_out = diagnose.lost_output(lines)
     skipped = diagnose.counters(lines).skipped_probes
-    fired_col = pd.array([fired.get(i) for i in range(len(labels))], dtype="Int64")
-    rows_col = pd.array(rows, dtype="Int64")
+    fired_col = pd.Series([fired.get(i) for i in range(len(labels))], dtype="Int64")
+    lost_col = fired_col - pd.Series(rows, dtype="Int64")
     n = len(labels)
     return pd.DataFrame(
         {
             "probe": labels,
             "fired": fired_col,
-            "rows": pd.array(rows, dtype="int64"),
-            "lost": fired_col - rows_col,
+            "rows": pd.Series(rows, dtype="int64"),
+            "lost": lost_col,
             "transport_failures": [lost_out.transport_failures] * n,
             "lost_messages": [lost_out.lost_messages] * n,
             "skipped_probes": [skipped] * n,

@@ -868,10 +868,7 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
             "# warn() takes the control channel, which the end of the output cannot lose",
         ],
         "end",
-        [
-            f'warn(sprintf("{fired % i}", @count(__sm_f{i})))'
-            for i in range(len(spec.probes))
-        ],
+        [f'warn(sprintf("{fired % i}", @count(__sm_f{i})))' for i in range(len(spec.probes))],
     )
     text = "\n".join(w.lines) + "\n"
     schemas = tuple(schema_for(p, opts) for p in spec.probes)

@@ -11,6 +11,14 @@ from __future__ import annotations
 import re
 
 DD = "dd if=/dev/zero of=/dev/null bs=1 count=20000"
+# stapio stops reading its buffers 400 ms after the run ends (staprun/relay.c close_relayfs)
+# and its reader thread for dd's CPU falls seconds behind under TCG: what is unread then is
+# lost without a word from stap (issue 15; bench/RESULTS.md). The sleep gives it the time
+# to drain, so this run loses nothing; the -c command is the shell, so dd is kept by name.
+NO_LOSS_CELL = (
+    f"""%%kprobe --target lab --where 'comm == "dd"' -c "sh -c '{DD}; sleep 8'" """
+    "ksys_read fd:int"
+)
 
 
 def _show(run, capsys) -> str:
@@ -22,12 +30,13 @@ def _show(run, capsys) -> str:
 
 
 def test_run_without_loss_adds_up(cell, capsys):
-    value, err, run = cell(f'%%kprobe --target lab --cmd-only -c "{DD}" ksys_read fd:int')
+    value, err, run = cell(NO_LOSS_CELL)
     out = _show(run, capsys)
     assert err is None, err
     led = run.ledger
     assert led["rows"].tolist() == [len(value)]
-    assert len(value) >= 20_000  # dd's 20,000 reads of one byte, plus its start-up reads
+    # dd's 20,000 reads of one byte, plus its start-up reads (and any other dd in the guest)
+    assert len(value) >= 20_000
     assert led["fired"].tolist() == [len(value)]
     assert led["lost"].tolist() == [0]
     assert led[["transport_failures", "lost_messages", "skipped_probes"]].sum().sum() == 0
