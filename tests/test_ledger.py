@@ -211,3 +211,25 @@ def test_stapios_wrapped_zero_loss_warning_is_no_diagnosis() -> None:
 
     assert diagnose.diagnose(["WARNING: There were 0 lost messages and 0 lost bytes."]) == []
     assert [d.count for d in diagnose.diagnose([LOST])] == [7]
+
+
+def test_a_stap_that_dies_leaves_the_loss_unknown() -> None:
+    """Process handling only (the fake stap probes nothing): a run that dies before its end
+    probe has no kernel count, so the ledger says NA and the summary line says unknown."""
+    import signal
+    import sys
+    from pathlib import Path
+
+    fake = str(Path(__file__).resolve().parent / "fakestap" / "fakestap.py")
+    run = pipeline.prepare(
+        "ksys_read fd:int",
+        "",
+        pipeline.ProbeOptions(),
+        lookup=lambda target, names: [],
+        build=lambda text, o, target: [sys.executable, fake, "segv", "3"],
+    )
+    pipeline.execute(run)
+    assert run.status is not None and run.status.signal == signal.SIGSEGV
+    assert run.ledger["fired"].isna().all() and run.ledger["lost"].isna().all()
+    line = display.run_summary(run, None, []).line
+    assert "loss unknown" in line and "stap killed by SIGSEGV" in line
