@@ -49,10 +49,32 @@ COLUMNS = (
 UNKNOWN_NOTE = "loss unknown: the kernel's event count never arrived"
 
 
+def _stap_lines(run: ProbeRun) -> list[str]:
+    """stap's messages, and those found inside damaged record lines: the pty merges its
+    stderr into stdout in chunks, so under a flood a warning can land inside a record."""
+    with run.lock:
+        damaged = list(run.parser.damaged)
+    return run.messages + diagnose.damaged_messages(damaged)
+
+
 def fired_counts(run: ProbeRun) -> dict[int, int]:
     """The kernel's counts received (`WARNING: @@smc fired` lines), by probe index."""
+    with run.lock:
+        damaged = list(run.parser.damaged)
+    lines = list(run.messages)
+    head = wire.WARN_PREFIX + wire.COUNTER_TAG + wire.FIELD_SEP + wire.FIRED_COUNTER
+    end = wire.FIELD_SEP + wire.END_TAG
+    for raw in damaged:
+        text = raw.decode("utf-8", "replace")
+        at = text.find(head)
+        while at >= 0:
+            stop = text.find(end, at)
+            if stop < 0:
+                break
+            lines.append(text[at : stop + len(end)])
+            at = text.find(head, stop)
     out: dict[int, int] = {}
-    for line in run.messages:
+    for line in lines:
         found = wire.parse_fired(line)
         if found is not None:
             out[found[0]] = out.get(found[0], 0) + found[1]
@@ -95,7 +117,7 @@ def ledger_frame(run: ProbeRun) -> pd.DataFrame:
     labels = [p.label for p in run.script.probes]
     fired = fired_counts(run) if run.status is not None else {}
     rows = _rows(run)
-    lines = run.messages
+    lines = _stap_lines(run)
     lost_out = diagnose.lost_output(lines)
     skipped = diagnose.counters(lines).skipped_probes
     fired_col = pd.Series([fired.get(i) for i in range(len(labels))], dtype="Int64")
@@ -144,8 +166,7 @@ def summary_notes(run: ProbeRun) -> list[str]:
     if not lost:
         return []
     notes = [loss_note(lost, fired)]
-    lines = run.messages
-    reported = diagnose.lost_output(lines).total + run.damaged
+    reported = diagnose.lost_output(_stap_lines(run)).total + run.damaged
     if lost > reported:
         # stap counts drops in the kernel (transport failures) and sequence gaps in stapio
         # (lost messages); records written to the buffer but never read before stapio

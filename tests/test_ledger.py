@@ -233,3 +233,17 @@ def test_a_stap_that_dies_leaves_the_loss_unknown() -> None:
     assert run.ledger["fired"].isna().all() and run.ledger["lost"].isna().all()
     line = display.run_summary(run, None, []).line
     assert "loss unknown" in line and "stap killed by SIGSEGV" in line
+
+
+def test_counts_that_landed_inside_a_record_line_are_found() -> None:
+    """The pty merges stap's stderr into stdout in chunks, not lines (seen on the lab with
+    a flood): the warnings can land inside a record, which is then damaged."""
+    run = _run("ksys_read fd:int")
+    rec = _records(run, 0, 1)
+    cut = rec[:20] + _fired(0, 9) + rec[20:]
+    cut2 = rec[:25] + f"{TRANSPORT}\r\n".encode() + rec[25:]
+    _finish(run, _records(run, 0, 5) + cut + cut2)
+    assert run.damaged >= 2
+    row = run.ledger.iloc[0]
+    assert (row["fired"], row["rows"], row["lost"]) == (9, 5, 4)
+    assert row["transport_failures"] == 3

@@ -45,11 +45,14 @@ def test_run_without_loss_adds_up(cell, capsys):
 
 def test_run_forced_to_lose_says_how_many_exactly(cell, capsys):
     # dd pinned to CPU 1, where stapio's reader thread for that CPU's buffer is pinned too
-    # (staprun/relay.c reader_thread_serialmode): the reader falls behind, a 1 MB buffer
-    # fills (transport failures) and what is unread when the run ends is never read
+    # (staprun/relay.c reader_thread_serialmode), at nice -20 so that the reader (nice 0)
+    # gets ~1 % of that CPU: the reader falls far behind, ~200-byte records (--regs)
+    # overflow a 1 MB buffer (transport failures) and what it has not read when the run
+    # ends is never read (the silent part)
     value, err, run = cell(
-        "%%kprobe --target lab --cmd-only -s 1 "
-        '-c "taskset -c 1 dd if=/dev/zero of=/dev/null bs=1 count=20000" ksys_read fd:int'
+        "%%kprobe --target lab --cmd-only -s 1 --regs rax,rbx,rcx,rdx,rsi,rdi,r8,r9 "
+        '-c "taskset -c 1 nice -n -20 dd if=/dev/zero of=/dev/null bs=1 count=20000" '
+        "ksys_read fd:int"
     )
     out = _show(run, capsys)
     assert err is None, err
