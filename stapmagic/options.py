@@ -237,6 +237,10 @@ OPTIONS: tuple[Option, ...] = (
            metavar="NAME=VALUE", compared=True),
     Option("guru", ("--guru",), False, "stap -g (needed for statement probes)", _flag,
            action="store_true", compared=True),
+    Option("include_self", ("--include-self",), False,
+           "also record stapmagic's own transport (stapio, staprun, stapsh and the ssh "
+           "session carrying them), skipped by default", _flag, action="store_true",
+           magics=KPROBE, compared=True),
     Option("target", ("--target",), "local",
            "where to probe: local, lab or ssh://user@host[:port] "
            "(default: %%config KprobeMagics.target)", _target, metavar="TARGET", trait=True),

@@ -61,6 +61,7 @@ class ProbeOptions:
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
     command_only: bool = False      # --cmd-only: events of the -c command's process only
+    include_self: bool = False      # --include-self: stapmagic's own transport too
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
 
     def __post_init__(self) -> None:
@@ -352,6 +353,7 @@ def script_options(opts: ProbeOptions) -> ScriptOptions:
         hist=opts.hist,
         hist_linear=opts.hist_linear,
         count_by=opts.count_by,
+        skip_self=not opts.include_self,
     )
 
 

@@ -133,6 +133,7 @@ class ScriptOptions:
     regs: tuple[str, ...] = ()
     print_regs: bool = False
     filter_pid: bool = False
+    skip_self: bool = True  # not --include-self: skip stapmagic's own transport
     string_max: int = 64
     latency: bool = False
     hist: str | None = None
@@ -332,9 +333,39 @@ class _Writer:
 def _guards(opts: ScriptOptions) -> list[str]:
     # stapio's own reads/opens are noise, and a hot probe they hit crashed a test guest.
     g = ["if (pid() == stp_pid()) next  # skip stapio itself"]
+    if opts.skip_self:
+        # stap's own tools by name (also before `begin` filled __sm_self: the probes are
+        # armed while staprun still loads the module); the ssh session only by its pid
+        g.append("if (pid() in __sm_self || substr(execname(), 0, 7) == \"staprun\" || "
+                 "execname() == \"stapio\" || execname() == \"stapsh\") next  "
+                 "# stapmagic's transport (--include-self)")
     if opts.filter_pid:
         g.append("if (pid() != target()) next  # -x PID or --cmd-only")
     return g
+
+
+# The processes between the kernel module and the user: stap's (staprun execs stapio; stapsh
+# is its remote shell) and OpenSSH's per-session processes (sshd-session since 9.8; an older
+# sshd forks a session child also named sshd, whose parent is sshd: the listener's is init).
+SELF_NAMES = ("stapio", "staprun", "stapsh", "sshd-session")
+# The message line naming them (pid:name ...), so a run says what it left out.
+SELF_LINE = "stapmagic: not recording its own transport (--include-self does):"
+
+
+def _self_walk() -> list[str]:
+    names = " || ".join(f'name == "{n}"' for n in SELF_NAMES)
+    return [
+        "t = task_current()",
+        f"for (i = 0; i < {len(SELF_NAMES) + 4} && t; i++) {{",
+        "\tname = task_execname(t)",
+        f'\tif (!({names} || (name == "sshd" && task_execname(task_parent(t)) == "sshd")))',
+        "\t\tbreak",
+        "\t__sm_self[task_pid(t)] = 1",
+        '\tskipped .= sprintf(" %d:%s", task_pid(t), name)',
+        "\tt = task_parent(t)",
+        "}",
+        f'printf("{SELF_LINE}%s\\n", skipped)',
+    ]
 
 
 def _count(opts: ScriptOptions) -> tuple[list[str], list[str]]:
@@ -625,8 +656,14 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
         elif agg is not None:
             globals_ += [f"global __sm_k{i}[{COUNT_KEYS}]", f"global __sm_kn{i}",
                          f"global __sm_kover{i}"]
+    if opts.skip_self:
+        globals_.append(f"global __sm_self[{len(SELF_NAMES) + 4}]")
     if globals_:
         w.add("", *globals_)
+    if opts.skip_self:
+        w.probe(["# stapmagic's own transport: stapio and its ancestors up the ssh session that",
+                 "# carries it (begin runs in stapio; @task casts need no kernel debuginfo)"],
+                "begin", _self_walk())
     if any(a.type in ("str", "ustr") for p, agg in zip(spec.probes, aggs, strict=True)
            for a in _reads(p, agg)):
         w.add(*(line.replace("FAULT", FAULT_TEXT) for line in _STRING_HELPERS))
