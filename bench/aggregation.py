@@ -64,8 +64,7 @@ def dd_seconds(text: str) -> float | None:
 
 
 def base(n: int) -> dict[str, Any]:
-    rc, so, se, wall = L.guest_full(["dd", "if=/dev/zero", "of=/dev/null", "bs=1",
-                                     f"count={n}"])
+    rc, so, se, wall = L.guest_full(["dd", "if=/dev/zero", "of=/dev/null", "bs=1", f"count={n}"])
     return {"dd": dd_seconds(se), "rc": rc}
 
 
@@ -77,11 +76,16 @@ def records(n: int) -> dict[str, Any]:
     # dd's stderr shares the pty with the records and can land inside one (a damaged line)
     msgs = "\n".join(res.messages) + "\n" + L.damaged_text(res.parser)
     df = res.frame
-    return {"dd": dd_seconds(msgs), "ok": res.run.ok, "rows": len(df),
-            "rows_dd": int((df["comm"] == "dd").sum()) if len(df) else 0,
-            "pty_loss": res.parser.raw_records - len(df) - res.run.damaged,
-            "damaged": res.run.damaged,
-            "lost": L.lost_messages(msgs), "tf": L.transport_failures(msgs)}
+    return {
+        "dd": dd_seconds(msgs),
+        "ok": res.run.ok,
+        "rows": len(df),
+        "rows_dd": int((df["comm"] == "dd").sum()) if len(df) else 0,
+        "pty_loss": res.parser.raw_records - len(df) - res.run.damaged,
+        "damaged": res.run.damaged,
+        "lost": L.lost_messages(msgs),
+        "tf": L.transport_failures(msgs),
+    }
 
 
 def records_file(n: int) -> dict[str, Any]:
@@ -93,8 +97,13 @@ def records_file(n: int) -> dict[str, Any]:
     rc, text, wall = L.stap_to_file(run.script_text, GUEST_FILE, command=dd_command(n))
     _, lines, _, _ = L.guest_full(["grep", "-c", "^@@sm1", GUEST_FILE])  # exit 1: none
     L.guest("rm", "-f", GUEST_FILE)
-    return {"dd": dd_seconds(text), "rc": rc, "lines": int(lines.strip() or 0),
-            "lost": L.lost_messages(text), "tf": L.transport_failures(text)}
+    return {
+        "dd": dd_seconds(text),
+        "rc": rc,
+        "lines": int(lines.strip() or 0),
+        "lost": L.lost_messages(text),
+        "tf": L.transport_failures(text),
+    }
 
 
 def hist(n: int) -> dict[str, Any]:
@@ -103,16 +112,23 @@ def hist(n: int) -> dict[str, Any]:
     # dd's stderr shares the pty with the records and can land inside one (a damaged line)
     msgs = "\n".join(res.messages) + "\n" + L.damaged_text(res.parser)
     hits = _HITS.search(msgs)
-    return {"dd": dd_seconds(msgs), "ok": res.run.ok, "hits": int(hits.group(1)) if hits else None,
-            "histograms": len(res.parser.histograms)}
+    return {
+        "dd": dd_seconds(msgs),
+        "ok": res.run.ok,
+        "hits": int(hits.group(1)) if hits else None,
+        "histograms": len(res.parser.histograms),
+    }
 
 
 def bpf(n: int, program: str) -> dict[str, Any]:
     lt = L.bpftrace(program, dd_command(n))
     text = lt.text()
-    return {"dd": dd_seconds(text), "rc": lt.rc,
-            "lines": sum(1 for _, ln in lt.lines if ln.startswith("@@bt ")),
-            "lost": sum(int(x) for x in re.findall(r"Lost (\d+) events", text))}
+    return {
+        "dd": dd_seconds(text),
+        "rc": lt.rc,
+        "lines": sum(1 for _, ln in lt.lines if ln.startswith("@@bt ")),
+        "lost": sum(int(x) for x in re.findall(r"Lost (\d+) events", text)),
+    }
 
 
 VARIANTS: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -125,8 +141,11 @@ VARIANTS: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 
-def run(out: Callable[[str], None] = print, n: int = N_READS, reps: int = REPS,
-        ) -> dict[str, Any]:
+def run(
+    out: Callable[[str], None] = print,
+    n: int = N_READS,
+    reps: int = REPS,
+) -> dict[str, Any]:
     names = list(VARIANTS)
     if L.has_bpftrace() is not None:
         names = [x for x in names if not x.startswith("b") or x == "base"]
@@ -135,14 +154,13 @@ def run(out: Callable[[str], None] = print, n: int = N_READS, reps: int = REPS,
     hist(1000)
     got: dict[str, list[dict[str, Any]]] = {x: [] for x in names}
     for r in range(reps):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             t = time.perf_counter()
             res = VARIANTS[name](n)
             got[name].append(res)
             extra = {k: v for k, v in res.items() if k not in ("dd",)}
-            out(f"rep {r + 1} {name}: dd {res['dd']} s {extra} "
-                f"({time.perf_counter() - t:.0f} s)")
+            out(f"rep {r + 1} {name}: dd {res['dd']} s {extra} ({time.perf_counter() - t:.0f} s)")
     return {"n": n, "reps": reps, "runs": got}
 
 
@@ -155,6 +173,13 @@ def summarize(res: dict[str, Any]) -> list[dict[str, Any]]:
     for name, xs in runs.items():
         ds = [x["dd"] for x in xs if x["dd"] is not None]
         m = L.med(ds)
-        rows.append({"name": name, "median": m, "n_ok": len(ds), "slowdown": m / b if b else None,
-                     "us_per_hit": (m - b) / n * 1e6 if name != "base" else 0.0})
+        rows.append(
+            {
+                "name": name,
+                "median": m,
+                "n_ok": len(ds),
+                "slowdown": m / b if b else None,
+                "us_per_hit": (m - b) / n * 1e6 if name != "base" else 0.0,
+            }
+        )
     return rows

@@ -39,8 +39,9 @@ WARM_REPS = 3
 def stap_once(nonce: str) -> dict[str, Any]:
     """The cell once, timed from before prepare() to the first row."""
     t0 = time.perf_counter()
-    opts = pipeline.ProbeOptions(command=COMMAND, target="lab", verbose=1,
-                                 defines=(f"STAPMAGIC_BENCH_NONCE={nonce}",))
+    opts = pipeline.ProbeOptions(
+        command=COMMAND, target="lab", verbose=1, defines=(f"STAPMAGIC_BENCH_NONCE={nonce}",)
+    )
     run = pipeline.prepare(SPEC, "", opts)
     assert run.script is not None
     res = L.run_pipeline(run, run.script.probes, t0=t0, track_pids=True)
@@ -52,8 +53,12 @@ def stap_once(nonce: str) -> dict[str, Any]:
         "first_any": res.first_row,
         "module": L.cached_module(msgs),
         "first_record": a.get(b"@@sm1"),
-        "pass1": a.get(b"Pass 1:"), "pass4": a.get(b"Pass 4:"), "pass5": a.get(b"Pass 5:"),
-        "wall": res.wall, "rows": len(res.frame), "ok": res.run.ok,
+        "pass1": a.get(b"Pass 1:"),
+        "pass4": a.get(b"Pass 4:"),
+        "pass5": a.get(b"Pass 5:"),
+        "wall": res.wall,
+        "rows": len(res.frame),
+        "ok": res.run.ok,
         "cached": any("Pass 4: using cached" in m for m in msgs),
         "compiled": any("Pass 4: compiled" in m for m in msgs),
     }
@@ -72,8 +77,10 @@ def bpftrace_once() -> dict[str, Any]:
         "first_event": lt.first(rf"^@@bt {pid} ") if pid is not None else None,
         "first_any": lt.first(r"^@@bt "),
         "attached": lt.first(r"^Attaching"),
-        "wall": lt.wall, "events": sum(1 for _, ln in lt.lines if ln.startswith("@@bt ")),
-        "rc": lt.rc, "text": lt.text(),
+        "wall": lt.wall,
+        "events": sum(1 for _, ln in lt.lines if ln.startswith("@@bt ")),
+        "rc": lt.rc,
+        "text": lt.text(),
     }
 
 
@@ -89,7 +96,8 @@ def guest_side(module: Any) -> dict[str, Any]:
         L.guest("rm", "-f", ko)
     if L.has_bpftrace() is None:
         out["bpftrace"] = L.guest_timed(
-            "@@bt", ["bpftrace", "-B", "line", "-c", BPF_COMMAND, "-e", BPF_PROGRAM])
+            "@@bt", ["bpftrace", "-B", "line", "-c", BPF_COMMAND, "-e", BPF_PROGRAM]
+        )
     return out
 
 
@@ -105,27 +113,41 @@ def run(out: Callable[[str], None] = print, warm_reps: int = WARM_REPS) -> dict[
     out(f"ssh round trip (ssh lab true): {', '.join(f'{x:.2f}' for x in ssh)} s")
     nonce = f"{int(time.time())}_{secrets.token_hex(4)}"
     cold = stap_once(nonce)
-    out(f"stap cold: first row {L.fmt_s(cold['first_row'])} (compiled: {cold['compiled']}, "
-        f"rows {cold['rows']})")
+    out(
+        f"stap cold: first row {L.fmt_s(cold['first_row'])} (compiled: {cold['compiled']}, "
+        f"rows {cold['rows']})"
+    )
     warm: list[dict[str, Any]] = []
     bpf: list[dict[str, Any]] = []
     bpf_missing = L.has_bpftrace()
     for i in range(warm_reps):
         w = stap_once(nonce)
         warm.append(w)
-        out(f"stap warm #{i + 1}: first row {L.fmt_s(w['first_row'])} (cached: {w['cached']}, "
-            f"first record at the pty {L.fmt_s(w['first_record'])}, rows {w['rows']})")
+        out(
+            f"stap warm #{i + 1}: first row {L.fmt_s(w['first_row'])} (cached: {w['cached']}, "
+            f"first record at the pty {L.fmt_s(w['first_record'])}, rows {w['rows']})"
+        )
         if bpf_missing is None:
             b = bpftrace_once()
             bpf.append(b)
-            out(f"bpftrace #{i + 1}: first event {L.fmt_s(b['first_event'])} (attached "
-                f"{L.fmt_s(b['attached'])}, events {b['events']}, exit {b['rc']})")
+            out(
+                f"bpftrace #{i + 1}: first event {L.fmt_s(b['first_event'])} (attached "
+                f"{L.fmt_s(b['attached'])}, events {b['events']}, exit {b['rc']})"
+            )
     inside: list[dict[str, Any]] = []
     for i in range(2):
         g = guest_side(warm[-1]["module"] if warm else None)
         inside.append(g)
-        out(f"inside the guest #{i + 1}: staprun to first record "
+        out(
+            f"inside the guest #{i + 1}: staprun to first record "
             f"{L.fmt_s((g.get('staprun') or {}).get('first'))}, bpftrace to first event "
-            f"{L.fmt_s((g.get('bpftrace') or {}).get('first'))}")
-    return {"ssh": ssh, "cold": cold, "warm": warm, "bpftrace": bpf,
-            "bpftrace_missing": bpf_missing, "inside": inside}
+            f"{L.fmt_s((g.get('bpftrace') or {}).get('first'))}"
+        )
+    return {
+        "ssh": ssh,
+        "cold": cold,
+        "warm": warm,
+        "bpftrace": bpf,
+        "bpftrace_missing": bpf_missing,
+        "inside": inside,
+    }

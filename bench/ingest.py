@@ -53,8 +53,16 @@ from stapmagic.records import RecordParser, format_record  # noqa: E402
 from stapmagic.schema import Column, ProbeSchema  # noqa: E402
 
 N_RECORDS = 2_000_000
-COMMS = ["python3", "sshd", "kworker/0:1", "systemd-journal", "nginx", "curl",
-         "Web Content", "postgres"]
+COMMS = [
+    "python3",
+    "sshd",
+    "kworker/0:1",
+    "systemd-journal",
+    "nginx",
+    "curl",
+    "Web Content",
+    "postgres",
+]
 T0 = 1_764_000_000_000_000_000
 
 
@@ -86,27 +94,65 @@ def generate(n: int, variant: str, seed: int = 1) -> bytes:
         a2 = (0x7FFC00000000 + rng.integers(0, 1 << 32, n, dtype=np.uint64)).tolist()
         a3 = rng.integers(0, 128, n).tolist()
     fr = format_record
-    lines = [fr(0, ts[i], pid[i], pid[i], cpu[i], COMMS[comm[i]], [a1[i], a2[i], a3[i], rv[i]],
-                schema=schema) for i in range(n)]
+    lines = [
+        fr(
+            0,
+            ts[i],
+            pid[i],
+            pid[i],
+            cpu[i],
+            COMMS[comm[i]],
+            [a1[i], a2[i], a3[i], rv[i]],
+            schema=schema,
+        )
+        for i in range(n)
+    ]
     return b"".join(lines).replace(b"\n", b"\r\n")
 
 
 # ---- the two contenders -------------------------------------------------------------
 
+
 def read_csv_frame(data: bytes, schema: ProbeSchema) -> pd.DataFrame:
-    names = ["tag", "idx", "time", "pid", "tid", "cpu", "comm",
-             *[c.name for c in schema.columns], "end"]
-    dtype: dict[str, Any] = {"idx": "int64", "time": "int64", "pid": "int64", "tid": "int64",
-                             "cpu": "int64", "comm": "category"}
+    names = [
+        "tag",
+        "idx",
+        "time",
+        "pid",
+        "tid",
+        "cpu",
+        "comm",
+        *[c.name for c in schema.columns],
+        "end",
+    ]
+    dtype: dict[str, Any] = {
+        "idx": "int64",
+        "time": "int64",
+        "pid": "int64",
+        "tid": "int64",
+        "cpu": "int64",
+        "comm": "category",
+    }
     for c in schema.columns:
         dtype[c.name] = {"int": "int64", "uint": "uint64", "hex": object}[c.kind]
-    df = pd.read_csv(io.BytesIO(data), sep="\t", header=None, names=names,
-                     usecols=names[1:-1], dtype=dtype, engine="c", na_filter=False,
-                     quoting=csv.QUOTE_NONE)
+    df = pd.read_csv(
+        io.BytesIO(data),
+        sep="\t",
+        header=None,
+        names=names,
+        usecols=names[1:-1],
+        dtype=dtype,
+        engine="c",
+        na_filter=False,
+        quoting=csv.QUOTE_NONE,
+    )
     out: dict[str, Any] = {
         "time": df["time"].to_numpy().view("datetime64[ns]"),
         "probe": pd.Categorical.from_codes(df["idx"].to_numpy(), categories=[schema.label]),
-        "pid": df["pid"], "tid": df["tid"], "comm": df["comm"], "cpu": df["cpu"],
+        "pid": df["pid"],
+        "tid": df["tid"],
+        "comm": df["comm"],
+        "cpu": df["cpu"],
     }
     for c in schema.columns:
         if c.kind == "hex":
@@ -129,13 +175,14 @@ def chunk_sizes(total: int, seed: int = 7) -> list[int]:
     return out
 
 
-def ingest_frame(data: bytes, schema: ProbeSchema, sizes: list[int],
-                 flush_every: float = 0.2) -> pd.DataFrame:
+def ingest_frame(
+    data: bytes, schema: ProbeSchema, sizes: list[int], flush_every: float = 0.2
+) -> pd.DataFrame:
     parser = RecordParser([schema])
     pos = 0
     last = time.monotonic()
     for s in sizes:
-        parser.feed(data[pos:pos + s])    # a pty read() returns a fresh bytes object too
+        parser.feed(data[pos : pos + s])  # a pty read() returns a fresh bytes object too
         pos += s
         now = time.monotonic()
         if now - last >= flush_every:
@@ -179,6 +226,7 @@ def same_frames(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 # ---- memory (child process) -----------------------------------------------------------
 
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -211,23 +259,31 @@ def _memory_child(which: str, path: str, variant: str) -> None:
     peak[0] = max(peak[0], _rss())
     stop.set()
     th.join()
-    print(json.dumps({
-        "rss_peak_extra": peak[0] - base_rss,
-        "arrow_peak_extra": peak[1] - base_arrow,
-        "frame_bytes": int(df.memory_usage(deep=True).sum()),
-        "rows": len(df),
-        "seconds": elapsed,
-    }))
+    print(
+        json.dumps(
+            {
+                "rss_peak_extra": peak[0] - base_rss,
+                "arrow_peak_extra": peak[1] - base_arrow,
+                "frame_bytes": int(df.memory_usage(deep=True).sum()),
+                "rows": len(df),
+                "seconds": elapsed,
+            }
+        )
+    )
 
 
 def measure_memory(which: str, path: str, variant: str) -> dict[str, Any]:
     out = subprocess.run(  # noqa: S603 - our own interpreter and script
         [sys.executable, str(Path(__file__).resolve()), "--memory-child", which, path, variant],
-        capture_output=True, text=True, check=True)
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 # ---- the benchmark ------------------------------------------------------------------
+
 
 def _time(fn: Callable[[], pd.DataFrame]) -> tuple[float, float, pd.DataFrame]:
     """(wall seconds, CPU seconds of this process, all threads; the result)."""
@@ -237,14 +293,17 @@ def _time(fn: Callable[[], pd.DataFrame]) -> tuple[float, float, pd.DataFrame]:
     return time.perf_counter() - t, time.process_time() - c, df
 
 
-def run(variant: str = "dec", n: int = N_RECORDS, repeats: int = 5,
-        out: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    variant: str = "dec", n: int = N_RECORDS, repeats: int = 5, out: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run benchmark 1; returns the figures (and prints progress through `out`)."""
     schema = make_schema(variant)
     t = time.perf_counter()
     data = generate(n, variant)
-    out(f"generated {n:,} records, {len(data) / 1e6:.1f} MB with format_record in "
-        f"{time.perf_counter() - t:.1f} s")
+    out(
+        f"generated {n:,} records, {len(data) / 1e6:.1f} MB with format_record in "
+        f"{time.perf_counter() - t:.1f} s"
+    )
     sizes = chunk_sizes(len(data))
     contenders: dict[str, Callable[[], pd.DataFrame]] = {
         "read_csv": lambda: read_csv_frame(data, schema),
@@ -261,7 +320,7 @@ def run(variant: str = "dec", n: int = N_RECORDS, repeats: int = 5,
     times: dict[str, list[float]] = {k: [] for k in contenders}
     cpu: dict[str, list[float]] = {k: [] for k in contenders}
     frames: dict[str, pd.DataFrame] = {}
-    for _ in range(repeats):     # interleaved, so background load hits all alike
+    for _ in range(repeats):  # interleaved, so background load hits all alike
         for name, fn in contenders.items():
             el, c, df = _time(fn)
             times[name].append(el)
@@ -283,8 +342,14 @@ def run(variant: str = "dec", n: int = N_RECORDS, repeats: int = 5,
         t = time.perf_counter()
         mem = {w: measure_memory(w, f.name, variant) for w in ("read_csv", "ingest")}
     out(f"measured memory in child processes in {time.perf_counter() - t:.1f} s")
-    res: dict[str, Any] = {"variant": variant, "records": n, "bytes": len(data),
-                           "times": times, "cpu": cpu, "memory": mem}
+    res: dict[str, Any] = {
+        "variant": variant,
+        "records": n,
+        "bytes": len(data),
+        "times": times,
+        "cpu": cpu,
+        "memory": mem,
+    }
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     res["ratio_best"] = best["read_csv"] / best["ingest"]
@@ -297,6 +362,7 @@ def main(argv: list[str]) -> int:
         _memory_child(argv[1], argv[2], argv[3])
         return 0
     from bench.run import main as run_main
+
     return run_main(["ingest", *argv])
 
 

@@ -57,10 +57,19 @@ def guest_full(argv: Sequence[str], timeout: float = 300.0) -> tuple[int, str, s
     """Run a command in the guest: (exit code, stdout, stderr, host wall seconds)."""
     full = runner.exec_argv(LAB, list(argv))
     t0 = time.perf_counter()
-    done = subprocess.run(full, capture_output=True, timeout=timeout, check=False,  # noqa: S603
-                          stdin=subprocess.DEVNULL)
-    return (done.returncode, done.stdout.decode(errors="replace"),
-            done.stderr.decode(errors="replace"), time.perf_counter() - t0)
+    done = subprocess.run(  # noqa: S603
+        full,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    return (
+        done.returncode,
+        done.stdout.decode(errors="replace"),
+        done.stderr.decode(errors="replace"),
+        time.perf_counter() - t0,
+    )
 
 
 def versions() -> list[tuple[str, str]]:
@@ -128,7 +137,7 @@ class CountingParser(records.RecordParser):
         self.raw_records += n
         if n:
             self.last_record = time.perf_counter() - self.t0
-        self._tail = window[-(len(records.RECORD_TAG) - 1):]
+        self._tail = window[-(len(records.RECORD_TAG) - 1) :]
         self.raw_bytes += len(data)
         if len(self.arrivals) < len(self.MARKERS):
             now = time.perf_counter() - self.t0
@@ -142,8 +151,8 @@ class CountingParser(records.RecordParser):
 class PipelineResult:
     run: pipeline.ProbeRun
     parser: CountingParser
-    wall: float                      # spawn to the end of execute()
-    first_row: float | None          # first on_batch with rows (what the user sees)
+    wall: float  # spawn to the end of execute()
+    first_row: float | None  # first on_batch with rows (what the user sees)
     frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     batches: list[tuple[float, frozenset[int]]] = field(default_factory=list)
 
@@ -156,8 +165,12 @@ class PipelineResult:
         return self.run.messages
 
 
-def run_pipeline(run: pipeline.ProbeRun, schemas: Sequence[ProbeSchema],
-                 t0: float | None = None, track_pids: bool = False) -> PipelineResult:
+def run_pipeline(
+    run: pipeline.ProbeRun,
+    schemas: Sequence[ProbeSchema],
+    t0: float | None = None,
+    track_pids: bool = False,
+) -> PipelineResult:
     """Execute `run` exactly as the magic does (pipeline.execute, its tick, its parser), with
     a CountingParser in place of the run's own; times from `t0` (default: now).
     `track_pids`: note which pids each batch's rows have (small runs only)."""
@@ -180,24 +193,44 @@ def run_pipeline(run: pipeline.ProbeRun, schemas: Sequence[ProbeSchema],
     return PipelineResult(run, parser, wall, first[0] if first else None, run.df, batches)
 
 
-def script_run(text: str, *, command: str | None = None, extra: Sequence[str] = (),
-               defines: Sequence[str] = (), verbose: int = 1) -> pipeline.ProbeRun:
+def script_run(
+    text: str,
+    *,
+    command: str | None = None,
+    extra: Sequence[str] = (),
+    defines: Sequence[str] = (),
+    verbose: int = 1,
+) -> pipeline.ProbeRun:
     """A ProbeRun of a hand-written script (like %%stap), with extra stap argv items."""
-    argv = runner.stap_argv(LAB, text, command=command, extra=extra, defines=defines,
-                            verbose=verbose)
+    argv = runner.stap_argv(
+        LAB, text, command=command, extra=extra, defines=defines, verbose=verbose
+    )
     return pipeline.ProbeRun(None, None, argv, LAB, records.RecordParser(()), script_text=text)
 
 
-def stap_to_file(text: str, guest_file: str, *, command: str | None = None,
-                 extra: Sequence[str] = (), defines: Sequence[str] = (),
-                 timeout: float = 600.0) -> tuple[int, str, float]:
+def stap_to_file(
+    text: str,
+    guest_file: str,
+    *,
+    command: str | None = None,
+    extra: Sequence[str] = (),
+    defines: Sequence[str] = (),
+    timeout: float = 600.0,
+) -> tuple[int, str, float]:
     """`stap -o FILE` on the lab: stap (staprun in the guest) writes the probe output straight
     to `guest_file` in the guest. Returns (exit code, stap's stdout+stderr, wall seconds)."""
-    argv = runner.stap_argv(LAB, text, command=command, defines=defines, verbose=1,
-                            extra=[*extra, "-o", guest_file])
+    argv = runner.stap_argv(
+        LAB, text, command=command, defines=defines, verbose=1, extra=[*extra, "-o", guest_file]
+    )
     t0 = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,  # noqa: S603
-                          stdin=subprocess.DEVNULL, env=runner.stap_env())
+    done = subprocess.run(  # noqa: S603
+        argv,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=runner.stap_env(),
+    )
     wall = time.perf_counter() - t0
     return done.returncode, (done.stdout + done.stderr).decode(errors="replace"), wall
 
@@ -227,20 +260,31 @@ def overloaded(text: str) -> bool:
     return any(d.code == "probe_overhead" for d in diagnose.diagnose(text.splitlines()))
 
 
-def stap_to_host(text: str, *, command: str | None = None, extra: Sequence[str] = (),
-                 defines: Sequence[str] = (), timeout: float = 600.0,
-                 ) -> tuple[int, bytes, str, float, tuple[float, float] | None]:
+def stap_to_host(
+    text: str,
+    *,
+    command: str | None = None,
+    extra: Sequence[str] = (),
+    defines: Sequence[str] = (),
+    timeout: float = 600.0,
+) -> tuple[int, bytes, str, float, tuple[float, float] | None]:
     """stap on the lab with its stdout read from a plain pipe on the host, nothing parsed:
     the transport alone. Returns (exit code, stdout bytes, stderr text, wall seconds,
     arrival times of the first and the last `@@sm1` chunk)."""
     import os
     import threading
 
-    argv = runner.stap_argv(LAB, text, command=command, defines=defines, verbose=1,
-                            extra=list(extra))
+    argv = runner.stap_argv(
+        LAB, text, command=command, defines=defines, verbose=1, extra=list(extra)
+    )
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,  # noqa: S603
-                            stdin=subprocess.DEVNULL, env=runner.stap_env())
+    proc = subprocess.Popen(  # noqa: S603
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=runner.stap_env(),
+    )
     assert proc.stdout is not None and proc.stderr is not None
     err: list[bytes] = []
     stderr = proc.stderr
@@ -266,7 +310,7 @@ def stap_to_host(text: str, *, command: str | None = None, extra: Sequence[str] 
         if records.RECORD_TAG in window:
             last = time.perf_counter() - t0
             first = last if first is None else first
-        tail = window[-(len(records.RECORD_TAG) - 1):]
+        tail = window[-(len(records.RECORD_TAG) - 1) :]
     rc = proc.wait()
     reader.join(timeout=30)
     wall = time.perf_counter() - t0
@@ -357,23 +401,35 @@ print("guest-timer first=%s total=%.3f events=%d rc=%d" % (
 _GUEST_TIMER_OUT = re.compile(r"guest-timer first=(\S+) total=(\S+) events=(\d+) rc=(-?\d+)")
 
 
-def guest_timed(prefix: str, argv: Sequence[str], timeout: float = 300.0) -> dict[str, float | int | None]:
+def guest_timed(
+    prefix: str, argv: Sequence[str], timeout: float = 300.0
+) -> dict[str, float | int | None]:
     """Run `argv` in the guest; seconds (guest clock) to its first line starting with
     `prefix` and to its end, measured in the guest (no ssh in the figure)."""
     out = guest("python3", "-c", _GUEST_TIMER, prefix, *argv, timeout=timeout)
     m = _GUEST_TIMER_OUT.search(out)
     if not m:
         raise RuntimeError(f"guest timer printed nothing useful: {out[-500:]}")
-    return {"first": None if m.group(1) == "-" else float(m.group(1)),
-            "total": float(m.group(2)), "events": int(m.group(3)), "rc": int(m.group(4))}
+    return {
+        "first": None if m.group(1) == "-" else float(m.group(1)),
+        "total": float(m.group(2)),
+        "events": int(m.group(3)),
+        "rc": int(m.group(4)),
+    }
 
 
 def push_to_guest(local: Path, guest_path: str) -> None:
     """Copy a host file into the guest (ssh, stdin)."""
     full = runner.exec_argv(LAB, ["tee", guest_path])
     with open(local, "rb") as f:
-        subprocess.run(full, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # noqa: S603
-                       check=True, timeout=120)
+        subprocess.run(  # noqa: S603
+            full,
+            stdin=f,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=True,
+            timeout=120,
+        )
 
 
 def cached_module(messages: Sequence[str]) -> Path | None:

@@ -55,58 +55,129 @@ def throughput(table: Table, summary: Summary) -> None:
         rows = []
         for p in pairs:
             f, h, m = p["file"], p["host"] or {}, p["magic"]
-            rows.append([
-                f"timer K={p['k']}/ms{guard}", _rate(p["rate"]), str(f["ok"]),
-                str(h.get("ok", "-")), str(m["ok"]), str(m["damaged"]), str(m["pty_loss"]),
-                lost(f, h, m), _rate(h.get("drain")), _rate(m.get("drain")),
-                f"{p['ratio']:.3f}", "yes" if p["held"] else "no: " + p["why"],
-            ])
+            rows.append(
+                [
+                    f"timer K={p['k']}/ms{guard}",
+                    _rate(p["rate"]),
+                    str(f["ok"]),
+                    str(h.get("ok", "-")),
+                    str(m["ok"]),
+                    str(m["damaged"]),
+                    str(m["pty_loss"]),
+                    lost(f, h, m),
+                    _rate(h.get("drain")),
+                    _rate(m.get("drain")),
+                    f"{p['ratio']:.3f}",
+                    "yes" if p["held"] else "no: " + p["why"],
+                ]
+            )
         return rows
 
     rows = rows_of(res["timer"], "") + rows_of(res["no_guard"], " no guard")
     for r in res["real"]:
         f, h, m = r["file"], r["host"] or {}, r["magic"]
-        rows.append([
-            f"ksys_read, dd x{r['n']}", "-", str(f["ok"]), str(h.get("ok", "-")),
-            str(m["ok"]), str(m["damaged"]), str(m["pty_loss"]), lost(f, h, m),
-            _rate(h.get("drain")), _rate(m.get("drain")),
-            f"{r['ratio']:.3f}", "yes" if r["held"] else "no",
-        ])
-    print(table(rows, ["probe", "emitted", "-o FILE", "host pipe", "magic rows", "damaged",
-                       "pty loss", "stap lost f/h/m", "drain host", "drain magic", "ratio",
-                       "held (>=0.9, no pty loss)"]))
+        rows.append(
+            [
+                f"ksys_read, dd x{r['n']}",
+                "-",
+                str(f["ok"]),
+                str(h.get("ok", "-")),
+                str(m["ok"]),
+                str(m["damaged"]),
+                str(m["pty_loss"]),
+                lost(f, h, m),
+                _rate(h.get("drain")),
+                _rate(m.get("drain")),
+                f"{r['ratio']:.3f}",
+                "yes" if r["held"] else "no",
+            ]
+        )
+    print(
+        table(
+            rows,
+            [
+                "probe",
+                "emitted",
+                "-o FILE",
+                "host pipe",
+                "magic rows",
+                "damaged",
+                "pty loss",
+                "stap lost f/h/m",
+                "drain host",
+                "drain magic",
+                "ratio",
+                "held (>=0.9, no pty loss)",
+            ],
+        )
+    )
     best = _best_held(res["timer"])
-    print(f"  highest timer rate held: {_rate(best['rate']) if best else 'none'}"
-          + (f" (K={best['k']}/ms)" if best else ""))
+    print(
+        f"  highest timer rate held: {_rate(best['rate']) if best else 'none'}"
+        + (f" (K={best['k']}/ms)" if best else "")
+    )
     best_ng = _best_held(res["no_guard"])
     if res["no_guard"]:
-        print(f"  highest rate held with -D STP_NO_OVERLOAD: "
-              f"{_rate(best_ng['rate']) if best_ng else 'none'}")
-        summary.append(("throughput", "highest rate held, stap's overload guard off",
-                        _rate(best_ng["rate"]) if best_ng else "none",
-                        f"K={best_ng['k']}/ms" if best_ng else ""))
-    pty_loss = sum(p["magic"]["pty_loss"] for p in [*res["timer"], *res["no_guard"],
-                                                    *res["real"]])
+        print(
+            f"  highest rate held with -D STP_NO_OVERLOAD: "
+            f"{_rate(best_ng['rate']) if best_ng else 'none'}"
+        )
+        summary.append(
+            (
+                "throughput",
+                "highest rate held, stap's overload guard off",
+                _rate(best_ng["rate"]) if best_ng else "none",
+                f"K={best_ng['k']}/ms" if best_ng else "",
+            )
+        )
+    pty_loss = sum(p["magic"]["pty_loss"] for p in [*res["timer"], *res["no_guard"], *res["real"]])
     print(f"  records lost between the pty and the DataFrame, all runs: {pty_loss}")
-    summary.append(("throughput", "highest timer rate held (ratio >= 0.9, no pty loss)",
-                    _rate(best["rate"]) if best else "none", f"K={best['k']}/ms" if best else ""))
-    summary.append(("throughput", "records lost pty -> DataFrame (all runs)", str(pty_loss),
-                    "target 0"))
+    summary.append(
+        (
+            "throughput",
+            "highest timer rate held (ratio >= 0.9, no pty loss)",
+            _rate(best["rate"]) if best else "none",
+            f"K={best['k']}/ms" if best else "",
+        )
+    )
+    summary.append(
+        ("throughput", "records lost pty -> DataFrame (all runs)", str(pty_loss), "target 0")
+    )
     # delivery speed: the magic vs a plain pipe reading the same transport, run by run, over
     # the runs that moved at least 100k records both ways (shorter ones are mostly start-up)
-    pairs = [(p["magic"]["drain"], p["host"]["drain"]) for p in [*res["timer"], *res["no_guard"]]
-             if p["host"] and p["magic"].get("drain") and p["host"].get("drain")
-             and p["magic"]["ok"] >= 100_000 and p["host"]["ok"] >= 100_000]
+    pairs = [
+        (p["magic"]["drain"], p["host"]["drain"])
+        for p in [*res["timer"], *res["no_guard"]]
+        if p["host"]
+        and p["magic"].get("drain")
+        and p["host"].get("drain")
+        and p["magic"]["ok"] >= 100_000
+        and p["host"]["ok"] >= 100_000
+    ]
     if pairs:
         ratio = L.med([m / h for m, h in pairs])
-        print(f"  delivery on the host (first to last record), runs with >= 100k records: magic "
-              f"{_rate(L.med([m for m, _ in pairs]))}, plain pipe "
-              f"{_rate(L.med([h for _, h in pairs]))}; magic / pipe per run, median {ratio:.2f}")
-        summary.append(("throughput", "delivery speed: magic / plain pipe (median of runs)",
-                        f"{ratio:.2f}x", f"{_rate(L.med([m for m, _ in pairs]))} sustained"))
+        print(
+            f"  delivery on the host (first to last record), runs with >= 100k records: magic "
+            f"{_rate(L.med([m for m, _ in pairs]))}, plain pipe "
+            f"{_rate(L.med([h for _, h in pairs]))}; magic / pipe per run, median {ratio:.2f}"
+        )
+        summary.append(
+            (
+                "throughput",
+                "delivery speed: magic / plain pipe (median of runs)",
+                f"{ratio:.2f}x",
+                f"{_rate(L.med([m for m, _ in pairs]))} sustained",
+            )
+        )
     ratios = [r["ratio"] for r in res["real"]]
-    summary.append(("throughput", "ksys_read under dd: magic rows / -o FILE lines",
-                    " ".join(f"{x:.2f}" for x in ratios), "target >= 0.9"))
+    summary.append(
+        (
+            "throughput",
+            "ksys_read under dd: magic rows / -o FILE lines",
+            " ".join(f"{x:.2f}" for x in ratios),
+            "target >= 0.9",
+        )
+    )
 
 
 def first_event(table: Table, summary: Summary) -> None:
@@ -120,10 +191,20 @@ def first_event(table: Table, summary: Summary) -> None:
     wm, bm = L.med(warm), L.med(bpf)
     w0 = res["warm"][0] if res["warm"] else {}
     inside = res["inside"]
-    st_in = L.med([g["staprun"]["first"] for g in inside
-                   if g.get("staprun") and g["staprun"]["first"] is not None])
-    bt_in = L.med([g["bpftrace"]["first"] for g in inside
-                   if g.get("bpftrace") and g["bpftrace"]["first"] is not None])
+    st_in = L.med(
+        [
+            g["staprun"]["first"]
+            for g in inside
+            if g.get("staprun") and g["staprun"]["first"] is not None
+        ]
+    )
+    bt_in = L.med(
+        [
+            g["bpftrace"]["first"]
+            for g in inside
+            if g.get("bpftrace") and g["bpftrace"]["first"] is not None
+        ]
+    )
     rows = [
         ["ssh round trip to the guest (median)", L.fmt_s(L.med(res["ssh"])), ""],
         ["stapmagic cold (compile)", L.fmt_s(cold), L.ratio(cold, bm)],
@@ -137,13 +218,27 @@ def first_event(table: Table, summary: Summary) -> None:
     ]
     print(table(rows, ["time to first event", "seconds", "vs bpftrace"]))
     cached = all(w["cached"] for w in res["warm"])
-    print(f"  warm runs used stap's cache (Pass 4: using cached): {cached}; cold compiled: "
-          f"{res['cold']['compiled']}")
-    summary.append(("first-event", "warm start / bpftrace (host clock, incl. ssh)",
-                    L.ratio(wm, bm), f"{L.fmt_s(wm)} vs {L.fmt_s(bm)}; goal < 1"))
+    print(
+        f"  warm runs used stap's cache (Pass 4: using cached): {cached}; cold compiled: "
+        f"{res['cold']['compiled']}"
+    )
+    summary.append(
+        (
+            "first-event",
+            "warm start / bpftrace (host clock, incl. ssh)",
+            L.ratio(wm, bm),
+            f"{L.fmt_s(wm)} vs {L.fmt_s(bm)}; goal < 1",
+        )
+    )
     summary.append(("first-event", "cold start / bpftrace", L.ratio(cold, bm), L.fmt_s(cold)))
-    summary.append(("first-event", "inside the guest: staprun / bpftrace", L.ratio(st_in, bt_in),
-                    f"{L.fmt_s(st_in)} vs {L.fmt_s(bt_in)}"))
+    summary.append(
+        (
+            "first-event",
+            "inside the guest: staprun / bpftrace",
+            L.ratio(st_in, bt_in),
+            f"{L.fmt_s(st_in)} vs {L.fmt_s(bt_in)}",
+        )
+    )
 
 
 def aggregation(table: Table, summary: Summary) -> None:
@@ -153,20 +248,53 @@ def aggregation(table: Table, summary: Summary) -> None:
     res = A.run(out=lambda s: print("  " + s))
     rows = []
     for s in A.summarize(res):
-        rows.append([s["name"], L.fmt_s(s["median"]), str(s["n_ok"]),
-                     f"{s['slowdown']:.2f}x" if s["slowdown"] else "-",
-                     f"{s['us_per_hit']:.2f}" if s["us_per_hit"] == s["us_per_hit"] else "-"])
-    print(table(rows, [f"dd bs=1 count={res['n']} in the guest", "median dd time", "runs",
-                       "slowdown", "extra us/hit"]))
+        rows.append(
+            [
+                s["name"],
+                L.fmt_s(s["median"]),
+                str(s["n_ok"]),
+                f"{s['slowdown']:.2f}x" if s["slowdown"] else "-",
+                f"{s['us_per_hit']:.2f}" if s["us_per_hit"] == s["us_per_hit"] else "-",
+            ]
+        )
+    print(
+        table(
+            rows,
+            [
+                f"dd bs=1 count={res['n']} in the guest",
+                "median dd time",
+                "runs",
+                "slowdown",
+                "extra us/hit",
+            ],
+        )
+    )
     by = {s["name"]: s for s in A.summarize(res)}
     for name in ("records", "rec->file", "hist", "bpftrace", "bt-print"):
         if name in by and by[name]["slowdown"]:
-            summary.append(("aggregation", f"slowdown of dd: {name}",
-                            f"{by[name]['slowdown']:.2f}x",
-                            f"{by[name]['us_per_hit']:.2f} us/hit"))
+            summary.append(
+                (
+                    "aggregation",
+                    f"slowdown of dd: {name}",
+                    f"{by[name]['slowdown']:.2f}x",
+                    f"{by[name]['us_per_hit']:.2f} us/hit",
+                )
+            )
     if "hist" in by and "records" in by and by["hist"]["us_per_hit"]:
-        summary.append(("aggregation", "per-hit cost: records / hist",
-                        f"{by['records']['us_per_hit'] / by['hist']['us_per_hit']:.1f}x", ""))
+        summary.append(
+            (
+                "aggregation",
+                "per-hit cost: records / hist",
+                f"{by['records']['us_per_hit'] / by['hist']['us_per_hit']:.1f}x",
+                "",
+            )
+        )
     if "hist" in by and "bpftrace" in by and by["bpftrace"]["us_per_hit"]:
-        summary.append(("aggregation", "per-hit cost: stap hist / bpftrace hist",
-                        f"{by['hist']['us_per_hit'] / by['bpftrace']['us_per_hit']:.2f}x", ""))
+        summary.append(
+            (
+                "aggregation",
+                "per-hit cost: stap hist / bpftrace hist",
+                f"{by['hist']['us_per_hit'] / by['bpftrace']['us_per_hit']:.2f}x",
+                "",
+            )
+        )

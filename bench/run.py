@@ -66,8 +66,9 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) ->
     widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(len(cells[0]))]
     out = []
     for k, r in enumerate(cells):
-        line = "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
-                         for i, c in enumerate(r))
+        line = "  ".join(
+            c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)
+        )
         out.append(line.rstrip())
         if header and k == 0:
             out.append("  ".join("-" * w for w in widths))
@@ -95,17 +96,24 @@ def _ingest(variant: str) -> None:
     res = ingest.run(variant, out=lambda s: print("  " + s))
     n, nbytes = res["records"], res["bytes"]
     rows = []
-    labels = {"read_csv": "pandas.read_csv (C engine)",
-              "ingest": "RecordParser (streaming)",
-              "ingest_pyarrow": "  the same, pyarrow path"}
+    labels = {
+        "read_csv": "pandas.read_csv (C engine)",
+        "ingest": "RecordParser (streaming)",
+        "ingest_pyarrow": "  the same, pyarrow path",
+    }
     for name in res["times"]:
         ts = res["times"][name]
         best, med = min(ts), statistics.median(ts)
-        rows.append([
-            labels[name],
-            f"{best:.2f} s", f"{med:.2f} s", f"{n / best / 1e6:.2f} M/s",
-            f"{nbytes / best / 1e6:.0f} MB/s", f"{min(res['cpu'][name]):.2f} s",
-        ])
+        rows.append(
+            [
+                labels[name],
+                f"{best:.2f} s",
+                f"{med:.2f} s",
+                f"{n / best / 1e6:.2f} M/s",
+                f"{nbytes / best / 1e6:.0f} MB/s",
+                f"{min(res['cpu'][name]):.2f} s",
+            ]
+        )
     print(table(rows, ["", "best", "median", "events/s", "MB/s", "CPU (best)"]))
     print("  (wall time of the interleaved rounds; CPU: process time of all threads)")
     for name, ts in res["times"].items():
@@ -114,16 +122,21 @@ def _ingest(variant: str) -> None:
     mrows = []
     for name in ("read_csv", "ingest"):
         m = res["memory"][name]
-        mrows.append([
-            "pandas.read_csv" if name == "read_csv" else "RecordParser",
-            _mb(m["rss_peak_extra"]), _mb(m["arrow_peak_extra"]), _mb(m["frame_bytes"]),
-            f"{m['rss_peak_extra'] / m['frame_bytes']:.2f}x",
-        ])
-    print(table(mrows, ["peak extra memory", "RSS", "pyarrow pool", "final frame",
-                        "RSS / frame"]))
+        mrows.append(
+            [
+                "pandas.read_csv" if name == "read_csv" else "RecordParser",
+                _mb(m["rss_peak_extra"]),
+                _mb(m["arrow_peak_extra"]),
+                _mb(m["frame_bytes"]),
+                f"{m['rss_peak_extra'] / m['frame_bytes']:.2f}x",
+            ]
+        )
+    print(table(mrows, ["peak extra memory", "RSS", "pyarrow pool", "final frame", "RSS / frame"]))
     print()
-    print(f"  ratio (read_csv time / ingest time): best {res['ratio_best']:.2f}, "
-          f"median {res['ratio_median']:.2f}")
+    print(
+        f"  ratio (read_csv time / ingest time): best {res['ratio_best']:.2f}, "
+        f"median {res['ratio_median']:.2f}"
+    )
     cpu_ratio = min(res["cpu"]["read_csv"]) / min(res["cpu"]["ingest"])
     print(f"  CPU ratio (read_csv CPU / ingest CPU): {cpu_ratio:.2f}")
     if "ingest_pyarrow" in res["times"]:
@@ -131,12 +144,19 @@ def _ingest(variant: str) -> None:
         print(f"  without the compiled scanner (pyarrow path): {pa_ratio:.2f}")
     key = "ingest_vs_read_csv" if variant == "dec" else f"ingest_vs_read_csv_{variant}"
     mem = res["memory"]["ingest"]
-    RESULT_LINES.append(f"ingest_peak_rss_vs_frame{'' if variant == 'dec' else '_' + variant}"
-                        f"={mem['rss_peak_extra'] / mem['frame_bytes']:.2f}")
+    RESULT_LINES.append(
+        f"ingest_peak_rss_vs_frame{'' if variant == 'dec' else '_' + variant}"
+        f"={mem['rss_peak_extra'] / mem['frame_bytes']:.2f}"
+    )
     RESULT_LINES.append(f"{key}={res['ratio_best']:.2f}")
-    SUMMARY.append(("ingest" if variant == "dec" else f"ingest_{variant}",
-                    "streaming ingest / read_csv throughput (best)",
-                    f"{res['ratio_best']:.2f}x", "target >= 1.0"))
+    SUMMARY.append(
+        (
+            "ingest" if variant == "dec" else f"ingest_{variant}",
+            "streaming ingest / read_csv throughput (best)",
+            f"{res['ratio_best']:.2f}x",
+            "target >= 1.0",
+        )
+    )
 
 
 # (benchmark, figure, value, note) rows for the table `all` ends with
@@ -153,11 +173,14 @@ def register(name: str, doc: str) -> Callable[[Callable[[], None]], Callable[[],
     def deco(fn: Callable[[], None]) -> Callable[[], None]:
         BENCHES[name] = Bench(name, doc, fn)
         return fn
+
     return deco
 
 
-@register("ingest", "benchmark 1: 2M records streamed through RecordParser vs pandas.read_csv "
-          "(decimal arguments)")
+@register(
+    "ingest",
+    "benchmark 1: 2M records streamed through RecordParser vs pandas.read_csv (decimal arguments)",
+)
 def bench_ingest() -> None:
     _ingest("dec")
 
@@ -165,6 +188,15 @@ def bench_ingest() -> None:
 @register("ingest_hex", "benchmark 1, hex pointer arguments (read_csv needs int(x, 16))")
 def bench_ingest_hex() -> None:
     _ingest("hex")
+
+
+@register("btf", "load and index the lab kernel's vmlinux BTF: cold, and with the index cached")
+def bench_btf() -> None:
+    from bench import btf as btf_bench
+
+    res = btf_bench.run(out=lambda s: print("  " + s))
+    for k, v in res.items():
+        RESULT_LINES.append(f"btf_{k}={v:.4f}")
 
 
 def _lab(fn_name: str) -> None:
@@ -178,12 +210,17 @@ def _lab(fn_name: str) -> None:
         raise Skip(str(e)) from None
     except StapMagicError as e:  # the shared lab went away (or was restarted) mid-run
         up = labbench.lab.is_up()
-        raise Skip(f"stopped: the lab {'failed a command' if up else 'went down'} mid-run "
-                   f"({str(e).splitlines()[0]})") from None
+        raise Skip(
+            f"stopped: the lab {'failed a command' if up else 'went down'} mid-run "
+            f"({str(e).splitlines()[0]})"
+        ) from None
 
 
-@register("throughput", "benchmark 2 (lab): magic rows vs stap -o FILE lines, timer K records/ms "
-          "sweep + ksys_read under dd")
+@register(
+    "throughput",
+    "benchmark 2 (lab): magic rows vs stap -o FILE lines, timer K records/ms "
+    "sweep + ksys_read under dd",
+)
 def bench_throughput() -> None:
     _lab("throughput")
 
@@ -193,8 +230,10 @@ def bench_first_event() -> None:
     _lab("first_event")
 
 
-@register("aggregation", "benchmark 4 (lab): dd slowdown, record per hit vs in-kernel "
-          "@hist_log vs bpftrace hist()")
+@register(
+    "aggregation",
+    "benchmark 4 (lab): dd slowdown, record per hit vs in-kernel @hist_log vs bpftrace hist()",
+)
 def bench_aggregation() -> None:
     _lab("aggregation")
 
@@ -212,8 +251,10 @@ def main(argv: Sequence[str]) -> int:
         names = list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; try: python bench/run.py list",
-              file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; try: python bench/run.py list",
+            file=sys.stderr,
+        )
         return 2
     print(table(machine_info()))
     status = 0
@@ -233,8 +274,10 @@ def main(argv: Sequence[str]) -> int:
         try:
             from bench import labbench
 
-            if any(n in ("throughput", "first-event", "aggregation") for n in names) \
-                    and labbench.lab.is_up():
+            if (
+                any(n in ("throughput", "first-event", "aggregation") for n in names)
+                and labbench.lab.is_up()
+            ):
                 print(table(labbench.versions()))
         except Exception as e:  # the versions are a courtesy; the figures are printed
             print(f"(guest versions unavailable: {e})")

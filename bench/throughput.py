@@ -33,11 +33,11 @@ from bench import labbench as L
 from stapmagic import pipeline
 from stapmagic.schema import Column, ProbeSchema
 
-TICKS = 2000                       # timer.ms(1) firings per run: 2 s when the timer keeps up
+TICKS = 2000  # timer.ms(1) firings per run: 2 s when the timer keeps up
 SWEEP = (1, 10, 20, 50, 100, 200, 400)
 HELD_RATIO = 0.9
 DD_READS = 100_000
-DEFINES = ("MAXACTION=1000000",)   # the K-record loop is many statements per tick
+DEFINES = ("MAXACTION=1000000",)  # the K-record loop is many statements per tick
 GUEST_FILE = "/tmp/stapmagic_bench_throughput.out"
 
 SCHEMA = ProbeSchema("tick", (Column("seq", "int"),), False)
@@ -80,11 +80,12 @@ def count_file(path: str, nfields: int, comm: str | None = None) -> dict[str, An
     prog = (
         'BEGIN { FS = "\\t" } '
         '$1 == "@@sm1" { n++; if (NF == nf && $NF == "@@" && (want == "" || $7 == want)) ok++ } '
-        '/^bench: emitted=/ { end = $0 } '
+        "/^bench: emitted=/ { end = $0 } "
         'END { printf "%d %d\\n", n, ok; print end }'
     )
-    out = L.guest("awk", "-v", f"nf={nfields}", "-v", f"want={comm or ''}", prog, path,
-                  timeout=600).splitlines()
+    out = L.guest(
+        "awk", "-v", f"nf={nfields}", "-v", f"want={comm or ''}", prog, path, timeout=600
+    ).splitlines()
     n, ok = (int(x) for x in out[0].split())
     return {"lines": n, "ok": ok, "end": _end_line("\n".join(out[1:]))}
 
@@ -109,12 +110,19 @@ def _pipeline_figures(res: L.PipelineResult, comm: str | None = None) -> dict[st
     msgs = "\n".join(res.messages) + "\n" + L.damaged_text(res.parser)
     first, last = res.parser.arrivals.get(b"@@sm1"), res.parser.last_record
     out: dict[str, Any] = {
-        "ok": rows, "rows_all": rows_all, "damaged": res.run.damaged,
+        "ok": rows,
+        "rows_all": rows_all,
+        "damaged": res.run.damaged,
         "raw": res.parser.raw_records,
         "pty_loss": res.parser.raw_records - rows_all - res.run.damaged,
-        "transport_failures": L.transport_failures(msgs), "lost": L.lost_messages(msgs),
-        "overload": L.overloaded(msgs), "rc_ok": res.run.ok, "wall": res.wall,
-        "end": _end_line(msgs), "dd": _dd_seconds(msgs), "text": msgs,
+        "transport_failures": L.transport_failures(msgs),
+        "lost": L.lost_messages(msgs),
+        "overload": L.overloaded(msgs),
+        "rc_ok": res.run.ok,
+        "wall": res.wall,
+        "end": _end_line(msgs),
+        "dd": _dd_seconds(msgs),
+        "text": msgs,
         "exit": res.run.status.exit_status if res.run.status else None,
         "drain": _drain(res.parser.raw_records, first, last),
     }
@@ -131,27 +139,41 @@ def _drain(n: int, first: float | None, last: float | None) -> float | None:
 
 
 def _file_figures(rc: int, text: str, wall: float, counts: dict[str, Any]) -> dict[str, Any]:
-    return {**counts, "rc": rc, "exit": rc, "wall": wall,
-            "transport_failures": L.transport_failures(text),
-            "lost": L.lost_messages(text), "overload": L.overloaded(text),
-            "dd": _dd_seconds(text), "text": text}
+    return {
+        **counts,
+        "rc": rc,
+        "exit": rc,
+        "wall": wall,
+        "transport_failures": L.transport_failures(text),
+        "lost": L.lost_messages(text),
+        "overload": L.overloaded(text),
+        "dd": _dd_seconds(text),
+        "text": text,
+    }
 
 
-def compare(text: str, schemas: tuple[ProbeSchema, ...], *, command: str | None = None,
-            extra: tuple[str, ...] = (), defines: tuple[str, ...] = (),
-            comm: str | None = None, host: bool = True) -> dict[str, Any]:
+def compare(
+    text: str,
+    schemas: tuple[ProbeSchema, ...],
+    *,
+    command: str | None = None,
+    extra: tuple[str, ...] = (),
+    defines: tuple[str, ...] = (),
+    comm: str | None = None,
+    host: bool = True,
+) -> dict[str, Any]:
     """One script three ways, one after the other: `stap -o FILE` in the guest, stap's
     stdout to a host file (the transport without pty and parser), the magic's pipeline."""
     nfields = 7 + len(schemas[0].columns) + 1
     L.guest("rm", "-f", GUEST_FILE)
-    rc, out, wall = L.stap_to_file(text, GUEST_FILE, command=command, extra=extra,
-                                   defines=defines)
+    rc, out, wall = L.stap_to_file(text, GUEST_FILE, command=command, extra=extra, defines=defines)
     f = _file_figures(rc, out, wall, count_file(GUEST_FILE, nfields, comm))
     L.guest("rm", "-f", GUEST_FILE)
     h = None
     if host:
-        rc, data, err, wall, span = L.stap_to_host(text, command=command, extra=extra,
-                                                   defines=defines)
+        rc, data, err, wall, span = L.stap_to_host(
+            text, command=command, extra=extra, defines=defines
+        )
         counts = count_bytes(data, nfields, comm)
         h = _file_figures(rc, err + data.decode(errors="replace")[-4000:], wall, counts)
         h["drain"] = _drain(counts["lines"], *(span or (None, None)))
@@ -174,12 +196,17 @@ def judge(pair: dict[str, Any]) -> dict[str, Any]:
     end = m.get("end") or f.get("end")
     rate = None
     if end and end[2] > 0:
-        rate = end[0] / (end[2] / 1e9)   # records the probe emitted per second of ticks
+        rate = end[0] / (end[2] / 1e9)  # records the probe emitted per second of ticks
     # a timer run counts only when the reference (-o FILE) ran all its ticks: when stap
     # itself aborts (overload) there is no rate to compare at
     complete = "k" not in pair or bool(f.get("end") and f["end"][1] == pair.get("ticks"))
-    held = (bool(f["ok"]) and complete and ratio >= HELD_RATIO and m["pty_loss"] == 0
-            and not m["overload"])
+    held = (
+        bool(f["ok"])
+        and complete
+        and ratio >= HELD_RATIO
+        and m["pty_loss"] == 0
+        and not m["overload"]
+    )
     # records the probe emitted that never reached the pty (stap's own drops, early ends)
     gaps = end[0] - m["unique"] if end and "unique" in m else None
     return {"ratio": ratio, "rate": rate, "held": held, "gaps": gaps, "complete": complete}
@@ -223,8 +250,9 @@ def _why_not(pair: dict[str, Any]) -> str:
     return "; ".join(why) or "-"
 
 
-def sweep(ks: tuple[int, ...], defines: tuple[str, ...], out: Callable[[str], None],
-          ticks: int = TICKS) -> list[dict[str, Any]]:
+def sweep(
+    ks: tuple[int, ...], defines: tuple[str, ...], out: Callable[[str], None], ticks: int = TICKS
+) -> list[dict[str, Any]]:
     """Raise K until two rates in a row are not held."""
     pairs: list[dict[str, Any]] = []
     misses = 0
@@ -237,11 +265,13 @@ def sweep(ks: tuple[int, ...], defines: tuple[str, ...], out: Callable[[str], No
         pair["why"] = "-" if pair["held"] else _why_not(pair)
         pairs.append(pair)
         f, h, m = pair["file"], pair["host"] or {"ok": "-"}, pair["magic"]
-        out(f"K={k}/ms: file {f['ok']} (lost {f['lost']}), host {h['ok']}, magic {m['ok']} "
+        out(
+            f"K={k}/ms: file {f['ok']} (lost {f['lost']}), host {h['ok']}, magic {m['ok']} "
             f"rows (raw {m['raw']}, damaged {m['damaged']}, lost {m['lost']}), ratio "
             f"{pair['ratio']:.3f}, seq gaps {pair['gaps']}: "
             f"{'held' if pair['held'] else 'NOT held: ' + pair['why']} "
-            f"({time.perf_counter() - t:.0f} s)")
+            f"({time.perf_counter() - t:.0f} s)"
+        )
         misses = 0 if pair["held"] else misses + 1
         if misses >= 2:
             break
@@ -255,18 +285,23 @@ def run(out: Callable[[str], None] = print, reps: int = 2) -> dict[str, Any]:
     first_over = next((p["k"] for p in pairs if "overhead" in p["why"]), None)
     no_guard: list[dict[str, Any]] = []
     if first_over is not None:
-        out(f"again with -D STP_NO_OVERLOAD from K={first_over}/ms "
-            "(the transport's limit, not stap's overload guard)")
-        no_guard = sweep(tuple(k for k in SWEEP if k >= first_over),
-                         (*DEFINES, "STP_NO_OVERLOAD"), out)
+        out(
+            f"again with -D STP_NO_OVERLOAD from K={first_over}/ms "
+            "(the transport's limit, not stap's overload guard)"
+        )
+        no_guard = sweep(
+            tuple(k for k in SWEEP if k >= first_over), (*DEFINES, "STP_NO_OVERLOAD"), out
+        )
     real = []
     for i in range(reps):
         t = time.perf_counter()
         r = real_function_pair()
         real.append(r)
         f, h, m = r["file"], r["host"] or {"ok": "-"}, r["magic"]
-        out(f"ksys_read under dd x{r['n']} #{i + 1}: file {f['ok']} (lost {f['lost']}, dd "
+        out(
+            f"ksys_read under dd x{r['n']} #{i + 1}: file {f['ok']} (lost {f['lost']}, dd "
             f"{f['dd']} s), host {h['ok']}, magic {m['ok']} rows of dd (raw {m['raw']}, "
             f"damaged {m['damaged']}, pty loss {m['pty_loss']}, lost {m['lost']}, dd {m['dd']}"
-            f" s), ratio {r['ratio']:.3f} ({time.perf_counter() - t:.0f} s)")
+            f" s), ratio {r['ratio']:.3f} ({time.perf_counter() - t:.0f} s)"
+        )
     return {"timer": pairs, "no_guard": no_guard, "real": real}

@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb")
     p.add_argument("--target", default="lab", help="where to record (default: lab)")
-    p.add_argument("--prune", action="store_true",
-                   help="delete recordings no notebook refers to")
+    p.add_argument("--prune", action="store_true", help="delete recordings no notebook refers to")
     args = p.parse_args(argv)
     paths = sorted(args.notebooks) or sorted(NOTEBOOKS.glob("*.ipynb"))
     ok, why = target_can_run_stap(runner.parse_target(args.target))
@@ -62,14 +61,17 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 notebooks.execute(path, mode=mode, target=args.target)
             except CellExecutionError as exc:
-                print(f"{path.name}: {mode} FAILED after {time.monotonic() - t0:.0f} s:\n{exc}",
-                      file=sys.stderr)
+                print(
+                    f"{path.name}: {mode} FAILED after {time.monotonic() - t0:.0f} s:\n{exc}",
+                    file=sys.stderr,
+                )
                 failed += 1
                 break
             print(f"{path.name}: {mode} ok ({time.monotonic() - t0:.0f} s)", flush=True)
     names = referenced(sorted(NOTEBOOKS.glob("*.ipynb")))
-    stale = sorted(f for f in RECORDINGS.glob(f"*{SUFFIX}")
-                   if f.name.removesuffix(SUFFIX) not in names)
+    stale = sorted(
+        f for f in RECORDINGS.glob(f"*{SUFFIX}") if f.name.removesuffix(SUFFIX) not in names
+    )
     for f in stale:
         if args.prune:
             f.unlink()

@@ -1,7 +1,7 @@
 """stapmagic: `%%kprobe`, DWARF-less SystemTap kernel probes as pandas DataFrames.
 
-    %load_ext stapmagic
-    %%kprobe tcp_v4_connect sk:ptr uaddr:ptr len:uint
+%load_ext stapmagic
+%%kprobe tcp_v4_connect sk:ptr uaddr:ptr len:uint
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from .spec import ARG_TYPES, RET_TYPES
 
@@ -37,8 +38,14 @@ def _spec_words(words: Sequence[str], options: Mapping[str, bool]) -> list[str]:
     return spec
 
 
-def complete(cell: str, line: int, column: int, *, options: Mapping[str, bool],
-             functions: Callable[[], Sequence[str]]) -> tuple[str, list[tuple[str, str]]] | None:
+def complete(
+    cell: str,
+    line: int,
+    column: int,
+    *,
+    options: Mapping[str, bool],
+    functions: Callable[[], Sequence[str]],
+) -> tuple[str, list[tuple[str, str]]] | None:
     """(fragment, [(completion, kind)]) at `line`/`column` of a %%kprobe cell, or None
     when the cursor is not in one (or where nothing is to be completed, e.g. -c's value).
     `fragment` is the end of the word being replaced; kinds: function, option, type."""
@@ -53,8 +60,12 @@ def complete(cell: str, line: int, column: int, *, options: Mapping[str, bool],
         earlier = earlier[1:]  # the magic's name
         if current.startswith("-") and not _spec_words(earlier, options):
             return current, [(f, "option") for f in sorted(options) if f.startswith(current)]
-        if earlier and earlier[-1] in options and options[earlier[-1]] and \
-                not _spec_words(earlier, options):
+        if (
+            earlier
+            and earlier[-1] in options
+            and options[earlier[-1]]
+            and not _spec_words(earlier, options)
+        ):
             return None  # an option's value: -c CMD, -o VAR, ...
         spec = _spec_words(earlier, options)
     else:
@@ -73,8 +84,9 @@ def complete(cell: str, line: int, column: int, *, options: Mapping[str, bool],
     return None
 
 
-def _names(prefix: str, functions: Callable[[], Sequence[str]]
-           ) -> tuple[str, list[tuple[str, str]]]:
+def _names(
+    prefix: str, functions: Callable[[], Sequence[str]]
+) -> tuple[str, list[tuple[str, str]]]:
     if not prefix:
         return prefix, []  # every kernel function: no use to anyone
     found = [n for n in functions() if n.startswith(prefix)]
@@ -102,18 +114,25 @@ def value_flags(parser: object) -> dict[str, bool]:
     return flags
 
 
-def ipython_matcher(options: Mapping[str, bool],
-                    functions: Callable[[str | None], Sequence[str]]) -> Callable[..., object]:
+def ipython_matcher(
+    options: Mapping[str, bool], functions: Callable[[str | None], Sequence[str]]
+) -> Callable[..., object]:
     """An IPython (API v2) context matcher for %%kprobe cells; `functions(target)` gives
     the function names of the cell's --target (None: the default target)."""
     from IPython.core.completer import CompletionContext, SimpleCompletion, context_matcher
 
-    @context_matcher()  # type: ignore[misc]
+    as_matcher = cast("Callable[[Callable[..., object]], Callable[..., object]]", context_matcher())
+
+    @as_matcher
     def kprobe_matcher(context: CompletionContext) -> dict[str, object]:
         try:
-            found = complete(context.full_text, context.cursor_line, context.cursor_position,
-                             options=options,
-                             functions=lambda: functions(line_target(context.full_text)))
+            found = complete(
+                context.full_text,
+                context.cursor_line,
+                context.cursor_position,
+                options=options,
+                functions=lambda: functions(line_target(context.full_text)),
+            )
         except Exception:  # noqa: BLE001 - a completer must never raise into the editor
             found = None
         if found is None:
@@ -121,9 +140,11 @@ def ipython_matcher(options: Mapping[str, bool],
         fragment, items = found
         result: dict[str, object] = {
             "completions": [SimpleCompletion(text, type=kind) for text, kind in items],
-            "suppress": bool(items), "ordered": True}
+            "suppress": bool(items),
+            "ordered": True,
+        }
         if context.token.endswith(fragment):
             result["matched_fragment"] = fragment
         return result
 
-    return kprobe_matcher  # type: ignore[no-any-return]
+    return kprobe_matcher

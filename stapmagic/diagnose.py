@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .wire import TAG_PREFIX
+
 __all__ = [
     "Counters",
     "Diagnosis",
@@ -344,7 +346,6 @@ def diagnose(lines: Sequence[str]) -> list[Diagnosis]:
 # stapio's err()/warn() prefixes (staprun/staprun.h); where one starts inside a damaged
 # record line, stap's stderr landed in the middle of a record on the shared pty.
 _EMBEDDED = re.compile(r"(?:ERROR|WARNING): ")
-_RECORD_START = "@@sm"
 
 
 def damaged_messages(damaged: Iterable[bytes | str]) -> list[str]:
@@ -357,7 +358,7 @@ def damaged_messages(damaged: Iterable[bytes | str]) -> list[str]:
         if m is None:
             continue
         text = line[m.start() :]
-        cut = text.find(_RECORD_START)
+        cut = text.find(TAG_PREFIX)
         text = (text[:cut] if cut >= 0 else text).rstrip()
         if text:
             found.append(text)
@@ -418,6 +419,23 @@ def _diagnose_privilege(blocks: Sequence[_Block], add: _Adder) -> None:
 
 
 def _diagnose_resolution(blocks: Sequence[_Block], add: _Adder, root_cause: bool) -> None:
+
+    def no_match(i: int, b: _Block, advice: str, similar: tuple[str, ...] = ()) -> None:
+        # Both forms of stap's "no match": the same diagnosis, the advice differs.
+        lines, names = _context(blocks, i)
+        what = f"'{names[0]}'" if len(names) == 1 else "this probe point"
+        add(
+            blocks[i - 1].start if len(lines) > len(b.lines) else b.start,
+            Diagnosis(
+                code="no_match",
+                summary=f"No kernel function matches {what}. {advice}",
+                detail=tuple(lines),
+                severity="error",
+                similar=similar,
+                probes=names,
+            ),
+        )
+
     for i, b in enumerate(blocks):
         h = b.head
         if _SYMTAB_MISSING.search(h):
@@ -470,39 +488,21 @@ def _diagnose_resolution(blocks: Sequence[_Block], add: _Adder, root_cause: bool
         m = _NO_MATCH_SIMILAR.search(h)
         if m:
             similar = tuple(s.strip() for s in m.group(1).split(",") if s.strip())
-            lines, names = _context(blocks, i)
-            what = f"'{names[0]}'" if len(names) == 1 else "this probe point"
-            add(
-                blocks[i - 1].start if len(lines) > len(b.lines) else b.start,
-                Diagnosis(
-                    code="no_match",
-                    summary=(
-                        f"No kernel function matches {what}. Similar names: {', '.join(similar)}. "
-                        "Check the spelling against /proc/kallsyms; a function of a module needs "
-                        "the module loaded and its symbols in the System.map stap reads."
-                    ),
-                    detail=tuple(lines),
-                    severity="error",
-                    similar=similar,
-                    probes=names,
-                ),
+            no_match(
+                i,
+                b,
+                f"Similar names: {', '.join(similar)}. Check the spelling against "
+                "/proc/kallsyms; a function of a module needs the module loaded and its "
+                "symbols in the System.map stap reads.",
+                similar,
             )
             continue
         if _NO_MATCH.search(h) and not root_cause:
-            lines, names = _context(blocks, i)
-            what = f"'{names[0]}'" if len(names) == 1 else "this probe point"
-            add(
-                blocks[i - 1].start if len(lines) > len(b.lines) else b.start,
-                Diagnosis(
-                    code="no_match",
-                    summary=(
-                        f"No kernel function matches {what}. Check the name in /proc/kallsyms "
-                        "(static functions may be inlined or renamed, e.g. name.isra.0)."
-                    ),
-                    detail=tuple(lines),
-                    severity="error",
-                    probes=names,
-                ),
+            no_match(
+                i,
+                b,
+                "Check the name in /proc/kallsyms (static functions may be inlined or "
+                "renamed, e.g. name.isra.0).",
             )
             continue
         if _NEED_GURU.search(h):

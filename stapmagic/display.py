@@ -32,8 +32,12 @@ def hex_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c in shown and pd.api.types.is_integer_dtype(df[c])]
 
 
-def run_summary(run: Any, timings: tuple[float, float, float] | None,
-                messages: Sequence[str], note: str | None = None) -> RunSummary:
+def run_summary(
+    run: Any,
+    timings: tuple[float, float, float] | None,
+    messages: Sequence[str],
+    note: str | None = None,
+) -> RunSummary:
     """What a finished run shows in place of its live view: one summary line (`timings`
     from the live view, else the run's own clock), the warnings and errors stapmagic
     diagnosed (visible), `messages` collapsed."""
@@ -46,8 +50,16 @@ def run_summary(run: Any, timings: tuple[float, float, float] | None,
     notes = [*run._aggregate_notes(), *run.ending_notes()]
     aggregate = getattr(getattr(run, "script", None), "aggregate", None)
     rows = int(run.parser.row_count)
-    line = summary_line(rows, total, compile_s, run_s, lost, interrupted=bool(run.interrupted),
-                        notes=notes, rows_word=not (aggregate is not None and notes and not rows))
+    line = summary_line(
+        rows,
+        total,
+        compile_s,
+        run_s,
+        lost,
+        interrupted=bool(run.interrupted),
+        notes=notes,
+        rows_word=not (aggregate is not None and notes and not rows),
+    )
     warnings = tuple(d.summary for d in run.diagnoses if d.severity != "info")
     return RunSummary(line, warnings, tuple(messages), note)
 

@@ -15,8 +15,9 @@ class SpecError(StapMagicError):
     and `length` its width, so the message can underline it.
     """
 
-    def __init__(self, message: str, source: str = "", pos: int = 0, length: int = 1,
-                 line: int = 1) -> None:
+    def __init__(
+        self, message: str, source: str = "", pos: int = 0, length: int = 1, line: int = 1
+    ) -> None:
         self.message = message
         self.source = source
         self.pos = pos
@@ -42,6 +43,11 @@ class StapNotFound(StapMagicError):
 
 class LabError(StapMagicError):
     """The lab VM is missing, not built, not running or broken; the message says the fix."""
+
+
+class BTFError(StapMagicError):
+    """BTF that cannot be read (malformed, truncated, unsupported), or a name or member path
+    that it does not have; the message says which."""
 
 
 class ReplayError(StapMagicError):

@@ -47,16 +47,23 @@ def _flag(action: argparse.Action) -> str:
     return f"{flags} {action.metavar or action.dest.upper()}"
 
 
-def kprobe_help(actions: Sequence[argparse.Action], summary: str,
-                groups: Mapping[str, str]) -> str:
+def kprobe_help(actions: Sequence[argparse.Action], summary: str, groups: Mapping[str, str]) -> str:
     """The whole `%%kprobe?` text; `groups`: option (argparse dest) -> its group."""
     by_group: dict[str, list[argparse.Action]] = {}
     for action in actions:
         if not action.option_strings or action.dest == "help":
             continue
         by_group.setdefault(groups.get(action.dest, "run"), []).append(action)
-    parts = ["%%kprobe [options] SPEC", "[more SPEC lines, one probe each]", "", summary, "",
-             GRAMMAR, "", "Options:"]
+    parts = [
+        "%%kprobe [options] SPEC",
+        "[more SPEC lines, one probe each]",
+        "",
+        summary,
+        "",
+        GRAMMAR,
+        "",
+        "Options:",
+    ]
     for key in [*TITLES, *sorted(set(by_group) - set(TITLES))]:
         if key not in by_group:
             continue
@@ -65,8 +72,11 @@ def kprobe_help(actions: Sequence[argparse.Action], summary: str,
             flag = _flag(action)
             text = (action.help or "").replace("%%", "%")
             lines = textwrap.wrap(text, 60) or [""]
-            parts.append(f"    {flag:<26} {lines[0]}" if len(flag) <= 26
-                         else f"    {flag}\n    {'':<26} {lines[0]}")
+            parts.append(
+                f"    {flag:<26} {lines[0]}"
+                if len(flag) <= 26
+                else f"    {flag}\n    {'':<26} {lines[0]}"
+            )
             parts += [f"    {'':<26} {ln}" for ln in lines[1:]]
     parts += ["", "Examples:", textwrap.indent(EXAMPLES, "  ")]
     return "\n".join(parts)

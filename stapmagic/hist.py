@@ -34,8 +34,15 @@ import pandas as pd
 
 from .wire import END_TAG, SUMMARY_TAG
 
-__all__ = ["Histogram", "Summary", "parse_hist", "split_hists", "parse_summary",
-           "hist_kind", "parse_hist_block"]
+__all__ = [
+    "Histogram",
+    "Summary",
+    "parse_hist",
+    "split_hists",
+    "parse_summary",
+    "hist_kind",
+    "parse_hist_block",
+]
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
@@ -166,8 +173,9 @@ def _log_range(v: int) -> tuple[int | None, int | None]:
     return max(2 * v + 1, _INT64_MIN), v + 1
 
 
-def parse_hist(text: str, kind: str | None = None, *, interval: int | None = None,
-               fill_elided: bool = True) -> pd.DataFrame:
+def parse_hist(
+    text: str, kind: str | None = None, *, interval: int | None = None, fill_elided: bool = True
+) -> pd.DataFrame:
     """Parse one printed histogram (lines before the header are skipped; parsing stops at
     the first line after it that is neither a bucket row nor `~`).
 
@@ -183,11 +191,17 @@ def parse_hist(text: str, kind: str | None = None, *, interval: int | None = Non
     # rows: (prefix, value, count, elided_before)
     rows: list[tuple[str, int, int, bool]] = []
     elided = False
-    for ln in lines[start_i + 1:]:
+    for ln in lines[start_i + 1 :]:
         m = _ROW_RE.match(ln)
         if m:
-            rows.append((m.group(1), _int64(m.group(2), f"bucket value out of range: {ln!r}"),
-                         _int64(m.group(4), f"bucket count out of range: {ln!r}"), elided))
+            rows.append(
+                (
+                    m.group(1),
+                    _int64(m.group(2), f"bucket value out of range: {ln!r}"),
+                    _int64(m.group(4), f"bucket count out of range: {ln!r}"),
+                    elided,
+                )
+            )
             elided = False
         elif _ELIDE_RE.match(ln):
             elided = True
@@ -204,11 +218,15 @@ def parse_hist(text: str, kind: str | None = None, *, interval: int | None = Non
             # adjacent rows (no `~` between) must be neighbouring log buckets
             log_ok = all(_is_log_value(v) for v, _ in regular) and all(
                 regular[i + 1][1] or regular[i + 1][0] == _next_log(regular[i][0])
-                for i in range(len(regular) - 1))
+                for i in range(len(regular) - 1)
+            )
             k = "log" if log_ok else "linear"
     if k == "linear" and step is None:
-        diffs = [regular[i + 1][0] - regular[i][0] for i in range(len(regular) - 1)
-                 if not regular[i + 1][1]]
+        diffs = [
+            regular[i + 1][0] - regular[i][0]
+            for i in range(len(regular) - 1)
+            if not regular[i + 1][1]
+        ]
         # rows separated by `~` only bound the step from above: not used
         if diffs and min(diffs) > 0:
             step = min(diffs)
@@ -261,12 +279,14 @@ def parse_hist(text: str, kind: str | None = None, *, interval: int | None = Non
                 z += step
         add(v, v, v + step if step is not None else None, c)
         prev = v
-    df = pd.DataFrame({
-        "value": pd.array(values, dtype="int64"),
-        "low": pd.array(lows, dtype="Int64"),
-        "high": pd.array(highs, dtype="Int64"),
-        "count": pd.array(counts, dtype="int64"),
-    })
+    df = pd.DataFrame(
+        {
+            "value": pd.array(values, dtype="int64"),
+            "low": pd.array(lows, dtype="Int64"),
+            "high": pd.array(highs, dtype="Int64"),
+            "count": pd.array(counts, dtype="int64"),
+        }
+    )
     df.attrs["kind"] = k
     return df
 

@@ -591,8 +591,12 @@ def _prune_old_recipes(log: Log) -> None:
     """Trees of earlier recipes are ~2 GB each and never used again: remove them."""
     current = _recipe_dir().resolve()
     for child in cache_root().iterdir():
-        if (child.is_dir() and child.resolve() != current and re.fullmatch(r"[0-9a-f]{16}", child.name)
-                and not _mounts_under(child / "root")):
+        if (
+            child.is_dir()
+            and child.resolve() != current
+            and re.fullmatch(r"[0-9a-f]{16}", child.name)
+            and not _mounts_under(child / "root")
+        ):
             log(f"lab: removing the tree of an older recipe: {child}")
             _safe_rmtree(child)
 
@@ -892,18 +896,20 @@ def _running_state() -> dict[str, Any]:
         crash = guest_crash(str(state.get("serial_log", "")))
         why = f"; the guest kernel crashed: {crash}" if crash else ""
         raise LabError(
-            f"the lab's qemu (pid {pid}) is gone{why} (see {state.get('serial_log')}); {fix}")
+            f"the lab's qemu (pid {pid}) is gone{why} (see {state.get('serial_log')}); {fix}"
+        )
     if not _chroot_mounted(Path(state["root"])):
         raise LabError(f"the lab's chroot mounts are missing; {fix}")
     return state
 
 
-def stap_argv() -> list[str]:
-    """Prefix for a stap command line: compiles in the chroot, runs pass 5 in the guest."""
-    state = _running_state()
-    return _chroot_argv(
-        Path(state["root"]), ["stap", f"--remote=ssh://{HOST_ALIAS}", *STAP_DEFINES]
-    )
+def stap_argv(require_running: bool = True) -> list[str]:
+    """Prefix for a stap command line: compiles in the chroot, runs pass 5 in the guest.
+
+    Without `require_running` (a --dry-run) the lab may be down: the line names only the
+    recipe's chroot and the host alias, never the boot's port."""
+    root = Path(_running_state()["root"]) if require_running else _root_dir()
+    return _chroot_argv(root, ["stap", f"--remote=ssh://{HOST_ALIAS}", *STAP_DEFINES])
 
 
 def client_argv() -> list[str]:

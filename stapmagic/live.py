@@ -20,8 +20,16 @@ from typing import Any, NamedTuple, Protocol, TextIO
 
 import pandas as pd
 
-__all__ = ["STOP_HINT", "LiveStatus", "LiveView", "PassProgress", "RunSummary", "hex_text",
-           "parse_pass_line", "summary_line"]
+__all__ = [
+    "STOP_HINT",
+    "LiveStatus",
+    "LiveView",
+    "PassProgress",
+    "RunSummary",
+    "hex_text",
+    "parse_pass_line",
+    "summary_line",
+]
 
 
 class PassProgress(NamedTuple):
@@ -56,8 +64,9 @@ def parse_pass_line(line: str) -> PassProgress | None:
     if match is None:
         return None
     real = match.group("real")
-    return PassProgress(int(match.group("no")), match.group("text"),
-                        int(real) if real is not None else None)
+    return PassProgress(
+        int(match.group("no")), match.group("text"), int(real) if real is not None else None
+    )
 
 
 def _failed(progress: PassProgress) -> bool:
@@ -121,8 +130,9 @@ class LiveStatus:
         if self.progress:
             lines.append(f"  stap: {self.progress_line()}")
         if self.rows is not None and len(self.rows):
-            lines.append(self.rows.to_string(index=False, max_colwidth=32,
-                                             formatters=self._formatters()))
+            lines.append(
+                self.rows.to_string(index=False, max_colwidth=32, formatters=self._formatters())
+            )
         if self.hint:
             lines.append(f"  ({self.hint})")
         return "\n".join(lines)
@@ -135,13 +145,17 @@ class LiveStatus:
         if self.note:
             parts.append(f"<div style='color:#666'>{html.escape(self.note)}</div>")
         if self.progress:
-            parts.append(
-                "<div style='color:#666'>stap: "
-                f"{html.escape(self.progress_line())}</div>"
-            )
+            parts.append(f"<div style='color:#666'>stap: {html.escape(self.progress_line())}</div>")
         if self.rows is not None and len(self.rows):
-            parts.append(self.rows.to_html(index=False, border=0, max_cols=16, notebook=False,
-                                           formatters=self._formatters()))
+            parts.append(
+                self.rows.to_html(
+                    index=False,
+                    border=0,
+                    max_cols=16,
+                    notebook=False,
+                    formatters=self._formatters(),
+                )
+            )
         if self.hint:
             parts.append(f"<div style='color:#666'>{html.escape(self.hint)}</div>")
         return (
@@ -177,16 +191,29 @@ class RunSummary:
         parts += [f"<div style='color:#a40'>{html.escape(w)}</div>" for w in self.warnings]
         if self.messages:
             text = html.escape("\n".join(self.messages))
-            parts.append(f"<details><summary>messages ({len(self.messages)})</summary>"
-                         f"<pre style='margin:0'>{text}</pre></details>")
-        return ("<div class='stapmagic-summary' style='font-family:monospace;font-size:85%'>"
-                + "".join(parts) + "</div>")
+            parts.append(
+                f"<details><summary>messages ({len(self.messages)})</summary>"
+                f"<pre style='margin:0'>{text}</pre></details>"
+            )
+        return (
+            "<div class='stapmagic-summary' style='font-family:monospace;font-size:85%'>"
+            + "".join(parts)
+            + "</div>"
+        )
 
 
-def summary_line(rows: int, total: float, compile_s: float, run_s: float, lost: int, *,
-                 interrupted: bool = False, notes: Sequence[str] = (),
-                 rows_word: bool = True) -> str:
-    """"3 rows in 4.9 s: compile 1.8 s, run 2.8 s, 0 lost" (+ notes; + that a stopped
+def summary_line(
+    rows: int,
+    total: float,
+    compile_s: float,
+    run_s: float,
+    lost: int,
+    *,
+    interrupted: bool = False,
+    notes: Sequence[str] = (),
+    rows_word: bool = True,
+) -> str:
+    """ "3 rows in 4.9 s: compile 1.8 s, run 2.8 s, 0 lost" (+ notes; + that a stopped
     run keeps its rows). `rows_word` False: an aggregating run, whose notes say what it
     counted instead of "0 rows"."""
     head = f"{rows:,} row{'' if rows == 1 else 's'}" if rows_word else ", ".join(notes)
@@ -361,7 +388,7 @@ class LiveView:
 
     @property
     def phase(self) -> str:
-        """"starting", "compiling", "failed", "running" or "finished"."""
+        """ "starting", "compiling", "failed", "running" or "finished"."""
         if self.closed:
             return "finished"
         if any(_failed(p) for p in self.compile_progress):
@@ -371,8 +398,11 @@ class LiveView:
         return "compiling" if self.compile_progress else "starting"
 
     def _counters(self) -> str:
-        events = (f"{self.rows_total:,}/{self.count:,} events" if self.count
-                  else f"{self.rows_total:,} events")
+        events = (
+            f"{self.rows_total:,}/{self.count:,} events"
+            if self.count
+            else f"{self.rows_total:,} events"
+        )
         parts = [events, f"{self._rate:,.0f}/s"]
         if self.skipped:
             parts.append(f"{self.skipped:,} skipped")
@@ -405,8 +435,12 @@ class LiveView:
             line = f"starting stap · {elapsed:.1f} s · no events yet"
         final = phase == "finished"
         return LiveStatus(
-            line, tuple(self.compile_progress), self.last_rows(), final=final,
-            hex_columns=self.hex_columns, note=self.note,
+            line,
+            tuple(self.compile_progress),
+            self.last_rows(),
+            final=final,
+            hex_columns=self.hex_columns,
+            note=self.note,
             hint=None if final or phase == "failed" else STOP_HINT,
             count=(self.rows_total, self.count) if self.count and not final else None,
         )

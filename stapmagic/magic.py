@@ -24,7 +24,6 @@ from IPython.core.magic import (
     magics_class,
     no_var_expand,
 )
-from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, observe, validate
 
 # plot registers the df.kprobe accessor
@@ -41,6 +40,7 @@ from . import (  # noqa: F401
     symbols,
 )
 from .errors import OptionError, StapMagicError
+from .magic_args import argument, magic_arguments
 from .session import failure_text, worth_showing  # noqa: F401  (their home before session.py)
 
 _GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+\Z")
@@ -48,10 +48,12 @@ _GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+\Z")
 
 def _options_of(magic: options.Magic) -> Callable[[Any], Any]:
     """The magic's argparse declarations, from the options table (in its order)."""
+
     def declare(func: Any) -> Any:
         for opt in reversed([o for o in options.OPTIONS if o.flags and magic in o.magics]):
             func = argument(*opt.flags, **options.argparse_kwargs(opt))(func)
         return func
+
     return declare
 
 
@@ -90,21 +92,28 @@ def _drop_refused_config(config: Any) -> None:
 class KprobeMagics(Magics):
     """DWARF-less kernel probes (SystemTap kprobe.*) whose events come back as a DataFrame."""
 
-    target = Unicode("local", help="Default target: local, lab or ssh://user@host[:port]."
-                     ).tag(config=True)
+    target = Unicode("local", help="Default target: local, lab or ssh://user@host[:port].").tag(
+        config=True
+    )
     grace = Float(options.DEFAULT_GRACE, help=_trait_help("grace")).tag(config=True)
-    string_max = Int(options.BY_NAME["string_max"].default,
-                     help=_trait_help("string_max")).tag(config=True)
+    string_max = Int(options.BY_NAME["string_max"].default, help=_trait_help("string_max")).tag(
+        config=True
+    )
     show_messages = Bool(True, help="Print stap's messages after each run.").tag(config=True)
-    mode = Unicode(help="live: run stap; record: run stap and save cells with --recording NAME; "
-                        "replay: replay those recordings; auto: $STAPMAGIC_MODE if set, else "
-                        "live where the target can run stap, else replay. Default: "
-                        "$STAPMAGIC_MODE or live.").tag(config=True)
-    recordings_dir = Unicode("recordings", help="Where --recording NAME lives (relative to "
-                                                "the working directory, i.e. the notebook's)."
-                             ).tag(config=True)
-    replay_speed = Float(0.0, help="Default --replay-speed: 0 as fast as possible, 1 as "
-                                   "recorded.").tag(config=True)
+    mode = Unicode(
+        help="live: run stap; record: run stap and save cells with --recording NAME; "
+        "replay: replay those recordings; auto: $STAPMAGIC_MODE if set, else "
+        "live where the target can run stap, else replay. Default: "
+        "$STAPMAGIC_MODE or live."
+    ).tag(config=True)
+    recordings_dir = Unicode(
+        "recordings",
+        help="Where --recording NAME lives (relative to "
+        "the working directory, i.e. the notebook's).",
+    ).tag(config=True)
+    replay_speed = Float(
+        0.0, help="Default --replay-speed: 0 as fast as possible, 1 as recorded."
+    ).tag(config=True)
 
     @default("target")
     def _default_target(self) -> str:
@@ -187,8 +196,12 @@ class KprobeMagics(Magics):
         if self.shell is None:
             raise UsageError("stapmagic's magics run in an IPython shell")
         ns = self.shell.user_ns
-        traits = {"target": self.target, "grace": self.grace, "string_max": self.string_max,
-                  "replay_speed": self.replay_speed}
+        traits = {
+            "target": self.target,
+            "grace": self.grace,
+            "string_max": self.string_max,
+            "replay_speed": self.replay_speed,
+        }
         self.session.mode = self.mode
         self.session.recordings_dir = self.recordings_dir
         self.session.show_messages = self.show_messages
@@ -224,19 +237,25 @@ class KprobeMagics(Magics):
 
     @magic_arguments()
     @argument("pattern", nargs="+", help="function names or globs (tcp_v4_*, *_connect)")
-    @argument("--target", metavar="TARGET", help="where to look (default: "
-              "%%config KprobeMagics.target)")
-    @argument("--refresh", action="store_true", help="fetch the symbols again (the target's "
-              "kernel changed)")
+    @argument(
+        "--target", metavar="TARGET", help="where to look (default: %%config KprobeMagics.target)"
+    )
+    @argument(
+        "--refresh",
+        action="store_true",
+        help="fetch the symbols again (the target's kernel changed)",
+    )
     @line_magic
     def kfind(self, line: str) -> Any:
         """Find kernel functions to probe: a DataFrame of name, module and the checks
         in_kallsyms, traceable (available_filter_functions), blacklisted (kprobes refuse)."""
-        args = self._parse(self.kfind, line)
+        args = self._parse(KprobeMagics.kfind, line)
         bad = [p for p in args.pattern if not _GLOB.match(p)]
         if bad:
-            raise UsageError(f"not a function name or glob: {bad[0]!r} (letters, digits, _ . "
-                             "and the glob characters * ? [ ])")
+            raise UsageError(
+                f"not a function name or glob: {bad[0]!r} (letters, digits, _ . "
+                "and the glob characters * ? [ ])"
+            )
         where = args.target or self.target
         try:
             found = symbols.cached(where, runner.parse_target(where).run, refresh=args.refresh)
@@ -266,14 +285,15 @@ class KprobeMagics(Magics):
         return self.session.list_running()
 
 
-_KPROBE_PARSER = KprobeMagics.kprobe.parser  # type: ignore[attr-defined]
+_KPROBE_PARSER = KprobeMagics.kprobe.parser
 # IPython's MagicHelpFormatter prefixes one more "%": the usage reads %%kprobe.
 _KPROBE_PARSER.prog = "%kprobe"
 KprobeMagics.kprobe.__doc__ = helptext.kprobe_help(
     _KPROBE_PARSER._actions,
     "Probe kernel functions without debuginfo (SystemTap kprobe.*); the events come back as "
     "a typed DataFrame.",
-    {o.name: o.group for o in options.OPTIONS})
+    {o.name: o.group for o in options.OPTIONS},
+)
 
 
 def register(ipython: Any) -> None:
@@ -287,8 +307,9 @@ def register(ipython: Any) -> None:
         atexit.register(magics.stop_all)
     display.install(ipython)
     if magics is not None:
-        matcher = complete.ipython_matcher(complete.value_flags(magics.kprobe.parser),
-                                           magics.function_names)
+        matcher = complete.ipython_matcher(
+            complete.value_flags(magics.kprobe.parser), magics.function_names
+        )
         ipython.Completer.custom_matchers.append(matcher)
         magics._matcher = matcher
     transforms = ipython.input_transformer_manager.line_transforms

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["execute", "has_outputs", "main", "strip"]
+from .recording import MODES
 
-MODES = ("live", "record", "replay", "auto")
+__all__ = ["execute", "has_outputs", "main", "strip"]
 
 
 def strip(nb: Any) -> Any:
@@ -36,13 +36,20 @@ def strip(nb: Any) -> Any:
 
 
 def has_outputs(nb: Any) -> bool:
-    return any(cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
-               for cell in nb.cells)
+    return any(
+        cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
+        for cell in nb.cells
+    )
 
 
-def execute(path: str | os.PathLike[str], *, mode: str | None = None,
-            target: str | None = None, timeout: float = 1200.0,
-            env: Mapping[str, str] | None = None) -> Any:
+def execute(
+    path: str | os.PathLike[str],
+    *,
+    mode: str | None = None,
+    target: str | None = None,
+    timeout: float = 1200.0,
+    env: Mapping[str, str] | None = None,
+) -> Any:
     """Execute the notebook at `path` and return it with its outputs.
 
     Raises nbclient's CellExecutionError for the first failing cell (cells tagged
@@ -61,8 +68,12 @@ def execute(path: str | os.PathLike[str], *, mode: str | None = None,
         kernel_env["STAPMAGIC_TARGET"] = target
     # Plots go to the notebook (inline), never to a window.
     kernel_env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(nb_path.parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(nb_path.parent)}},
+    )
     try:
         client.execute(env=kernel_env)
     except CellExecutionError as exc:
@@ -115,14 +126,17 @@ def _check(paths: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stapmagic.notebooks",
-                                description=__doc__.split("\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="python -m stapmagic.notebooks",
+        description=__doc__.split("\n")[0] if __doc__ else None,
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute a notebook top to bottom (nbclient)")
     r.add_argument("notebook")
     r.add_argument("--output", "-o", help="write the executed notebook here")
-    r.add_argument("--mode", choices=MODES,
-                   help="STAPMAGIC_MODE for the kernel (default: the environment's)")
+    r.add_argument(
+        "--mode", choices=MODES, help="STAPMAGIC_MODE for the kernel (default: the environment's)"
+    )
     r.add_argument("--target", help="STAPMAGIC_TARGET for the kernel: local, lab, ssh://...")
     r.add_argument("--timeout", type=float, default=1200.0, help="seconds per cell")
     s = sub.add_parser("strip", help="remove outputs in place")

@@ -21,8 +21,15 @@ from typing import Any, Literal
 from .errors import OptionError
 from .script import MAX_COUNT, MAX_DURATION, STRING_MAX_LIMIT
 
-__all__ = ["BY_NAME", "DEFAULT_GRACE", "OPTIONS", "PID_MAX_LIMIT", "Option", "check_out_name",
-           "validate"]
+__all__ = [
+    "BY_NAME",
+    "DEFAULT_GRACE",
+    "OPTIONS",
+    "PID_MAX_LIMIT",
+    "Option",
+    "check_out_name",
+    "validate",
+]
 
 # Seconds stap gets after SIGINT before SIGTERM, then SIGKILL. A remote stap needs a few:
 # the end probes, the module unload and ssh round trips under TCG.
@@ -95,6 +102,7 @@ def _int_in(lo: int, hi: int, want: str) -> Callable[[Option, Any], None]:
     def check(opt: Option, value: Any) -> None:
         if value is not None and not (_is_int(value) and lo <= value <= hi):
             raise _fail(opt, f"{want} from {lo} to {hi}", value)
+
     return check
 
 
@@ -105,6 +113,7 @@ def _seconds(lo_open: bool, hi: float | None, want: str) -> Callable[[Option, An
         ok = _is_number(value) and math.isfinite(value) and (value > 0 if lo_open else value >= 0)
         if not ok or (hi is not None and value > hi):
             raise _fail(opt, want, value)
+
     return check
 
 
@@ -145,8 +154,9 @@ def _target(opt: Option, value: Any) -> None:
 
 
 def _linear(opt: Option, value: Any) -> None:
-    if value is not None and not (isinstance(value, tuple) and len(value) == 3
-                                  and all(_is_int(v) for v in value)):
+    if value is not None and not (
+        isinstance(value, tuple) and len(value) == 3 and all(_is_int(v) for v in value)
+    ):
         raise _fail(opt, "a tuple of three integers (MIN, MAX, STEP)", value)
 
 
@@ -191,8 +201,9 @@ def _linear_text(text: str) -> tuple[int, ...]:
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # What IPython keeps in the namespace itself (history, In/Out, get_ipython) and what the
 # magic writes there (_kprobe).
-_SHELL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh",
-                          "_kprobe"})
+_SHELL_NAMES = frozenset(
+    {"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_kprobe"}
+)
 _HISTORY = re.compile(r"_+\Z|_i+\Z|_i?[0-9]+\Z")
 
 
@@ -223,92 +234,316 @@ def _out(opt: Option, value: Any) -> None:
 
 OPTIONS: tuple[Option, ...] = (
     # where and how stap runs
-    Option("command", ("-c",), None, "run CMD on the target (stap -c) and stop when it ends",
-           _text, metavar="CMD", compared=True),
-    Option("pid", ("-x",), None, "only events of process PID (stap -x)",
-           _int_in(1, PID_MAX_LIMIT, "a process id"), parse=_ascii_int, metavar="PID",
-           compared=True),
-    Option("duration", ("-T", "--duration"), None,
-           "stop after SEC seconds (%%stap: the run is interrupted from here after SEC s)",
-           _seconds(True, MAX_DURATION, f"a number of seconds above 0, at most "
-                    f"{MAX_DURATION:.0f} (one day: SystemTap's timer limit)"),
-           parse=_ascii_decimal, metavar="SEC", compared=True),
-    Option("defines", ("-D",), (), "pass -D NAME=VALUE to stap", _texts, action="append",
-           metavar="NAME=VALUE", compared=True),
-    Option("guru", ("--guru",), False, "stap -g (needed for statement probes)", _flag,
-           action="store_true", compared=True),
-    Option("include_self", ("--include-self",), False,
-           "also record stapmagic's own transport (stapio, staprun, stapsh and the ssh "
-           "session carrying them), skipped by default", _flag, action="store_true",
-           magics=KPROBE, compared=True),
-    Option("target", ("--target",), "local",
-           "where to probe: local, lab or ssh://user@host[:port] "
-           "(default: %%config KprobeMagics.target)", _target, metavar="TARGET", trait=True),
-    Option("dry_run", ("--dry-run",), False,
-           "print the generated script and the stap command line, run nothing", _flag,
-           action="store_true", group="output"),
-    Option("verbose", ("-q", "--quiet"), 1, "no progress or live view", _verbose,
-           action="store_const", const=0, group="output", spelled="verbose"),
-    Option("grace", (), DEFAULT_GRACE,
-           "Seconds stap gets after SIGINT before SIGTERM, then SIGKILL (a remote stap "
-           "needs a few: the end probes, the module unload and ssh round trips under TCG).",
-           _seconds(False, None, "a finite number of seconds, 0 or more"), trait=True),
-    Option("string_max", (), 64, "Length cap of str/ustr arguments.",
-           _int_in(1, STRING_MAX_LIMIT, "a string length (SystemTap's MAXSTRINGLEN - 1)"),
-           trait=True, compared=True),
+    Option(
+        "command",
+        ("-c",),
+        None,
+        "run CMD on the target (stap -c) and stop when it ends",
+        _text,
+        metavar="CMD",
+        compared=True,
+    ),
+    Option(
+        "pid",
+        ("-x",),
+        None,
+        "only events of process PID (stap -x)",
+        _int_in(1, PID_MAX_LIMIT, "a process id"),
+        parse=_ascii_int,
+        metavar="PID",
+        compared=True,
+    ),
+    Option(
+        "duration",
+        ("-T", "--duration"),
+        None,
+        "stop after SEC seconds (%%stap too: a timer probe added to the script ends it)",
+        _seconds(
+            True,
+            MAX_DURATION,
+            f"a number of seconds above 0, at most "
+            f"{MAX_DURATION:.0f} (one day: SystemTap's timer limit)",
+        ),
+        parse=_ascii_decimal,
+        metavar="SEC",
+        compared=True,
+    ),
+    Option(
+        "defines",
+        ("-D",),
+        (),
+        "pass -D NAME=VALUE to stap",
+        _texts,
+        action="append",
+        metavar="NAME=VALUE",
+        compared=True,
+    ),
+    Option(
+        "guru",
+        ("--guru",),
+        False,
+        "stap -g (needed for statement probes)",
+        _flag,
+        action="store_true",
+        compared=True,
+    ),
+    Option(
+        "include_self",
+        ("--include-self",),
+        False,
+        "also record stapmagic's own transport (stapio, staprun, stapsh and the ssh "
+        "session carrying them), skipped by default",
+        _flag,
+        action="store_true",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "target",
+        ("--target",),
+        "local",
+        "where to probe: local, lab or ssh://user@host[:port] "
+        "(default: %%config KprobeMagics.target)",
+        _target,
+        metavar="TARGET",
+        trait=True,
+    ),
+    Option(
+        "dry_run",
+        ("--dry-run",),
+        False,
+        "print the generated script and the stap command line, run nothing",
+        _flag,
+        action="store_true",
+        group="output",
+    ),
+    Option(
+        "verbose",
+        ("-q", "--quiet"),
+        1,
+        "no progress or live view",
+        _verbose,
+        action="store_const",
+        const=0,
+        group="output",
+        spelled="verbose",
+    ),
+    Option(
+        "grace",
+        (),
+        DEFAULT_GRACE,
+        "Seconds stap gets after SIGINT before SIGTERM, then SIGKILL (a remote stap "
+        "needs a few: the end probes, the module unload and ssh round trips under TCG).",
+        _seconds(False, None, "a finite number of seconds, 0 or more"),
+        trait=True,
+    ),
+    Option(
+        "string_max",
+        (),
+        64,
+        "Length cap of str/ustr arguments.",
+        _int_in(1, STRING_MAX_LIMIT, "a string length (SystemTap's MAXSTRINGLEN - 1)"),
+        trait=True,
+        compared=True,
+    ),
     # what the probes record (%%kprobe)
-    Option("count", ("-n", "--count"), None, "stop after N events",
-           _int_in(1, MAX_COUNT, "an event count"), parse=_ascii_int, metavar="N",
-           magics=KPROBE, compared=True),
-    Option("regs", ("--regs",), (), "register columns, e.g. rip,rax,rdi (u_register values)",
-           _texts, parse=_reg_list, metavar="LIST", magics=KPROBE, compared=True),
-    Option("print_regs", ("--print-regs",), False,
-           "a print_regs() dump per event, split into one column per register", _flag,
-           action="store_true", magics=KPROBE, compared=True),
-    Option("latency", ("--latency",), False,
-           "pair each FUNCTION with its return: one row per call with latency_ns", _flag,
-           action="store_true", magics=KPROBE, compared=True),
-    Option("hist", ("--hist",), None,
-           "latency, retval or ARG: an in-kernel log2 histogram per probe, printed at the end "
-           "instead of rows (latency implies --latency)", _text, metavar="WHAT",
-           group="aggregate", magics=KPROBE, compared=True),
-    Option("hist_linear", ("--hist-linear",), None, "linear buckets for --hist instead of log2",
-           _linear, parse=_linear_text, metavar="MIN,MAX,STEP", group="aggregate",
-           magics=KPROBE, compared=True),
-    Option("count_by", ("--count-by",), None,
-           "comm, pid, cpu, retval or ARG: in-kernel event counts per key", _text,
-           metavar="KEY", group="aggregate", magics=KPROBE, compared=True),
-    Option("command_only", ("--cmd-only",), False,
-           "with -c: only events of the command's process (target(), like -x)", _flag,
-           action="store_true", magics=KPROBE, compared=True),
-    Option("stap_spec", ("--spec",), (),
-           "the records the script prints, as %%kprobe specs (one --spec per probe index, "
-           "in order): they become rows instead of messages", _texts, action="append",
-           metavar="SPEC", magics=STAP, compared=True),
+    Option(
+        "count",
+        ("-n", "--count"),
+        None,
+        "stop after N events",
+        _int_in(1, MAX_COUNT, "an event count"),
+        parse=_ascii_int,
+        metavar="N",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "regs",
+        ("--regs",),
+        (),
+        "register columns, e.g. rip,rax,rdi (u_register values)",
+        _texts,
+        parse=_reg_list,
+        metavar="LIST",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "print_regs",
+        ("--print-regs",),
+        False,
+        "a print_regs() dump per event, split into one column per register",
+        _flag,
+        action="store_true",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "latency",
+        ("--latency",),
+        False,
+        "pair each FUNCTION with its return: one row per call with latency_ns",
+        _flag,
+        action="store_true",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "hist",
+        ("--hist",),
+        None,
+        "latency, retval or ARG: an in-kernel log2 histogram per probe, printed at the end "
+        "instead of rows (latency implies --latency)",
+        _text,
+        metavar="WHAT",
+        group="aggregate",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "hist_linear",
+        ("--hist-linear",),
+        None,
+        "linear buckets for --hist instead of log2",
+        _linear,
+        parse=_linear_text,
+        metavar="MIN,MAX,STEP",
+        group="aggregate",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "count_by",
+        ("--count-by",),
+        None,
+        "comm, pid, cpu, retval or ARG: in-kernel event counts per key",
+        _text,
+        metavar="KEY",
+        group="aggregate",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "where",
+        ("--where",),
+        None,
+        "a filter evaluated in the probe: == != < <= > >=, && || !, parentheses, numbers, "
+        '"strings", the spec\'s names, retval, pid tid comm cpu',
+        _text,
+        metavar="EXPR",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "command_only",
+        ("--cmd-only",),
+        False,
+        "with -c: only events of the command's process (target(), like -x)",
+        _flag,
+        action="store_true",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
+        "stap_spec",
+        ("--spec",),
+        (),
+        "the records the script prints, as %%kprobe specs (one --spec per probe index, "
+        "in order): they become rows instead of messages",
+        _texts,
+        action="append",
+        metavar="SPEC",
+        magics=STAP,
+        compared=True,
+    ),
     # the cell (not ProbeOptions)
-    Option("out", ("-o", "--out"), None, "store the DataFrame in VAR", _out, metavar="VAR",
-           group="output", field=False),
-    Option("bg", ("--bg",), False,
-           "run in the background: returns the run (.df, .stop(), .wait())", _flag,
-           action="store_true", group="output", field=False),
+    Option(
+        "out",
+        ("-o", "--out"),
+        None,
+        "store the DataFrame in VAR",
+        _out,
+        metavar="VAR",
+        group="output",
+        field=False,
+    ),
+    Option(
+        "bg",
+        ("--bg",),
+        False,
+        "run in the background: returns the run (.df, .stop(), .wait())",
+        _flag,
+        action="store_true",
+        group="output",
+        field=False,
+    ),
     # recording.plan checks the file names (NUL, directories) and says what is wrong
-    Option("record", ("--record",), None, "also save the run (stap's raw output) to FILE",
-           _str, metavar="FILE", group="recording", field=False),
-    Option("replay", ("--replay",), None, "run the pipeline from a recording instead of stap",
-           _str, metavar="FILE", group="recording", field=False),
-    Option("recording", ("--recording",), None,
-           "this cell's recording, recordings/NAME.jsonl: made in mode record, replayed in "
-           "mode replay (see KprobeMagics.mode)", _str, metavar="NAME", group="recording",
-           field=False),
-    Option("replay_speed", ("--replay-speed",), 0.0,
-           "replay pace: 0 as fast as possible (default), 1 as recorded, 2 twice as fast",
-           _seconds(False, None, "a finite speed, 0 or more"), parse=_ascii_decimal,
-           metavar="X", group="recording", field=False, trait=True),
-    Option("list_running", ("--list-running",), False,
-           "%%kprobe --list-running: a table of the live (--bg) runs", _flag,
-           action="store_true", group="control", magics=KPROBE, field=False),
-    Option("stop_all", ("--stop-all",), False, "%%kprobe --stop-all: stop every live run",
-           _flag, action="store_true", group="control", magics=KPROBE, field=False),
+    Option(
+        "record",
+        ("--record",),
+        None,
+        "also save the run (stap's raw output) to FILE",
+        _str,
+        metavar="FILE",
+        group="recording",
+        field=False,
+    ),
+    Option(
+        "replay",
+        ("--replay",),
+        None,
+        "run the pipeline from a recording instead of stap",
+        _str,
+        metavar="FILE",
+        group="recording",
+        field=False,
+    ),
+    Option(
+        "recording",
+        ("--recording",),
+        None,
+        "this cell's recording, recordings/NAME.jsonl: made in mode record, replayed in "
+        "mode replay (see KprobeMagics.mode)",
+        _str,
+        metavar="NAME",
+        group="recording",
+        field=False,
+    ),
+    Option(
+        "replay_speed",
+        ("--replay-speed",),
+        0.0,
+        "replay pace: 0 as fast as possible (default), 1 as recorded, 2 twice as fast",
+        _seconds(False, None, "a finite speed, 0 or more"),
+        parse=_ascii_decimal,
+        metavar="X",
+        group="recording",
+        field=False,
+        trait=True,
+    ),
+    Option(
+        "list_running",
+        ("--list-running",),
+        False,
+        "%%kprobe --list-running: a table of the live (--bg) runs",
+        _flag,
+        action="store_true",
+        group="control",
+        magics=KPROBE,
+        field=False,
+    ),
+    Option(
+        "stop_all",
+        ("--stop-all",),
+        False,
+        "%%kprobe --stop-all: stop every live run",
+        _flag,
+        action="store_true",
+        group="control",
+        magics=KPROBE,
+        field=False,
+    ),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -325,8 +560,13 @@ def validate(values: Mapping[str, Any]) -> None:
 class _Once(argparse.Action):
     """Store a value, refusing a second one (`-c a -c b` would silently keep b)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         given: set[str] = namespace.__dict__.setdefault("_given", set())
         if self.dest in given:
             parser.error(f"{'/'.join(self.option_strings)} given twice: give it once")
@@ -340,8 +580,12 @@ def argparse_kwargs(opt: Option) -> dict[str, Any]:
     if opt.action == "store":
         kw.update(action=_Once, type=opt.read, metavar=opt.metavar, default=None)
     elif opt.action == "append":
-        kw.update(action="append", type=opt.read if opt.parse else _one_text(opt),
-                  metavar=opt.metavar, default=[])
+        kw.update(
+            action="append",
+            type=opt.read if opt.parse else _one_text(opt),
+            metavar=opt.metavar,
+            default=[],
+        )
     elif opt.action == "store_const":
         kw.update(action="store_const", const=opt.const, default=None)
     else:
@@ -356,11 +600,13 @@ def _one_text(opt: Option) -> Callable[[str], str]:
         except OptionError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return text
+
     return read
 
 
-def line_values(args: argparse.Namespace, magic: Magic,
-                traits: Mapping[str, Any]) -> dict[str, Any]:
+def line_values(
+    args: argparse.Namespace, magic: Magic, traits: Mapping[str, Any]
+) -> dict[str, Any]:
     """Every row's value for one cell: the line's, else the trait's, else the default."""
     values: dict[str, Any] = {}
     for opt in OPTIONS:
@@ -373,3 +619,19 @@ def line_values(args: argparse.Namespace, magic: Magic,
             value = given
         values[opt.name] = value
     return values
+
+
+def markdown_table() -> str:
+    """README.md's options table (scripts/options_table.py writes it; a test compares)."""
+    rows = ["| option | magics | meaning |", "| --- | --- | --- |"]
+    for opt in OPTIONS:
+        if not opt.flags:
+            continue
+        spelled = ", ".join(
+            f"`{f} {opt.metavar}`" if opt.metavar and opt.action != "store_const" else f"`{f}`"
+            for f in opt.flags
+        )
+        where = ", ".join(f"%%{m}" for m in opt.magics)
+        meaning = opt.help.replace("|", "\\|")
+        rows.append(f"| {spelled} | {where} | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -16,13 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from . import diagnose, options, records, runner
-from .errors import OptionError, SpecError
+from . import btfspec, diagnose, frames, kbtf, options, records, runner
+from .errors import BTFError, OptionError, SpecError
 from .hist import Histogram, Summary
-from .schema import ProbeSchema
+from .schema import ColumnKind, ProbeSchema
 from .script import (
     COUNT_KEYS,
     Script,
@@ -60,8 +59,9 @@ class ProbeOptions:
     hist: str | None = None
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
-    command_only: bool = False      # --cmd-only: events of the -c command's process only
-    include_self: bool = False      # --include-self: stapmagic's own transport too
+    where: str | None = None  # --where EXPR, compiled into the handlers (where.py)
+    command_only: bool = False  # --cmd-only: events of the -c command's process only
+    include_self: bool = False  # --include-self: stapmagic's own transport too (selfskip.py)
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
 
     def __post_init__(self) -> None:
@@ -113,8 +113,11 @@ class ProbeRun:
 
     def __repr__(self) -> str:
         # Short: a --bg cell's value is the run itself, and attrs of frames show it too.
-        what = (", ".join(p.label for p in self.script.probes) if self.script is not None
-                else "%%stap script")
+        what = (
+            ", ".join(p.label for p in self.script.probes)
+            if self.script is not None
+            else "%%stap script"
+        )
         where = self.target.url or self.target.kind
         how = f"replay of {self.replay_of} (recorded on {where})" if self.replay_of else where
         if self.running:
@@ -170,8 +173,7 @@ class ProbeRun:
 
     @property
     def diagnoses(self) -> list[diagnose.Diagnosis]:
-        found = diagnose.diagnose(
-            self.messages + diagnose.damaged_messages(self.parser.damaged))
+        found = diagnose.diagnose(self.messages + diagnose.damaged_messages(self.parser.damaged))
         if self.end_diagnoses:
             # they name the cause the generic "stap failed in pass 5" fallback could not
             found = [d for d in found if d.code != "stap_failed"]
@@ -193,15 +195,22 @@ class ProbeRun:
             return True
         # stap exits 1 when its -c command failed (staprun/mainloop.c), however the probes
         # did: the command's result, unless stap also failed for a reason of its own.
-        return (self.status.exit_status == 1 and bool(self.status.command_status)
-                and not any(d.severity == "error" for d in self.diagnoses))
+        return (
+            self.status.exit_status == 1
+            and bool(self.status.command_status)
+            and not any(d.severity == "error" for d in self.diagnoses)
+        )
 
     def summary(self) -> str:
         """One line: rows, messages, damage, how it ended."""
         parts = [f"{self.parser.row_count} rows"]
         notes = self._aggregate_notes()
-        if notes and self.script is not None and self.script.aggregate is not None \
-                and not self.parser.row_count:
+        if (
+            notes
+            and self.script is not None
+            and self.script.aggregate is not None
+            and not self.parser.row_count
+        ):
             parts = []  # an aggregating script prints no rows: "0 rows" says nothing
         parts += notes
         c = self.counters
@@ -231,10 +240,12 @@ class ProbeRun:
             notes.append(f"stap exit status {status.exit_status}")
         command = status.command_status
         if command:
-            notes.append(f"command exited with status {command}" if command > 0
-                         else f"command killed by {_signal_name(-command)}")
+            notes.append(
+                f"command exited with status {command}"
+                if command > 0
+                else f"command killed by {_signal_name(-command)}"
+            )
         return notes
-
 
     # -- aggregates (--latency, --hist, --count-by) ---------------------------------------
 
@@ -261,74 +272,28 @@ class ProbeRun:
             with self.lock:
                 keys = [t for t in self.parser.tag_counts if t.tag == "smk"]
             if keys:
-                notes.append(f"{sum(t.value for t in keys)} events counted by {agg.of} "
-                             f"({len(keys)} key{'' if len(keys) == 1 else 's'})")
+                notes.append(
+                    f"{sum(t.value for t in keys)} events counted by {agg.of} "
+                    f"({len(keys)} key{'' if len(keys) == 1 else 's'})"
+                )
         if self.unpaired:
             notes.append(f"{self.unpaired} returns without a recorded entry were skipped")
         if self.count_overflow:
-            notes.append(f"{self.count_overflow} events with a key past the first "
-                         f"{COUNT_KEYS} were not counted")
+            notes.append(
+                f"{self.count_overflow} events with a key past the first "
+                f"{COUNT_KEYS} were not counted"
+            )
         return notes
 
     @property
     def hist(self) -> pd.DataFrame:
-        """--hist: the buckets of every probe's histogram (probe, value, low, high, count;
-        [low, high) as in hist.py); attrs: kind, of, and the @count/@min/@max/@avg/@sum
-        summaries (`summaries` by probe; the fields themselves too when there is one)."""
-        frames = [h.frame.assign(probe=h.name) for h in self.histograms]
-        cols = ["probe", "value", "low", "high", "count"]
-        if frames:
-            df = pd.concat(frames, ignore_index=True)[cols]
-        else:
-            df = pd.DataFrame({"probe": pd.array([], dtype="str"),
-                               "value": pd.array([], dtype="int64"),
-                               "low": pd.array([], dtype="Int64"),
-                               "high": pd.array([], dtype="Int64"),
-                               "count": pd.array([], dtype="int64")})
-        df["probe"] = df["probe"].astype("category")
-        agg = self.script.aggregate if self.script is not None else None
-        df.attrs["kind"] = "linear" if agg and (agg.hist_kind or "").startswith("linear") \
-            else "log"
-        df.attrs["of"] = agg.of if agg else None
-        stats = {s.name: dataclasses.asdict(s) for s in self.summaries}
-        df.attrs["summaries"] = stats
-        if len(stats) == 1:
-            df.attrs.update({k: v for k, v in next(iter(stats.values())).items() if k != "name"})
-        df.attrs["kprobe_run"] = self
-        return df
+        """--hist: the buckets of every probe's histogram (frames.hist_frame)."""
+        return frames.hist_frame(self)
 
     @property
     def counts(self) -> pd.DataFrame:
-        """--count-by: one row per (probe, key) with its count, most frequent first."""
-        agg = self.script.aggregate if self.script is not None else None
-        labels = [p.label for p in self.script.probes] if self.script is not None else []
-        kinds = dict(zip(labels, agg.key_kinds if agg else (), strict=False))
-        with self.lock:
-            lines = [t for t in self.parser.tag_counts if t.tag == "smk"]
-        used = {kinds.get(t.name, "str") for t in lines} or set(agg.key_kinds if agg else ())
-
-        def key(t: records.TagCount) -> Any:
-            kind = kinds.get(t.name, "str")
-            if kind == "str":
-                return records.unescape_text(t.key.encode())
-            return int(t.key, 16 if kind == "hex" else 10)
-
-        keys = [key(t) for t in lines]
-        # via numpy: pd.array() of Python ints above 2**63 goes through float64
-        if used and used <= {"int"}:
-            key_col: Any = np.array(keys, dtype=np.int64)
-        elif used and used <= {"uint", "hex"}:
-            key_col = np.array(keys, dtype=np.uint64)
-        elif used <= {"str"}:
-            key_col = pd.array(keys, dtype="str")
-        else:
-            key_col = pd.array(keys, dtype=object)
-        df = pd.DataFrame({"probe": pd.Categorical([t.name for t in lines]), "key": key_col,
-                           "count": pd.array([t.value for t in lines], dtype="int64")})
-        df = df.sort_values("count", ascending=False, kind="stable", ignore_index=True)
-        df.attrs["count_by"] = agg.of if agg else None
-        df.attrs["kprobe_run"] = self
-        return df
+        """--count-by: one row per (probe, key) with its count (frames.counts_frame)."""
+        return frames.counts_frame(self)
 
     def result(self) -> pd.DataFrame:
         """What the magic returns: the histogram (--hist), the counts (--count-by), or df."""
@@ -353,6 +318,7 @@ def script_options(opts: ProbeOptions) -> ScriptOptions:
         hist=opts.hist,
         hist_linear=opts.hist_linear,
         count_by=opts.count_by,
+        where=opts.where,
         skip_self=not opts.include_self,
     )
 
@@ -376,9 +342,13 @@ def kallsyms_lines(target: runner.Target, names: Sequence[str]) -> list[str]:
     return target.kallsyms_lines(names)
 
 
-def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
-                    lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
-                    ) -> Spec:
+def resolve_modules(
+    spec: Spec,
+    target: runner.Target,
+    *,
+    guru: bool,
+    lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
+) -> Spec:
     """Check each MODULE:FUNCTION against the target's /proc/kallsyms; under --guru move it to
     its absolute address.
 
@@ -407,15 +377,20 @@ def resolve_modules(spec: Spec, target: runner.Target, *, guru: bool,
                 homes = ", ".join(sorted({m or "the kernel itself" for _, m in found}))
                 why = f"{probe.function} belongs to {homes}, not to module {probe.module}"
             else:
-                why = (f"no function {probe.function} in the target's /proc/kallsyms: is module "
-                       f"{probe.module} loaded (lsmod; modprobe {probe.module})?")
+                why = (
+                    f"no function {probe.function} in the target's /proc/kallsyms: is module "
+                    f"{probe.module} loaded (lsmod; modprobe {probe.module})?"
+                )
             raise SpecError(why, probe.text, 0, len(probe.text))
         if guru and probe.kind == "entry":
             if not in_module[0]:
                 raise SpecError(
                     "the target's /proc/kallsyms shows zero addresses (kptr_restrict, or not "
                     "root): cannot place an absolute probe; drop --guru to probe it by name",
-                    probe.text, 0, len(probe.text))
+                    probe.text,
+                    0,
+                    len(probe.text),
+                )
             probes.append(module_statement_probe(probe, in_module[0]))
         else:
             probes.append(probe)
@@ -427,13 +402,52 @@ ArgvBuilder = Callable[[str, ProbeOptions, runner.Target], list[str]]
 Source = Callable[..., runner.RunStatus]
 
 
-def prepare(first_line: str, body: str, opts: ProbeOptions, *,
-            lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
-            build: ArgvBuilder = build_argv,
-            ) -> ProbeRun:
+def target_btf(target: runner.Target, modules: Sequence[str]) -> kbtf.KernelBTF:
+    """The target kernel's BTF (vmlinux and `modules`), over its channel, cached per build."""
+    return kbtf.kernel_btf(target, modules)
+
+
+BTFLookup = Callable[[runner.Target, Sequence[str]], kbtf.KernelBTF]
+
+
+def resolve_btf(
+    spec: Spec,
+    target: runner.Target,
+    btf_lookup: BTFLookup | None = None,
+) -> Spec:
+    """Arguments named the kernel's way, resolved from the target's BTF (SpecError at the
+    word when the BTF is missing or does not have them)."""
+    needing = [p for p in spec.probes if p.btf_refs]
+    if not needing:
+        return spec
+    modules = sorted({p.module for p in needing if p.module})
+    try:
+        kb = (btf_lookup or target_btf)(target, modules)
+    except BTFError as exc:
+        ref = needing[0].btf_refs[0]
+        raise SpecError(
+            f"{ref.path} needs the kernel's BTF: {exc}",
+            ref.source,
+            ref.pos,
+            len(ref.path),
+            ref.lineno,
+        ) from None
+    return Spec(tuple(btfspec.resolve_probe(kb, p) for p in spec.probes))
+
+
+def prepare(
+    first_line: str,
+    body: str,
+    opts: ProbeOptions,
+    *,
+    lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
+    build: ArgvBuilder = build_argv,
+    btf_lookup: BTFLookup | None = None,
+) -> ProbeRun:
     """Parse, generate and build the command line; raises SpecError/OptionError early."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
+    spec = resolve_btf(spec, target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
     if not spec.probes:
@@ -442,13 +456,27 @@ def prepare(first_line: str, body: str, opts: ProbeOptions, *,
             "after %%kprobe or on the lines below it"
         )
     script = generate(spec, script_options(opts))
-    argv = build(script.text, opts, target)
-    return ProbeRun(spec, script, argv, target, records.RecordParser(script.probes),
-                    script_text=script.text)
+    # The script says whether it needs -g (a statement probe at an absolute address).
+    argv = build(script.text, dataclasses.replace(opts, guru=True) if script.guru else opts, target)
+    parser = records.RecordParser(script.probes, key_kinds=count_key_kinds(script))
+    return ProbeRun(spec, script, argv, target, parser, script_text=script.text)
 
 
-def prepare_script(text: str, opts: ProbeOptions, *, build: ArgvBuilder = build_argv,
-                   ) -> ProbeRun:
+def count_key_kinds(script: Script) -> dict[str, ColumnKind]:
+    """--count-by: each probe's `@@smk` key kind by label, so the parser refuses a key its
+    kind cannot hold (an int past int64 is DAMAGED, not an error in `ProbeRun.counts`)."""
+    agg = script.aggregate
+    if agg is None or agg.mode != "count":
+        return {}
+    return dict(zip((p.label for p in script.probes), agg.key_kinds, strict=False))
+
+
+def prepare_script(
+    text: str,
+    opts: ProbeOptions,
+    *,
+    build: ArgvBuilder = build_argv,
+) -> ProbeRun:
     """A hand-written SystemTap script (%%stap) through the same runner."""
     target = runner.parse_target(opts.target)
     schemas = stap_schemas(opts)
@@ -474,10 +502,10 @@ def stap_schemas(opts: ProbeOptions) -> tuple[ProbeSchema, ...]:
         try:
             spec = parse_spec("", guru=opts.guru, first_line=text)
         except SpecError as exc:
-            raise SpecError(f"--spec: {exc.message}", exc.source, exc.pos, exc.length,
-                            exc.line) from None
-        schemas += [schema_for(p, ScriptOptions(string_max=opts.string_max))
-                    for p in spec.probes]
+            raise SpecError(
+                f"--spec: {exc.message}", exc.source, exc.pos, exc.length, exc.line
+            ) from None
+        schemas += [schema_for(p, ScriptOptions(string_max=opts.string_max)) for p in spec.probes]
     return tuple(schemas)
 
 
@@ -511,8 +539,9 @@ def execute(
 
     try:
         if source is None:
-            run.status = runner.run(run.argv, on_chunk, stop=run.stop_event, grace=grace,
-                                    tick=tick, target=run.target)
+            run.status = runner.run(
+                run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick, target=run.target
+            )
         else:
             run.status = source(run.argv, on_chunk, stop=run.stop_event, grace=grace, tick=tick)
     finally:
@@ -532,20 +561,25 @@ def execute(
             if run.status is None:
                 # runner.run itself failed (e.g. could not spawn): keep what we have.
                 run.status = runner.RunStatus(
-                    exit_status=None, signal=None, interrupted=False, escalated=None,
-                    duration=run.finished - run.started, argv=run.argv,
+                    exit_status=None,
+                    signal=None,
+                    interrupted=False,
+                    escalated=None,
+                    duration=run.finished - run.started,
+                    argv=run.argv,
                 )
             elif source is None:
                 try:
                     run.end_diagnoses = ending_diagnoses(run)
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
                     run.notes.append(f"stapmagic could not check how the run ended: {exc}")
-            if not run.ok and run.target.kind == "lab" and source is None:  # a replay: no lab
+            if not run.ok and source is None:  # a replay: no target to look at
                 try:
-                    run.notes.extend(lab_post_mortem())
+                    run.notes.extend(run.target.post_mortem())
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
-                    run.notes.append(f"stapmagic could not check the lab VM after the run: "
-                                     f"{exc}")
+                    run.notes.append(
+                        f"stapmagic could not check {run.target.where} after the run: {exc}"
+                    )
             if on_batch is not None:
                 try:
                     on_batch(run, batch, True)
@@ -565,9 +599,11 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def ending_diagnoses(run: ProbeRun, *,
-                     reachable: Callable[[runner.Target], str | None] | None = None,
-                     ) -> list[diagnose.Diagnosis]:
+def ending_diagnoses(
+    run: ProbeRun,
+    *,
+    reachable: Callable[[runner.Target], str | None] | None = None,
+) -> list[diagnose.Diagnosis]:
     """What ended a run when stap's messages do not say: stap killed from outside, or (on a
     remote target) stap's ssh connection lost mid-run. `reachable(target)` returns None when
     the target answers, else why not (default: one `true` over ssh)."""
@@ -578,13 +614,19 @@ def ending_diagnoses(run: ProbeRun, *,
     kept = f"The {rows} rows received before are kept."
     if status.signal is not None:
         name = _signal_name(status.signal)
-        return [diagnose.Diagnosis(
-            code="stap_killed",
-            summary=(f"stap was killed by {name} (signal {status.signal}) before the run "
-                     f"ended, by something other than stapmagic (kill -9, the OOM killer...). "
-                     f"{kept}"),
-            detail=(), severity="error")]
-    if run.target.kind == "local":
+        return [
+            diagnose.Diagnosis(
+                code="stap_killed",
+                summary=(
+                    f"stap was killed by {name} (signal {status.signal}) before the run "
+                    f"ended, by something other than stapmagic (kill -9, the OOM killer...). "
+                    f"{kept}"
+                ),
+                detail=(),
+                severity="error",
+            )
+        ]
+    if not run.target.remote:
         return []
     if status.command_status is not None:
         return []  # stapio reported the -c command's end: the session lasted to the end
@@ -595,28 +637,27 @@ def ending_diagnoses(run: ProbeRun, *,
     if not rows and not any(m.startswith("Pass 5: starting run") for m in passes):
         return []  # it did not get to the run: not a lost session
     why = (reachable or _target_problem)(run.target)
-    where = "the lab VM" if run.target.kind == "lab" else str(run.target)
+    where = run.target.where
     detail = tuple(m for m in passes if "failed" in m)
     if why is None:
-        summary = (f"the connection to the target ({where}) was lost during the run: stap's ssh "
-                   f"session ended without a word from stap (the ssh client died or the network "
-                   f"dropped). The target answers again now. {kept}")
+        summary = (
+            f"the connection to the target ({where}) was lost during the run: stap's ssh "
+            f"session ended without a word from stap (the ssh client died or the network "
+            f"dropped). The target answers again now. {kept}"
+        )
         code = "connection_lost"
     else:
-        hint = (" (python -m stapmagic.lab status)" if run.target.kind == "lab" else "")
-        summary = (f"the connection to the target ({where}) was lost during the run, and the "
-                   f"target does not answer now: is it down?{hint} ({why}). {kept}")
+        summary = (
+            f"the connection to the target ({where}) was lost during the run, and the "
+            f"target does not answer now: is it down?{run.target.down_hint} ({why}). "
+            f"{kept}"
+        )
         code = "target_unreachable"
     return [diagnose.Diagnosis(code=code, summary=summary, detail=detail, severity="error")]
 
 
 def _target_problem(target: runner.Target) -> str | None:
     return target.problem()
-
-
-def lab_post_mortem() -> list[str]:
-    """After a failed lab run: say so if the VM itself died (e.g. the guest kernel crashed)."""
-    return runner.Target("lab").post_mortem()
 
 
 def start(
@@ -629,9 +670,11 @@ def start(
 ) -> ProbeRun:
     """`execute` in a background thread; the run's `df` grows while it runs."""
     thread = threading.Thread(
-        target=execute, args=(run,),
+        target=execute,
+        args=(run,),
         kwargs={"on_batch": on_batch, "grace": grace, "tap": tap, "source": source},
-        name=f"stapmagic-run-{id(run):x}", daemon=True,
+        name=f"stapmagic-run-{id(run):x}",
+        daemon=True,
     )
     run.thread = thread
     thread.start()

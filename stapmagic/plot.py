@@ -110,11 +110,13 @@ def log2_buckets(values: pd.Series | np.ndarray | Sequence[float]) -> pd.DataFra
     """
     arr = _integer_values(values)
     if arr.size == 0:
-        return pd.DataFrame({
-            "low": np.empty(0, dtype=np.int64),
-            "high": np.empty(0, dtype=np.int64),
-            "count": np.empty(0, dtype=np.int64),
-        })
+        return pd.DataFrame(
+            {
+                "low": np.empty(0, dtype=np.int64),
+                "high": np.empty(0, dtype=np.int64),
+                "count": np.empty(0, dtype=np.int64),
+            }
+        )
     if arr.dtype == np.uint64:
         negative = np.zeros(arr.shape, dtype=bool)
         magnitude = arr
@@ -136,11 +138,13 @@ def log2_buckets(values: pd.Series | np.ndarray | Sequence[float]) -> pd.DataFra
     edges = [_bucket_edges(i) for i in range(lo_i, hi_i + 1)]
     info = np.iinfo(arr.dtype)
     floor, limit = int(info.min), int(info.max)
-    return pd.DataFrame({
-        "low": np.array([max(low, floor) for low, _ in edges], dtype=arr.dtype),
-        "high": np.array([min(high, limit) for _, high in edges], dtype=arr.dtype),
-        "count": counts.astype(np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "low": np.array([max(low, floor) for low, _ in edges], dtype=arr.dtype),
+            "high": np.array([min(high, limit) for _, high in edges], dtype=arr.dtype),
+            "count": counts.astype(np.int64),
+        }
+    )
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -201,7 +205,14 @@ def _plain_tick(value: float) -> str:
         return str(v)
     a = abs(v)
     if a & (a - 1) == 0:
-        for prefix, shift in (("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        for prefix, shift in (
+            ("Ei", 60),
+            ("Pi", 50),
+            ("Ti", 40),
+            ("Gi", 30),
+            ("Mi", 20),
+            ("Ki", 10),
+        ):
             if a >= 1 << shift:
                 return f"{'-' if v < 0 else ''}{a >> shift}{prefix}"
     return f"{v:,}"
@@ -261,8 +272,12 @@ def _draw_buckets(
         offset = 0.0 if len(groups) == 1 else -0.45 + width * (n + 0.5)
         x = [slot[_bucket_key(lo, hi)] + offset for lo, hi in zip(g["low"], g["high"], strict=True)]
         ax.bar(
-            x, g["count"].to_numpy(dtype=np.int64), width=width, label=label,
-            edgecolor="white", linewidth=0.5,
+            x,
+            g["count"].to_numpy(dtype=np.int64),
+            width=width,
+            label=label,
+            edgecolor="white",
+            linewidth=0.5,
         )
     edges = [(buckets[k][1], buckets[k][2]) for k in keys]
     closed = all(pd.notna(lo) and pd.notna(hi) for lo, hi in edges)
@@ -292,8 +307,10 @@ def _hist_groups(df: pd.DataFrame, by: str | None) -> list[tuple[str | None, pd.
     for label, g in frames:
         keep = [c for c in ("value", *_HIST_COLUMNS) if c in g.columns]
         buckets = g.loc[g["count"].notna(), keep]
-        order = sorted(range(len(buckets)), key=lambda i: _bucket_key(
-            buckets["low"].iloc[i], buckets["high"].iloc[i]))
+        order = sorted(
+            range(len(buckets)),
+            key=lambda i: _bucket_key(buckets["low"].iloc[i], buckets["high"].iloc[i]),
+        )
         buckets = buckets.iloc[order].reset_index(drop=True)
         if int(buckets["count"].sum()) > 0:
             out.append((label, buckets))
@@ -376,8 +393,9 @@ def retval_hist(df: pd.DataFrame, ax: Axes | None = None, top: int = 40) -> Axes
     counts = counts.head(top).sort_index()
     names: dict[int, str] = {}
     if "errno" in present.columns:
-        named = present.loc[present["errno"].notna() & (present["errno"] != ""),
-                            ["retval", "errno"]]
+        named = present.loc[
+            present["errno"].notna() & (present["errno"] != ""), ["retval", "errno"]
+        ]
         for value, errno_name in named.drop_duplicates("retval").itertuples(index=False):
             names[int(value)] = str(errno_name)
     labels = [f"{int(v)} {names[int(v)]}" if int(v) in names else f"{int(v)}" for v in counts.index]
@@ -416,14 +434,12 @@ def timeline(df: pd.DataFrame, ax: Axes | None = None, y: str = "probe") -> Axes
         if y.endswith("_ns"):
             yunit, yscale = pick_unit(float(np.abs(ydata).max()))
             ydata, label = ydata / yscale, f"{y[:-3]} ({yunit})"
-        ax.plot(x, ydata, linestyle="none", marker=".", markersize=3,
-                rasterized=len(sub) > 10_000)
+        ax.plot(x, ydata, linestyle="none", marker=".", markersize=3, rasterized=len(sub) > 10_000)
         ax.set_ylabel(label)
     else:
         cats = yvals.astype("category").cat.remove_unused_categories()
         codes = cats.cat.codes.to_numpy()
-        ax.plot(x, codes, linestyle="none", marker="|", markersize=12,
-                rasterized=len(sub) > 10_000)
+        ax.plot(x, codes, linestyle="none", marker="|", markersize=12, rasterized=len(sub) > 10_000)
         ax.set_yticks(range(len(cats.cat.categories)))
         ax.set_yticklabels([str(c) for c in cats.cat.categories])
         ax.set_ylim(-0.5, len(cats.cat.categories) - 0.5)
@@ -436,7 +452,11 @@ def timeline(df: pd.DataFrame, ax: Axes | None = None, y: str = "probe") -> Axes
 
 # Bin widths for rate(), in ns: 1-2-5 steps from 1us to 1h.
 _NICE_BINS: list[int] = [m * int(10**e) for e in range(3, 12) for m in (1, 2, 5)] + [
-    60 * 10**9, 300 * 10**9, 600 * 10**9, 1800 * 10**9, 3600 * 10**9,
+    60 * 10**9,
+    300 * 10**9,
+    600 * 10**9,
+    1800 * 10**9,
+    3600 * 10**9,
 ]
 
 
@@ -450,15 +470,15 @@ def _bin_width(span_ns: float, target_bins: int = 100) -> int:
     return _NICE_BINS[-1]
 
 
-def rate(
-    df: pd.DataFrame, ax: Axes | None = None, freq: str | pd.Timedelta | None = None
-) -> Axes:
+def rate(df: pd.DataFrame, ax: Axes | None = None, freq: str | pd.Timedelta | None = None) -> Axes:
     """Events per second over time, counted in bins of `freq` (e.g. "100ms"; default: a
     1-2-5 width giving about 100 bins over the span)."""
     _require_rows(df, "rate")
     rel = _relative_ns(df)
     span = float(rel.max())
-    width = int(pd.Timedelta(freq) / pd.Timedelta(1, "ns")) if freq is not None else _bin_width(span)
+    width = (
+        int(pd.Timedelta(freq) / pd.Timedelta(1, "ns")) if freq is not None else _bin_width(span)
+    )
     if width <= 0:
         raise ValueError(f"rate: freq must be positive, not {freq!r}")
     bins = (rel // width).astype(np.int64)
@@ -505,8 +525,11 @@ def by(df: pd.DataFrame, column: str, ax: Axes | None = None, top: int = 20) -> 
     _integer_counts(ax, "x")
     ax.set_xlabel("events (count)")
     ax.set_ylabel(column)
-    shown = (f"top {top} of {distinct}" if distinct > top
-             else f"{distinct} value{'s' if distinct > 1 else ''}")
+    shown = (
+        f"top {top} of {distinct}"
+        if distinct > top
+        else f"{distinct} value{'s' if distinct > 1 else ''}"
+    )
     ax.set_title(f"events by {column}: {int(values.notna().sum()):,} events, {shown}")
     return ax
 

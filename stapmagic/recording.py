@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import __version__, options, pipeline, runner
+from . import __version__, options, pipeline, runner, targets
 from .errors import ReplayError, StapMagicError
 
 __all__ = [
@@ -126,7 +126,7 @@ def _seconds(value: Any, name: str, high: float = math.inf) -> float:
 
 def _kind(value: Any, name: str) -> str:
     if value not in ("kprobe", "stap"):
-        raise _Bad(f"`{name}` must be \"kprobe\" or \"stap\", not {_js(value)}")
+        raise _Bad(f'`{name}` must be "kprobe" or "stap", not {_js(value)}')
     return str(value)
 
 
@@ -164,8 +164,9 @@ def _fits(value: Any, tp: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_fits(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args,
-                                                                           strict=True))
+        return len(value) == len(args) and all(
+            _fits(v, a) for v, a in zip(value, args, strict=True)
+        )
     return False
 
 
@@ -191,8 +192,9 @@ def _type_name(tp: Any) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of ({_type_name(args[0])})"
         return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
-    return {bool: "true or false", int: "a whole number", float: "a number",
-            str: "a string"}.get(tp, str(tp))
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
 
 
 def _started(value: Any, name: str) -> float:
@@ -200,9 +202,17 @@ def _started(value: Any, name: str) -> float:
 
 
 _HEADER_CHECKS: dict[str, Callable[[Any, str], Any]] = {
-    "kind": _kind, "spec": _str, "options": _options, "script": _str, "argv": _argv,
-    "target": _target, "kernel_release": _str, "stap_version": _str, "started": _started,
-    "kallsyms": _strs, "stapmagic_version": _str,
+    "kind": _kind,
+    "spec": _str,
+    "options": _options,
+    "script": _str,
+    "argv": _argv,
+    "target": _target,
+    "kernel_release": _str,
+    "stap_version": _str,
+    "started": _started,
+    "kallsyms": _strs,
+    "stapmagic_version": _str,
 }
 
 
@@ -226,23 +236,31 @@ class Header:
     stapmagic_version: str = __version__
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "streams": STREAMS,
-                **dataclasses.asdict(self)}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "streams": STREAMS,
+            **dataclasses.asdict(self),
+        }
 
     @classmethod
     def from_json(cls, obj: Any) -> Header:
         """The header from its JSON object, every field checked (_Bad says what is wrong)."""
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-            raise _Bad(f"not a stapmagic recording (no \"format\": \"{FORMAT}\" header)")
+            raise _Bad(f'not a stapmagic recording (no "format": "{FORMAT}" header)')
         version = obj.get("version")
         if isinstance(version, bool) or not isinstance(version, int):
             raise _Bad(f"`version` must be a whole number, not {_js(version)}")
         if version > VERSION:
-            raise _Bad(f"a version {version} recording, made by a newer stapmagic; this one "
-                       f"reads version {VERSION}: upgrade stapmagic, or re-record it")
+            raise _Bad(
+                f"a version {version} recording, made by a newer stapmagic; this one "
+                f"reads version {VERSION}: upgrade stapmagic, or re-record it"
+            )
         if version < VERSION:
-            raise _Bad(f"a version {version} recording; this stapmagic reads version "
-                       f"{VERSION}: re-record it")
+            raise _Bad(
+                f"a version {version} recording; this stapmagic reads version "
+                f"{VERSION}: re-record it"
+            )
         if obj.get("streams", STREAMS) != STREAMS:
             raise _Bad(f"`streams` must be {STREAMS!r}, not {_js(obj.get('streams'))}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -281,13 +299,19 @@ class End:
     def of(cls, status: runner.RunStatus | None, duration: float) -> End:
         if status is None:
             return cls(None, None, False, None, duration)
-        return cls(status.exit_status, status.signal, status.interrupted, status.escalated,
-                   status.duration)
+        return cls(
+            status.exit_status, status.signal, status.interrupted, status.escalated, status.duration
+        )
 
     def status(self, argv: Sequence[str]) -> runner.RunStatus:
-        return runner.RunStatus(exit_status=self.exit_status, signal=self.signal,
-                                interrupted=self.interrupted, escalated=self.escalated,
-                                duration=self.duration, argv=tuple(argv))
+        return runner.RunStatus(
+            exit_status=self.exit_status,
+            signal=self.signal,
+            interrupted=self.interrupted,
+            escalated=self.escalated,
+            duration=self.duration,
+            argv=tuple(argv),
+        )
 
 
 @dataclass(frozen=True)
@@ -328,15 +352,19 @@ def _end(value: Any) -> End:
     if status is not None and not (_whole(status) and status in range(256)):
         raise _Bad(f"`exit_status` must be null or a whole number 0-255, not {_js(status)}")
     if sig is not None and not (_whole(sig) and sig in _SIGNALS):
-        raise _Bad(f"`signal` must be null or a signal number {_SIGNALS.start}-"
-                   f"{_SIGNALS.stop - 1}, not {_js(sig)}")
+        raise _Bad(
+            f"`signal` must be null or a signal number {_SIGNALS.start}-"
+            f"{_SIGNALS.stop - 1}, not {_js(sig)}"
+        )
     if not isinstance(interrupted, bool):
         raise _Bad(f"`interrupted` must be true or false, not {_js(interrupted)}")
     if value["escalated"] not in _ESCALATIONS:
-        raise _Bad(f"`escalated` must be null, \"SIGTERM\" or \"SIGKILL\", not "
-                   f"{_js(value['escalated'])}")
-    return End(status, sig, interrupted, value["escalated"], _seconds(value["duration"],
-                                                                     "duration"))
+        raise _Bad(
+            f'`escalated` must be null, "SIGTERM" or "SIGKILL", not {_js(value["escalated"])}'
+        )
+    return End(
+        status, sig, interrupted, value["escalated"], _seconds(value["duration"], "duration")
+    )
 
 
 def load(path: str | os.PathLike[str]) -> Recording:
@@ -349,8 +377,9 @@ def load(path: str | os.PathLike[str]) -> Recording:
         raw = p.read_bytes()
     except FileNotFoundError:
         where = f"; directory {p.parent} does not exist" if not p.parent.is_dir() else ""
-        raise ReplayError(f"no recording {p} (make it with --record, or in mode record)"
-                          f"{where}") from None
+        raise ReplayError(
+            f"no recording {p} (make it with --record, or in mode record){where}"
+        ) from None
     except OSError as exc:
         raise ReplayError(f"cannot read recording {p}: {_oserror(p, exc)}") from None
     header: Header | None = None
@@ -424,8 +453,12 @@ class Recorder:
     file and raises ReplayError.
     """
 
-    def __init__(self, path: str | os.PathLike[str], header: Header,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        header: Header,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = Path(path)
         self.header = header
         self._clock = clock
@@ -442,15 +475,13 @@ class Recorder:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self._partial.open("w", encoding="utf-8")
         except OSError as exc:
-            raise ReplayError(f"cannot record to {self.path}: {_oserror(self.path, exc)}"
-                              ) from None
+            raise ReplayError(f"cannot record to {self.path}: {_oserror(self.path, exc)}") from None
         self._write(header.to_json())
 
     def _write(self, obj: Mapping[str, Any]) -> None:
         if self._error is None:
             try:
-                self._file.write(json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
-                                 + "\n")
+                self._file.write(json.dumps(obj, ensure_ascii=True, separators=(",", ":")) + "\n")
             except OSError as exc:
                 self._error = exc
 
@@ -477,14 +508,17 @@ class Recorder:
                     os.replace(self._partial, self.path)
                 except OSError as exc:
                     self._drop()
-                    raise ReplayError(f"the recording {self.path} was not saved: "
-                                      f"{_oserror(self.path, exc)}") from None
+                    raise ReplayError(
+                        f"the recording {self.path} was not saved: {_oserror(self.path, exc)}"
+                    ) from None
         return self.path
 
     def finish(self, status: runner.RunStatus | None) -> Path | None:
         """Close after a run; a run that never started (no output, no exit) leaves no file."""
-        if (self.chunks == 0 and (status is None or (
-                status.exit_status is None and status.signal is None and not status.interrupted))):
+        if self.chunks == 0 and (
+            status is None
+            or (status.exit_status is None and status.signal is None and not status.interrupted)
+        ):
             self.abandon()
             return None
         return self.close(status)
@@ -522,8 +556,11 @@ def target_can_run_stap(target: runner.Target) -> tuple[bool, str]:
     return target.can_run_stap()
 
 
-def mode_for(mode: str, target: runner.Target, env: Mapping[str, str] | None = None,
-             ) -> tuple[Literal["live", "record", "replay"], str]:
+def mode_for(
+    mode: str,
+    target: runner.Target,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Literal["live", "record", "replay"], str]:
     """Resolve `mode` (live|record|replay|auto) to what a cell does, with the reason.
 
     ``auto``: ``$STAPMAGIC_MODE`` when it names another mode (so a notebook that says
@@ -547,14 +584,17 @@ def mode_for(mode: str, target: runner.Target, env: Mapping[str, str] | None = N
 def recording_path(name: str, directory: str | os.PathLike[str]) -> Path:
     """``DIRECTORY/NAME.jsonl`` for a --recording NAME (a plain name, no path)."""
     if not _NAME.match(name):
-        raise ReplayError(f"--recording takes a plain name ([A-Za-z0-9_.-], e.g. 01_connect), "
-                          f"not {name!r}")
+        raise ReplayError(
+            f"--recording takes a plain name ([A-Za-z0-9_.-], e.g. 01_connect), not {name!r}"
+        )
     where = Path(directory)
     if "\0" in str(where):
         raise ReplayError(f"KprobeMagics.recordings_dir {str(where)!r} contains a NUL character")
     if where.exists() and not where.is_dir():
-        raise ReplayError(f"KprobeMagics.recordings_dir {str(where)!r} is a file, not a "
-                          "directory: %config KprobeMagics.recordings_dir = 'DIRECTORY'")
+        raise ReplayError(
+            f"KprobeMagics.recordings_dir {str(where)!r} is a file, not a "
+            "directory: %config KprobeMagics.recordings_dir = 'DIRECTORY'"
+        )
     return where / (name if name.endswith(SUFFIX) else name + SUFFIX)
 
 
@@ -588,15 +628,18 @@ def _show(value: Any) -> str:
     return "not given" if value is None or value == [] or value is False else json.dumps(value)
 
 
-def check_match(header: Header, kind: Kind, spec: str, opts: pipeline.ProbeOptions,
-                where: str = "the recording") -> None:
+def check_match(
+    header: Header, kind: Kind, spec: str, opts: pipeline.ProbeOptions, where: str = "the recording"
+) -> None:
     """ReplayError naming the first difference between the cell and the recording."""
     if header.kind != kind:
         raise ReplayError(f"{where} is of a %%{header.kind} cell, this is a %%{kind} cell")
     if _spec_lines(kind, header.spec) != _spec_lines(kind, spec):
         old, new = _spec_lines(kind, header.spec), _spec_lines(kind, spec)
-        diff = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
-                    min(len(old), len(new)))
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+            min(len(old), len(new)),
+        )
         a = old[diff] if diff < len(old) else "(nothing)"
         b = new[diff] if diff < len(new) else "(nothing)"
         what = "script" if kind == "stap" else "spec"
@@ -610,8 +653,10 @@ def check_match(header: Header, kind: Kind, spec: str, opts: pipeline.ProbeOptio
         rec = header.options.get(opt.name, defaults.get(opt.name))
         now = current.get(opt.name, defaults.get(opt.name))
         if rec != now:
-            raise ReplayError(f"option {opt.label} differs from {where}: recorded {_show(rec)}, "
-                              f"this cell {_show(now)}")
+            raise ReplayError(
+                f"option {opt.label} differs from {where}: recorded {_show(rec)}, "
+                f"this cell {_show(now)}"
+            )
 
 
 class KallsymsCapture:
@@ -628,14 +673,14 @@ class KallsymsCapture:
 
 def _recorded_lookup(header: Header) -> Callable[[runner.Target, Sequence[str]], list[str]]:
     def lookup(target: runner.Target, names: Sequence[str]) -> list[str]:
-        wanted = set(names)
-        return [ln for ln in header.kallsyms if len(ln.split()) >= 3 and ln.split()[2] in wanted]
+        return targets.kallsyms_filter(header.kallsyms, names)
 
     return lookup
 
 
-def prepare_replay(rec: Recording, kind: Kind, first_line: str, body: str,
-                   opts: pipeline.ProbeOptions) -> pipeline.ProbeRun:
+def prepare_replay(
+    rec: Recording, kind: Kind, first_line: str, body: str, opts: pipeline.ProbeOptions
+) -> pipeline.ProbeRun:
     """A ProbeRun for the cell, checked against `rec`, that touches no target."""
     where = str(rec.path)
     check_match(rec.header, kind, spec_text(kind, first_line, body), opts, where)
@@ -647,24 +692,34 @@ def prepare_replay(rec: Recording, kind: Kind, first_line: str, body: str,
     if kind == "stap":
         run = pipeline.prepare_script(body, opts, build=recorded_argv)
     else:
-        run = pipeline.prepare(first_line, body, opts, lookup=_recorded_lookup(rec.header),
-                               build=recorded_argv)
+        run = pipeline.prepare(
+            first_line, body, opts, lookup=_recorded_lookup(rec.header), build=recorded_argv
+        )
     if run.script_text != rec.header.script:
         ours: list[str] = run.script_text.splitlines()
         theirs: list[str] = rec.header.script.splitlines()
-        n = next((i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b),
-                 min(len(ours), len(theirs)))
+        n = next(
+            (i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b),
+            min(len(ours), len(theirs)),
+        )
         raise ReplayError(
             f"the script this stapmagic generates differs from the one in {where} (line {n + 1}"
             f": recorded `{theirs[n] if n < len(theirs) else '(end)'}`, now "
             f"`{ours[n] if n < len(ours) else '(end)'}`): stapmagic changed since the "
-            "recording; re-record it (scripts/record_notebooks.py for the notebooks)")
+            "recording; re-record it (scripts/record_notebooks.py for the notebooks)"
+        )
     run.replay_of = where
     return run
 
 
-def header_for(run: pipeline.ProbeRun, kind: Kind, first_line: str, body: str,
-               opts: pipeline.ProbeOptions, kallsyms: Sequence[str] = ()) -> Header:
+def header_for(
+    run: pipeline.ProbeRun,
+    kind: Kind,
+    first_line: str,
+    body: str,
+    opts: pipeline.ProbeOptions,
+    kallsyms: Sequence[str] = (),
+) -> Header:
     """The header of a recording of `run` (asks the target for its kernel and stap version)."""
     return Header(
         kind=kind,
@@ -694,20 +749,34 @@ class Plan:
 
     def start_recording(self, run: pipeline.ProbeRun, opts: pipeline.ProbeOptions) -> Recorder:
         assert self.record is not None
-        return Recorder(self.record, header_for(run, self.kind, self.first_line, self.body, opts,
-                                                self.kallsyms.lines))
+        return Recorder(
+            self.record,
+            header_for(run, self.kind, self.first_line, self.body, opts, self.kallsyms.lines),
+        )
 
 
-def plan(kind: Kind, first_line: str, body: str, *, record: str | None, replay: str | None,
-         name: str | None, action: str, speed: float, directory: str | os.PathLike[str],
-         dry_run: bool = False) -> Plan:
+def plan(
+    kind: Kind,
+    first_line: str,
+    body: str,
+    *,
+    record: str | None,
+    replay: str | None,
+    name: str | None,
+    action: str,
+    speed: float,
+    directory: str | os.PathLike[str],
+    dry_run: bool = False,
+) -> Plan:
     """The cell's Plan from --record FILE, --replay FILE, --recording NAME and the mode's
     `action` (live|record|replay); loads the recording to replay."""
     if record and replay:
         raise ReplayError("--record and --replay exclude each other")
     if name is not None and (record or replay):
-        raise ReplayError("--recording NAME is the notebook form of --record/--replay "
-                          "(the mode decides which); give only one of them")
+        raise ReplayError(
+            "--recording NAME is the notebook form of --record/--replay "
+            "(the mode decides which); give only one of them"
+        )
     if speed < 0:
         raise ReplayError(f"--replay-speed must be 0 or more, not {speed}")
     p = Plan(kind, first_line, body, speed=speed)
@@ -731,8 +800,10 @@ def describe(rec: Recording) -> str:
     """One line saying what is replayed: file, when, which kernel and stap, which target."""
     h = rec.header
     when = _dt.datetime.fromtimestamp(h.started, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"REPLAY of {rec.path} (recorded {when} on Linux {h.kernel_release}, target "
-            f"{h.target}, {h.stap_version}); no stap runs here")
+    return (
+        f"REPLAY of {rec.path} (recorded {when} on Linux {h.kernel_release}, target "
+        f"{h.target}, {h.stap_version}); no stap runs here"
+    )
 
 
 # -- playing ----------------------------------------------------------------------------------
@@ -745,18 +816,28 @@ class Player:
     fast. A stop (the run's stop event, Ctrl-C) ends the replay early, as interrupted.
     """
 
-    def __init__(self, rec: Recording, speed: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rec: Recording,
+        speed: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rec = rec
         self.speed = speed
         self._clock = clock
         self._sleep = sleep
 
-    def __call__(self, argv: Sequence[str], on_chunk: Callable[[bytes], None], *,
-                 stop: threading.Event | None = None, grace: float = 5.0,
-                 tick: Callable[[], None] | None = None, tick_interval: float = 0.2,
-                 ) -> runner.RunStatus:
+    def __call__(
+        self,
+        argv: Sequence[str],
+        on_chunk: Callable[[bytes], None],
+        *,
+        stop: threading.Event | None = None,
+        grace: float = 5.0,
+        tick: Callable[[], None] | None = None,
+        tick_interval: float = 0.2,
+    ) -> runner.RunStatus:
         start = self._clock()
         last_tick = start
         try:
@@ -784,5 +865,11 @@ class Player:
         return self.rec.end.status(argv)
 
     def _stopped(self, argv: Sequence[str], start: float) -> runner.RunStatus:
-        return runner.RunStatus(exit_status=None, signal=None, interrupted=True, escalated=None,
-                                duration=self._clock() - start, argv=tuple(argv))
+        return runner.RunStatus(
+            exit_status=None,
+            signal=None,
+            interrupted=True,
+            escalated=None,
+            duration=self._clock() - start,
+            argv=tuple(argv),
+        )

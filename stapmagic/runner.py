@@ -144,8 +144,9 @@ def exec_argv(target: Target, argv: Sequence[str]) -> list[str]:
     return target.exec_argv(argv)
 
 
-def run_on_target(target: Target, argv: Sequence[str], *, timeout: float = 60.0,
-                  ok_codes: tuple[int, ...] = (0,)) -> str:
+def run_on_target(
+    target: Target, argv: Sequence[str], *, timeout: float = 60.0, ok_codes: tuple[int, ...] = (0,)
+) -> str:
     """Run a short plain command on `target` and return its stdout (OptionError on failure)."""
     return target.run(argv, timeout=timeout, ok_codes=ok_codes)
 
@@ -235,18 +236,6 @@ class StapProcess:
             ptyproc.delayafterterminate = 0.05
         self._poll = select.poll()
         self._poll.register(self._child.child_fd, select.POLLIN | select.POLLPRI)
-
-    @classmethod
-    def spawn(
-        cls,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        linger: float = 1.0,
-    ) -> StapProcess:
-        """Start ``argv`` under a pty (DESIGN.md's name for the constructor)."""
-        return cls(argv, env=env, cwd=cwd, linger=linger)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -454,12 +443,16 @@ class RunStatus:
 
     def __repr__(self) -> str:
         # argv carries the whole generated script (stap -e): `_kprobe.status` shows one line.
-        argv = [a if len(a) <= 60 and "\n" not in a else f"<{len(a)} chars: _kprobe.script_text>"
-                for a in self.argv]
-        return (f"RunStatus(exit_status={self.exit_status!r}, signal={self.signal!r}, "
-                f"interrupted={self.interrupted!r}, escalated={self.escalated!r}, "
-                f"duration={self.duration:.1f}, command_status={self.command_status!r}, "
-                f"argv={argv!r})")
+        argv = [
+            a if len(a) <= 60 and "\n" not in a else f"<{len(a)} chars: _kprobe.script_text>"
+            for a in self.argv
+        ]
+        return (
+            f"RunStatus(exit_status={self.exit_status!r}, signal={self.signal!r}, "
+            f"interrupted={self.interrupted!r}, escalated={self.escalated!r}, "
+            f"duration={self.duration:.1f}, command_status={self.command_status!r}, "
+            f"argv={argv!r})"
+        )
 
     @property
     def returncode(self) -> int | None:

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from . import selfskip
+from . import where as where_mod
 from . import wire
 from .errors import OptionError, SpecError
 
@@ -29,10 +31,29 @@ from .schema import Column, ColumnKind, ProbeSchema
 from .spec import ARG_TYPES, MAX_ARGS, RESERVED_NAMES, RET_TYPES, Arg, Probe, Spec
 
 __all__ = [
-    "Column", "ProbeSchema", "Script", "ScriptOptions", "generate", "module_statement_probe",
-    "schema_for", "MAX_PRINTF_ARGS", "PAIR_SLOTS", "REGS_ALLOWED", "RECORD_TAG",
-    "COUNTER_TAG", "FAULT_TEXT", "STRING_MAX_LIMIT", "HIST_TAG", "HIST_END_TAG", "SUMMARY_TAG",
-    "KEYS_TAG", "COUNT_KEYS", "HIST_LINEAR_MAX_BUCKETS", "Aggregate", "pair_up", "duration_probe",
+    "Column",
+    "ProbeSchema",
+    "Script",
+    "ScriptOptions",
+    "generate",
+    "module_statement_probe",
+    "schema_for",
+    "MAX_PRINTF_ARGS",
+    "PAIR_SLOTS",
+    "REGS_ALLOWED",
+    "RECORD_TAG",
+    "COUNTER_TAG",
+    "FAULT_TEXT",
+    "STRING_MAX_LIMIT",
+    "HIST_TAG",
+    "HIST_END_TAG",
+    "SUMMARY_TAG",
+    "KEYS_TAG",
+    "COUNT_KEYS",
+    "HIST_LINEAR_MAX_BUCKETS",
+    "Aggregate",
+    "pair_up",
+    "duration_probe",
 ]
 
 # The tags are the wire's (wire.py owns them); re-exported for the script's printf formats.
@@ -69,6 +90,7 @@ MAX_DURATION = 86400.0
 # u_register() names (tapset/x86_64/registers.stp) that are also print_regs() columns.
 REGS_ALLOWED: tuple[str, ...] = wire.U_REGISTERS
 
+
 @dataclass(frozen=True)
 class Aggregate:
     """What an aggregating script (`--hist`, `--count-by`) prints instead of records.
@@ -104,12 +126,16 @@ def _check_linear(lin: tuple[int, int, int]) -> None:
         raise OptionError(f"--hist-linear wants MIN,MAX,STEP integers, got {lin!r}")
     lo, hi, step = lin
     if not (_INT32_MIN <= lo < hi <= _INT32_MAX and 0 < step <= _INT32_MAX):
-        raise OptionError(f"--hist-linear {lo},{hi},{step}: needs MIN < MAX, STEP > 0, all "
-                          f"within a C int (SystemTap stores them as int)")
+        raise OptionError(
+            f"--hist-linear {lo},{hi},{step}: needs MIN < MAX, STEP > 0, all "
+            f"within a C int (SystemTap stores them as int)"
+        )
     if (hi - lo) // step > HIST_LINEAR_MAX_BUCKETS:
-        raise OptionError(f"--hist-linear {lo},{hi},{step}: {(hi - lo) // step} buckets; "
-                          f"SystemTap allows at most {HIST_LINEAR_MAX_BUCKETS} "
-                          "((MAX - MIN) / STEP): raise STEP")
+        raise OptionError(
+            f"--hist-linear {lo},{hi},{step}: {(hi - lo) // step} buckets; "
+            f"SystemTap allows at most {HIST_LINEAR_MAX_BUCKETS} "
+            "((MAX - MIN) / STEP): raise STEP"
+        )
 
 
 @dataclass(frozen=True)
@@ -133,74 +159,128 @@ class ScriptOptions:
     regs: tuple[str, ...] = ()
     print_regs: bool = False
     filter_pid: bool = False
-    skip_self: bool = True  # not --include-self: skip stapmagic's own transport
+    skip_self: bool = True  # not --include-self: skip stapmagic's own transport (selfskip.py)
     string_max: int = 64
     latency: bool = False
     hist: str | None = None
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
+    where: str | None = None  # --where EXPR (where.py): events it rejects are not printed
 
     def __post_init__(self) -> None:
-        if self.count is not None and (isinstance(self.count, bool)
-                                       or not 1 <= self.count <= MAX_COUNT):
-            raise OptionError(f"-n needs an event count from 1 to {MAX_COUNT}, "
-                              f"got {self.count!r}")
-        if self.duration is not None and not (math.isfinite(self.duration)
-                                              and 0 < self.duration <= MAX_DURATION):
-            raise OptionError(f"-T needs a number of seconds above 0, at most {MAX_DURATION:.0f} "
-                              f"(one day: SystemTap's timer limit), got {self.duration!r}")
+        if self.count is not None and (
+            isinstance(self.count, bool) or not 1 <= self.count <= MAX_COUNT
+        ):
+            raise OptionError(f"-n needs an event count from 1 to {MAX_COUNT}, got {self.count!r}")
+        if self.duration is not None and not (
+            math.isfinite(self.duration) and 0 < self.duration <= MAX_DURATION
+        ):
+            raise OptionError(
+                f"-T needs a number of seconds above 0, at most {MAX_DURATION:.0f} "
+                f"(one day: SystemTap's timer limit), got {self.duration!r}"
+            )
         if not 1 <= self.string_max <= STRING_MAX_LIMIT:
-            raise OptionError(f"string length must be 1..{STRING_MAX_LIMIT} "
-                              f"(SystemTap's MAXSTRINGLEN), got {self.string_max}")
+            raise OptionError(
+                f"string length must be 1..{STRING_MAX_LIMIT} "
+                f"(SystemTap's MAXSTRINGLEN), got {self.string_max}"
+            )
         for reg in self.regs:
             if reg not in REGS_ALLOWED:
-                raise OptionError(f"--regs: unknown register {reg!r}; valid: "
-                                  f"{', '.join(REGS_ALLOWED)} (64-bit names: rax, not ax)")
+                raise OptionError(
+                    f"--regs: unknown register {reg!r}; valid: "
+                    f"{', '.join(REGS_ALLOWED)} (64-bit names: rax, not ax)"
+                )
         if len(set(self.regs)) != len(self.regs):
             raise OptionError("--regs: a register is listed twice")
         if self.regs and self.print_regs:
-            raise OptionError("--print-regs already gives every register as a column; "
-                              "drop --regs")
-        for opt, value, builtin in (("--hist", self.hist, ("latency", "retval")),
-                                    ("--count-by", self.count_by,
-                                     ("comm", "pid", "cpu", "retval"))):
+            raise OptionError("--print-regs already gives every register as a column; drop --regs")
+        for opt, value, builtin in (
+            ("--hist", self.hist, ("latency", "retval")),
+            ("--count-by", self.count_by, ("comm", "pid", "cpu", "retval")),
+        ):
             if value is None or value in builtin:
                 continue
             if not _ARG_NAME.fullmatch(value) or value in RESERVED_NAMES:
-                raise OptionError(f"{opt} takes {', '.join(builtin)} or an argument name of "
-                                  f"the spec, not {value!r}")
+                raise OptionError(
+                    f"{opt} takes {', '.join(builtin)} or an argument name of "
+                    f"the spec, not {value!r}"
+                )
         if self.hist is not None and self.count_by is not None:
             raise OptionError("--hist and --count-by: choose one aggregation")
         if self.hist_linear is not None:
             if self.hist is None:
                 raise OptionError("--hist-linear needs --hist (what to put in the histogram)")
             _check_linear(self.hist_linear)
-        if (self.hist is not None or self.count_by is not None) and (
-                self.regs or self.print_regs):
-            raise OptionError("--regs/--print-regs print per-event records; --hist and "
-                              "--count-by print only aggregates")
+        if (self.hist is not None or self.count_by is not None) and (self.regs or self.print_regs):
+            raise OptionError(
+                "--regs/--print-regs print per-event records; --hist and "
+                "--count-by print only aggregates"
+            )
 
 
 # -- the tables ------------------------------------------------------------------------------
 
 _READER = {
-    "int": "int_arg", "uint": "uint_arg", "long": "long_arg", "ulong": "ulong_arg",
-    "longlong": "longlong_arg", "ulonglong": "ulonglong_arg", "s32": "s32_arg",
-    "s64": "s64_arg", "u32": "u32_arg", "u64": "u64_arg", "ptr": "pointer_arg",
+    "int": "int_arg",
+    "uint": "uint_arg",
+    "long": "long_arg",
+    "ulong": "ulong_arg",
+    "longlong": "longlong_arg",
+    "ulonglong": "ulonglong_arg",
+    "s32": "s32_arg",
+    "s64": "s64_arg",
+    "u32": "u32_arg",
+    "u64": "u64_arg",
+    "ptr": "pointer_arg",
+}
+# 8/16-bit values: the register's low bits, sign-extended (s) or masked (u)
+_NARROW = {
+    "s8": "((long_arg({0}) << 56) >> 56)",
+    "u8": "(ulong_arg({0}) & 0xff)",
+    "s16": "((long_arg({0}) << 48) >> 48)",
+    "u16": "(ulong_arg({0}) & 0xffff)",
 }
 _KIND: dict[str, ColumnKind] = {
-    "int": "int", "long": "int", "longlong": "int", "s32": "int", "s64": "int",
-    "uint": "uint", "ulong": "uint", "ulonglong": "uint", "u32": "uint", "u64": "uint",
-    "ptr": "hex", "str": "str", "ustr": "str",
+    "int": "int",
+    "long": "int",
+    "longlong": "int",
+    "s32": "int",
+    "s64": "int",
+    "uint": "uint",
+    "ulong": "uint",
+    "ulonglong": "uint",
+    "u32": "uint",
+    "u64": "uint",
+    "ptr": "hex",
+    "str": "str",
+    "ustr": "str",
+    "cstr": "str",
+    "s8": "int",
+    "s16": "int",
+    "u8": "uint",
+    "u16": "uint",
 }
-_FORMAT: dict[ColumnKind, str] = {"int": "%d", "uint": "%u", "hex": "%x", "str": "%s",
-                                  "errno": "%s"}
+
+_FORMAT: dict[ColumnKind, str] = {
+    "int": "%d",
+    "uint": "%u",
+    "hex": "%x",
+    "str": "%s",
+    "errno": "%s",
+}
 # returnval() is the whole of rax, zero-extended from what a 32-bit function left in eax.
 _RETVAL = {
-    "int": "(r << 32) >> 32", "s32": "(r << 32) >> 32",
-    "uint": "r & 0xffffffff", "u32": "r & 0xffffffff",
-    "long": "r", "s64": "r", "longlong": "r",
-    "ulong": "r", "u64": "r", "ulonglong": "r", "ptr": "r",
+    "int": "(r << 32) >> 32",
+    "s32": "(r << 32) >> 32",
+    "uint": "r & 0xffffffff",
+    "u32": "r & 0xffffffff",
+    "long": "r",
+    "s64": "r",
+    "longlong": "r",
+    "ulong": "r",
+    "u64": "r",
+    "ulonglong": "r",
+    "ptr": "r",
 }
 _SIGNED_RET = frozenset(("int", "s32", "long", "s64", "longlong"))
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -210,10 +290,15 @@ assert set(_KIND) == set(ARG_TYPES) and set(_RETVAL) == set(RET_TYPES)
 
 # -- checks before anything is interpolated (defence in depth: spec.py validated already) ----
 
+
 def _symbol(name: str | None, probe: Probe) -> str:
     if name is None or not _SYMBOL.fullmatch(name):
-        raise SpecError(f"refusing to put {name!r} into a script: not a kernel symbol name",
-                        probe.text, 0, max(1, len(probe.text)))
+        raise SpecError(
+            f"refusing to put {name!r} into a script: not a kernel symbol name",
+            probe.text,
+            0,
+            max(1, len(probe.text)),
+        )
     return name
 
 
@@ -224,6 +309,15 @@ def _address(address: int, probe: Probe) -> str:
 
 
 def _check_probe(probe: Probe) -> None:
+    if probe.btf_refs:
+        ref = probe.btf_refs[0]
+        raise SpecError(
+            f"{ref.path!r} was not resolved from BTF",
+            ref.source,
+            ref.pos,
+            len(ref.path),
+            ref.lineno,
+        )
     if probe.kind not in ("entry", "return", "pair"):
         raise SpecError(f"unknown probe kind {probe.kind!r}", probe.text)
     if probe.kind != "entry" and probe.rettype not in _RETVAL:
@@ -244,14 +338,19 @@ def module_statement_probe(probe: Probe, address: int) -> Probe:
     /proc/kallsyms), generated as kprobe.statement(ADDR).absolute: needs --guru, and is valid
     for this boot and module load only. Entry probes only (statement probes have no .return)."""
     if probe.kind != "entry":
-        raise SpecError("only an entry probe can be moved to an absolute address "
-                        "(kprobe.statement has no .return)", probe.text, 0,
-                        max(1, len(probe.text)))
+        raise SpecError(
+            "only an entry probe can be moved to an absolute address "
+            "(kprobe.statement has no .return)",
+            probe.text,
+            0,
+            max(1, len(probe.text)),
+        )
     _address(address, probe)
     return dataclasses.replace(probe, address=address)
 
 
 # -- schema ----------------------------------------------------------------------------------
+
 
 def schema_for(probe: Probe, opts: ScriptOptions) -> ProbeSchema:
     """The record fields `generate` prints for `probe`, in record order."""
@@ -269,6 +368,7 @@ def schema_for(probe: Probe, opts: ScriptOptions) -> ProbeSchema:
 
 # -- text ------------------------------------------------------------------------------------
 
+
 def _str_literal(text: str) -> str:
     """A SystemTap string literal of our own fixed text (formats only: no quotes inside)."""
     assert '"' not in text and "\\" not in text.replace("\\t", "").replace("\\n", "")
@@ -277,13 +377,18 @@ def _str_literal(text: str) -> str:
 
 def _printf(idx: int, fields: list[tuple[str, str]], limit: int = MAX_PRINTF_ARGS) -> list[str]:
     """printf statements for one record: at most `limit` arguments each, newline at the end."""
-    head = [("%d", "now"), ("%d", "pid()"), ("%d", "tid()"), ("%d", "cpu()"),
-            ("%s", "text_str(execname())")]
+    head = [
+        ("%d", "now"),
+        ("%d", "pid()"),
+        ("%d", "tid()"),
+        ("%d", "cpu()"),
+        ("%s", "text_str(execname())"),
+    ]
     allf = head + fields
-    chunks = [allf[i:i + limit] for i in range(0, len(allf), limit)]
+    chunks = [allf[i : i + limit] for i in range(0, len(allf), limit)]
     out = []
     for n, chunk in enumerate(chunks):
-        fmt = (f"{RECORD_TAG}\\t{idx}" if n == 0 else "")
+        fmt = f"{RECORD_TAG}\\t{idx}" if n == 0 else ""
         fmt += "".join(f"\\t{f}" for f, _ in chunk)
         if n == len(chunks) - 1:
             fmt += "\\t@@\\n"
@@ -297,23 +402,38 @@ def _reader(arg_type: str, index: int, string_max: int) -> str:
         return f"__sm_kstr(pointer_arg({index}), {string_max})"
     if arg_type == "ustr":
         return f"__sm_ustr(pointer_arg({index}), {string_max})"
+    if arg_type == "cstr":
+        return f"__sm_cstr(pointer_arg({index}), {string_max})"
+    if arg_type in _NARROW:
+        return _NARROW[arg_type].format(index)
     return f"{_READER[arg_type]}({index})"
+
+
+_COMMENT = re.compile(r"# [ -~]*")
 
 
 def _probe_point(probe: Probe, ret: bool) -> tuple[list[str], str]:
     """(comment lines, probe point) for one half of a probe."""
+    for line in probe.comments:
+        if not _COMMENT.fullmatch(line):  # from BTF's strings: one printable line each
+            raise SpecError(f"refusing comment {line!r} in a script", probe.text)
     if probe.address is not None:
-        why = ("# module function at its absolute address (--guru): valid for this boot and "
-               "module load only" if probe.module is not None else
-               "# absolute address (--guru): valid for this boot only (KASLR)")
+        why = (
+            "# module function at its absolute address (--guru): valid for this boot and "
+            "module load only"
+            if probe.module is not None
+            else "# absolute address (--guru): valid for this boot only (KASLR)"
+        )
         return [why], f"kprobe.statement({_address(probe.address, probe)}).absolute"
     point = f'kprobe.function("{_symbol(probe.function, probe)}")' + (".return" if ret else "")
-    comments: list[str] = []
+    comments: list[str] = list(probe.comments)
     if probe.module is not None:
         _symbol(probe.module, probe)
         # The module name itself stays out of the script: names appear only in the point.
-        comments = ["# module function probed by name: kprobe.module(M).function(F) registers",
-                    "# nothing on Linux >= 6.4; the runner checked that the module is loaded"]
+        comments += [
+            "# module function probed by name: kprobe.module(M).function(F) registers",
+            "# nothing on Linux >= 6.4; the runner checked that the module is loaded",
+        ]
     return comments, point
 
 
@@ -334,46 +454,17 @@ def _guards(opts: ScriptOptions) -> list[str]:
     # stapio's own reads/opens are noise, and a hot probe they hit crashed a test guest.
     g = ["if (pid() == stp_pid()) next  # skip stapio itself"]
     if opts.skip_self:
-        # stap's own tools by name (also before `begin` filled __sm_self: the probes are
-        # armed while staprun still loads the module); the ssh session only by its pid
-        g.append("if (pid() in __sm_self || substr(execname(), 0, 7) == \"staprun\" || "
-                 "execname() == \"stapio\" || execname() == \"stapsh\") next  "
-                 "# stapmagic's transport (--include-self)")
+        g.append(selfskip.guard())
     if opts.filter_pid:
         g.append("if (pid() != target()) next  # -x PID or --cmd-only")
     return g
-
-
-# The processes between the kernel module and the user: stap's (staprun execs stapio; stapsh
-# is its remote shell) and OpenSSH's per-session processes (sshd-session since 9.8; an older
-# sshd forks a session child also named sshd, whose parent is sshd: the listener's is init).
-SELF_NAMES = ("stapio", "staprun", "stapsh", "sshd-session")
-# The message line naming them (pid:name ...), so a run says what it left out.
-SELF_LINE = "stapmagic: not recording its own transport (--include-self does):"
-
-
-def _self_walk() -> list[str]:
-    names = " || ".join(f'name == "{n}"' for n in SELF_NAMES)
-    return [
-        "t = task_current()",
-        f"for (i = 0; i < {len(SELF_NAMES) + 4} && t; i++) {{",
-        "\tname = task_execname(t)",
-        f'\tif (!({names} || (name == "sshd" && task_execname(task_parent(t)) == "sshd")))',
-        "\t\tbreak",
-        "\t__sm_self[task_pid(t)] = 1",
-        '\tskipped .= sprintf(" %d:%s", task_pid(t), name)',
-        "\tt = task_parent(t)",
-        "}",
-        f'printf("{SELF_LINE}%s\\n", skipped)',
-    ]
 
 
 def _count(opts: ScriptOptions) -> tuple[list[str], list[str]]:
     """(before the record, after it): exit() is asynchronous, so records past N are dropped."""
     if opts.count is None:
         return [], []
-    return (["k = ++__sm_n", f"if (k > {opts.count}) next"],
-            [f"if (k == {opts.count}) exit()"])
+    return (["k = ++__sm_n", f"if (k > {opts.count}) next"], [f"if (k == {opts.count}) exit()"])
 
 
 @dataclass(frozen=True)
@@ -383,11 +474,11 @@ class _Agg:
 
     mode: Literal["hist", "count"]
     value: str
-    arg: int | None = None          # the one argument the handler must read
-    retval: bool = False            # the handler must compute rv
-    latency: bool = False           # the handler must compute lat
+    arg: int | None = None  # the one argument the handler must read
+    retval: bool = False  # the handler must compute rv
+    latency: bool = False  # the handler must compute lat
     key_kind: ColumnKind = "int"
-    key_print: str = "k"            # how `probe end` prints the foreach key k
+    key_print: str = "k"  # how `probe end` prints the foreach key k
 
 
 def _aggregation(probe: Probe, opts: ScriptOptions) -> _Agg | None:
@@ -398,13 +489,17 @@ def _aggregation(probe: Probe, opts: ScriptOptions) -> _Agg | None:
     opt = f"--{'hist' if mode == 'hist' else 'count-by'} {what}"
     if what == "latency":
         if probe.kind != "pair":
-            raise OptionError(f"{opt}: {probe.label} has no entry to measure from; probe "
-                              "FUNCTION (paired with its return) or FUNCTION.call+return")
+            raise OptionError(
+                f"{opt}: {probe.label} has no entry to measure from; probe "
+                "FUNCTION (paired with its return) or FUNCTION.call+return"
+            )
         return _Agg(mode, "lat", latency=True)
     if what == "retval":
         if probe.kind == "entry":
-            raise OptionError(f"{opt}: {probe.label} is an entry probe; use "
-                              "FUNCTION.return:TYPE, FUNCTION.call+return:TYPE or --latency")
+            raise OptionError(
+                f"{opt}: {probe.label} is an entry probe; use "
+                "FUNCTION.return:TYPE, FUNCTION.call+return:TYPE or --latency"
+            )
         assert probe.rettype is not None
         return _Agg(mode, "rv", retval=True, key_kind=_KIND[probe.rettype])
     if what in ("comm", "pid", "cpu"):
@@ -415,12 +510,12 @@ def _aggregation(probe: Probe, opts: ScriptOptions) -> _Agg | None:
     arg = next((a for a in probe.args if a.name == what), None)
     if arg is None:
         names = ", ".join(a.name for a in probe.args if a.name) or "none"
-        raise OptionError(f"{opt}: {probe.label} has no argument {what!r} "
-                          f"(its arguments: {names})")
+        raise OptionError(f"{opt}: {probe.label} has no argument {what!r} (its arguments: {names})")
     kind = _KIND[arg.type]
     if mode == "hist" and kind == "str":
-        raise OptionError(f"{opt}: {what} is a string; a histogram needs a number "
-                          "(--count-by counts strings)")
+        raise OptionError(
+            f"{opt}: {what} is a string; a histogram needs a number (--count-by counts strings)"
+        )
     # str arguments are text_str-escaped when read (__sm_kstr/__sm_ustr): printed as they are.
     return _Agg(mode, f"a{arg.index}", arg=arg.index, key_kind=kind)
 
@@ -443,8 +538,9 @@ def _retval_fields(probe: Probe) -> tuple[list[str], list[tuple[str, str]]]:
     return body, fields
 
 
-def _tail(idx: int, fields: list[tuple[str, str]], opts: ScriptOptions,
-          agg: _Agg | None) -> list[str]:
+def _tail(
+    idx: int, fields: list[tuple[str, str]], opts: ScriptOptions, agg: _Agg | None
+) -> list[str]:
     """The end of a handler: the record (and its register dump), or the aggregation."""
     if agg is not None and agg.mode == "hist":
         return [f"__sm_h{idx} <<< {agg.value}"]
@@ -466,10 +562,47 @@ def _tail(idx: int, fields: list[tuple[str, str]], opts: ScriptOptions,
     return out
 
 
+def _where(probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> list[str]:
+    """`if (!(EXPR)) next` for --where, over this probe's names (read into locals first)."""
+    if opts.where is None:
+        return []
+    if agg is not None or probe.kind == "pair":
+        raise OptionError(
+            "--where filters printed events of entry and .return probes; "
+            "it does not combine with --hist, --count-by, --latency or "
+            ".call+return yet"
+        )
+    names: dict[str, where_mod.Operand] = {}
+    for a in probe.args:
+        if a.name is not None:
+            kind: where_mod.OperandKind = "str" if _KIND[a.type] == "str" else "int"
+            names[a.name] = where_mod.Operand(f"a{a.index}", kind)
+    if probe.kind == "return":
+        names["retval"] = where_mod.Operand("rv", "int")
+
+    def resolve(text: str, pos: int) -> where_mod.Operand:
+        if text in names:
+            return names[text]
+        known = ", ".join([*names, *where_mod.BUILTINS]) or "none"
+        what = "a member path" if ("->" in text or "." in text) else "a name"
+        raise where_mod.WhereError(
+            f"{text} is not {what} {probe.label} reads (its names: "
+            f"{known}); member paths are not readable yet",
+            "",
+            pos,
+            len(text),
+        )
+
+    return [f"if (!({where_mod.compile_where(opts.where, resolve)})) next  # --where"]
+
+
 def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=False)
     before, after = _count(opts)
-    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else []) + before
+    keep = _where(probe, opts, agg)
+    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else [])
+    if not keep:
+        body += before
     fields: list[tuple[str, str]] = []
     reads = _reads(probe, agg)
     if reads:
@@ -477,17 +610,23 @@ def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | 
     for arg in reads:
         body.append(f"a{arg.index} = {_reader(arg.type, arg.index, opts.string_max)}")
         fields.append((_FORMAT[_KIND[arg.type]], f"a{arg.index}"))
+    if keep:  # -n counts the events the filter keeps
+        body += keep + before
     w.probe(comments, point, body + _tail(idx, fields, opts, agg) + after)
 
 
-def _return(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions,
-            agg: _Agg | None) -> None:
+def _return(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=True)
     before, after = _count(opts)
+    keep = _where(probe, opts, agg)
     rbody, fields = _retval_fields(probe)
-    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else []) + before
+    body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else [])
+    if not keep:
+        body += before
     if agg is None or agg.retval:
         body += rbody
+    if keep:
+        body += keep + before
     w.probe(comments, point, body + _tail(idx, fields, opts, agg) + after)
 
 
@@ -516,15 +655,19 @@ def _pair(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | N
     # An aggregate that does not use the latency skips the clock (and an unused local, which
     # stap would warn about).
     timed = agg is None or agg.latency
-    body = _guards(opts) + (["now = gettimeofday_ns()"] if timed else []) + [
-        "t = tid()",
-        f"d = --{p}_depth[t]",
-        f"if (d <= 0) delete {p}_depth[t]",
-        f"if (d < 0 || !([t, d] in {p}_t0)) {{",
-        f"\t{p}_unpaired++",
-        "\tnext",
-        "}",
-    ]
+    body = (
+        _guards(opts)
+        + (["now = gettimeofday_ns()"] if timed else [])
+        + [
+            "t = tid()",
+            f"d = --{p}_depth[t]",
+            f"if (d <= 0) delete {p}_depth[t]",
+            f"if (d < 0 || !([t, d] in {p}_t0)) {{",
+            f"\t{p}_unpaired++",
+            "\tnext",
+            "}",
+        ]
+    )
     if timed:
         body.append(f"lat = now - {p}_t0[t, d]")
     body.append(f"delete {p}_t0[t, d]")
@@ -535,9 +678,15 @@ def _pair(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | N
     rbody, rfields = _retval_fields(probe)
     body += before + (rbody if agg is None or agg.retval else [])
     fields += rfields + [("%d", "lat")]
-    w.probe(["# .call+return return half: one row per completed call"
-             if agg is None else "# .call+return return half: aggregate each completed call"],
-            point, body + _tail(idx, fields, opts, agg) + after)
+    w.probe(
+        [
+            "# .call+return return half: one row per completed call"
+            if agg is None
+            else "# .call+return return half: aggregate each completed call"
+        ],
+        point,
+        body + _tail(idx, fields, opts, agg) + after,
+    )
 
 
 _STRING_HELPERS = (
@@ -545,12 +694,31 @@ _STRING_HELPERS = (
     "# String arguments: a bad pointer gives FAULT instead of an error (an error would end the",
     "# run); text_str() escapes TAB, newline, quote and backslash so a record stays one line.",
     "function __sm_kstr:string (addr:long, n:long) {",
-    "\ttry { return text_str(kernel_string_n(addr, n)) } catch { return \"FAULT\" }",
+    '\ttry { return text_str(kernel_string_n(addr, n)) } catch { return "FAULT" }',
     "}",
     "function __sm_ustr:string (addr:long, n:long) {",
-    "\treturn text_str(user_string_n(addr, n, \"FAULT\"))",
+    '\treturn text_str(user_string_n(addr, n, "FAULT"))',
     "}",
 )
+# cstr: a C string from BTF's `char *`, which may point to kernel or user memory
+# (`__user` is not in BTF from a gcc-built kernel); the address picks the reader.
+_CSTR_HELPER = (
+    "function __sm_cstr:string (addr:long, n:long) {",
+    # x86_64 kernel addresses have the top bit set (4- and 5-level paging alike: from
+    # 0xffff800000000000 or 0xff00000000000000), user ones never: a negative long in stap.
+    "\tif (addr < 0) return __sm_kstr(addr, n)",
+    "\treturn __sm_ustr(addr, n)",
+    "}",
+)
+
+
+def string_helpers(cstr: bool = True) -> list[str]:
+    """The SystemTap functions behind str and ustr (and cstr, which calls both)."""
+    return [
+        line.replace("FAULT", FAULT_TEXT)
+        for line in _STRING_HELPERS + (_CSTR_HELPER if cstr else ())
+    ]
+
 
 _LABEL = re.compile(r"[A-Za-z0-9_.:+]+")
 
@@ -569,11 +737,14 @@ def pair_up(spec: Spec) -> Spec:
     for probe in spec.probes:
         if probe.kind == "entry":
             if probe.address is not None:
-                raise OptionError(f"--latency: {probe.label} is an address probe, which has no "
-                                  "return to pair with; drop it or --latency")
+                raise OptionError(
+                    f"--latency: {probe.label} is an address probe, which has no "
+                    "return to pair with; drop it or --latency"
+                )
             suffix = ".call+return"
-            probe = dataclasses.replace(probe, kind="pair", rettype="long",
-                                        label=probe.label + suffix)
+            probe = dataclasses.replace(
+                probe, kind="pair", rettype="long", label=probe.label + suffix
+            )
         probes.append(probe)
     return Spec(tuple(probes))
 
@@ -640,8 +811,7 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
     aggs = [_aggregation(p, opts) for p in spec.probes]
     w = _Writer()
     if opts.hist is not None or opts.count_by is not None:
-        w.add("# generated by stapmagic: aggregates only, printed by `probe end` "
-              "(see DESIGN.md)")
+        w.add("# generated by stapmagic: aggregates only, printed by `probe end` (see DESIGN.md)")
     else:
         w.add(f"# generated by stapmagic: one {RECORD_TAG} record per event (see DESIGN.md)")
     globals_: list[str] = []
@@ -654,22 +824,24 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
         if agg is not None and agg.mode == "hist":
             globals_.append(f"global __sm_h{i}  # statistics (<<<)")
         elif agg is not None:
-            globals_ += [f"global __sm_k{i}[{COUNT_KEYS}]", f"global __sm_kn{i}",
-                         f"global __sm_kover{i}"]
+            globals_ += [
+                f"global __sm_k{i}[{COUNT_KEYS}]",
+                f"global __sm_kn{i}",
+                f"global __sm_kover{i}",
+            ]
     if opts.skip_self:
-        globals_.append(f"global __sm_self[{len(SELF_NAMES) + 4}]")
+        globals_.append(selfskip.global_line())
     if globals_:
         w.add("", *globals_)
     if opts.skip_self:
-        w.probe(["# stapmagic's own transport: stapio and its ancestors up the ssh session that",
-                 "# carries it (begin runs in stapio; @task casts need no kernel debuginfo)"],
-                "begin", _self_walk())
-    if any(a.type in ("str", "ustr") for p, agg in zip(spec.probes, aggs, strict=True)
-           for a in _reads(p, agg)):
-        w.add(*(line.replace("FAULT", FAULT_TEXT) for line in _STRING_HELPERS))
+        w.probe(selfskip.begin_comments(), "begin", selfskip.begin_body())
+    read_types = {a.type for p, agg in zip(spec.probes, aggs, strict=True) for a in _reads(p, agg)}
+    if read_types & {"str", "ustr", "cstr"}:
+        w.add(*string_helpers(cstr="cstr" in read_types))
     for idx, probe in enumerate(spec.probes):
         {"entry": _entry, "return": _return, "pair": _pair}[probe.kind](
-            w, idx, probe, opts, aggs[idx])
+            w, idx, probe, opts, aggs[idx]
+        )
     if opts.duration is not None:
         w.add("", *duration_probe(opts.duration).split("\n"))
     # One end probe per aggregate: each handler has its own MAXACTION_INTERRUPTIBLE budget
@@ -678,18 +850,27 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
         if agg is None:
             continue
         name = _label(spec.probes[idx])
-        w.probe([], "end", _end_hist(idx, name, opts) if agg.mode == "hist"
-                else _end_count(idx, name, agg))
+        w.probe(
+            [],
+            "end",
+            _end_hist(idx, name, opts) if agg.mode == "hist" else _end_count(idx, name, agg),
+        )
     if pairs:
-        w.probe([], "end", [
-            f'printf("{COUNTER_TAG}\\tunpaired\\t{i}\\t%d\\t@@\\n", __sm_p{i}_unpaired)'
-            for i in pairs])
+        w.probe(
+            [],
+            "end",
+            [
+                f'printf("{COUNTER_TAG}\\tunpaired\\t{i}\\t%d\\t@@\\n", __sm_p{i}_unpaired)'
+                for i in pairs
+            ],
+        )
     text = "\n".join(w.lines) + "\n"
     schemas = tuple(schema_for(p, opts) for p in spec.probes)
     aggregate = None
     if opts.hist is not None:
         aggregate = Aggregate("hist", opts.hist, hist_kind=_hist_kind(opts)[0])
     elif opts.count_by is not None:
-        aggregate = Aggregate("count", opts.count_by,
-                              key_kinds=tuple(a.key_kind for a in aggs if a is not None))
+        aggregate = Aggregate(
+            "count", opts.count_by, key_kinds=tuple(a.key_kind for a in aggs if a is not None)
+        )
     return Script(text, schemas, any(p.address is not None for p in spec.probes), aggregate)

@@ -45,13 +45,21 @@ class Cell:
     replay_speed: float = 0.0
 
     @classmethod
-    def of(cls, kind: Magic, first_line: str, body: str,
-           values: Mapping[str, Any]) -> Cell:
+    def of(cls, kind: Magic, first_line: str, body: str, values: Mapping[str, Any]) -> Cell:
         """From every option's value (options.line_values)."""
         opts = pipeline.ProbeOptions(**{o.name: values[o.name] for o in FIELDS})
-        return cls(kind, first_line, body, opts, out=values["out"], bg=values["bg"],
-                   record=values["record"], replay=values["replay"],
-                   recording=values["recording"], replay_speed=values["replay_speed"])
+        return cls(
+            kind,
+            first_line,
+            body,
+            opts,
+            out=values["out"],
+            bg=values["bg"],
+            record=values["record"],
+            replay=values["replay"],
+            recording=values["recording"],
+            replay_speed=values["replay_speed"],
+        )
 
 
 def worth_showing(messages: list[str]) -> list[str]:
@@ -86,8 +94,10 @@ def failure_text(run: pipeline.ProbeRun, out: str | None) -> str:
         lines.extend("    | " + ln for ln in worth_showing(run.messages)[-15:])
     lines.extend(run.notes)
     where = f"`{out}` and `_kprobe.df`" if out else "`_kprobe.df`"
-    lines.append(f"({run.summary()}; the {run.parser.row_count} rows received are in {where}, "
-                 "stap's messages in `_kprobe.messages`)")
+    lines.append(
+        f"({run.summary()}; the {run.parser.row_count} rows received are in {where}, "
+        "stap's messages in `_kprobe.messages`)"
+    )
     return "\n".join(lines)
 
 
@@ -97,8 +107,7 @@ _BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
 def _has_script(body: str) -> bool:
     """Whether a %%stap body holds anything but blanks and comments (#, //, /* */)."""
     text = _BLOCK_COMMENT.sub("", body)
-    return any(ln.strip() and not ln.strip().startswith(("#", "//"))
-               for ln in text.splitlines())
+    return any(ln.strip() and not ln.strip().startswith(("#", "//")) for ln in text.splitlines())
 
 
 @dataclass
@@ -113,8 +122,9 @@ class Session:
     """The cells of one notebook: the runs still live, and how each cell runs (`mode`,
     `recordings_dir`, `show_messages`, set by the magic from its traits)."""
 
-    def __init__(self, mode: str = "live", recordings_dir: str = "recordings",
-                 show_messages: bool = True) -> None:
+    def __init__(
+        self, mode: str = "live", recordings_dir: str = "recordings", show_messages: bool = True
+    ) -> None:
         self.mode = mode
         self.recordings_dir = recordings_dir
         self.show_messages = show_messages
@@ -139,14 +149,17 @@ class Session:
         if announce:
             rec = f"{self.recordings_dir}/NAME{recording.SUFFIX}"
             # auto says why it chose; an explicit mode's reason would only repeat it
-            head = (f"stapmagic: mode auto -> {action} ({why})" if self.mode == "auto"
-                    else f"stapmagic: mode {self.mode}")
+            head = (
+                f"stapmagic: mode auto -> {action} ({why})"
+                if self.mode == "auto"
+                else f"stapmagic: mode {self.mode}"
+            )
             text = {
                 "live": f"every cell runs stap on target {target}; --recording is not written",
                 "record": f"cells run stap on target {target}; those with --recording NAME are "
-                          f"saved to {rec}",
+                f"saved to {rec}",
                 "replay": f"cells with --recording NAME REPLAY {rec}, recorded on a real "
-                          "kernel; nothing is probed on this machine",
+                "kernel; nothing is probed on this machine",
             }[action]
             print(f"{head}: {text}")
         return action, why
@@ -167,8 +180,10 @@ class Session:
         """The run (live, to record, or from a recording) and the cell's recording plan."""
         opts = cell.opts
         if cell.kind == "stap" and not _has_script(cell.body):
-            raise OptionError("no script below %%stap: write a SystemTap script in the cell, "
-                              'e.g. probe begin { println("hi") exit() }')
+            raise OptionError(
+                "no script below %%stap: write a SystemTap script in the cell, "
+                'e.g. probe begin { println("hi") exit() }'
+            )
         action: str = "live"
         why = ""
         if cell.record is None and cell.replay is None and self.mode != "live":
@@ -180,14 +195,22 @@ class Session:
                 pipeline.prepare(cell.first_line, cell.body, offline, build=lambda *a: [])
             raise ReplayError(
                 f"mode {self.mode} replays ({why}), but this cell has no --recording NAME, "
-                "so there is nothing to replay")
-        plan = recording.plan(cell.kind, cell.first_line, cell.body, record=cell.record,
-                              replay=cell.replay, name=cell.recording, action=action,
-                              speed=cell.replay_speed, directory=self.recordings_dir,
-                              dry_run=opts.dry_run)
+                "so there is nothing to replay"
+            )
+        plan = recording.plan(
+            cell.kind,
+            cell.first_line,
+            cell.body,
+            record=cell.record,
+            replay=cell.replay,
+            name=cell.recording,
+            action=action,
+            speed=cell.replay_speed,
+            directory=self.recordings_dir,
+            dry_run=opts.dry_run,
+        )
         if plan.replay is not None:
-            run = recording.prepare_replay(plan.replay, cell.kind, cell.first_line, cell.body,
-                                           opts)
+            run = recording.prepare_replay(plan.replay, cell.kind, cell.first_line, cell.body, opts)
         elif cell.kind == "kprobe":
             run = pipeline.prepare(cell.first_line, cell.body, opts, lookup=plan.kallsyms)
         else:
@@ -200,26 +223,45 @@ class Session:
         source: recording.Player | None = None
         note: str | None = None
         if plan.replay is not None:
-            pace = ("as fast as possible" if plan.speed <= 0 else
-                    "at the recorded pace" if plan.speed == 1 else f"at {plan.speed:g}x speed")
+            pace = (
+                "as fast as possible"
+                if plan.speed <= 0
+                else "at the recorded pace"
+                if plan.speed == 1
+                else f"at {plan.speed:g}x speed"
+            )
             note = f"{recording.describe(plan.replay)}; {pace}"
             if opts.verbose == 0:
                 print(f"stapmagic: {note}")
             source = recording.Player(plan.replay, plan.speed)
         elif plan.record is not None:
             recorder = plan.start_recording(run, opts)
-            print(f"stapmagic: recording this run to {plan.record} (kernel "
-                  f"{recorder.header.kernel_release}, {recorder.header.stap_version})")
-        view = None if opts.verbose == 0 else live.LiveView(
-            hex_columns=display.run_hex_columns(run), duration=opts.duration, count=opts.count,
-            note=note)
+            print(
+                f"stapmagic: recording this run to {plan.record} (kernel "
+                f"{recorder.header.kernel_release}, {recorder.header.stap_version})"
+            )
+        view = (
+            None
+            if opts.verbose == 0
+            else live.LiveView(
+                hex_columns=display.run_hex_columns(run),
+                duration=opts.duration,
+                count=opts.count,
+                note=note,
+            )
+        )
         outcome = Outcome(run)
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
             if view is not None:
-                view.update(batch.frame, batch.messages, rows_total=run.parser.row_count,
-                            skipped=run.skipped, transport_failures=run.transport_failures,
-                            force=final)
+                view.update(
+                    batch.frame,
+                    batch.messages,
+                    rows_total=run.parser.row_count,
+                    skipped=run.skipped,
+                    transport_failures=run.transport_failures,
+                    force=final,
+                )
             if final:
                 if recorder is not None:
                     try:
@@ -239,14 +281,16 @@ class Session:
             pipeline.execute(run, on_batch=on_batch, grace=opts.grace, tap=tap, source=source)
         return outcome
 
-    def _finish(self, run: pipeline.ProbeRun, view: live.LiveView | None = None,
-                note: str | None = None) -> None:
+    def _finish(
+        self, run: pipeline.ProbeRun, view: live.LiveView | None = None, note: str | None = None
+    ) -> None:
         if run in self.runs:
             self.runs.remove(run)
         self.report(run, view, note)
 
-    def report(self, run: pipeline.ProbeRun, view: live.LiveView | None = None,
-               note: str | None = None) -> None:
+    def report(
+        self, run: pipeline.ProbeRun, view: live.LiveView | None = None, note: str | None = None
+    ) -> None:
         """A finished run: its live view replaced in place by one summary line, with the
         warnings visible and the last of stap's messages worth reading collapsed under it;
         without a view, the same as text on stdout (stderr is for errors)."""
@@ -257,9 +301,11 @@ class Session:
             dropped = run.parser.messages_dropped  # the parser keeps a bounded log
             if kept or dropped:
                 lost = f", {dropped} not kept" if dropped else ""
-                messages.append(f"({kept + dropped} earlier lines not shown ({kept} of them in "
-                                f"_kprobe.messages{lost}); the last "
-                                f"{min(len(shown), SHOWN_MESSAGES)}:)")
+                messages.append(
+                    f"({kept + dropped} earlier lines not shown ({kept} of them in "
+                    f"_kprobe.messages{lost}); the last "
+                    f"{min(len(shown), SHOWN_MESSAGES)}:)"
+                )
             messages += shown[-SHOWN_MESSAGES:]
         if view is not None:
             view.close(display.run_summary(run, view.timings(), messages, note))
@@ -283,15 +329,22 @@ class Session:
         """The live runs: id, probes, target, elapsed seconds, rows so far."""
         now = time.time()
         live_runs = [run for run in list(self.runs) if run.running]
-        return pd.DataFrame({
-            "id": pd.array([r.run_id for r in live_runs], dtype="int64"),
-            "probes": [", ".join(p.label for p in r.script.probes) if r.script is not None
-                       else "%%stap script" for r in live_runs],
-            "target": [r.target.url or r.target.kind for r in live_runs],
-            "elapsed_s": pd.array([round(now - r.started, 1) for r in live_runs],
-                                  dtype="float64"),
-            "rows": pd.array([r.parser.row_count for r in live_runs], dtype="int64"),
-        })
+        return pd.DataFrame(
+            {
+                "id": pd.array([r.run_id for r in live_runs], dtype="int64"),
+                "probes": [
+                    ", ".join(p.label for p in r.script.probes)
+                    if r.script is not None
+                    else "%%stap script"
+                    for r in live_runs
+                ],
+                "target": [r.target.url or r.target.kind for r in live_runs],
+                "elapsed_s": pd.array(
+                    [round(now - r.started, 1) for r in live_runs], dtype="float64"
+                ),
+                "rows": pd.array([r.parser.row_count for r in live_runs], dtype="int64"),
+            }
+        )
 
 
 def result(run: pipeline.ProbeRun) -> pd.DataFrame:
@@ -300,4 +353,3 @@ def result(run: pipeline.ProbeRun) -> pd.DataFrame:
     df = run.result()
     df.attrs["kprobe_run"] = run
     return df
-

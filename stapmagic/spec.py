@@ -22,20 +22,63 @@ import difflib
 from dataclasses import dataclass
 from typing import Literal
 
+from . import btf as btf_path
 from .errors import SpecError
 from .wire import PRINT_REGS_COLUMNS
 
 __all__ = [
-    "ARG_TYPES", "RET_TYPES", "DEFAULT_RETTYPE", "REGISTER_COLUMNS", "RESERVED_NAMES",
-    "MAX_ARGS", "Arg", "Probe", "Spec", "Token", "tokenize", "parse_spec", "parse_line",
-    "is_valid_symbol", "is_valid_arg_name",
+    "ARG_TYPES",
+    "RET_TYPES",
+    "DEFAULT_RETTYPE",
+    "REGISTER_COLUMNS",
+    "RESERVED_NAMES",
+    "MAX_ARGS",
+    "Arg",
+    "BtfRef",
+    "Probe",
+    "Spec",
+    "Token",
+    "tokenize",
+    "parse_spec",
+    "parse_line",
+    "is_valid_symbol",
+    "is_valid_arg_name",
 ]
 
-ARG_TYPES: tuple[str, ...] = ("int", "uint", "long", "ulong", "longlong", "ulonglong",
-                              "s32", "s64", "u32", "u64", "ptr", "str", "ustr")
+ARG_TYPES: tuple[str, ...] = (
+    "int",
+    "uint",
+    "long",
+    "ulong",
+    "longlong",
+    "ulonglong",
+    "s32",
+    "s64",
+    "u32",
+    "u64",
+    "ptr",
+    "str",
+    "ustr",
+    "s8",
+    "u8",
+    "s16",
+    "u16",
+    "cstr",
+)
 # A return value is one register: strings are not returned, so str/ustr are excluded.
-RET_TYPES: tuple[str, ...] = ("int", "uint", "long", "ulong", "longlong", "ulonglong",
-                              "s32", "s64", "u32", "u64", "ptr")
+RET_TYPES: tuple[str, ...] = (
+    "int",
+    "uint",
+    "long",
+    "ulong",
+    "longlong",
+    "ulonglong",
+    "s32",
+    "s64",
+    "u32",
+    "u64",
+    "ptr",
+)
 DEFAULT_RETTYPE = "long"
 # Bare `_` skips one full register-sized position.
 SKIP_TYPE = "long"
@@ -57,6 +100,7 @@ _IDENT_CHARS = _IDENT_START | frozenset("0123456789")
 _DIGITS = frozenset("0123456789")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _SPACE = frozenset(" \t")
+_BTF_WORD = _IDENT_CHARS | frozenset(".=->")
 
 
 @dataclass(frozen=True)
@@ -66,6 +110,24 @@ class Arg:
     name: str | None
     type: str
     index: int
+
+
+@dataclass(frozen=True)
+class BtfRef:
+    """An argument named the kernel's way, resolved from the target's BTF before the script
+    is generated: a parameter (`path` is its name) or a member path (`sk->a.b`); `column` is
+    the column's name (NAME= or the last member). `pos` is the column of the word in
+    `source`, line `lineno`, for errors found then."""
+
+    column: str
+    path: str
+    pos: int
+    source: str
+    lineno: int
+
+    @property
+    def is_field(self) -> bool:
+        return "->" in self.path or "." in self.path
 
 
 @dataclass(frozen=True)
@@ -80,6 +142,10 @@ class Probe:
     args: tuple[Arg, ...]
     text: str
     label: str
+    # Arguments named the kernel's way (issue 14), resolved from the target's BTF.
+    btf_refs: tuple[BtfRef, ...] = ()
+    notes: tuple[str, ...] = ()  # said once per cell, e.g. where BTF disagrees with NAME:TYPE
+    comments: tuple[str, ...] = ()  # put in the script (--dry-run shows them)
 
 
 @dataclass(frozen=True)
@@ -103,8 +169,9 @@ class Token:
 
 def is_valid_symbol(name: str) -> bool:
     """True when `name` matches `[A-Za-z_][A-Za-z0-9_.]*` (function/module grammar)."""
-    return (bool(name) and name[0] in _IDENT_START
-            and all(c in _IDENT_CHARS or c == "." for c in name))
+    return (
+        bool(name) and name[0] in _IDENT_START and all(c in _IDENT_CHARS or c == "." for c in name)
+    )
 
 
 def is_valid_arg_name(name: str) -> bool:
@@ -185,52 +252,72 @@ class _LineParser:
                 return self.error(
                     f"wildcard {c!r} in a function or module name: a wildcard kprobe either "
                     "silently fails to register or expands to hundreds of probes (tcp_* gave "
-                    "386, some failing); name exactly one function per line", pos)
-            return self.error(f"{c!r} is not allowed in an argument; arguments are NAME:TYPE",
-                              pos)
+                    "386, some failing); name exactly one function per line",
+                    pos,
+                )
+            return self.error(f"{c!r} is not allowed in an argument; arguments are NAME:TYPE", pos)
         if c in "\"'`":
-            return self.error("quotes are not allowed: write names bare, e.g. tcp_v4_connect",
-                              pos)
+            return self.error("quotes are not allowed: write names bare, e.g. tcp_v4_connect", pos)
         if c in "{}":
-            return self.error("braces are not allowed: a spec is not SystemTap code "
-                              "(use %%stap for a hand-written script)", pos)
+            return self.error(
+                "braces are not allowed: a spec is not SystemTap code "
+                "(use %%stap for a hand-written script)",
+                pos,
+            )
         if c == ";":
             return self.error("';' is not allowed: put each probe on its own line", pos)
         if c == "%":
-            return self.error("'%' is not allowed: a spec cannot carry embedded C or format "
-                              "directives", pos)
+            return self.error(
+                "'%' is not allowed: a spec cannot carry embedded C or format directives", pos
+            )
         if c == "$":
-            return self.error("'$' is not allowed: without debuginfo there are no $variables; "
-                              "name arguments by position as NAME:TYPE", pos)
+            return self.error(
+                "'$' is not allowed: without debuginfo there are no $variables; "
+                "name arguments by position as NAME:TYPE",
+                pos,
+            )
         if c in "()":
-            return self.error("parentheses are not allowed: write the bare function name, "
-                              "e.g. tcp_v4_connect (not tcp_v4_connect())", pos)
+            return self.error(
+                "parentheses are not allowed: write the bare function name, "
+                "e.g. tcp_v4_connect (not tcp_v4_connect())",
+                pos,
+            )
         if c == "-":
             word_start = pos == 0 or self.line[pos - 1] in _SPACE
-            if word_start and self.line[pos:pos + 2] == "->":
-                return self.error("'->' is not the syntax: write the return type as "
-                                  "FUNCTION.call+return:TYPE or FUNCTION.return:TYPE", pos, 2)
+            if word_start and self.line[pos : pos + 2] == "->":
+                return self.error(
+                    "'->' is not the syntax: write the return type as "
+                    "FUNCTION.call+return:TYPE or FUNCTION.return:TYPE",
+                    pos,
+                    2,
+                )
             if word_start:
-                return self.error("this looks like an option: options go on the %%kprobe line "
-                                  "before the spec, never after it or in the body", pos)
+                return self.error(
+                    "this looks like an option: options go on the %%kprobe line "
+                    "before the spec, never after it or in the body",
+                    pos,
+                )
             return self.error("'-' is not allowed in names (kernel symbols use '_')", pos)
         if c == "#":
-            return self.error("a comment must be on a line of its own (starting with '#')",
-                              pos)
+            return self.error("a comment must be on a line of its own (starting with '#')", pos)
         if c == "\\":
             return self.error("backslashes are not allowed in a spec", pos)
         if c in "\n\r":
-            return self.error("a line break inside a spec: put each probe on its own line",
-                              pos)
+            return self.error("a line break inside a spec: put each probe on its own line", pos)
         code = ord(c)
         if code < 32 or code == 127:
             return self.error(f"control character U+{code:04X} is not allowed", pos)
         if code > 127:
             return self.error(
                 f"non-ASCII character {c!r} (U+{code:04X}): names are ASCII letters, digits, "
-                "'_' and '.' (pasted text may hold lookalike letters or smart quotes)", pos)
-        return self.error(f"unexpected {c!r}: a spec is FUNCTION [NAME:TYPE ...], "
-                          "e.g. tcp_v4_connect sk:ptr len:uint", pos)
+                "'_' and '.' (pasted text may hold lookalike letters or smart quotes)",
+                pos,
+            )
+        return self.error(
+            f"unexpected {c!r}: a spec is FUNCTION [NAME:TYPE ...], "
+            "e.g. tcp_v4_connect sk:ptr len:uint",
+            pos,
+        )
 
     def expect_word_end(self, in_target: bool, what: str) -> None:
         tok = self.peek()
@@ -238,8 +325,12 @@ class _LineParser:
             return
         if tok.kind == "bad":
             raise self.bad_char(tok, in_target)
-        raise self.error(f"unexpected {tok.text!r} after {what}: a spec is FUNCTION then "
-                         "NAME:TYPE words separated by spaces", tok.pos, len(tok.text))
+        raise self.error(
+            f"unexpected {tok.text!r} after {what}: a spec is FUNCTION then "
+            "NAME:TYPE words separated by spaces",
+            tok.pos,
+            len(tok.text),
+        )
 
     def skip_space(self) -> None:
         tok = self.peek()
@@ -251,6 +342,7 @@ class _LineParser:
         self.skip_space()
         module, function, address, kind, rettype = self.parse_target()
         args: list[Arg] = []
+        refs: list[BtfRef] = []
         seen: dict[str, int] = {}
         index = 0
         while True:
@@ -264,12 +356,21 @@ class _LineParser:
                 raise self.error(
                     "a .return probe cannot read arguments (the argument registers are "
                     "reused by then): use FUNCTION.call+return NAME:TYPE ... to get the entry "
-                    "arguments together with the return value", tok.pos,
-                    self.word_length(tok.pos))
+                    "arguments together with the return value",
+                    tok.pos,
+                    self.word_length(tok.pos),
+                )
+            ref = self.parse_btf_word(seen)
+            if ref is not None:
+                refs.append(ref)
+                continue
             index += 1
             if index > MAX_ARGS:
-                raise self.error(f"too many arguments: at most {MAX_ARGS} positions",
-                                 tok.pos, self.word_length(tok.pos))
+                raise self.error(
+                    f"too many arguments: at most {MAX_ARGS} positions",
+                    tok.pos,
+                    self.word_length(tok.pos),
+                )
             arg = self.parse_arg(index, seen)
             args.append(arg)
         text = self.line.strip()
@@ -279,8 +380,67 @@ class _LineParser:
             assert function is not None
             suffix = {"entry": "", "return": ".return", "pair": ".call+return"}[kind]
             label = (f"{module}:" if module else "") + function + suffix
-        return Probe(function=function, module=module, address=address, kind=kind,
-                     rettype=rettype, args=tuple(args), text=text, label=label)
+        return Probe(
+            function=function,
+            module=module,
+            address=address,
+            kind=kind,
+            rettype=rettype,
+            args=tuple(args),
+            text=text,
+            label=label,
+            btf_refs=tuple(refs),
+        )
+
+    def parse_btf_word(self, seen: dict[str, int]) -> BtfRef | None:
+        """NAME (a parameter by its kernel name), NAME=PATH or PATH (a member path), or None
+        for the other argument forms (NAME:TYPE, `_`)."""
+        tok = self.peek()
+        assert tok is not None
+        start = tok.pos
+        end = start + self.word_length(start)
+        word = self.line[start:end]
+        if (
+            tok.kind != "ident"
+            or ":" in word
+            or word == "_"
+            or any(c not in _BTF_WORD for c in word)
+        ):
+            return None  # NAME:TYPE, `_`, or characters parse_arg has a message for
+        column, eq, path = word.partition("=")
+        path_pos = start + len(column) + 1 if eq else start
+        if not eq:
+            path = word
+        if eq and not is_valid_arg_name(column):
+            raise self.error(
+                f"bad column name {column!r}: names are [A-Za-z_][A-Za-z0-9_]*",
+                start,
+                max(1, len(column)),
+            )
+        try:
+            root, _, steps = btf_path.parse_path(path)
+        except btf_path.FieldPathError as exc:
+            raise self.error(exc.message, path_pos + exc.pos, exc.length) from None
+        if not eq:
+            column = steps[-1].name if steps else root
+        if column in RESERVED_NAMES:
+            raise self.error(
+                f"{column!r} is a column stapmagic fills itself; name it: NAME={path}",
+                start,
+                len(word),
+            )
+        if column in seen:
+            raise self.error(
+                f"duplicate column name {column!r} (first at column "
+                f"{seen[column] + 1}); name it: NAME={path}",
+                start,
+                len(word),
+            )
+        seen[column] = start
+        # the tokens of this word are consumed by position
+        while (t := self.peek()) is not None and t.pos < end:
+            self.i += 1
+        return BtfRef(column, path, path_pos, _display(self.line), self.lineno)
 
     def word_length(self, pos: int) -> int:
         end = pos
@@ -290,7 +450,7 @@ class _LineParser:
 
     def name_length(self, pos: int) -> int:
         """Width of the NAME part of a NAME:TYPE word starting at `pos`."""
-        word = self.line[pos:pos + self.word_length(pos)]
+        word = self.line[pos : pos + self.word_length(pos)]
         colon = word.find(":")
         return colon if colon > 0 else len(word)
 
@@ -301,8 +461,11 @@ class _LineParser:
         if tok.kind == "number":
             if tok.text[:2] in ("0x", "0X"):
                 return self.parse_address(tok)
-            raise self.error("a function name cannot start with a digit (an address is "
-                             "written 0x..., in hex)", tok.pos, len(tok.text))
+            raise self.error(
+                "a function name cannot start with a digit (an address is written 0x..., in hex)",
+                tok.pos,
+                len(tok.text),
+            )
         if tok.kind == "bad":
             raise self.bad_char(tok, True)
         if tok.kind != "ident":
@@ -321,17 +484,23 @@ class _LineParser:
             if nxt.kind == "bad":
                 raise self.bad_char(nxt, True)
             if nxt.kind == "number" and nxt.text[:2] in ("0x", "0X"):
-                raise self.error("a module takes a function name, not an address (an address "
-                                 "is absolute: write 0x... alone)", nxt.pos, len(nxt.text))
+                raise self.error(
+                    "a module takes a function name, not an address (an address "
+                    "is absolute: write 0x... alone)",
+                    nxt.pos,
+                    len(nxt.text),
+                )
             if nxt.kind != "ident":
-                raise self.error("expected a function name after 'MODULE:'", nxt.pos,
-                                 len(nxt.text))
+                raise self.error("expected a function name after 'MODULE:'", nxt.pos, len(nxt.text))
             if nxt.text in ARG_TYPES and self.word_length(nxt.pos) == len(nxt.text):
                 # `f:int` is almost surely a forgotten `.return`; no kernel function is `int`.
                 raise self.error(
                     f"a return type needs a return probe: {name}.return:{nxt.text} "
                     f"(or {name}.call+return:{nxt.text}); MODULE:FUNCTION names a module "
-                    "function", nxt.pos, len(nxt.text))
+                    "function",
+                    nxt.pos,
+                    len(nxt.text),
+                )
             module = name
             name = self.scan_name()
         kind: Kind = "entry"
@@ -355,7 +524,9 @@ class _LineParser:
             if kind == "entry":
                 raise self.error(
                     "a return type needs a return probe: FUNCTION.return:TYPE or "
-                    "FUNCTION.call+return:TYPE", tok.pos)
+                    "FUNCTION.call+return:TYPE",
+                    tok.pos,
+                )
             self.i += 1
             rettype = self.parse_type(RET_TYPES, tok.pos, "return type")
         elif tok is not None and tok.kind == "plus":
@@ -387,8 +558,9 @@ class _LineParser:
     def parse_address(self, tok: Token) -> tuple[None, None, int, Kind, None]:
         digits = tok.text[2:]
         if not digits:
-            raise self.error("empty address: write 0x followed by hex digits", tok.pos,
-                             len(tok.text))
+            raise self.error(
+                "empty address: write 0x followed by hex digits", tok.pos, len(tok.text)
+            )
         for k, c in enumerate(digits):
             if c not in _HEX:
                 raise self.error(f"{c!r} is not a hex digit in the address", tok.pos + 2 + k)
@@ -400,35 +572,46 @@ class _LineParser:
         self.i += 1
         nxt = self.peek()
         if nxt is not None and nxt.kind == "dot":
-            raise self.error("an address probe has no .return or .call+return (SystemTap only "
-                             "has kprobe.statement(ADDR).absolute at entry)", nxt.pos,
-                             self.word_length(nxt.pos))
+            raise self.error(
+                "an address probe has no .return or .call+return (SystemTap only "
+                "has kprobe.statement(ADDR).absolute at entry)",
+                nxt.pos,
+                self.word_length(nxt.pos),
+            )
         if nxt is not None and nxt.kind == "colon":
             raise self.error("an address takes no module or return type", nxt.pos)
         self.expect_word_end(True, "the address")
         if not self.guru:
-            raise self.error("statement probes need --guru (stap -g): add --guru to the "
-                             "%%kprobe line, or probe the function by name", tok.pos,
-                             len(tok.text))
+            raise self.error(
+                "statement probes need --guru (stap -g): add --guru to the "
+                "%%kprobe line, or probe the function by name",
+                tok.pos,
+                len(tok.text),
+            )
         return None, None, value, "entry", None
 
     def parse_type(self, allowed: tuple[str, ...], colon_pos: int, what: str) -> str:
         tok = self.peek()
         if tok is None or tok.kind == "space":
-            raise self.error(f"missing {what} after ':'; valid: {_types_hint(allowed)}",
-                             colon_pos)
+            raise self.error(f"missing {what} after ':'; valid: {_types_hint(allowed)}", colon_pos)
         if tok.kind == "bad":
             raise self.bad_char(tok, False)
         if tok.kind != "ident" or tok.text not in allowed:
             # Report the whole type word (e.g. `int.x`), not just its first token.
             length = self.word_length(tok.pos)
-            word = self.line[tok.pos:tok.pos + length]
+            word = self.line[tok.pos : tok.pos + length]
             if what == "return type" and tok.text in ("str", "ustr"):
                 raise self.error(
                     f"{tok.text} is not a return type: a return value is a number in a "
-                    f"register; valid: {_types_hint(allowed)}", tok.pos, length)
-            raise self.error(f"unknown {what} {word!r}{_suggest(word, allowed)}; valid: "
-                             f"{_types_hint(allowed)}", tok.pos, length)
+                    f"register; valid: {_types_hint(allowed)}",
+                    tok.pos,
+                    length,
+                )
+            raise self.error(
+                f"unknown {what} {word!r}{_suggest(word, allowed)}; valid: {_types_hint(allowed)}",
+                tok.pos,
+                length,
+            )
         self.i += 1
         return tok.text
 
@@ -439,14 +622,20 @@ class _LineParser:
         if tok.kind == "bad":
             raise self.bad_char(tok, False)
         if tok.kind != "ident":
-            raise self.error("bad argument name: names are [A-Za-z_][A-Za-z0-9_]* "
-                             "(or _ to skip a position)", start, self.name_length(start))
+            raise self.error(
+                "bad argument name: names are [A-Za-z_][A-Za-z0-9_]* (or _ to skip a position)",
+                start,
+                self.name_length(start),
+            )
         self.i += 1
         name = tok.text
         nxt = self.peek()
         if nxt is not None and nxt.kind in ("dot", "plus", "number"):
-            raise self.error("bad argument name: names are [A-Za-z_][A-Za-z0-9_]* "
-                             "(no '.')", start, self.name_length(start))
+            raise self.error(
+                "bad argument name: names are [A-Za-z_][A-Za-z0-9_]* (no '.')",
+                start,
+                self.name_length(start),
+            )
         if nxt is not None and nxt.kind == "bad":
             raise self.bad_char(nxt, False)
         if name == "_":
@@ -460,14 +649,22 @@ class _LineParser:
             raise self.error(
                 f"{name!r} has no type: arguments are NAME:TYPE (types: "
                 f"{_types_hint(ARG_TYPES)}); to probe another function, give it its own line",
-                start, len(name))
+                start,
+                len(name),
+            )
         if name in RESERVED_NAMES:
-            raise self.error(f"{name!r} is a column stapmagic fills itself; pick another "
-                             f"name, e.g. {name}_arg", start, len(name))
+            raise self.error(
+                f"{name!r} is a column stapmagic fills itself; pick another name, e.g. {name}_arg",
+                start,
+                len(name),
+            )
         if name in seen:
-            raise self.error(f"duplicate argument name {name!r} (first at column "
-                             f"{seen[name] + 1}); give each argument its own name",
-                             start, len(name))
+            raise self.error(
+                f"duplicate argument name {name!r} (first at column "
+                f"{seen[name] + 1}); give each argument its own name",
+                start,
+                len(name),
+            )
         self.i += 1
         typ = self.parse_type(ARG_TYPES, nxt.pos, "type")
         self.expect_word_end(False, "the argument type")
@@ -480,8 +677,13 @@ def parse_line(line: str, *, lineno: int = 1, guru: bool = False) -> Probe | Non
     if "\n" in line:
         # A newline would split one record into two lines downstream: never accept it.
         first = line.index("\n")
-        raise SpecError("a line break inside a spec: put each probe on its own line",
-                        _display(line[:first]), first, 1, lineno)
+        raise SpecError(
+            "a line break inside a spec: put each probe on its own line",
+            _display(line[:first]),
+            first,
+            1,
+            lineno,
+        )
     if line.endswith("\r"):  # CRLF cell text
         line = line[:-1]
     stripped = line.strip(" \t")
@@ -502,6 +704,8 @@ def parse_spec(text: str, *, guru: bool = False, first_line: str = "") -> Spec:
         if probe is not None:
             probes.append(probe)
     if not probes:
-        raise SpecError("no probe given: name a kernel function, e.g. "
-                        "%%kprobe tcp_v4_connect sk:ptr uaddr:ptr len:uint")
+        raise SpecError(
+            "no probe given: name a kernel function, e.g. "
+            "%%kprobe tcp_v4_connect sk:ptr uaddr:ptr len:uint"
+        )
     return Spec(tuple(probes))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pandas as pd
+from pandas.api.extensions import ExtensionArray
 
 __all__ = ["SymbolSet", "cached", "fetch", "find", "hidden", "parse_fetch_output"]
 
@@ -71,7 +72,7 @@ def parse_fetch_output(text: str) -> SymbolSet:
     current: list[str] | None = None
     for line in lines[1:]:
         if line.startswith(_MARK):
-            word = line[len(_MARK):].strip()
+            word = line[len(_MARK) :].strip()
             if word == "missing":
                 for name in list(sections)[-1:]:
                     sections[name] = None
@@ -88,11 +89,17 @@ def parse_fetch_output(text: str) -> SymbolSet:
             m = _MODULE.search(line)
             functions.setdefault(name, m.group(1) if m else "")
     traceable_lines = sections.get("traceable")
-    traceable = (None if traceable_lines is None else
-                 frozenset(_first_word(ln) for ln in traceable_lines if ln.strip()))
+    traceable = (
+        None
+        if traceable_lines is None
+        else frozenset(_first_word(ln) for ln in traceable_lines if ln.strip())
+    )
     black_lines = sections.get("blacklist")
-    blacklist = None if black_lines is None else frozenset(
-        ln.split()[1] for ln in black_lines if len(ln.split()) >= 2)
+    blacklist = (
+        None
+        if black_lines is None
+        else frozenset(ln.split()[1] for ln in black_lines if len(ln.split()) >= 2)
+    )
     return SymbolSet(release, functions, traceable, blacklist)
 
 
@@ -126,16 +133,19 @@ def find(symbols: SymbolSet, patterns: Iterable[str]) -> pd.DataFrame:
     names = set(symbols.functions)
     if symbols.traceable is not None:
         names |= symbols.traceable  # traceable but not in kallsyms: shown, flagged
-    hits = sorted(n for n in names
-                  if not hidden(n) and any(fnmatch.fnmatchcase(n, p) for p in pats))
+    hits = sorted(
+        n for n in names if not hidden(n) and any(fnmatch.fnmatchcase(n, p) for p in pats)
+    )
 
-    def check(known: frozenset[str] | None) -> pd.array:
+    def check(known: frozenset[str] | None) -> ExtensionArray:
         return pd.array([None if known is None else n in known for n in hits], dtype="boolean")
 
-    return pd.DataFrame({
-        "name": pd.array(hits, dtype="str"),
-        "module": pd.array([symbols.functions.get(n, "") for n in hits], dtype="str"),
-        "in_kallsyms": pd.array([n in symbols.functions for n in hits], dtype="boolean"),
-        "traceable": check(symbols.traceable),
-        "blacklisted": check(symbols.blacklist),
-    })
+    return pd.DataFrame(
+        {
+            "name": pd.array(hits, dtype="str"),
+            "module": pd.array([symbols.functions.get(n, "") for n in hits], dtype="str"),
+            "in_kallsyms": pd.array([n in symbols.functions for n in hits], dtype="boolean"),
+            "traceable": check(symbols.traceable),
+            "blacklisted": check(symbols.blacklist),
+        }
+    )

@@ -16,25 +16,45 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:       # schema.py imports the register list from here
+if TYPE_CHECKING:  # schema.py imports the register list from here
     from .schema import ColumnKind, ProbeSchema
 
 __all__ = [
-    "RECORD_TAG", "HIST_TAG", "HIST_END_TAG", "SUMMARY_TAG", "KEYS_TAG", "COUNTER_TAG",
-    "END_TAG", "FIELD_SEP", "RECORD_FIELDS", "PRINT_REGS_COLUMNS", "U_REGISTERS",
+    "RECORD_TAG",
+    "HIST_TAG",
+    "HIST_END_TAG",
+    "SUMMARY_TAG",
+    "KEYS_TAG",
+    "COUNTER_TAG",
+    "END_TAG",
+    "FIELD_SEP",
+    "RECORD_FIELDS",
+    "PRINT_REGS_COLUMNS",
+    "U_REGISTERS",
     "SCAN_KIND_CODES",
-    "escape_text", "unescape_text", "format_record", "parse_record", "ParsedRecord",
-    "FieldValue", "TagCount", "parse_tag_count", "parse_print_regs", "DUMP_LINES",
+    "escape_text",
+    "unescape_text",
+    "format_record",
+    "parse_record",
+    "ParsedRecord",
+    "FieldValue",
+    "TagCount",
+    "parse_tag_count",
+    "parse_print_regs",
+    "DUMP_LINES",
 ]
 
 # ---- tags: the first field of every line a generated script prints ---------------------
-RECORD_TAG = "@@sm1"        # one event: @@sm1 <TAB> probe_index <TAB> time ... <TAB> @@
-HIST_TAG = "@@smh"          # @@smh <TAB> name <TAB> kind, then stap's histogram text, then
+RECORD_TAG = "@@sm1"  # one event: @@sm1 <TAB> probe_index <TAB> time ... <TAB> @@
+HIST_TAG = "@@smh"  # @@smh <TAB> name <TAB> kind, then stap's histogram text, then
 HIST_END_TAG = "@@smh-end"  # this line
-SUMMARY_TAG = "@@sms"       # @@sms <TAB> name <TAB> count <TAB> min <TAB> max <TAB> avg <TAB> sum <TAB> @@
-KEYS_TAG = "@@smk"          # @@smk <TAB> name <TAB> key <TAB> count <TAB> @@
-COUNTER_TAG = "@@smc"       # @@smc <TAB> name <TAB> probe_index <TAB> value <TAB> @@
-END_TAG = "@@"              # the last field of a record and of the one-line tags
+SUMMARY_TAG = (
+    "@@sms"  # @@sms <TAB> name <TAB> count <TAB> min <TAB> max <TAB> avg <TAB> sum <TAB> @@
+)
+KEYS_TAG = "@@smk"  # @@smk <TAB> name <TAB> key <TAB> count <TAB> @@
+COUNTER_TAG = "@@smc"  # @@smc <TAB> name <TAB> probe_index <TAB> value <TAB> @@
+END_TAG = "@@"  # the last field of a record and of the one-line tags
+TAG_PREFIX = "@@sm"  # what every tag above starts with (diagnose.py cuts there)
 FIELD_SEP = "\t"
 # A record's fields before the probe's own (DESIGN.md): idx is the probe index.
 RECORD_FIELDS: tuple[str, ...] = ("idx", "time", "pid", "tid", "cpu", "comm")
@@ -52,27 +72,56 @@ SEP_B = FIELD_SEP.encode()
 END_B = END_TAG.encode()
 
 # The field kinds as _recscan.scan() takes them (one byte each).
-SCAN_KIND_CODES: dict[ColumnKind, bytes] = {"int": b"i", "uint": b"u", "hex": b"x",
-                                             "str": b"s", "errno": b"e"}
+SCAN_KIND_CODES: dict[ColumnKind, bytes] = {
+    "int": b"i",
+    "uint": b"u",
+    "hex": b"x",
+    "str": b"s",
+    "errno": b"e",
+}
 
 # ---- registers ---------------------------------------------------------------------------
 # The columns a print_regs() dump is split into (x86_64 runtime/linux/regs.c), all uint64.
 # The FS/GS selector values printed in parentheses are not kept: in kernel mode on x86_64
 # they are always 0000 (the bases are in fs/gs).
 PRINT_REGS_COLUMNS: tuple[str, ...] = (
-    "rip", "rsp", "eflags",
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
-    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-    "fs", "gs", "knlgs", "cs", "ds", "es",
-    "cr0", "cr2", "cr3", "cr4",
+    "rip",
+    "rsp",
+    "eflags",
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+    "fs",
+    "gs",
+    "knlgs",
+    "cs",
+    "ds",
+    "es",
+    "cr0",
+    "cr2",
+    "cr3",
+    "cr4",
 )
 # The --regs names: u_register() (tapset/x86_64/registers.stp) knows these, and they are
 # the general registers of the dump above.
-U_REGISTERS: tuple[str, ...] = PRINT_REGS_COLUMNS[:PRINT_REGS_COLUMNS.index("r15") + 1]
+U_REGISTERS: tuple[str, ...] = PRINT_REGS_COLUMNS[: PRINT_REGS_COLUMNS.index("r15") + 1]
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 _UINT64_MAX = (1 << 64) - 1
+
 
 @dataclass(frozen=True)
 class TagCount:
@@ -98,8 +147,13 @@ def parse_tag_count(line: bytes, key_kind: ColumnKind | None = None) -> TagCount
     probe index that is not a number, a `@@smk` key that is not a field of `key_kind`
     (`%d` int64, `%u` uint64, `%x`, or text_str() text; None: text)."""
     parts = line.rstrip(b"\r\n").split(b"\t")
-    if len(parts) != 5 or parts[0] not in (_SMC, _SMK) or parts[4] != END_B or \
-            _COUNT_RE.match(parts[3]) is None or _TAG_NAME_RE.match(parts[1]) is None:
+    if (
+        len(parts) != 5
+        or parts[0] not in (_SMC, _SMK)
+        or parts[4] != END_B
+        or _COUNT_RE.match(parts[3]) is None
+        or _TAG_NAME_RE.match(parts[1]) is None
+    ):
         raise ValueError(f"not an @@smc/@@smk line: {line!r}")
     value = int(parts[3])
     if value > _INT64_MAX:
@@ -124,16 +178,32 @@ _PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in (0x22, 0x5C))
 # What may appear raw inside an escaped field: the above plus `\` and `"` (a `"` only as
 # part of the escape `\"`).
 _FIELD_CHARS = _PLAIN + b'\\"'
-_SHORT_ESCAPES = {7: b"\\a", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t",
-                  11: b"\\v", 0x22: b'\\"', 0x5C: b"\\\\"}
-_UNESCAPE_SIMPLE = {ord("a"): 7, ord("b"): 8, ord("f"): 12, ord("n"): 10, ord("r"): 13,
-                    ord("t"): 9, ord("v"): 11, ord("\\"): 0x5C, ord('"'): 0x22}
+_SHORT_ESCAPES = {
+    7: b"\\a",
+    8: b"\\b",
+    12: b"\\f",
+    10: b"\\n",
+    13: b"\\r",
+    9: b"\\t",
+    11: b"\\v",
+    0x22: b'\\"',
+    0x5C: b"\\\\",
+}
+_UNESCAPE_SIMPLE = {
+    ord("a"): 7,
+    ord("b"): 8,
+    ord("f"): 12,
+    ord("n"): 10,
+    ord("r"): 13,
+    ord("t"): 9,
+    ord("v"): 11,
+    ord("\\"): 0x5C,
+    ord('"'): 0x22,
+}
 # The escapes _stp_text_str writes: octal always as three digits (the first 0-3), \u and \U
 # with upper-case hex. Whether a matching escape is the one text_str() would have chosen
 # for those bytes (\101 is never printed for "A") is checked by escaping the result again.
-_ESCAPE_RE = re.compile(
-    rb"\\(?:([0-3][0-7]{2})|u([0-9A-F]{4})|U([0-9A-F]{8})|([abfnrtv\\\"]))"
-)
+_ESCAPE_RE = re.compile(rb"\\(?:([0-3][0-7]{2})|u([0-9A-F]{4})|U([0-9A-F]{8})|([abfnrtv\\\"]))")
 
 
 def _decode_utf8_at(b: bytes, i: int) -> tuple[int, int]:
@@ -309,7 +379,12 @@ def _fmt_errno(v: FieldValue) -> bytes:
 
 
 _FORMATTERS: dict[str, Callable[[FieldValue], bytes]] = {
-    "int": _fmt_int, "uint": _fmt_uint, "hex": _fmt_hex, "str": _fmt_str, "errno": _fmt_errno}
+    "int": _fmt_int,
+    "uint": _fmt_uint,
+    "hex": _fmt_hex,
+    "str": _fmt_str,
+    "errno": _fmt_errno,
+}
 
 
 _FORMATTER_CACHE: dict[int, tuple[ProbeSchema, tuple[Callable[[FieldValue], bytes], ...]]] = {}
@@ -330,8 +405,17 @@ _HEAD_FMT = RECORD_PREFIX_B + SEP_B.join([b"%d"] * 5 + [b"%s"]) + SEP_B
 _TAIL = RECORD_SUFFIX_B + b"\n"
 
 
-def format_record(idx: int, time_ns: int, pid: int, tid: int, cpu: int, comm: str | bytes,
-                  fields: Sequence[FieldValue], *, schema: ProbeSchema | None = None) -> bytes:
+def format_record(
+    idx: int,
+    time_ns: int,
+    pid: int,
+    tid: int,
+    cpu: int,
+    comm: str | bytes,
+    fields: Sequence[FieldValue],
+    *,
+    schema: ProbeSchema | None = None,
+) -> bytes:
     """One record line exactly as a generated script prints it (ending in ``\\n``).
 
     Without `schema`, an int field is printed `%d`, a str/bytes field text_str()-escaped and
@@ -434,20 +518,33 @@ def parse_record(line: bytes, schemas: Sequence[ProbeSchema]) -> ParsedRecord | 
 
 _H16 = rb"([0-9a-f]{16})"
 _SEL = rb"([0-9a-f]{4,8})"
-_DUMP_RES: tuple[re.Pattern[bytes], ...] = tuple(re.compile(p + rb"\Z") for p in (
-    rb"RIP: " + _H16,
-    rb"RSP: " + _H16 + rb"  EFLAGS: ([0-9a-f]{8,16})",
-    rb"RAX: " + _H16 + rb" RBX: " + _H16 + rb" RCX: " + _H16,
-    rb"RDX: " + _H16 + rb" RSI: " + _H16 + rb" RDI: " + _H16,
-    rb"RBP: " + _H16 + rb" R08: " + _H16 + rb" R09: " + _H16,
-    rb"R10: " + _H16 + rb" R11: " + _H16 + rb" R12: " + _H16,
-    rb"R13: " + _H16 + rb" R14: " + _H16 + rb" R15: " + _H16,
-    rb"FS:  " + _H16 + rb"\([0-9a-f]{4,8}\) GS:" + _H16 + rb"\([0-9a-f]{4,8}\) knlGS:" + _H16,
-    rb"CS:  " + _SEL + rb" DS: " + _SEL + rb" ES: " + _SEL + rb" CR0: " + _H16,
-    rb"CR2: " + _H16 + rb" CR3: " + _H16 + rb" CR4: " + _H16,
-))
-_DUMP_PREFIXES = (b"RIP: ", b"RSP: ", b"RAX: ", b"RDX: ", b"RBP: ", b"R10: ", b"R13: ",
-                  b"FS:  ", b"CS:  ", b"CR2: ")
+_DUMP_RES: tuple[re.Pattern[bytes], ...] = tuple(
+    re.compile(p + rb"\Z")
+    for p in (
+        rb"RIP: " + _H16,
+        rb"RSP: " + _H16 + rb"  EFLAGS: ([0-9a-f]{8,16})",
+        rb"RAX: " + _H16 + rb" RBX: " + _H16 + rb" RCX: " + _H16,
+        rb"RDX: " + _H16 + rb" RSI: " + _H16 + rb" RDI: " + _H16,
+        rb"RBP: " + _H16 + rb" R08: " + _H16 + rb" R09: " + _H16,
+        rb"R10: " + _H16 + rb" R11: " + _H16 + rb" R12: " + _H16,
+        rb"R13: " + _H16 + rb" R14: " + _H16 + rb" R15: " + _H16,
+        rb"FS:  " + _H16 + rb"\([0-9a-f]{4,8}\) GS:" + _H16 + rb"\([0-9a-f]{4,8}\) knlGS:" + _H16,
+        rb"CS:  " + _SEL + rb" DS: " + _SEL + rb" ES: " + _SEL + rb" CR0: " + _H16,
+        rb"CR2: " + _H16 + rb" CR3: " + _H16 + rb" CR4: " + _H16,
+    )
+)
+_DUMP_PREFIXES = (
+    b"RIP: ",
+    b"RSP: ",
+    b"RAX: ",
+    b"RDX: ",
+    b"RBP: ",
+    b"R10: ",
+    b"R13: ",
+    b"FS:  ",
+    b"CS:  ",
+    b"CR2: ",
+)
 DUMP_LINES = len(_DUMP_RES)
 # Lines of other output (the -c command's) tolerated inside one dump before giving up on it.
 MAX_FOREIGN_IN_DUMP = 16

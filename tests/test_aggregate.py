@@ -54,15 +54,17 @@ def feed(run: pipeline.ProbeRun, text: str, chunk: int = 7) -> None:
     """Feed `text` as the pty delivers it (\\r\\n, arbitrary chunks), batches to the run."""
     data = text.replace("\n", "\r\n").encode()
     for i in range(0, len(data), chunk):
-        run.parser.feed(data[i:i + chunk])
+        run.parser.feed(data[i : i + chunk])
     run.note_batch(run.parser.close())
 
 
 def hist_stream(name: str) -> str:
-    return ("workload pid=1249\n"
-            f"@@smh\t{name}\tlog\n{LOG_HIST}@@smh-end\n"
-            f"@@sms\t{name}\t3\t147336\t1048577\t498851\t1496553\t@@\n"
-            "@@smc\tunpaired\t0\t2\t@@\n")
+    return (
+        "workload pid=1249\n"
+        f"@@smh\t{name}\tlog\n{LOG_HIST}@@smh-end\n"
+        f"@@sms\t{name}\t3\t147336\t1048577\t498851\t1496553\t@@\n"
+        "@@smc\tunpaired\t0\t2\t@@\n"
+    )
 
 
 def test_hist_latency_stream_end_to_end():
@@ -91,15 +93,28 @@ def test_hist_latency_stream_end_to_end():
 
 
 def test_linear_histograms_one_per_probe_and_an_empty_one():
-    run = prepared("tcp_v4_connect _ _ len:uint", "tcp_v6_connect _ _ len:uint", hist="len",
-                   hist_linear=(0, 64, 8))
-    feed(run, "@@smh\ttcp_v4_connect\tlinear:0:64:8\n" + LINEAR_HIST + "@@smh-end\n"
-              "@@sms\ttcp_v4_connect\t3\t16\t16\t16\t48\t@@\n"
-              "@@sms\ttcp_v6_connect\t0\t\t\t\t\t@@\n", chunk=5)
+    run = prepared(
+        "tcp_v4_connect _ _ len:uint",
+        "tcp_v6_connect _ _ len:uint",
+        hist="len",
+        hist_linear=(0, 64, 8),
+    )
+    feed(
+        run,
+        "@@smh\ttcp_v4_connect\tlinear:0:64:8\n" + LINEAR_HIST + "@@smh-end\n"
+        "@@sms\ttcp_v4_connect\t3\t16\t16\t16\t48\t@@\n"
+        "@@sms\ttcp_v6_connect\t0\t\t\t\t\t@@\n",
+        chunk=5,
+    )
     df = run.hist
     assert df.attrs["kind"] == "linear"
     assert df[["low", "high", "count"]].astype(int).values.tolist() == [
-        [0, 8, 0], [8, 16, 0], [16, 24, 3], [24, 32, 0], [32, 40, 0]]
+        [0, 8, 0],
+        [8, 16, 0],
+        [16, 24, 3],
+        [24, 32, 0],
+        [32, 40, 0],
+    ]
     stats = df.attrs["summaries"]
     assert stats["tcp_v6_connect"]["count"] == 0 and stats["tcp_v6_connect"]["min"] is None
     assert "count" not in df.attrs  # two probes: per probe only
@@ -118,11 +133,14 @@ def test_no_events_gives_an_empty_bucket_frame():
 def test_count_by_comm_keys_are_unescaped_and_sorted():
     run = prepared("tcp_v4_connect", "tcp_v6_connect", count_by="comm")
     assert run.script.aggregate.key_kinds == ("str", "str")
-    feed(run, "@@smk\ttcp_v4_connect\tpython3\t4\t@@\n"
-              "@@smk\ttcp_v4_connect\tsh\\tx\\u00E9\t1\t@@\n"
-              "@@smc\tcount_overflow\t0\t0\t@@\n"
-              "@@smk\ttcp_v6_connect\tcurl\t7\t@@\n"
-              "@@smc\tcount_overflow\t1\t5\t@@\n")
+    feed(
+        run,
+        "@@smk\ttcp_v4_connect\tpython3\t4\t@@\n"
+        "@@smk\ttcp_v4_connect\tsh\\tx\\u00E9\t1\t@@\n"
+        "@@smc\tcount_overflow\t0\t0\t@@\n"
+        "@@smk\ttcp_v6_connect\tcurl\t7\t@@\n"
+        "@@smc\tcount_overflow\t1\t5\t@@\n",
+    )
     df = run.result()
     assert df.to_dict("records") == [
         {"probe": "tcp_v6_connect", "key": "curl", "count": 7},
@@ -137,12 +155,20 @@ def test_count_by_comm_keys_are_unescaped_and_sorted():
     assert "5 events with a key past the first 2048 were not counted" in text
 
 
-@pytest.mark.parametrize("spec,key,printed,expected,dtype", [
-    ("tcp_v4_connect", "pid", ["1249", "7"], [1249, 7], "int64"),
-    ("tcp_v4_connect sk:ptr", "sk", ["ff367c19c5286880", "10"], [0xff367c19c5286880, 16],
-     "uint64"),
-    ("tcp_v4_connect.return:int", "retval", ["-97", "0"], [-97, 0], "int64"),
-])
+@pytest.mark.parametrize(
+    "spec,key,printed,expected,dtype",
+    [
+        ("tcp_v4_connect", "pid", ["1249", "7"], [1249, 7], "int64"),
+        (
+            "tcp_v4_connect sk:ptr",
+            "sk",
+            ["ff367c19c5286880", "10"],
+            [0xFF367C19C5286880, 16],
+            "uint64",
+        ),
+        ("tcp_v4_connect.return:int", "retval", ["-97", "0"], [-97, 0], "int64"),
+    ],
+)
 def test_count_by_numeric_keys(spec, key, printed, expected, dtype):
     run = prepared(spec, count_by=key)
     label = run.script.probes[0].label
@@ -163,47 +189,76 @@ def test_parse_tag_count():
     t = records.parse_tag_count(b"@@smc\tunpaired\t3\t1\t@@\r")
     assert t == records.TagCount("smc", "unpaired", "3", 1)
     assert records.parse_tag_count(b"@@smk\tf\t-5\t2\t@@", "int").key == "-5"
-    for bad in (b"@@smc\tunpaired\t3\t1", b"@@smx\ta\tb\t1\t@@", b"@@smk\ta\tb\t1\t2\t@@",
-                b"@@smc\tunpaired\t3\t-1\t@@", b"@@smk\ta\tb\t-3\t@@",
-                b"@@smk\ta\tb\t9223372036854775808\t@@", b"@@smk\ta\tb\t+3\t@@",
-                b"@@smk\ta\tb\t 3\t@@", b"@@smc\tunpaired\tx\t1\t@@",
-                b"@@smk\ta\t\\777\t1\t@@", b"@@smk\ta\t\\x41\t1\t@@",
-                b"@@smk\ta\tb\xff\t1\t@@"):
+    for bad in (
+        b"@@smc\tunpaired\t3\t1",
+        b"@@smx\ta\tb\t1\t@@",
+        b"@@smk\ta\tb\t1\t2\t@@",
+        b"@@smc\tunpaired\t3\t-1\t@@",
+        b"@@smk\ta\tb\t-3\t@@",
+        b"@@smk\ta\tb\t9223372036854775808\t@@",
+        b"@@smk\ta\tb\t+3\t@@",
+        b"@@smk\ta\tb\t 3\t@@",
+        b"@@smc\tunpaired\tx\t1\t@@",
+        b"@@smk\ta\t\\777\t1\t@@",
+        b"@@smk\ta\t\\x41\t1\t@@",
+        b"@@smk\ta\tb\xff\t1\t@@",
+    ):
         with pytest.raises(ValueError):
             records.parse_tag_count(bad)
-    for kind, key in (("int", b"9223372036854775808"), ("int", b"-9223372036854775809"),
-                      ("int", b"1x"), ("uint", b"18446744073709551616"), ("uint", b"-1"),
-                      ("hex", b"1ffffffffffffffff"), ("hex", b"0x10"), ("str", b"\\400")):
+    for kind, key in (
+        ("int", b"9223372036854775808"),
+        ("int", b"-9223372036854775809"),
+        ("int", b"1x"),
+        ("uint", b"18446744073709551616"),
+        ("uint", b"-1"),
+        ("hex", b"1ffffffffffffffff"),
+        ("hex", b"0x10"),
+        ("str", b"\\400"),
+    ):
         with pytest.raises(ValueError):
             records.parse_tag_count(b"@@smk\tp\t" + key + b"\t1\t@@", kind)
 
 
-@pytest.mark.parametrize("kind,key", [
-    ("int", "9223372036854775808"), ("uint", "18446744073709551616"), ("hex", "1" * 17),
-    ("str", "\\777"), ("int", "12a"),
-])
+@pytest.mark.parametrize(
+    "kind,key",
+    [
+        ("int", "9223372036854775808"),
+        ("uint", "18446744073709551616"),
+        ("hex", "1" * 17),
+        ("str", "\\777"),
+        ("int", "12a"),
+    ],
+)
 def test_malformed_count_keys_are_damaged_and_the_rest_kept(kind, key):
     """A key the script cannot have printed for its kind: that line is DAMAGED, the other
     counts stay, and nothing raises."""
     p = records.RecordParser([], key_kinds={"f": kind})
     good = {"int": "-7", "uint": "7", "hex": "ff", "str": "sh"}[kind]
-    data = (f"@@smk\tf\t{good}\t3\t@@\n@@smk\tf\t{key}\t2\t@@\n"
-            f"@@smk\tf\t{good}\t-3\t@@\n@@smk\tf\t{good}\tlots\t@@\n").encode()
+    data = (
+        f"@@smk\tf\t{good}\t3\t@@\n@@smk\tf\t{key}\t2\t@@\n"
+        f"@@smk\tf\t{good}\t-3\t@@\n@@smk\tf\t{good}\tlots\t@@\n"
+    ).encode()
     p.feed(data)
     p.close()
     assert [(t.key, t.value) for t in p.tag_counts] == [(good, 3)]
     assert p.damaged_count == 3
 
 
-@pytest.mark.parametrize("text", [
-    "@@smh\tf\tlog\nvalue |---- count\n    1 |@ 99999999999999999999\n@@smh-end\n",
-    "@@smh\tf\tlinear:0:x:1\nvalue |---- count\n    1 |@ 1\n@@smh-end\n",
-    "@@smh\tf\nvalue |---- count\n    1 |@ 1\n@@smh-end\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "@@smh\tf\tlog\nvalue |---- count\n    1 |@ 99999999999999999999\n@@smh-end\n",
+        "@@smh\tf\tlinear:0:x:1\nvalue |---- count\n    1 |@ 1\n@@smh-end\n",
+        "@@smh\tf\nvalue |---- count\n    1 |@ 1\n@@smh-end\n",
+    ],
+)
 def test_malformed_hist_block_is_damaged_not_a_traceback(text):
     run = prepared("tcp_v4_connect", hist="latency")
-    feed(run, text + "@@sms\ttcp_v4_connect.call+return\t1\t5\t5\t5\t5\t@@\n"
-         "@@sms\tg\t1\t1\t99999999999999999999\t1\t1\t@@\n")
+    feed(
+        run,
+        text + "@@sms\ttcp_v4_connect.call+return\t1\t5\t5\t5\t5\t@@\n"
+        "@@sms\tg\t1\t1\t99999999999999999999\t1\t1\t@@\n",
+    )
     assert run.histograms == [] and run.damaged == 3
     assert "value |---- count" in run.messages
     assert run.result().attrs["summaries"]["tcp_v4_connect.call+return"]["max"] == 5
@@ -211,12 +266,16 @@ def test_malformed_hist_block_is_damaged_not_a_traceback(text):
 
 def test_count_by_with_a_damaged_tag_line_keeps_its_result():
     run = prepared("tcp_v4_connect", count_by="comm")
-    feed(run, "@@smk\ttcp_v4_connect\tpython3\t4\t@@\n"
-              "@@smk\ttcp_v4_connect\tsh\\777\t1\t@@\n"
-              "@@smk\ttcp_v4_connect\tcurl\t-3\t@@\n"
-              "@@smk\ttcp_v4_connect\tcurl\t99999999999999999999\t@@\n")
+    feed(
+        run,
+        "@@smk\ttcp_v4_connect\tpython3\t4\t@@\n"
+        "@@smk\ttcp_v4_connect\tsh\\777\t1\t@@\n"
+        "@@smk\ttcp_v4_connect\tcurl\t-3\t@@\n"
+        "@@smk\ttcp_v4_connect\tcurl\t99999999999999999999\t@@\n",
+    )
     assert run.counts.to_dict("records") == [
-        {"probe": "tcp_v4_connect", "key": "python3", "count": 4}]
+        {"probe": "tcp_v4_connect", "key": "python3", "count": 4}
+    ]
     assert run.damaged == 3
 
 
@@ -234,6 +293,7 @@ def test_cmd_only_needs_a_command():
 
 
 # -- through the magic ----------------------------------------------------------------------
+
 
 def run_cell(ip, text):
     result = ip.run_cell(text)
@@ -261,19 +321,49 @@ def test_magic_returns_the_histogram(ip, tmp_path, monkeypatch):
 
 
 def test_magic_returns_the_counts(ip, tmp_path, monkeypatch):
-    fake_stap(tmp_path, monkeypatch,
-              r"print('@@smk\ttcp_v4_connect\tpython3\t4\t@@\n@@smk\ttcp_v4_connect\tsh\t1\t@@')")
+    fake_stap(
+        tmp_path,
+        monkeypatch,
+        r"print('@@smk\ttcp_v4_connect\tpython3\t4\t@@\n@@smk\ttcp_v4_connect\tsh\t1\t@@')",
+    )
     df, err = run_cell(ip, "%%kprobe -q --count-by comm tcp_v4_connect")
     assert err is None, err
     assert list(df["key"]) == ["python3", "sh"] and list(df["count"]) == [4, 1]
 
 
-@pytest.mark.parametrize("line,needle", [
-    ("%kprobe --hist-linear 1,2 --hist latency tcp_v4_connect", "hist-linear"),
-    ("%kprobe --cmd-only tcp_v4_connect", "--cmd-only"),
-    ("%kprobe --hist retval tcp_v4_connect", "entry probe"),
-    ("%kprobe --list-running tcp_v4_connect", "take no spec"),
-])
+def test_count_by_int_key_out_of_range_is_damaged_not_a_traceback(ip, tmp_path, monkeypatch):
+    """prepare() gives the parser the key kinds: an int key past int64 is one DAMAGED line,
+    the other counts stay (it used to reach ProbeRun.counts and raise OverflowError)."""
+    fake_stap(
+        tmp_path,
+        monkeypatch,
+        r"print('@@smk\ttcp_v4_connect\t1249\t4\t@@\n"
+        r"@@smk\ttcp_v4_connect\t9223372036854775808\t2\t@@')",
+    )
+    df, err = run_cell(ip, "%%kprobe -q --count-by pid tcp_v4_connect")
+    assert err is None, err
+    assert list(df["key"]) == [1249] and list(df["count"]) == [4]
+    assert df["key"].dtype == "int64"
+    assert ip.user_ns["_kprobe"].damaged == 1
+
+
+def test_prepare_gives_the_parser_the_count_key_kinds():
+    run = prepared("tcp_v4_connect.return:int", "tcp_v6_connect.return:ulong", count_by="retval")
+    assert run.parser.key_kinds == {"tcp_v4_connect.return": "int", "tcp_v6_connect.return": "uint"}
+    run = prepared("tcp_v4_connect sk:ptr", count_by="sk")
+    assert run.parser.key_kinds == {"tcp_v4_connect": "hex"}
+    assert prepared("tcp_v4_connect").parser.key_kinds == {}
+
+
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ("%kprobe --hist-linear 1,2 --hist latency tcp_v4_connect", "hist-linear"),
+        ("%kprobe --cmd-only tcp_v4_connect", "--cmd-only"),
+        ("%kprobe --hist retval tcp_v4_connect", "entry probe"),
+        ("%kprobe --list-running tcp_v4_connect", "take no spec"),
+    ],
+)
 def test_magic_option_errors(ip, line, needle, capsys):
     _, err = run_cell(ip, line)
     assert err is not None
@@ -328,8 +418,9 @@ def test_atexit_stops_runs(ip, monkeypatch):
 
     registered: list = []
     monkeypatch.setattr(magic.atexit, "register", registered.append)
-    monkeypatch.setattr(magic.atexit, "unregister",
-                        lambda f: registered.remove(f) if f in registered else None)
+    monkeypatch.setattr(
+        magic.atexit, "unregister", lambda f: registered.remove(f) if f in registered else None
+    )
     ip.run_line_magic("unload_ext", "stapmagic")
     ip.run_line_magic("load_ext", "stapmagic")
     magics = ip.magics_manager.registry["KprobeMagics"]

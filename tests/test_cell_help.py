@@ -12,8 +12,12 @@ def test_kprobe_help_has_grammar_types_groups_and_examples(ip) -> None:
     assert "\n%kprobe [" not in text and " %kprobe [" not in text and "::" not in text
     assert "SPEC := [MODULE:]FUNCTION[.return[:RETTYPE]] [NAME:TYPE ...]" in text
     assert " | ".join(ARG_TYPES) in text and " | ".join(RET_TYPES) in text
-    for group in ("what to probe, when to stop, where:", "aggregating in the kernel (no rows):",
-                  "what the cell shows and keeps:", "recordings:"):
+    for group in (
+        "what to probe, when to stop, where:",
+        "aggregating in the kernel (no rows):",
+        "what the cell shows and keeps:",
+        "recordings:",
+    ):
         assert group in text
     assert "-n, --count N" in text and "--latency" in text and "Examples:" in text
     assert "%%kprobe tcp_v4_connect sk:ptr uaddr:ptr len:uint" in text
@@ -33,8 +37,10 @@ def test_kprobe_repr_of_a_replay_says_so_once(ip, monkeypatch) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[1] / "notebooks")
     ip.run_line_magic("config", 'KprobeMagics.mode = "replay"')
     try:
-        ip.run_cell('%%kprobe --recording 01_connect -q --cmd-only -c "python3 connect_a_few.py"'
-                    "\ntcp_v4_connect sk:ptr uaddr:ptr len:uint\n")
+        ip.run_cell(
+            '%%kprobe --recording 01_connect -q --cmd-only -c "python3 connect_a_few.py"'
+            "\ntcp_v4_connect sk:ptr uaddr:ptr len:uint\n"
+        )
     finally:
         ip.run_line_magic("config", 'KprobeMagics.mode = "live"')
     text = repr(ip.user_ns["_kprobe"])
@@ -52,8 +58,10 @@ def test_status_and_mode_lines_say_things_once(ip, monkeypatch, capsys) -> None:
     ip.run_line_magic("config", 'KprobeMagics.mode = "replay"')
     try:
         said = capsys.readouterr().out
-        ip.run_cell('%%kprobe --recording 01_connect -q --cmd-only -c "python3 connect_a_few.py"'
-                    "\ntcp_v4_connect sk:ptr uaddr:ptr len:uint\n")
+        ip.run_cell(
+            '%%kprobe --recording 01_connect -q --cmd-only -c "python3 connect_a_few.py"'
+            "\ntcp_v4_connect sk:ptr uaddr:ptr len:uint\n"
+        )
     finally:
         ip.run_line_magic("config", 'KprobeMagics.mode = "live"')
     assert said.startswith("stapmagic: mode replay: ") and "(mode replay)" not in said, said

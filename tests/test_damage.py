@@ -18,12 +18,19 @@ from stapmagic.schema import Column, ProbeSchema
 # Every test here runs with the compiled scanner and with pyarrow (conftest.scanner).
 pytestmark = pytest.mark.usefixtures("scanner")
 
-CONNECT = ProbeSchema("tcp_v4_connect", (Column("sk", "hex"), Column("uaddr", "hex"),
-                                         Column("addr_len", "uint")), False)
-RET = ProbeSchema("tcp_v4_connect.return", (Column("retval", "int"), Column("errno", "errno")),
-                  False)
-OPEN = ProbeSchema("do_sys_openat2", (Column("dfd", "int"), Column("filename", "str"),
-                                      Column("flags", "int")), False)
+CONNECT = ProbeSchema(
+    "tcp_v4_connect",
+    (Column("sk", "hex"), Column("uaddr", "hex"), Column("addr_len", "uint")),
+    False,
+)
+RET = ProbeSchema(
+    "tcp_v4_connect.return", (Column("retval", "int"), Column("errno", "errno")), False
+)
+OPEN = ProbeSchema(
+    "do_sys_openat2",
+    (Column("dfd", "int"), Column("filename", "str"), Column("flags", "int")),
+    False,
+)
 SCHEMAS = [CONNECT, RET, OPEN]
 T0 = 1_764_000_000_000_000_000
 
@@ -40,12 +47,22 @@ def genuine(n: int, seed: int = 3) -> list[tuple[bytes, dict[str, Any]]]:
         elif idx == 1:
             fields = rng.choice([[0, None], [-97, "EAFNOSUPPORT"], [-22, "EINVAL"]])
         else:
-            fields = [rng.randrange(-200, 200), rng.choice(["/etc/passwd", "a b\tc", "ü"]),
-                      rng.randrange(1 << 20)]
-        line = format_record(idx, T0 + i, 1000 + i, 2000 + i, i % 4, comm, fields,
-                             schema=SCHEMAS[idx])
-        row = {"time": T0 + i, "probe": SCHEMAS[idx].label, "pid": 1000 + i, "tid": 2000 + i,
-               "comm": comm, "cpu": i % 4}
+            fields = [
+                rng.randrange(-200, 200),
+                rng.choice(["/etc/passwd", "a b\tc", "ü"]),
+                rng.randrange(1 << 20),
+            ]
+        line = format_record(
+            idx, T0 + i, 1000 + i, 2000 + i, i % 4, comm, fields, schema=SCHEMAS[idx]
+        )
+        row = {
+            "time": T0 + i,
+            "probe": SCHEMAS[idx].label,
+            "pid": 1000 + i,
+            "tid": 2000 + i,
+            "comm": comm,
+            "cpu": i % 4,
+        }
         row.update({c.name: v for c, v in zip(SCHEMAS[idx].columns, fields, strict=True)})
         out.append((line, row))
     return out
@@ -69,14 +86,21 @@ def got_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
 def run(data: bytes, chunk: int = 4096, **kw: Any) -> RecordParser:
     p = RecordParser(SCHEMAS, **kw)
     for i in range(0, len(data), chunk):
-        p.feed(data[i:i + chunk])
+        p.feed(data[i : i + chunk])
     p.close()
     return p
 
 
-def check(lines: list[bytes], recs: list[tuple[bytes, dict[str, Any]]], damaged_at: set[int],
-          n_damaged: int, *, messages: list[str] | None = None, pty: bool = True,
-          **kw: Any) -> RecordParser:
+def check(
+    lines: list[bytes],
+    recs: list[tuple[bytes, dict[str, Any]]],
+    damaged_at: set[int],
+    n_damaged: int,
+    *,
+    messages: list[str] | None = None,
+    pty: bool = True,
+    **kw: Any,
+) -> RecordParser:
     """Parse `lines` (records with some of them damaged); the rows must be exactly the
     undamaged genuine records, in order, for several batch sizes and chunkings."""
     data = b"".join(lines)
@@ -129,8 +153,10 @@ def test_two_records_glued() -> None:
     check(LINES[:3] + [LINES[3][:25] + LINES[4]] + LINES[5:], recs, {3}, 1)
 
 
-@pytest.mark.parametrize("junk", [b"\x00\x00\x00\x10\x01\x00\x00\x00", b"\xff\xfe\x00\x07",
-                                  b"\x00", b"\x93\x1f\x8b", b"xx"])
+@pytest.mark.parametrize(
+    "junk",
+    [b"\x00\x00\x00\x10\x01\x00\x00\x00", b"\xff\xfe\x00\x07", b"\x00", b"\x93\x1f\x8b", b"xx"],
+)
 def test_binary_header_in_front_of_record(junk: bytes) -> None:
     check(with_line(11, junk + LINES[11]), RECS, {11}, 1, messages=[])
 
@@ -215,10 +241,21 @@ def test_field_count(change: str) -> None:
     check(with_line(i, b"\t".join(parts) + b"\n"), RECS, {i}, 1)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    (2, b"12a4"), (3, b""), (3, b"-"), (4, b" 12"), (5, b"1 "), (2, b"0x10"),
-    (2, b"99999999999999999999"), (1, b"7"), (1, b"x"), (1, b"00000"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        (2, b"12a4"),
+        (3, b""),
+        (3, b"-"),
+        (4, b" 12"),
+        (5, b"1 "),
+        (2, b"0x10"),
+        (2, b"99999999999999999999"),
+        (1, b"7"),
+        (1, b"x"),
+        (1, b"00000"),
+    ],
+)
 def test_bad_base_field(field: int, value: bytes) -> None:
     """idx (1), time (2), pid (3), tid (4), cpu (5): decimal, int64, a known probe."""
     parts = LINES[9][:-1].split(b"\t")
@@ -232,8 +269,16 @@ def test_bad_typed_fields() -> None:
 
     cases = []
     c = idx_of(CONNECT.label)
-    for j, v in ((7, b"ffffg"), (7, b"0x12"), (7, b"12345678901234567"), (7, b""),
-                 (9, b"-1"), (9, b"18446744073709551616"), (9, b"1.5"), (8, b" 12")):
+    for j, v in (
+        (7, b"ffffg"),
+        (7, b"0x12"),
+        (7, b"12345678901234567"),
+        (7, b""),
+        (9, b"-1"),
+        (9, b"18446744073709551616"),
+        (9, b"1.5"),
+        (8, b" 12"),
+    ):
         parts = LINES[c][:-1].split(b"\t")
         parts[j] = v
         cases.append((c, b"\t".join(parts) + b"\n"))
@@ -267,8 +312,12 @@ def test_transport_failure_burst() -> None:
     but itself, whichever path parses the batch."""
     recs = genuine(3000, seed=11)
     lines = [ln for ln, _ in recs]
-    damaged = {100: lines[100][:17] + b"\n", 101: b"\x00\x00\x00" + lines[101],
-               1500: lines[1500][:-1] + lines[1501], 2999: lines[2999][:-4] + b"\t5\t@@\n"}
+    damaged = {
+        100: lines[100][:17] + b"\n",
+        101: b"\x00\x00\x00" + lines[101],
+        1500: lines[1500][:-1] + lines[1501],
+        2999: lines[2999][:-4] + b"\t5\t@@\n",
+    }
     out = []
     skip = set()
     for i, ln in enumerate(lines):
@@ -291,15 +340,20 @@ def test_transport_failure_burst() -> None:
 
 # ---- random detectable damage ---------------------------------------------------------
 
-OPS = st.sampled_from(["truncate", "glue", "junk", "nonnumber", "extra", "missing", "drop",
-                       "tag_in_message"])
+OPS = st.sampled_from(
+    ["truncate", "glue", "junk", "nonnumber", "extra", "missing", "drop", "tag_in_message"]
+)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, 39), OPS, st.integers(0, 1 << 30)), max_size=8),
-       st.sampled_from([1, 300, 1 << 20]), st.integers(1, 5000))
-def test_random_damage_never_gives_a_wrong_row(ops: list[tuple[int, str, int]],
-                                               batch_bytes: int, chunk: int) -> None:
+@given(
+    st.lists(st.tuples(st.integers(0, 39), OPS, st.integers(0, 1 << 30)), max_size=8),
+    st.sampled_from([1, 300, 1 << 20]),
+    st.integers(1, 5000),
+)
+def test_random_damage_never_gives_a_wrong_row(
+    ops: list[tuple[int, str, int]], batch_bytes: int, chunk: int
+) -> None:
     lines: list[bytes | None] = list(LINES)
     extra_lines: dict[int, bytes] = {}
     messages: dict[int, str] = {}
@@ -311,7 +365,7 @@ def test_random_damage_never_gives_a_wrong_row(ops: list[tuple[int, str, int]],
         ln = lines[i]
         assert ln is not None
         rng = random.Random(r)
-        if op == "drop":                       # a whole record lost: not damage, just gone
+        if op == "drop":  # a whole record lost: not damage, just gone
             lines[i] = None
             damaged.add(i)
             continue
@@ -322,11 +376,11 @@ def test_random_damage_never_gives_a_wrong_row(ops: list[tuple[int, str, int]],
             n_damaged_lines += 1
             continue
         if op == "truncate":
-            new = ln[:rng.randrange(1, len(ln) - 1)] + b"\n"
+            new = ln[: rng.randrange(1, len(ln) - 1)] + b"\n"
         elif op == "glue":
             nxt = lines[i + 1]
             assert nxt is not None
-            new = ln[:rng.randrange(1, len(ln))] + nxt
+            new = ln[: rng.randrange(1, len(ln))] + nxt
             lines[i + 1] = None
             damaged.add(i + 1)
         elif op == "junk":
@@ -349,7 +403,7 @@ def test_random_damage_never_gives_a_wrong_row(ops: list[tuple[int, str, int]],
         damaged.add(i)
         if b"@@sm1" in new:
             n_damaged_lines += 1
-        else:       # the damage hit the tag itself: nothing says it was a record
+        else:  # the damage hit the tag itself: nothing says it was a record
             messages[i] = new[:-1].decode("utf-8", "backslashreplace")
     out = []
     for i, ln in enumerate(lines):

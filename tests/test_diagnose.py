@@ -51,7 +51,10 @@ def by_code(ds: list[Diagnosis], code: str) -> Diagnosis:
         (f"{V48}/4e_statement_nog.stderr", ["need_guru"]),
         (f"{V48}/4f_kernel_function.stderr", ["debuginfo_missing"]),
         (f"{V48}/4f_nosuchfunc.stderr", ["no_match"]),
-        (f"{V48}/4f_wildcard_run.stderr", ["registration_error", "errors_skipped", "transport_failures"]),
+        (
+            f"{V48}/4f_wildcard_run.stderr",
+            ["registration_error", "errors_skipped", "transport_failures"],
+        ),
         (f"{V48}/4h_cached.stderr", ["asmlinkage_elided"]),
         (f"{V48}/5a_staprun.stderr", []),
         (f"{V48}/9_no_systemmap.stderr", ["symbols_missing"]),
@@ -61,7 +64,10 @@ def by_code(ds: list[Diagnosis], code: str) -> Diagnosis:
         (f"{V51}/remote_ssh_loop_late.stderr", ["registration_error"]),
         (f"{V51}/remote_ssh_stapsh_a.stderr", ["asmlinkage_elided"]),
         (f"{V51}/remote_ssh_stapsh_a_vp.stderr", ["asmlinkage_elided"]),
-        (f"{V51}/remote_ssh_stapsh_s_a.stderr", ["asmlinkage_elided", "uprobe_unregister", "command_killed"]),
+        (
+            f"{V51}/remote_ssh_stapsh_s_a.stderr",
+            ["asmlinkage_elided", "uprobe_unregister", "command_killed"],
+        ),
     ],
 )
 def test_reference_diagnoses(name, expected, reference_lines):
@@ -87,13 +93,20 @@ def test_pty_line_endings_and_colours_do_not_matter(reference_lines):
 def test_no_match_lists_the_similar_functions(reference_lines):
     d = by_code(diagnose(reference_lines(f"{V48}/4f_nosuchfunc.stderr")), "no_match")
     assert d.severity == "error"
-    assert d.similar == ("in_lock_functions", "in_sched_functions", "io_wake_function",
-                         "trace_function", "call_function_init")
+    assert d.similar == (
+        "in_lock_functions",
+        "in_sched_functions",
+        "io_wake_function",
+        "trace_function",
+        "call_function_init",
+    )
     assert d.probes == ("no_such_function_xyz",)
     assert "no_such_function_xyz" in d.summary and "in_lock_functions" in d.summary
-    assert ("semantic error: no match (similar functions: in_lock_functions, in_sched_functions, "
-            "io_wake_function, trace_function, call_function_init)") in d.detail
-    assert any("source: probe kprobe.function(\"no_such_function_xyz\")" in x for x in d.detail)
+    assert (
+        "semantic error: no match (similar functions: in_lock_functions, in_sched_functions, "
+        "io_wake_function, trace_function, call_function_init)"
+    ) in d.detail
+    assert any('source: probe kprobe.function("no_such_function_xyz")' in x for x in d.detail)
 
 
 def test_module_function_without_module_symbols(reference_lines):
@@ -123,7 +136,9 @@ def test_symbol_table_missing_says_how_to_copy_kallsyms(reference_lines):
 def test_absolute_statement_needs_guru(reference_lines):
     d = by_code(diagnose(reference_lines(f"{V48}/4e_statement_nog.stderr")), "need_guru")
     assert "--guru" in d.summary and d.severity == "error"
-    assert any("absolute statement probe in unprivileged script; need stap -g" in x for x in d.detail)
+    assert any(
+        "absolute statement probe in unprivileged script; need stap -g" in x for x in d.detail
+    )
 
 
 def test_wildcard_run_registration_skips_and_transport(reference_lines):
@@ -131,8 +146,14 @@ def test_wildcard_run_registration_skips_and_transport(reference_lines):
     ds = diagnose(lines)
     reg = by_code(ds, "registration_error")
     assert reg.count == 6 and reg.severity == "warning"
-    assert reg.probes == ("tcp_v4_init", "tcp_tasklet_init", "tcp_metrics_init", "tcp_init",
-                          "tcp_congestion_default", "tcp_bpf_v4_build_proto")
+    assert reg.probes == (
+        "tcp_v4_init",
+        "tcp_tasklet_init",
+        "tcp_metrics_init",
+        "tcp_init",
+        "tcp_congestion_default",
+        "tcp_bpf_v4_build_proto",
+    )
     assert "rc -22" in reg.summary and "__init" in reg.summary
     tf = by_code(ds, "transport_failures")
     assert tf.count == 3 and "-s" in tf.summary and tf.severity == "warning"
@@ -142,7 +163,9 @@ def test_wildcard_run_registration_skips_and_transport(reference_lines):
 
 
 def test_module_loaded_too_late_rc_4(reference_lines):
-    d = by_code(diagnose(reference_lines(f"{V51}/remote_ssh_loop_late.stderr")), "registration_error")
+    d = by_code(
+        diagnose(reference_lines(f"{V51}/remote_ssh_loop_late.stderr")), "registration_error"
+    )
     assert d.count == 2 and d.probes == ("loop_configure", "lo_open")
     assert "rc 4" in d.summary and "load the module" in d.summary
 
@@ -152,7 +175,9 @@ def test_pass4_failure_shows_the_first_gcc_error(reference_lines):
     assert "passing argument 2 of" in d.summary
     assert "[-Werror" not in d.summary
     assert d.detail[-1] == "Pass 4: compilation failed.  [man error::pass4]"
-    assert d.detail[1].startswith("/share/stock-runtime/stp_task_work.c:107:40: error: passing argument 2")
+    assert d.detail[1].startswith(
+        "/share/stock-runtime/stp_task_work.c:107:40: error: passing argument 2"
+    )
     assert "In function" in d.detail[0]
 
 
@@ -168,15 +193,24 @@ def test_asmlinkage_warning_is_harmless(reference_lines):
     lines = reference_lines(f"{V48}/4a_first.stderr")
     d = by_code(diagnose(lines), "asmlinkage_elided")
     assert d.severity == "info" and "Harmless" in d.summary
-    assert d.detail[0].startswith("WARNING: Eliding side-effect-free expression : identifier 'asmlinkage'")
+    assert d.detail[0].startswith(
+        "WARNING: Eliding side-effect-free expression : identifier 'asmlinkage'"
+    )
     assert len(d.detail) == 3  # with stap's source and caret lines
     assert counters(lines) == Counters(warnings=1)
 
 
 @pytest.mark.parametrize(
     "name",
-    [f"{V48}/{n}" for n in ("4a_first.stderr", "4f_wildcard_run.stderr", "9_stock_runtime.stderr",
-                            "4e_statement_nog.stderr")]
+    [
+        f"{V48}/{n}"
+        for n in (
+            "4a_first.stderr",
+            "4f_wildcard_run.stderr",
+            "9_stock_runtime.stderr",
+            "4e_statement_nog.stderr",
+        )
+    ]
     + [f"{V51}/{n}" for n in ("remote_ssh_stapsh_s_a.stderr", "remote_ssh_stapsh_a_vp.stderr")],
 )
 def test_render_keeps_stap_text(name, reference_lines):
@@ -241,8 +275,10 @@ def test_missing_debuginfo_semantic_error():
 
 def test_probe_overhead():
     # tapsets.cxx common_probe_entryfn_epilogue(), _stp_error adds "ERROR: "
-    lines = ["ERROR: probe overhead (500123456 cycles) exceeded threshold (500000000 cycles) "
-             "in last 1000000000 cycles"]
+    lines = [
+        "ERROR: probe overhead (500123456 cycles) exceeded threshold (500000000 cycles) "
+        "in last 1000000000 cycles"
+    ]
     d = by_code(diagnose(lines), "probe_overhead")
     assert d.severity == "error" and "STP_NO_OVERLOAD" in d.summary
     assert counters(lines).errors == 1
@@ -250,9 +286,11 @@ def test_probe_overhead():
 
 def test_maxaction():
     # translate.cxx STAP_T_04 through _stp_softerror("%s near %s", ...)
-    lines = ["ERROR: MAXACTION exceeded near identifier 'printf' at <input>:1:47",
-             "WARNING: Number of errors: 1, skipped probes: 0",
-             "Pass 5: run failed.  [man error::pass5]"]
+    lines = [
+        "ERROR: MAXACTION exceeded near identifier 'printf' at <input>:1:47",
+        "WARNING: Number of errors: 1, skipped probes: 0",
+        "Pass 5: run failed.  [man error::pass5]",
+    ]
     ds = diagnose(lines)
     assert codes(ds) == ["maxaction", "errors_skipped"]
     assert "-D MAXACTION=" in ds[0].summary
@@ -262,9 +300,11 @@ def test_maxaction():
 
 def test_skipped_too_many():
     # tapsets.cxx common_probe_entryfn_epilogue()
-    lines = ["ERROR: Skipped too many probes, check MAXSKIPPED or try again with stap -t for more "
-             "details.",
-             "WARNING: Number of errors: 0, skipped probes: 101"]
+    lines = [
+        "ERROR: Skipped too many probes, check MAXSKIPPED or try again with stap -t for more "
+        "details.",
+        "WARNING: Number of errors: 0, skipped probes: 101",
+    ]
     ds = diagnose(lines)
     assert codes(ds) == ["skipped_too_many", "errors_skipped"]
     assert "-D MAXSKIPPED=" in ds[0].summary
@@ -273,10 +313,12 @@ def test_skipped_too_many():
 
 
 def test_transport_failures_counted_across_lines():
-    lines = ["WARNING: There were 12 transport failures. Try stap -s to increase the buffer size "
-             "from 16.",
-             "WARNING: There were 3 transport failures. Try stap -s to increase the buffer size "
-             "from 16."]
+    lines = [
+        "WARNING: There were 12 transport failures. Try stap -s to increase the buffer size "
+        "from 16.",
+        "WARNING: There were 3 transport failures. Try stap -s to increase the buffer size "
+        "from 16.",
+    ]
     ds = diagnose(lines)
     assert [d.count for d in ds] == [12, 3]
     assert counters(lines).transport_failures == 15
@@ -284,36 +326,47 @@ def test_transport_failures_counted_across_lines():
 
 def test_lost_relay_messages_counted_as_lost_output():
     # staprun/relay.c, verbatim from a lab run (ksys_read under dd bs=1, stap 5.1, TCG)
-    lines = ["20000 bytes (20 kB, 20 KiB) copied, 5.02121 s, 4.0 kB/s",
-             "WARNING: There were 2054 lost messages and 0 lost bytes."]
+    lines = [
+        "20000 bytes (20 kB, 20 KiB) copied, 5.02121 s, 4.0 kB/s",
+        "WARNING: There were 2054 lost messages and 0 lost bytes.",
+    ]
     ds = diagnose(lines)
     assert codes(ds) == ["transport_failures"]
     assert ds[0].count == 2054 and ds[0].severity == "warning"
     assert "records are missing" in ds[0].summary
-    assert counters(lines) == Counters(errors=0, skipped_probes=0, transport_failures=2054,
-                                       warnings=1)
+    assert counters(lines) == Counters(
+        errors=0, skipped_probes=0, transport_failures=2054, warnings=1
+    )
 
 
 def test_fatal_registration_error():
     # translate.cxx emit_module_init(): _stp_error("probe %s registration error ... (rc %d)")
-    lines = ['ERROR: probe kprobe.function("foo") registration error [man warning::pass5] (rc -2)',
-             "Pass 5: run failed.  [man error::pass5]"]
+    lines = [
+        'ERROR: probe kprobe.function("foo") registration error [man warning::pass5] (rc -2)',
+        "Pass 5: run failed.  [man error::pass5]",
+    ]
     d = by_code(diagnose(lines), "registration_error")
     assert d.severity == "error" and d.probes == ("foo",) and "rc -2" in d.summary
 
 
 def test_kernel_headers_missing():
     # session.cxx parse_kernel_config()
-    lines = ['Checking "/lib/modules/6.12.0-1-amd64/build/.config" failed with error: No such file '
-             "or directory"]
+    lines = [
+        'Checking "/lib/modules/6.12.0-1-amd64/build/.config" failed with error: No such file '
+        "or directory"
+    ]
     d = by_code(diagnose(lines), "kernel_headers_missing")
     assert "linux-headers-$(uname -r)" in d.summary
 
 
 @pytest.mark.parametrize(
     ("why", "hint"),
-    [("Operation not permitted", "lockdown"), ("Invalid module format", "headers"),
-     ("Key was rejected by service", "Secure Boot"), ("File exists", "staprun -d")],
+    [
+        ("Operation not permitted", "lockdown"),
+        ("Invalid module format", "headers"),
+        ("Key was rejected by service", "Secure Boot"),
+        ("File exists", "staprun -d"),
+    ],
 )
 def test_module_insert_failed(why, hint):
     # staprun/staprun.c insert_module(), moderror() in staprun_funcs.c
@@ -323,9 +376,11 @@ def test_module_insert_failed(why, hint):
 
 
 def test_other_elided_expression_is_a_warning():
-    lines = ["WARNING: Eliding side-effect-free expression : identifier 'x' at <input>:1:20",
-             " source: probe begin { x; exit() }",
-             "                       ^"]
+    lines = [
+        "WARNING: Eliding side-effect-free expression : identifier 'x' at <input>:1:20",
+        " source: probe begin { x; exit() }",
+        "                       ^",
+    ]
     d = by_code(diagnose(lines), "elided_expression")
     assert d.severity == "warning" and "'x'" in d.summary
 
@@ -333,7 +388,7 @@ def test_other_elided_expression_is_a_warning():
 def test_unrecognised_failure_falls_back_to_stap_text():
     lines = [
         "semantic error: unresolved target-symbol expression: identifier '$sk' at <input>:1:40",
-        "        source: probe kprobe.function(\"tcp_v4_connect\") { print($sk) }",
+        '        source: probe kprobe.function("tcp_v4_connect") { print($sk) }',
         "                                                              ^",
         "",
         "Pass 2: analysis failed.  [man error::pass2]",
@@ -351,8 +406,10 @@ def test_nothing_to_say():
 
 
 def test_counters_prefer_stap_s_own_error_count():
-    lines = ["ERROR: division by 0 near operator '/' at <input>:1:30",
-             "ERROR: division by 0 near operator '/' at <input>:1:30",
-             "WARNING: Number of errors: 5, skipped probes: 2"]
+    lines = [
+        "ERROR: division by 0 near operator '/' at <input>:1:30",
+        "ERROR: division by 0 near operator '/' at <input>:1:30",
+        "WARNING: Number of errors: 5, skipped probes: 2",
+    ]
     assert counters(lines) == Counters(errors=5, skipped_probes=2, transport_failures=0, warnings=1)
     assert counters(lines[:2]).errors == 2

@@ -30,8 +30,11 @@ def fixture(name: str) -> str:
 
 def bucket_of(df: pd.DataFrame, v: int) -> int:
     """Index of the row whose [low, high) holds v (NA bounds are unbounded)."""
-    hits = [i for i, (lo, hi) in enumerate(zip(df["low"], df["high"], strict=True))
-            if (pd.isna(lo) or lo <= v) and (pd.isna(hi) or v < hi)]
+    hits = [
+        i
+        for i, (lo, hi) in enumerate(zip(df["low"], df["high"], strict=True))
+        if (pd.isna(lo) or lo <= v) and (pd.isna(hi) or v < hi)
+    ]
     assert len(hits) == 1, (v, hits)
     return hits[0]
 
@@ -52,6 +55,7 @@ def assert_contiguous(df: pd.DataFrame) -> None:
 
 # ---- SystemTap's testsuite --------------------------------------------------------------
 
+
 def test_log_edge() -> None:
     """log_edge.stp: foo <<< -1, 1; then 0; then 0x7fffffffffffffff; then 1, 2, 3, 4."""
     hists = split_hists(fixture("log_edge.txt"))
@@ -69,7 +73,7 @@ def test_log_edge() -> None:
     assert list(first["high"]) == [-3, -1, 0, 1, 2, 4, 8]
     top = parse_hist(hists[2])
     assert list(top["value"]) == [1 << 60, 1 << 61, 1 << 62]
-    assert pd.isna(top["high"].iloc[-1])     # 2**63 is not an int64
+    assert pd.isna(top["high"].iloc[-1])  # 2**63 is not an int64
     assert top["count"].tolist() == [0, 0, 1]
     assert top["low"].dtype == "Int64" and top["count"].dtype == "int64"
 
@@ -78,12 +82,15 @@ def test_linear_overunder() -> None:
     """linear_overunder.stp: key * m for key < 100, m in 1..12, 12, 13, 14, 15;
     @hist_linear(agg, 250, 1000, 50)."""
     text = fixture("linear_overunder.txt")
-    values = [key * m for key in range(100)
-              for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 12, 13, 14, 15)]
-    assert len(values) == 1600 and sum(values) == 653400      # count= and sum= lines
+    values = [
+        key * m
+        for key in range(100)
+        for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 12, 13, 14, 15)
+    ]
+    assert len(values) == 1600 and sum(values) == 653400  # count= and sum= lines
     df = parse_hist(text)
     assert df.attrs["kind"] == "linear"
-    assert df["value"].iloc[0] == 250 and pd.isna(df["low"].iloc[0])     # <250
+    assert df["value"].iloc[0] == 250 and pd.isna(df["low"].iloc[0])  # <250
     assert df["high"].iloc[0] == 250
     # the overflow row is printed ">1000" but counts from 1050 on (1000 is a regular bucket)
     assert df["value"].iloc[-1] == 1000 and df["low"].iloc[-1] == 1050
@@ -99,10 +106,17 @@ def test_linear_overunder() -> None:
 ELISION_LEVELS = ["none", "0", "1", "2", "3"]
 # elision.stp: (data, kind) per printed histogram
 ELISION_DATA: list[tuple[list[int], str]] = [
-    ([444, 999], "linear:0:1500:50"), ([444, 500], "linear:0:1500:50"),
-    ([0], "linear:0:1500:50"), ([50], "linear:0:1500:50"), ([1450], "linear:0:1500:50"),
-    ([1500], "linear:0:1500:50"), ([-10], "linear:-100:100:10"), ([0], "linear:-100:100:10"),
-    ([128], "log"), ([0], "log"), ([-2, -4096], "log"),
+    ([444, 999], "linear:0:1500:50"),
+    ([444, 500], "linear:0:1500:50"),
+    ([0], "linear:0:1500:50"),
+    ([50], "linear:0:1500:50"),
+    ([1450], "linear:0:1500:50"),
+    ([1500], "linear:0:1500:50"),
+    ([-10], "linear:-100:100:10"),
+    ([0], "linear:-100:100:10"),
+    ([128], "log"),
+    ([0], "log"),
+    ([-2, -4096], "log"),
 ]
 
 
@@ -140,22 +154,23 @@ def test_elision_guesses_kind() -> None:
 
 # ---- real runs ------------------------------------------------------------------------
 
+
 def test_real_hist_log_r_h(reference: Callable[[str], Path]) -> None:
     text = reference(f"{R51}/r_h.stdout").read_text()
-    df = parse_hist(text)            # the lines before the header are skipped
+    df = parse_hist(text)  # the lines before the header are skipped
     assert df.attrs["kind"] == "log"
-    assert df["count"].sum() == 577               # "reads=577 min=1 max=262144"
+    assert df["count"].sum() == 577  # "reads=577 min=1 max=262144"
     assert df["value"].iloc[0] == 0 and df["value"].iloc[-1] == 1048576
     assert df.loc[df["value"] == 1, "count"].item() == 321
     assert df.loc[df["value"] == 4096, "count"].item() == 205
-    assert df.loc[df["count"] > 0, "low"].min() == 1          # min=1
-    assert df.loc[df["count"] > 0, "high"].max() > 262144     # max=262144
+    assert df.loc[df["count"] > 0, "low"].min() == 1  # min=1
+    assert df.loc[df["count"] > 0, "high"].max() > 262144  # max=262144
     assert_contiguous(df)
 
 
 def test_real_hist_latency_r_h2(reference: Callable[[str], Path]) -> None:
     df = parse_hist(reference(f"{R51}/r_h2.stdout").read_text())
-    assert df["count"].sum() == 3                 # "count=3"
+    assert df["count"].sum() == 3  # "count=3"
     assert df["value"].tolist() == [1 << k for k in range(15, 23)]
     assert df.loc[df["count"] > 0, "value"].tolist() == [131072, 262144, 1048576]
 
@@ -176,24 +191,34 @@ def test_summary() -> None:
     assert s == Summary("reads", 577, 1, 262144, 5078, 2930006)
     assert parse_summary("@@sms\tx\t0\t\t\t\t\t@@") == Summary("x", 0, None, None, None, None)
     assert parse_summary("@@sms\tneg\t2\t-5\t-1\t-3\t-6\t@@").min == -5
-    for bad in ("@@sms\tx\t1\t2\t3\t4\t@@", "@@sms\tx\tone\t1\t1\t1\t1\t@@",
-                "@@smsx\t1\t1\t1\t1\t1\t@@", "@@sms\tx\t\t1\t1\t1\t1\t@@",
-                # what the script never prints: a negative count, numbers past int64, a
-                # count of 0 with values or a count without them, signs and spaces
-                "@@sms\tx\t-1\t1\t1\t1\t1\t@@", "@@sms\tx\t9223372036854775808\t1\t1\t1\t1\t@@",
-                "@@sms\tx\t1\t-9223372036854775809\t1\t1\t1\t@@",
-                "@@sms\tx\t1\t1\t1\t1\t99999999999999999999\t@@",
-                "@@sms\tx\t0\t1\t1\t1\t1\t@@", "@@sms\tx\t2\t\t\t\t\t@@",
-                "@@sms\tx\t1\t+1\t1\t1\t1\t@@", "@@sms\tx\t1\t 1\t1\t1\t1\t@@"):
+    for bad in (
+        "@@sms\tx\t1\t2\t3\t4\t@@",
+        "@@sms\tx\tone\t1\t1\t1\t1\t@@",
+        "@@smsx\t1\t1\t1\t1\t1\t@@",
+        "@@sms\tx\t\t1\t1\t1\t1\t@@",
+        # what the script never prints: a negative count, numbers past int64, a
+        # count of 0 with values or a count without them, signs and spaces
+        "@@sms\tx\t-1\t1\t1\t1\t1\t@@",
+        "@@sms\tx\t9223372036854775808\t1\t1\t1\t1\t@@",
+        "@@sms\tx\t1\t-9223372036854775809\t1\t1\t1\t@@",
+        "@@sms\tx\t1\t1\t1\t1\t99999999999999999999\t@@",
+        "@@sms\tx\t0\t1\t1\t1\t1\t@@",
+        "@@sms\tx\t2\t\t\t\t\t@@",
+        "@@sms\tx\t1\t+1\t1\t1\t1\t@@",
+        "@@sms\tx\t1\t 1\t1\t1\t1\t@@",
+    ):
         with pytest.raises(ValueError):
             parse_summary(bad)
 
 
-@pytest.mark.parametrize("body", [
-    "value |---- count\n    1 |@ 99999999999999999999\n",
-    "value |---- count\n99999999999999999999 |@ 1\n",
-    "value |---- count\n9223372036854775807 |@ 1\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "value |---- count\n    1 |@ 99999999999999999999\n",
+        "value |---- count\n99999999999999999999 |@ 1\n",
+        "value |---- count\n9223372036854775807 |@ 1\n",
+    ],
+)
 def test_hist_numbers_past_int64_are_a_value_error(body: str) -> None:
     """Only ValueError (the parser's "not a histogram"), never OverflowError or a frame
     with wrapped numbers."""

@@ -12,8 +12,11 @@ import pytest
 from stapmagic.records import RecordParser, format_record
 from stapmagic.schema import Column, ProbeSchema
 
-CONNECT = ProbeSchema("tcp_v4_connect", (Column("sk", "hex"), Column("uaddr", "hex"),
-                                         Column("addr_len", "uint")), False)
+CONNECT = ProbeSchema(
+    "tcp_v4_connect",
+    (Column("sk", "hex"), Column("uaddr", "hex"), Column("addr_len", "uint")),
+    False,
+)
 T0 = 1_764_000_000_000_000_000
 
 
@@ -50,7 +53,7 @@ def test_a_50mb_line_in_one_feed_is_not_kept_whole(tagged: bool, ends: str) -> N
     else:
         assert p.damaged_count == 0 and len(p.messages) == 1
         assert len(p.messages[0]) < (1 << 20) + 100
-        more = len(long) + (ends == "newline") - (1 << 20)       # the \r is part of it
+        more = len(long) + (ends == "newline") - (1 << 20)  # the \r is part of it
         assert p.messages[0].endswith(f"[... {more} more bytes of this line not kept]")
 
 
@@ -79,20 +82,26 @@ def test_many_message_lines_are_bounded_and_counted() -> None:
 
     def go() -> None:
         for i in range(0, len(data), 1 << 16):
-            p.feed(data[i:i + (1 << 16)])
+            p.feed(data[i : i + (1 << 16)])
             if i % (1 << 20) == 0:
                 batches.append(p.flush())
         batches.append(p.close())
 
     go()
     msgs = p.messages
-    assert msgs[:3] == ["chatty workload line 0", "chatty workload line 1",
-                        "chatty workload line 2"]
+    assert msgs[:3] == [
+        "chatty workload line 0",
+        "chatty workload line 1",
+        "chatty workload line 2",
+    ]
     assert msgs[-1] == f"chatty workload line {n - 1}"
     assert len(msgs) == 100 + 100 + 4
-    assert msgs[100:104] == ["WARNING: early warning", "ERROR: something in the middle",
-                             "semantic error: also kept",
-                             "Pass 5: run failed.  [man error::pass5]"]
+    assert msgs[100:104] == [
+        "WARNING: early warning",
+        "ERROR: something in the middle",
+        "semantic error: also kept",
+        "Pass 5: run failed.  [man error::pass5]",
+    ]
     assert p.messages_dropped == n - 1 - len(msgs)
     assert p.row_count == 1
     # each Batch is bounded the same way, and says how many of its lines it left out

@@ -75,16 +75,20 @@ class FakeDisplay:
 
 def events(n: int) -> pd.DataFrame:
     """A %%kprobe-shaped frame with the documented dtypes."""
-    return pd.DataFrame({
-        "time": pd.Series(pd.Timestamp("2025-01-01") + pd.to_timedelta(np.arange(n), unit="us"),
-                          dtype="datetime64[ns]"),
-        "probe": pd.Categorical(np.where(np.arange(n) % 2, "vfs_read", "vfs_write")),
-        "pid": np.arange(n, dtype=np.int64),
-        "tid": np.arange(n, dtype=np.int64),
-        "comm": pd.Categorical(["cat"] * n),
-        "cpu": np.zeros(n, dtype=np.int64),
-        "count": np.full(n, 4096, dtype=np.uint64),
-    })
+    return pd.DataFrame(
+        {
+            "time": pd.Series(
+                pd.Timestamp("2025-01-01") + pd.to_timedelta(np.arange(n), unit="us"),
+                dtype="datetime64[ns]",
+            ),
+            "probe": pd.Categorical(np.where(np.arange(n) % 2, "vfs_read", "vfs_write")),
+            "pid": np.arange(n, dtype=np.int64),
+            "tid": np.arange(n, dtype=np.int64),
+            "comm": pd.Categorical(["cat"] * n),
+            "cpu": np.zeros(n, dtype=np.int64),
+            "count": np.full(n, 4096, dtype=np.uint64),
+        }
+    )
 
 
 def view(**kw: Any) -> tuple[LiveView, FakeClock, FakeDisplay]:
@@ -92,10 +96,21 @@ def view(**kw: Any) -> tuple[LiveView, FakeClock, FakeDisplay]:
     return LiveView(clock=clock, display=display, **kw), clock, display
 
 
-def feed(lv: LiveView, frame: pd.DataFrame | None, messages: list[str] | None = None,
-         total: int = 0, **kw: Any) -> bool:
-    return lv.update(frame, messages or [], rows_total=total, skipped=kw.pop("skipped", 0),
-                     transport_failures=kw.pop("transport_failures", 0), **kw)
+def feed(
+    lv: LiveView,
+    frame: pd.DataFrame | None,
+    messages: list[str] | None = None,
+    total: int = 0,
+    **kw: Any,
+) -> bool:
+    return lv.update(
+        frame,
+        messages or [],
+        rows_total=total,
+        skipped=kw.pop("skipped", 0),
+        transport_failures=kw.pop("transport_failures", 0),
+        **kw,
+    )
 
 
 # -- cost ------------------------------------------------------------------------------------
@@ -103,7 +118,7 @@ def feed(lv: LiveView, frame: pd.DataFrame | None, messages: list[str] | None = 
 
 def test_update_cost_is_flat_over_a_million_rows() -> None:
     big = events(1_000_000)
-    batches = [big.iloc[i * 1000:(i + 1) * 1000] for i in range(1000)]
+    batches = [big.iloc[i * 1000 : (i + 1) * 1000] for i in range(1000)]
     lv, clock, display = view(max_rate_hz=4.0)
     costs, drew = [], []
     total = 0
@@ -211,21 +226,31 @@ def test_pass_lines_parse_verbatim() -> None:
         PassProgress(1, "parsed user script and 484 library scripts", 5277),
         None,
         PassProgress(2, "analyzed script: 2 probes, 6 functions, 1 embed, 4 globals", 140),
-        PassProgress(3, 'translated to C into "/tmp/staptxWT7P/'
-                        'stap_288e5dc5f70d2dbc28d2364c1f1b5eb5_11109_src.c"', 7394),
-        PassProgress(4, 'compiled C into "stap_288e5dc5f70d2dbc28d2364c1f1b5eb5_11109.ko"',
-                     284161),
+        PassProgress(
+            3,
+            'translated to C into "/tmp/staptxWT7P/'
+            'stap_288e5dc5f70d2dbc28d2364c1f1b5eb5_11109_src.c"',
+            7394,
+        ),
+        PassProgress(4, 'compiled C into "stap_288e5dc5f70d2dbc28d2364c1f1b5eb5_11109.ko"', 284161),
         PassProgress(5, "starting run", None),
         PassProgress(5, "run completed", 2366),
     ]
     assert [parse_pass_line(line) for line in PASS_4H_CACHED] == [
-        PassProgress(3, "using cached /root/.systemtap/cache/28/"
-                        "stap_288e5dc5f70d2dbc28d2364c1f1b5eb5_11109.c", None),
-        PassProgress(4, "using cached /root/.systemtap/cache/28/"
-                        "stap_288e5dc5f70d2dbc28d2364c1f1b5eb5_11109.ko", None),
+        PassProgress(
+            3,
+            "using cached /root/.systemtap/cache/28/stap_288e5dc5f70d2dbc28d2364c1f1b5eb5_11109.c",
+            None,
+        ),
+        PassProgress(
+            4,
+            "using cached /root/.systemtap/cache/28/stap_288e5dc5f70d2dbc28d2364c1f1b5eb5_11109.ko",
+            None,
+        ),
     ]
     assert parse_pass_line(PASS_4_FAILED) == PassProgress(
-        4, "compilation failed.  [man error::pass4]", None)
+        4, "compilation failed.  [man error::pass4]", None
+    )
     assert parse_pass_line("Pass 2: analyzed script\r") is not None  # pty line ending
 
 
@@ -236,9 +261,10 @@ def test_compile_progress_is_shown_while_stap_compiles() -> None:
     clock.ms = 5500
     feed(lv, None, PASS_4A[:3])
     assert lv.phase == "compiling"
-    assert lv.compile_progress == [(1, "parsed user script and 484 library scripts", 5277),
-                                   (2, "analyzed script: 2 probes, 6 functions, 1 embed, 4 globals",
-                                    140)]
+    assert lv.compile_progress == [
+        (1, "parsed user script and 484 library scripts", 5277),
+        (2, "analyzed script: 2 probes, 6 functions, 1 embed, 4 globals", 140),
+    ]
     text = repr(display.shown[-1])
     assert "compiling: Pass 2: analyzed script: 2 probes" in text
     assert "(0.1 s)" in text and "5.5 s" in text and "pass 3/5" in text
@@ -309,18 +335,25 @@ def test_fed_from_the_real_record_parser() -> None:
     from stapmagic.records import RecordParser
     from stapmagic.schema import Column, ProbeSchema
 
-    schema = ProbeSchema("tcp_v4_connect.return",
-                         (Column("retval", "int"), Column("errno", "errno")), False)
+    schema = ProbeSchema(
+        "tcp_v4_connect.return", (Column("retval", "int"), Column("errno", "errno")), False
+    )
     parser = RecordParser([schema])
     lines = [*PASS_4A[:6]] + [
         f"@@sm1\t0\t{1_700_000_000_000_000_000 + i}\t{100 + i}\t{100 + i}\t0\tcurl\t-111"
-        "\tECONNREFUSED\t@@" for i in range(20)
+        "\tECONNREFUSED\t@@"
+        for i in range(20)
     ]
     parser.feed(("\r\n".join(lines) + "\r\n").encode())
     batch = parser.flush()
     lv, _, display = view(tail=3)
-    lv.update(batch.frame, list(batch.messages), rows_total=parser.row_count, skipped=0,
-              transport_failures=0)
+    lv.update(
+        batch.frame,
+        list(batch.messages),
+        rows_total=parser.row_count,
+        skipped=0,
+        transport_failures=0,
+    )
     assert [p.pass_no for p in lv.compile_progress] == [1, 2, 3, 4, 5]
     status = display.shown[-1]
     assert "running" in status.status and "20 events" in status.status

@@ -7,8 +7,11 @@ import pandas as pd
 
 from stapmagic.live import STOP_HINT, LiveView, RunSummary, summary_line
 
-PASS_5 = ["Pass 1: parsed user script and 484 library scripts using 1virt/1res/1shr/1data kb,"
-          " in 10usr/0sys/1800real ms.", "Pass 5: starting run."]
+PASS_5 = [
+    "Pass 1: parsed user script and 484 library scripts using 1virt/1res/1shr/1data kb,"
+    " in 10usr/0sys/1800real ms.",
+    "Pass 5: starting run.",
+]
 
 
 class Clock:
@@ -34,9 +37,12 @@ class Display:
 
 
 def frame(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"pid": pd.array(range(n), dtype="int64"),
-                         "sk": pd.array([0xFF45CB2288356880 + i for i in range(n)],
-                                        dtype="uint64")})
+    return pd.DataFrame(
+        {
+            "pid": pd.array(range(n), dtype="int64"),
+            "sk": pd.array([0xFF45CB2288356880 + i for i in range(n)], dtype="uint64"),
+        }
+    )
 
 
 def make(**kw) -> tuple[LiveView, Clock, Display]:
@@ -83,8 +89,7 @@ def test_close_replaces_the_view_in_place_with_the_summary() -> None:
     page = final._repr_html_()
     assert line in page and "<table" not in page and "running" not in page
     assert "<details><summary>messages (2)</summary>" in page
-    assert repr(final).splitlines() == [f"stapmagic: {line}", "workload pid=475",
-                                        "did 3 connects"]
+    assert repr(final).splitlines() == [f"stapmagic: {line}", "workload pid=475", "did 3 connects"]
 
 
 def test_summary_of_a_stopped_run_says_the_rows_are_kept() -> None:
@@ -96,6 +101,12 @@ def test_summary_of_a_stopped_run_says_the_rows_are_kept() -> None:
 
 def test_progress_line_names_each_pass_once() -> None:
     lv, clock, display = make()
-    lv.update(None, [*PASS_5, "Pass 5: run completed in 10usr/0sys/20187real ms."],
-              rows_total=0, skipped=0, transport_failures=0, force=True)
+    lv.update(
+        None,
+        [*PASS_5, "Pass 5: run completed in 10usr/0sys/20187real ms."],
+        rows_total=0,
+        skipped=0,
+        transport_failures=0,
+        force=True,
+    )
     assert display.shown[-1].progress_line().count("Pass 5") == 1

@@ -35,7 +35,9 @@ def test_dry_run_prints_script_and_command_line(ip, capsys, monkeypatch, tmp_pat
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    value, err = run(ip, '%%kprobe --dry-run -c "python3 connect_a_few.py" tcp_v4_connect.return:int\n')
+    value, err = run(
+        ip, '%%kprobe --dry-run -c "python3 connect_a_few.py" tcp_v4_connect.return:int\n'
+    )
     assert err is None
     out = capsys.readouterr().out
     assert 'kprobe.function("tcp_v4_connect").return' in out
@@ -50,15 +52,18 @@ def test_body_lines_are_more_probes(ip, capsys):
     _, err = run(ip, cell)
     assert err is None
     out = capsys.readouterr().out
-    assert 'kprobe.function("tcp_v4_connect") ' in out or 'kprobe.function("tcp_v4_connect"){' in out \
+    assert (
+        'kprobe.function("tcp_v4_connect") ' in out
+        or 'kprobe.function("tcp_v4_connect"){' in out
         or 'kprobe.function("tcp_v4_connect")\n' in out
+    )
     assert 'kprobe.function("tcp_v4_connect").return' in out
 
 
 def test_dollar_is_not_expanded(ip, capsys):
     # SystemTap uses `$`; the magic must see the line exactly as typed.
     ip.user_ns["x"] = "SHOULD_NOT_APPEAR"
-    _, err = run(ip, "%%stap --dry-run\nprobe begin { printf(\"$x\\n\"); exit() }\n")
+    _, err = run(ip, '%%stap --dry-run\nprobe begin { printf("$x\\n"); exit() }\n')
     assert err is None
     out = capsys.readouterr().out
     assert "$x" in out and "SHOULD_NOT_APPEAR" not in out
@@ -107,14 +112,21 @@ def test_stap_spec_makes_rows_of_a_hand_written_script(ip, tmp_path, monkeypatch
 
     schema = schema_of(STAP_RECORDS)
     data = tmp_path / "out.bin"
-    data.write_bytes(b"hello from the script\n" + format_record(
-        0, 1_700_000_000_000_000_000, 42, 43, 1, "curl", [0xFFFF888001, 16], schema=schema))
+    data.write_bytes(
+        b"hello from the script\n"
+        + format_record(
+            0, 1_700_000_000_000_000_000, 42, 43, 1, "curl", [0xFFFF888001, 16], schema=schema
+        )
+    )
     fake = tmp_path / "stap"
     fake.write_text(f"#!/bin/sh\ncat {data}\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    value, err = run(ip, f"%%stap -q -o ev --spec '{STAP_RECORDS}'\n"
-                         "probe kprobe.function(\"tcp_v4_connect\") { }\n")
+    value, err = run(
+        ip,
+        f"%%stap -q -o ev --spec '{STAP_RECORDS}'\n"
+        'probe kprobe.function("tcp_v4_connect") { }\n',
+    )
     assert err is None, err
     df = ip.user_ns["ev"]
     assert value is df and list(df.columns[-2:]) == ["sk", "len"]
@@ -128,14 +140,19 @@ def test_stap_spec_two_probes_in_order(ip, tmp_path, monkeypatch):
 
     second = schema_of("tcp_v4_connect.return:int")
     data = tmp_path / "out.bin"
-    data.write_bytes(format_record(1, 1_700_000_000_000_000_000, 1, 1, 0, "x", [-111, "ECONNREFUSED"],
-                                   schema=second))
+    data.write_bytes(
+        format_record(
+            1, 1_700_000_000_000_000_000, 1, 1, 0, "x", [-111, "ECONNREFUSED"], schema=second
+        )
+    )
     fake = tmp_path / "stap"
     fake.write_text(f"#!/bin/sh\ncat {data}\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    _, err = run(ip, "%%stap -q -o ev --spec tcp_v4_connect --spec tcp_v4_connect.return:int\n"
-                     "probe begin { }\n")
+    _, err = run(
+        ip,
+        "%%stap -q -o ev --spec tcp_v4_connect --spec tcp_v4_connect.return:int\nprobe begin { }\n",
+    )
     assert err is None, err
     df = ip.user_ns["ev"]
     assert list(df["retval"]) == [-111] and list(df["errno"]) == ["ECONNREFUSED"]
@@ -158,7 +175,11 @@ def test_missing_stap_says_how_to_install(ip, monkeypatch, tmp_path):
 def test_config_target_is_used(ip, capsys, monkeypatch):
     from stapmagic import lab
 
-    monkeypatch.setattr(lab, "stap_argv", lambda: ["chroot", "/ROOT", "stap", "--remote=ssh://x"])
+    monkeypatch.setattr(
+        lab,
+        "stap_argv",
+        lambda require_running=True: ["chroot", "/ROOT", "stap", "--remote=ssh://x"],
+    )
     ip.run_line_magic("config", 'KprobeMagics.target = "lab"')
     try:
         _, err = run(ip, "%%kprobe --dry-run tcp_v4_connect")
@@ -184,12 +205,30 @@ def test_fake_stap_rows_reach_the_namespace(ip, tmp_path, monkeypatch):
     from stapmagic.records import format_record
 
     schema = schema_of("tcp_v4_connect sk:ptr len:uint")
-    recs = b"".join([
-        format_record(0, 1_700_000_000_000_000_000, 42, 42, 1, "python3", [0xFFFF888001, 16],
-                      schema=schema),
-        format_record(0, 1_700_000_000_000_001_000, 42, 43, 0, "py\tthon", [0xFFFF888002, 16],
-                      schema=schema),
-    ])
+    recs = b"".join(
+        [
+            format_record(
+                0,
+                1_700_000_000_000_000_000,
+                42,
+                42,
+                1,
+                "python3",
+                [0xFFFF888001, 16],
+                schema=schema,
+            ),
+            format_record(
+                0,
+                1_700_000_000_000_001_000,
+                42,
+                43,
+                0,
+                "py\tthon",
+                [0xFFFF888002, 16],
+                schema=schema,
+            ),
+        ]
+    )
     data = tmp_path / "out.bin"
     data.write_bytes(b"WARNING: harmless\n" + recs)
     fake = tmp_path / "stap"
@@ -213,9 +252,18 @@ def test_pointers_render_in_hex_but_stay_uint64(ip, tmp_path, monkeypatch):
     from stapmagic.records import format_record
 
     data = tmp_path / "out.bin"
-    data.write_bytes(format_record(0, 1_700_000_000_000_000_000, 7, 7, 0, "x",
-                                   [0xFF45EC0102030405, 16],
-                                   schema=schema_of("tcp_v4_connect sk:ptr len:uint")))
+    data.write_bytes(
+        format_record(
+            0,
+            1_700_000_000_000_000_000,
+            7,
+            7,
+            0,
+            "x",
+            [0xFF45EC0102030405, 16],
+            schema=schema_of("tcp_v4_connect sk:ptr len:uint"),
+        )
+    )
     fake = tmp_path / "stap"
     fake.write_text(f"#!/bin/sh\ncat {data}\n")
     fake.chmod(0o755)

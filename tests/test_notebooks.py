@@ -50,15 +50,25 @@ def test_notebook_runs_in_replay_mode(path, monkeypatch, tmp_path):
         if cell.cell_type != "code":
             continue
         # IPython shows a magic's UsageError as stderr text, not as an error output.
-        errors = [o for o in cell.outputs if o.output_type == "error"
-                  or (o.output_type == "stream" and "UsageError:" in o.text)]
+        errors = [
+            o
+            for o in cell.outputs
+            if o.output_type == "error" or (o.output_type == "stream" and "UsageError:" in o.text)
+        ]
         if "raises-exception" in cell.metadata.get("tags", []):
             assert errors, f"this cell is meant to fail:\n{cell.source}"
         else:
             assert not errors, f"{cell.source}\n{errors}"
         if PROBE_CELL.search(cell.source):
             probe_cells += 1
-            out = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            # The run's summary (with its REPLAY note) is a display, its messages a stream.
+            out = "".join(
+                o.get("text", "")
+                if o.output_type == "stream"
+                else o.get("data", {}).get("text/plain", "")
+                for o in cell.outputs
+                if o.output_type in ("stream", "display_data")
+            )
             assert "REPLAY of recordings/" in out, out
             replays += 1
     assert replays == probe_cells >= 1

@@ -36,8 +36,9 @@ def _close_figures() -> Any:
 def frame(n: int = 8, **columns: Any) -> pd.DataFrame:
     """A %%kprobe-shaped frame with the documented dtypes; `columns` override or add."""
     base: dict[str, Any] = {
-        "time": pd.Series(T0 + pd.to_timedelta(np.arange(n) * 1_000_000, unit="ns"),
-                          dtype="datetime64[ns]"),
+        "time": pd.Series(
+            T0 + pd.to_timedelta(np.arange(n) * 1_000_000, unit="ns"), dtype="datetime64[ns]"
+        ),
         "probe": pd.Categorical(["tcp_v4_connect.return"] * n),
         "pid": np.full(n, 4242, dtype=np.int64),
         "tid": np.full(n, 4242, dtype=np.int64),
@@ -67,8 +68,19 @@ def test_log2_buckets_known_latencies() -> None:
     assert got["low"].tolist() == lows
     assert got["high"].tolist() == [2 * v for v in lows]
     counts = dict(zip(got["low"], got["count"], strict=True))
-    assert counts == {64: 1, 128: 1, 256: 0, 512: 0, 1024: 0, 2048: 1, 4096: 0, 8192: 0,
-                      16384: 0, 32768: 0, 65536: 1}
+    assert counts == {
+        64: 1,
+        128: 1,
+        256: 0,
+        512: 0,
+        1024: 0,
+        2048: 1,
+        4096: 0,
+        8192: 0,
+        16384: 0,
+        32768: 0,
+        65536: 1,
+    }
 
 
 def test_log2_buckets_edges_zero_negative_and_na() -> None:
@@ -106,8 +118,17 @@ def test_log2_buckets_every_value_in_its_bucket(values: list[int]) -> None:
 
 @pytest.mark.parametrize(
     ("ns", "digits", "text"),
-    [(0, 3, "0ns"), (512, 3, "512ns"), (999.7, 3, "1us"), (16384, 3, "16.4us"), (16384, 2, "16us"),
-     (1_048_576, 3, "1.05ms"), (3e9, 3, "3s"), (-2048, 3, "-2.05us"), (0.5, 3, "0.5ns")],
+    [
+        (0, 3, "0ns"),
+        (512, 3, "512ns"),
+        (999.7, 3, "1us"),
+        (16384, 3, "16.4us"),
+        (16384, 2, "16us"),
+        (1_048_576, 3, "1.05ms"),
+        (3e9, 3, "3s"),
+        (-2048, 3, "-2.05us"),
+        (0.5, 3, "0.5ns"),
+    ],
 )
 def test_format_ns(ns: float, digits: int, text: str) -> None:
     assert format_ns(ns, digits) == text
@@ -164,8 +185,17 @@ R_H2 = """\
 def test_real_stap_log_histogram_plots_like_raw_latencies() -> None:
     kernel = plot.latency_hist(parse_hist(R_H2))
     assert heights(kernel) == [0, 0, 1, 1, 0, 1, 0, 0]
-    assert xlabels(kernel) == ["33us", "66us", "131us", "262us", "524us", "1ms", "2.1ms",
-                               "4.2ms", "8.4ms"]
+    assert xlabels(kernel) == [
+        "33us",
+        "66us",
+        "131us",
+        "262us",
+        "524us",
+        "1ms",
+        "2.1ms",
+        "4.2ms",
+        "8.4ms",
+    ]
     assert kernel.get_xlabel() == "latency, log2 buckets (ns/us/ms/s)"
     # The same three connects as raw rows: the same buckets, without stap's zero margins.
     raw = plot.latency_hist(frame(3, latency_ns=np.array([200_000, 300_000, 1_500_000])))
@@ -199,8 +229,11 @@ def test_in_kernel_histogram_with_gaps_and_unsorted_rows() -> None:
 
 
 def test_latency_hist_by_probe_groups_bars() -> None:
-    df = frame(4, probe=pd.Categorical(["a", "a", "b", "b"]),
-               latency_ns=np.array([100, 150, 3000, 3001], dtype=np.int64))
+    df = frame(
+        4,
+        probe=pd.Categorical(["a", "a", "b", "b"]),
+        latency_ns=np.array([100, 150, 3000, 3001], dtype=np.int64),
+    )
     ax = df.kprobe.latency_hist(by="probe")
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["a (2)", "b (2)"]
@@ -239,9 +272,11 @@ def test_retval_hist_skips_rows_without_retval() -> None:
 
 def test_timeline_one_marker_per_event_with_time_units() -> None:
     n = 6
-    df = frame(n, probe=pd.Categorical(["open", "close"] * 3),
-               time=pd.Series(T0 + pd.to_timedelta(np.arange(n) * 50, unit="ms"),
-                              dtype="datetime64[ns]"))
+    df = frame(
+        n,
+        probe=pd.Categorical(["open", "close"] * 3),
+        time=pd.Series(T0 + pd.to_timedelta(np.arange(n) * 50, unit="ms"), dtype="datetime64[ns]"),
+    )
     _, ax = plt.subplots()
     assert plot.timeline(df, ax=ax) is ax
     (line,) = ax.get_lines()
@@ -251,8 +286,11 @@ def test_timeline_one_marker_per_event_with_time_units() -> None:
 
 
 def test_timeline_numeric_column() -> None:
-    df = frame(3, len=np.array([5, 6, 7], dtype=np.uint64),
-               latency_ns=np.array([5000, 6000, 7000], dtype=np.int64))
+    df = frame(
+        3,
+        len=np.array([5, 6, 7], dtype=np.uint64),
+        latency_ns=np.array([5000, 6000, 7000], dtype=np.int64),
+    )
     ax = df.kprobe.timeline(y="len")
     assert list(ax.get_lines()[0].get_ydata()) == [5, 6, 7]
     assert ax.get_ylabel() == "len"
@@ -263,8 +301,9 @@ def test_timeline_numeric_column() -> None:
 
 def test_rate_counts_events_per_second_in_bins() -> None:
     offsets_ms = [0, 10, 20, 150, 160, 390]  # 3 events in [0, 100ms), 2 in [100, 200), 1 later
-    df = frame(6, time=pd.Series(T0 + pd.to_timedelta(offsets_ms, unit="ms"),
-                                 dtype="datetime64[ns]"))
+    df = frame(
+        6, time=pd.Series(T0 + pd.to_timedelta(offsets_ms, unit="ms"), dtype="datetime64[ns]")
+    )
     ax = df.kprobe.rate(freq="100ms")
     stairs = ax.patches[-1]
     assert list(stairs.get_data().values) == [30.0, 20.0, 0.0, 10.0]
@@ -274,15 +313,21 @@ def test_rate_counts_events_per_second_in_bins() -> None:
 
 
 def test_rate_default_bin_width_from_span() -> None:
-    df = frame(1000, time=pd.Series(T0 + pd.to_timedelta(np.arange(1000) * 10, unit="ms"),
-                                    dtype="datetime64[ns]"))  # 10 s span
+    df = frame(
+        1000,
+        time=pd.Series(
+            T0 + pd.to_timedelta(np.arange(1000) * 10, unit="ms"), dtype="datetime64[ns]"
+        ),
+    )  # 10 s span
     ax = plot.rate(df)
     assert "100ms" in ax.get_title()  # <= 100 bins of a 1-2-5 width
     assert ax.get_xlabel() == "time since first event (s)"
 
 
 def test_by_top_values_largest_first() -> None:
-    df = frame(6, comm=pd.Categorical(["a", "b", "b", "c", "c", "c"], categories=["a", "b", "c", "z"]))
+    df = frame(
+        6, comm=pd.Categorical(["a", "b", "b", "c", "c", "c"], categories=["a", "b", "c", "z"])
+    )
     ax = df.kprobe.by("comm", top=2)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["c", "b"]
     assert [p.get_width() for p in ax.patches] == [3, 2]
@@ -341,8 +386,11 @@ def test_accessor_run() -> None:
 
 def test_saved_figure_is_a_real_picture(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    df = frame(5000, latency_ns=rng.lognormal(9, 1.5, 5000).astype(np.int64),
-               comm=pd.Categorical(rng.choice(["curl", "sshd", "python3"], 5000, p=[.6, .3, .1])))
+    df = frame(
+        5000,
+        latency_ns=rng.lognormal(9, 1.5, 5000).astype(np.int64),
+        comm=pd.Categorical(rng.choice(["curl", "sshd", "python3"], 5000, p=[0.6, 0.3, 0.1])),
+    )
     fig, axes = plt.subplots(2, 2, figsize=(12, 7), layout="constrained")
     assert df.kprobe.latency_hist(ax=axes[0, 0]) is axes[0, 0]
     df.kprobe.rate(ax=axes[0, 1])
@@ -359,14 +407,17 @@ def test_plots_of_a_real_record_parser_frame() -> None:
     from stapmagic.schema import Column, ProbeSchema
 
     entry = ProbeSchema("tcp_v4_connect", (Column("sk", "hex"), Column("len", "uint")), False)
-    ret = ProbeSchema("tcp_v4_connect.return",
-                      (Column("retval", "int"), Column("errno", "errno"),
-                       Column("latency_ns", "int")), False)
+    ret = ProbeSchema(
+        "tcp_v4_connect.return",
+        (Column("retval", "int"), Column("errno", "errno"), Column("latency_ns", "int")),
+        False,
+    )
     parser = RecordParser([entry, ret])
     t = 1_700_000_000_000_000_000
     lines = []
-    for i, (rv, name, lat) in enumerate([(0, "", 3000), (-111, "ECONNREFUSED", 70000),
-                                         (-111, "ECONNREFUSED", 150)]):
+    for i, (rv, name, lat) in enumerate(
+        [(0, "", 3000), (-111, "ECONNREFUSED", 70000), (-111, "ECONNREFUSED", 150)]
+    ):
         lines.append(f"@@sm1\t0\t{t + 2000 * i}\t7\t7\t1\tcurl\tffff888003a1b2c0\t16\t@@")
         lines.append(f"@@sm1\t1\t{t + 2000 * i + lat}\t7\t7\t1\tcurl\t{rv}\t{name}\t{lat}\t@@")
     parser.feed(("\n".join(lines) + "\n").encode())

@@ -39,9 +39,11 @@ def fake(tmp_path, monkeypatch):
     (records and messages in the magic's own format) with an optional pause between."""
     schema = schema_of(SPEC)
     part1 = b"Pass 5: starting run.\nWARNING: harmless\n" + format_record(
-        0, 1_700_000_000_000_000_000, 42, 42, 1, "python3", [0xFFFF888001, 16], schema=schema)
+        0, 1_700_000_000_000_000_000, 42, 42, 1, "python3", [0xFFFF888001, 16], schema=schema
+    )
     part2 = b"workload done\n" + format_record(
-        0, 1_700_000_000_000_001_000, 42, 43, 0, "py\tthon", [0xFFFF888002, 16], schema=schema)
+        0, 1_700_000_000_000_001_000, 42, 43, 0, "py\tthon", [0xFFFF888002, 16], schema=schema
+    )
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (tmp_path / "p1").write_bytes(part1)
@@ -56,7 +58,8 @@ def fake(tmp_path, monkeypatch):
         # FAKE_MKDIR: make the recording's destination unusable while the run is on.
         'if [ -n "$FAKE_MKDIR" ]; then mkdir "$FAKE_MKDIR"; fi\n'
         f"cat {tmp_path}/p2\n"
-        "exit 0\n")
+        "exit 0\n"
+    )
     stap.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
     monkeypatch.chdir(tmp_path)
@@ -67,17 +70,21 @@ def fake(tmp_path, monkeypatch):
 @pytest.fixture
 def no_stap(monkeypatch):
     """PATH without any stap: a replay must not need one."""
+
     def hide():
         monkeypatch.setenv("PATH", "/usr/bin:/bin")
+
     return hide
 
 
 @pytest.fixture
 def config(ip):
     """Set KprobeMagics traits for one test, restoring the defaults after it."""
+
     def set_(**kw):
         for k, v in kw.items():
             ip.run_line_magic("config", f"KprobeMagics.{k} = {v!r}")
+
     yield set_
     for k, v in (("mode", "live"), ("recordings_dir", "recordings"), ("replay_speed", 0.0)):
         ip.run_line_magic("config", f"KprobeMagics.{k} = {v!r}")
@@ -130,15 +137,20 @@ def test_stap_cell_round_trip(ip, fake, no_stap):
     assert isinstance(err, UsageError) and "%%stap cell" in str(err)
 
 
-@pytest.mark.parametrize("cell, needle", [
-    ("%%kprobe -q --replay rec.jsonl tcp_v4_connect sk:ptr",
-     "spec differs from rec.jsonl: recorded `tcp_v4_connect sk:ptr len:uint`, "
-     "this cell `tcp_v4_connect sk:ptr`"),
-    (f"%%kprobe -q -n 5 --replay rec.jsonl {SPEC}", "option -n differs"),
-    (f'%%kprobe -q -c "python3 x.py" --replay rec.jsonl {SPEC}', "option -c differs"),
-    (f"%%kprobe -q --regs rip --replay rec.jsonl {SPEC}", "option --regs differs"),
-    (f"%%kprobe -q --replay missing.jsonl {SPEC}", "no recording missing.jsonl"),
-])
+@pytest.mark.parametrize(
+    "cell, needle",
+    [
+        (
+            "%%kprobe -q --replay rec.jsonl tcp_v4_connect sk:ptr",
+            "spec differs from rec.jsonl: recorded `tcp_v4_connect sk:ptr len:uint`, "
+            "this cell `tcp_v4_connect sk:ptr`",
+        ),
+        (f"%%kprobe -q -n 5 --replay rec.jsonl {SPEC}", "option -n differs"),
+        (f'%%kprobe -q -c "python3 x.py" --replay rec.jsonl {SPEC}', "option -c differs"),
+        (f"%%kprobe -q --regs rip --replay rec.jsonl {SPEC}", "option --regs differs"),
+        (f"%%kprobe -q --replay missing.jsonl {SPEC}", "no recording missing.jsonl"),
+    ],
+)
 def test_mismatch_is_a_usage_error_naming_the_difference(ip, fake, no_stap, cell, needle):
     _, err = run(ip, f"%%kprobe -q --record rec.jsonl {SPEC}")
     assert err is None, err
@@ -152,8 +164,9 @@ def test_whitespace_and_comments_do_not_count_as_differences(ip, fake, no_stap):
     _, err = run(ip, f"%%kprobe -q --record rec.jsonl {SPEC}")
     assert err is None, err
     no_stap()
-    _, err = run(ip, "%%kprobe -q --replay rec.jsonl\n# the seed's probe\ntcp_v4_connect  sk:ptr "
-                     "len:uint\n")
+    _, err = run(
+        ip, "%%kprobe -q --replay rec.jsonl\n# the seed's probe\ntcp_v4_connect  sk:ptr len:uint\n"
+    )
     assert err is None, err
 
 
@@ -181,9 +194,17 @@ def test_broken_files_are_replay_errors(tmp_path):
 
 
 def _write(path, chunks, end=True):
-    header = recording.Header(kind="kprobe", spec=SPEC, options={}, script="x", argv=["stap"],
-                              target="lab", kernel_release="6.12.0-test", stap_version="v",
-                              started=0.0)
+    header = recording.Header(
+        kind="kprobe",
+        spec=SPEC,
+        options={},
+        script="x",
+        argv=["stap"],
+        target="lab",
+        kernel_release="6.12.0-test",
+        stap_version="v",
+        started=0.0,
+    )
     rec = recording.Recorder(path, header)
     for data in chunks:
         rec.chunk(data)
@@ -218,8 +239,17 @@ class FakeClock:
 def _timed(tmp_path):
     """A recording with chunks at t = 0, 0.5 and 1.0 s (hand-set times; plumbing only)."""
     path = tmp_path / "timed.jsonl"
-    header = recording.Header(kind="kprobe", spec=SPEC, options={}, script="x", argv=["stap"],
-                              target="lab", kernel_release="k", stap_version="v", started=0.0)
+    header = recording.Header(
+        kind="kprobe",
+        spec=SPEC,
+        options={},
+        script="x",
+        argv=["stap"],
+        target="lab",
+        kernel_release="k",
+        stap_version="v",
+        started=0.0,
+    )
     clock = FakeClock()
     rec = recording.Recorder(path, header, clock=clock)
     for t in (0.0, 0.5, 1.0):
@@ -269,8 +299,7 @@ def test_stopping_a_replay_keeps_what_arrived(tmp_path):
         got.append(data)
         stop.set()
 
-    status = recording.Player(rec, 1, clock=clock, sleep=clock.sleep)(["stap"], on_chunk,
-                                                                      stop=stop)
+    status = recording.Player(rec, 1, clock=clock, sleep=clock.sleep)(["stap"], on_chunk, stop=stop)
     assert got == [b"at 0.0\n"] and status.interrupted
 
 
@@ -370,8 +399,14 @@ def test_replay_never_touches_the_recorded_target(ip, fake, no_stap, monkeypatch
     def forbidden(*a, **kw):
         raise AssertionError("a replay asked the target")
 
-    for mod, name in ((lab, "is_up"), (lab, "status"), (lab, "stap_argv"), (lab, "exec_argv"),
-                      (runner, "run_on_target"), (runner, "run")):
+    for mod, name in (
+        (lab, "is_up"),
+        (lab, "status"),
+        (lab, "stap_argv"),
+        (lab, "exec_argv"),
+        (runner, "run_on_target"),
+        (runner, "run"),
+    ):
         monkeypatch.setattr(mod, name, forbidden)
     no_stap()
     _, err = run(ip, f"%%kprobe -q --replay rec.jsonl {SPEC}")
@@ -388,12 +423,15 @@ def _partials(tmp):
     return sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*.partial"))
 
 
-@pytest.mark.parametrize("dest, needle", [
-    ("adir", "adir is a directory"),
-    ("nodir/rec.jsonl", "directory nodir does not exist"),
-    ("afile/rec.jsonl", "afile is not a directory"),
-    ("a\x00b.jsonl", "NUL"),
-])
+@pytest.mark.parametrize(
+    "dest, needle",
+    [
+        ("adir", "adir is a directory"),
+        ("nodir/rec.jsonl", "directory nodir does not exist"),
+        ("afile/rec.jsonl", "afile is not a directory"),
+        ("a\x00b.jsonl", "NUL"),
+    ],
+)
 def test_unusable_record_path_is_refused_before_the_run(ip, fake, dest, needle):
     (fake["tmp"] / "adir").mkdir()
     (fake["tmp"] / "afile").write_text("x")
@@ -434,8 +472,11 @@ def test_background_run_whose_recording_fails_still_ends(ip, fake, monkeypatch, 
 
 
 def _replayable(tmp_path, **opts):
-    run_ = pipeline.prepare_script("probe begin { exit() }\n", pipeline.ProbeOptions(**opts),
-                                   build=lambda *a: ["stap", "-e", "x"])
+    run_ = pipeline.prepare_script(
+        "probe begin { exit() }\n",
+        pipeline.ProbeOptions(**opts),
+        build=lambda *a: ["stap", "-e", "x"],
+    )
     return run_, recording.Player(_timed(tmp_path))
 
 
@@ -459,13 +500,20 @@ def test_a_failing_post_mortem_is_a_note_not_a_lost_run(tmp_path, monkeypatch):
     from stapmagic import lab, runner
     from stapmagic.errors import LabError
 
-    r = pipeline.prepare_script("probe begin { exit() }\n", pipeline.ProbeOptions(target="lab"),
-                                build=lambda *a: ["stap"])
+    r = pipeline.prepare_script(
+        "probe begin { exit() }\n", pipeline.ProbeOptions(target="lab"), build=lambda *a: ["stap"]
+    )
 
     def failed_run(argv, on_chunk, **kw):
         on_chunk(b"ERROR: something\n")
-        return runner.RunStatus(exit_status=1, signal=None, interrupted=False, escalated=None,
-                                duration=0.1, argv=tuple(argv))
+        return runner.RunStatus(
+            exit_status=1,
+            signal=None,
+            interrupted=False,
+            escalated=None,
+            duration=0.1,
+            argv=tuple(argv),
+        )
 
     def broken(*a, **kw):
         raise LabError("lab state unreadable")
@@ -489,6 +537,7 @@ def _set(line, *path_value):
         for key in path[:-1]:
             obj = obj[key]
         obj[path[-1]] = value
+
     return edit
 
 
@@ -496,28 +545,43 @@ def _drop_end(objs):
     objs.pop()
 
 
-@pytest.mark.parametrize("edit, line, needle", [
-    (_set(1, "data", "not base64!"), 2, "`data` is not valid base64"),
-    (_set(1, "t", "abc"), 2, '`t` must be a number of seconds from 0, not "abc"'),
-    (_set(1, "t", None), 2, "`t` must be a number of seconds"),
-    (_set(1, "t", float("nan")), 2, "not NaN"),
-    (_set(1, "t", -1), 2, "not -1"),
-    (_set(1, "data", 123), 2, "`data` must be a base64 string, not 123"),
-    (_set(0, "options", "count", "5"), 1, 'option `count` must be a whole number or null, not "5"'),
-    (_set(0, "options", "regs", "rip"), 1, "option `regs` must be a list of (a string)"),
-    (_set(0, "options", []), 1, "`options` must be an object"),
-    (_set(0, "started", 1e300), 1, "`started` must be a number of seconds from 0 to"),
-    (_set(0, "argv", "stap -e x"), 1, "`argv` must be a list of strings"),
-    (_set(0, "target", "ssh://-oProxyCommand=x"), 1, "`target`"),
-    (_set(0, "version", 2), 1, "made by a newer stapmagic"),
-    (_set(-1, "end", "exit_status", "0"), "end", '`exit_status` must be null or a whole number '
-                                                 '0-255, not "0"'),
-    (_set(-1, "end", "exit_status", 0.0), "end", "`exit_status`"),
-    (_set(-1, "end", "interrupted", "yes"), "end", '`interrupted` must be true or false, not "yes"'),
-    (_set(-1, "end", "duration", float("inf")), "end", "`duration`"),
-])
-def test_tampered_recording_is_one_usage_error_naming_the_line(ip, fake, no_stap, edit, line,
-                                                                needle):
+@pytest.mark.parametrize(
+    "edit, line, needle",
+    [
+        (_set(1, "data", "not base64!"), 2, "`data` is not valid base64"),
+        (_set(1, "t", "abc"), 2, '`t` must be a number of seconds from 0, not "abc"'),
+        (_set(1, "t", None), 2, "`t` must be a number of seconds"),
+        (_set(1, "t", float("nan")), 2, "not NaN"),
+        (_set(1, "t", -1), 2, "not -1"),
+        (_set(1, "data", 123), 2, "`data` must be a base64 string, not 123"),
+        (
+            _set(0, "options", "count", "5"),
+            1,
+            'option `count` must be a whole number or null, not "5"',
+        ),
+        (_set(0, "options", "regs", "rip"), 1, "option `regs` must be a list of (a string)"),
+        (_set(0, "options", []), 1, "`options` must be an object"),
+        (_set(0, "started", 1e300), 1, "`started` must be a number of seconds from 0 to"),
+        (_set(0, "argv", "stap -e x"), 1, "`argv` must be a list of strings"),
+        (_set(0, "target", "ssh://-oProxyCommand=x"), 1, "`target`"),
+        (_set(0, "version", 2), 1, "made by a newer stapmagic"),
+        (
+            _set(-1, "end", "exit_status", "0"),
+            "end",
+            '`exit_status` must be null or a whole number 0-255, not "0"',
+        ),
+        (_set(-1, "end", "exit_status", 0.0), "end", "`exit_status`"),
+        (
+            _set(-1, "end", "interrupted", "yes"),
+            "end",
+            '`interrupted` must be true or false, not "yes"',
+        ),
+        (_set(-1, "end", "duration", float("inf")), "end", "`duration`"),
+    ],
+)
+def test_tampered_recording_is_one_usage_error_naming_the_line(
+    ip, fake, no_stap, edit, line, needle
+):
     _, err = run(ip, f"%%kprobe -q --record rec.jsonl {SPEC}")
     assert err is None, err
     path = fake["tmp"] / "rec.jsonl"
@@ -534,13 +598,19 @@ def test_tampered_recording_is_one_usage_error_naming_the_line(ip, fake, no_stap
     assert f"rec.jsonl, line {line}: " in str(err) and needle in str(err), str(err)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("", "rec.jsonl is empty"),
-    ("\n\n", "rec.jsonl is empty"),
-    ("hello\nworld\n", "rec.jsonl, line 1: not a stapmagic recording (not JSON"),
-    ("[1, 2]\n", "rec.jsonl, line 1: not a stapmagic recording"),
-    ('{"format": "stapmagic-recording", "version": true}\n', "`version` must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("", "rec.jsonl is empty"),
+        ("\n\n", "rec.jsonl is empty"),
+        ("hello\nworld\n", "rec.jsonl, line 1: not a stapmagic recording (not JSON"),
+        ("[1, 2]\n", "rec.jsonl, line 1: not a stapmagic recording"),
+        (
+            '{"format": "stapmagic-recording", "version": true}\n',
+            "`version` must be a whole number",
+        ),
+    ],
+)
 def test_not_a_recording_is_one_usage_error(ip, fake, no_stap, text, needle):
     (fake["tmp"] / "rec.jsonl").write_text(text)
     no_stap()
@@ -562,12 +632,17 @@ def test_recording_without_its_end_line_is_one_usage_error(ip, fake, no_stap):
 # -- names and directories (issue 11 §4) -----------------------------------------------------
 
 
-@pytest.mark.parametrize("cell, needle", [
-    (f"%%kprobe -q --replay a\x00b.jsonl {SPEC}", "contains a NUL character"),
-    (f"%%kprobe -q --replay nodir/rec.jsonl {SPEC}",
-     "no recording nodir/rec.jsonl (make it with --record, or in mode record); "
-     "directory nodir does not exist"),
-])
+@pytest.mark.parametrize(
+    "cell, needle",
+    [
+        (f"%%kprobe -q --replay a\x00b.jsonl {SPEC}", "contains a NUL character"),
+        (
+            f"%%kprobe -q --replay nodir/rec.jsonl {SPEC}",
+            "no recording nodir/rec.jsonl (make it with --record, or in mode record); "
+            "directory nodir does not exist",
+        ),
+    ],
+)
 def test_bad_replay_names_are_usage_errors(ip, fake, no_stap, cell, needle):
     no_stap()
     _, err = run(ip, cell)

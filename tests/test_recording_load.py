@@ -20,19 +20,27 @@ from stapmagic.errors import ReplayError
 REAL = sorted((Path(__file__).resolve().parents[1] / "notebooks" / "recordings").glob("*.jsonl"))
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.integers(-2 ** 80, 2 ** 80)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.just(1e300) | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(2**80), 2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.just(1e300)
+    | st.text(max_size=8)
     | st.sampled_from(["0", "yes", "SIGTERM", "kprobe", "lab", "!!", "aGk=", "local"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                 max_size=3),
-    max_leaves=6)
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def _containers(obj, path=()):
     """Every (path, container) inside a JSON object, the object itself first."""
     yield path, obj
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) \
-        else ()
+    items = (
+        obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    )
     for key, value in items:
         if isinstance(value, (dict, list)):
             yield from _containers(value, (*path, key))
@@ -72,8 +80,7 @@ def _mutate(data, objs):
 def _assert_valid(rec):
     h = rec.header
     assert h.kind in ("kprobe", "stap")
-    for name in ("spec", "script", "target", "kernel_release", "stap_version",
-                 "stapmagic_version"):
+    for name in ("spec", "script", "target", "kernel_release", "stap_version", "stapmagic_version"):
         assert isinstance(getattr(h, name), str), name
     runner.parse_target(h.target)
     assert h.argv and all(isinstance(a, str) for a in h.argv)
@@ -112,8 +119,11 @@ def test_the_real_recordings_load():
         _assert_valid(recording.load(path))
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_a_mutated_recording_is_refused_or_valid(tmp_path, data):
     source = data.draw(st.sampled_from(REAL))
@@ -134,10 +144,15 @@ def test_a_mutated_recording_is_refused_or_valid(tmp_path, data):
     _assert_valid(rec)
 
 
-@pytest.mark.parametrize("raw", [
-    b"\xff\xfe\n", b"[" * 100_000 + b"\n", b'{"format": "stapmagic-recording", "version": 1' +
-    b', "started": ' + b"9" * 5000 + b"}\n", b"\x00\n",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe\n",
+        b"[" * 100_000 + b"\n",
+        b'{"format": "stapmagic-recording", "version": 1' + b', "started": ' + b"9" * 5000 + b"}\n",
+        b"\x00\n",
+    ],
+)
 def test_hostile_bytes_are_replay_errors(tmp_path, raw):
     path = tmp_path / "h.jsonl"
     path.write_bytes(raw)

@@ -33,12 +33,19 @@ pytestmark = pytest.mark.usefixtures("scanner")
 R48 = "stap-4.8-linux-6.1"
 R51 = "stap-5.1-linux-6.12"
 
-CONNECT = ProbeSchema("tcp_v4_connect", (Column("sk", "hex"), Column("uaddr", "hex"),
-                                         Column("addr_len", "uint")), False)
-CONNECT_RET = ProbeSchema("tcp_v4_connect.return", (Column("retval", "int"),
-                                                    Column("errno", "errno")), False)
-OPEN = ProbeSchema("do_sys_openat2", (Column("dfd", "int"), Column("filename", "str"),
-                                      Column("flags", "int")), False)
+CONNECT = ProbeSchema(
+    "tcp_v4_connect",
+    (Column("sk", "hex"), Column("uaddr", "hex"), Column("addr_len", "uint")),
+    False,
+)
+CONNECT_RET = ProbeSchema(
+    "tcp_v4_connect.return", (Column("retval", "int"), Column("errno", "errno")), False
+)
+OPEN = ProbeSchema(
+    "do_sys_openat2",
+    (Column("dfd", "int"), Column("filename", "str"), Column("flags", "int")),
+    False,
+)
 READ = ProbeSchema("vfs_read", (), False)
 SCHEMAS = [CONNECT, CONNECT_RET, OPEN, READ]
 REGS = ProbeSchema("tcp_v4_connect", (), True)
@@ -75,10 +82,24 @@ def rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def expected_row(idx: int, schemas: list[ProbeSchema], t: int, pid: int, tid: int, cpu: int,
-                 comm: str, fields: list[Any]) -> dict[str, Any]:
-    r: dict[str, Any] = {"time": t, "probe": schemas[idx].label, "pid": pid, "tid": tid,
-                         "comm": comm, "cpu": cpu}
+def expected_row(
+    idx: int,
+    schemas: list[ProbeSchema],
+    t: int,
+    pid: int,
+    tid: int,
+    cpu: int,
+    comm: str,
+    fields: list[Any],
+) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "time": t,
+        "probe": schemas[idx].label,
+        "pid": pid,
+        "tid": tid,
+        "comm": comm,
+        "cpu": cpu,
+    }
     for s in schemas:
         for c in s.columns:
             r.setdefault(c.name, None)
@@ -97,15 +118,21 @@ def expected_row(idx: int, schemas: list[ProbeSchema], t: int, pid: int, tid: in
 TEXT_STR_VECTORS = [
     (b"\n\nXYZZY\031", rb"\n\nXYZZY\031"),
     (b"\077\231\a\n\n\r\n", rb"?\231\a\n\n\r\n"),
-    (b"\x73\x74\x61\x70\x7F\xC2\x80\xCE\x91\xCE\xA9\xDF\xBF\xE0\xA0\x80\xE2\x98\xBA\xEF\xBF\xBF"
-     b"\xF0\x90\x80\x80\xF0\x9F\x98\x88\xF4\x8F\xBF\xBF",
-     rb"stap\177\u0080\u0391\u03A9\u07FF\u0800\u263A\uFFFF\U00010000\U0001F608\U0010FFFF"),
+    (
+        b"\x73\x74\x61\x70\x7f\xc2\x80\xce\x91\xce\xa9\xdf\xbf\xe0\xa0\x80\xe2\x98\xba\xef\xbf\xbf"
+        b"\xf0\x90\x80\x80\xf0\x9f\x98\x88\xf4\x8f\xbf\xbf",
+        rb"stap\177\u0080\u0391\u03A9\u07FF\u0800\u263A\uFFFF\U00010000\U0001F608\U0010FFFF",
+    ),
     (b"\300\200 \301\277 \302\200 \337\277", rb"\300\200 \301\277 \u0080 \u07FF"),
-    (b"\340\200\200 \340\237\277 \340\240\200 \357\277\277",
-     rb"\340\200\200 \340\237\277 \u0800 \uFFFF"),
-    (b"\360\200\200\200 \360\217\277\277 \360\220\200\200 \364\217\277\277",
-     rb"\360\200\200\200 \360\217\277\277 \U00010000 \U0010FFFF"),
-    (b'say "hi"\\', rb'say \"hi\"\\'),
+    (
+        b"\340\200\200 \340\237\277 \340\240\200 \357\277\277",
+        rb"\340\200\200 \340\237\277 \u0800 \uFFFF",
+    ),
+    (
+        b"\360\200\200\200 \360\217\277\277 \360\220\200\200 \364\217\277\277",
+        rb"\360\200\200\200 \360\217\277\277 \U00010000 \U0010FFFF",
+    ),
+    (b'say "hi"\\', rb"say \"hi\"\\"),
 ]
 
 
@@ -117,9 +144,17 @@ def test_escape_matches_systemtap(raw: bytes, printed: bytes) -> None:
 
 def test_escape_stops_at_nul_and_unescape_rejects() -> None:
     assert escape_text(b"ab\0cd") == b"ab"
-    assert unescape_text(rb"\377") == "\\xff"                   # not UTF-8: backslashreplace
-    for bad in (b"tab\there", b'quote"', b"\\q", b"\\u12", b"\\", b"\\777", b"caf\xc3\xa9",
-                b"\\U00110000"):
+    assert unescape_text(rb"\377") == "\\xff"  # not UTF-8: backslashreplace
+    for bad in (
+        b"tab\there",
+        b'quote"',
+        b"\\q",
+        b"\\u12",
+        b"\\",
+        b"\\777",
+        b"caf\xc3\xa9",
+        b"\\U00110000",
+    ):
         with pytest.raises(ValueError):
             unescape_text(bad)
 
@@ -129,9 +164,25 @@ def test_escape_stops_at_nul_and_unescape_rejects() -> None:
 # of valid UTF-8; \u/\U with upper-case hex, \u for code points up to FFFF, \U above; no
 # \x, no \', and a string ends at its first NUL.
 NEVER_PRINTED = [
-    rb"\x41", rb"\'", rb"\0", rb"\01", rb"\7", rb"\000", rb"\101", rb"\011", rb"\134",
-    rb"\042", rb"\303\251", rb"\u0041", rb"\u00e9", rb"\u007F", rb"\uD800",
-    rb"\U0000FFFF", rb"\U000000E9", rb"\u0000", rb"\400",
+    rb"\x41",
+    rb"\'",
+    rb"\0",
+    rb"\01",
+    rb"\7",
+    rb"\000",
+    rb"\101",
+    rb"\011",
+    rb"\134",
+    rb"\042",
+    rb"\303\251",
+    rb"\u0041",
+    rb"\u00e9",
+    rb"\u007F",
+    rb"\uD800",
+    rb"\U0000FFFF",
+    rb"\U000000E9",
+    rb"\u0000",
+    rb"\400",
 ]
 
 
@@ -146,25 +197,32 @@ def test_unescape_accepts_only_what_text_str_prints(printed: bytes) -> None:
 @given(st.binary(max_size=80))
 def test_escape_roundtrip_bytes(raw: bytes) -> None:
     printed = escape_text(raw)
-    assert not printed.translate(None, bytes(range(0x20, 0x7F)))      # printable ASCII only
+    assert not printed.translate(None, bytes(range(0x20, 0x7F)))  # printable ASCII only
     assert b'"' not in printed.replace(b'\\"', b"")
     assert unescape_text(printed) == raw.split(b"\0")[0].decode("utf-8", "backslashreplace")
 
 
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=60))
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=60
+    )
+)
 def test_escape_roundtrip_text(text: str) -> None:
     assert unescape_text(escape_text(text)) == text
 
 
 # ---- format_record / parse_record -----------------------------------------------------
 
+
 def test_format_record_exact() -> None:
-    line = format_record(0, T0, 42, 43, 1, "py thon\t3", [0xFFFF888012345678, 0, 16],
-                         schema=CONNECT)
+    line = format_record(
+        0, T0, 42, 43, 1, "py thon\t3", [0xFFFF888012345678, 0, 16], schema=CONNECT
+    )
     assert line == (b"@@sm1\t0\t%d\t42\t43\t1\tpy thon\\t3\tffff888012345678\t0\t16\t@@\n" % T0)
     assert format_record(3, 1, 2, 3, 4, "x", []) == b"@@sm1\t3\t1\t2\t3\t4\tx\t@@\n"
     assert format_record(1, 1, 2, 3, 4, "x", [-97, "EAFNOSUPPORT"]).endswith(
-        b"\t-97\tEAFNOSUPPORT\t@@\n")
+        b"\t-97\tEAFNOSUPPORT\t@@\n"
+    )
     assert format_record(1, 1, 2, 3, 4, "x", [0, None], schema=CONNECT_RET).endswith(b"\t0\t\t@@\n")
     with pytest.raises(ValueError):
         format_record(0, 1, 2, 3, 4, "x", [1, 2], schema=CONNECT)
@@ -177,7 +235,9 @@ def test_format_record_exact() -> None:
 I64 = st.integers(-(1 << 63), (1 << 63) - 1)
 U64 = st.integers(0, (1 << 64) - 1)
 TEXT = st.one_of(
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=24),
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=24
+    ),
     st.binary(max_size=24).filter(lambda b: b"\0" not in b),
     st.sampled_from(["Web Content", "0x12", " lead", "trail ", "nginx", "X", "@@", "a\\b"]),
 )
@@ -197,8 +257,15 @@ def field_strategy(c: Column) -> st.SearchStrategy[Any]:
 def records(draw: st.DrawFn, schemas: list[ProbeSchema] = SCHEMAS) -> tuple[Any, ...]:
     idx = draw(st.integers(0, len(schemas) - 1))
     fields = [draw(field_strategy(c)) for c in schemas[idx].columns]
-    return (idx, draw(st.integers(0, (1 << 63) - 1)), draw(I64), draw(I64),
-            draw(st.integers(0, 4096)), draw(TEXT), fields)
+    return (
+        idx,
+        draw(st.integers(0, (1 << 63) - 1)),
+        draw(I64),
+        draw(I64),
+        draw(st.integers(0, 4096)),
+        draw(TEXT),
+        fields,
+    )
 
 
 def as_text(v: Any) -> Any:
@@ -212,8 +279,13 @@ def test_format_parse_roundtrip(rec: tuple[Any, ...]) -> None:
     assert line.count(b"\n") == 1 and line.endswith(b"\t@@\n")
     parsed = parse_record(line[:-1] + b"\r", SCHEMAS)
     assert parsed is not None
-    assert (parsed.idx, parsed.time_ns, parsed.pid, parsed.tid, parsed.cpu) == (idx, t, pid, tid,
-                                                                                 cpu)
+    assert (parsed.idx, parsed.time_ns, parsed.pid, parsed.tid, parsed.cpu) == (
+        idx,
+        t,
+        pid,
+        tid,
+        cpu,
+    )
     assert parsed.comm == as_text(comm)
     assert list(parsed.fields) == [as_text(v) for v in fields]
 
@@ -221,17 +293,30 @@ def test_format_parse_roundtrip(rec: tuple[Any, ...]) -> None:
 # ---- the streaming parser: chunking ---------------------------------------------------
 
 MESSAGE = st.one_of(
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\0"), max_size=40),
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\0"),
+        max_size=40,
+    ),
     st.binary(max_size=40).filter(lambda b: b"\n" not in b),
-    st.sampled_from(["did 3 connects to 127.0.0.1:56943", "", "Pass 5: starting run.",
-                     "WARNING: There were 3 transport failures. Try stap -s to increase"]),
-).filter(lambda m: (b"@@sm" not in (m.encode() if isinstance(m, str) else m)))
+    st.sampled_from(
+        [
+            "did 3 connects to 127.0.0.1:56943",
+            "",
+            "Pass 5: starting run.",
+            "WARNING: There were 3 transport failures. Try stap -s to increase",
+        ]
+    ),
+).filter(lambda m: b"@@sm" not in (m.encode() if isinstance(m, str) else m))
 
 
 @st.composite
 def streams(draw: st.DrawFn) -> tuple[bytes, list[dict[str, Any]], list[str]]:
-    items = draw(st.lists(st.one_of(records().map(lambda r: ("rec", r)),
-                                    MESSAGE.map(lambda m: ("msg", m))), max_size=30))
+    items = draw(
+        st.lists(
+            st.one_of(records().map(lambda r: ("rec", r)), MESSAGE.map(lambda m: ("msg", m))),
+            max_size=30,
+        )
+    )
     data = bytearray()
     rows_: list[dict[str, Any]] = []
     msgs: list[str] = []
@@ -288,8 +373,9 @@ def test_split_at_every_position() -> None:
     """A small stream cut in two at every byte (inside multi-byte characters, between \\r
     and \\n) gives the same rows and messages; also cut into 1-byte pieces."""
     lines = [
-        format_record(0, T0, 100, 101, 0, "python3", [0xFFFF888012345678, 0x7FFC0000, 16],
-                      schema=CONNECT),
+        format_record(
+            0, T0, 100, 101, 0, "python3", [0xFFFF888012345678, 0x7FFC0000, 16], schema=CONNECT
+        ),
         "naïve workload line ☺\n".encode(),
         format_record(1, T0 + 1, 100, 101, 1, "curl é", [-97, "EAFNOSUPPORT"]),
         format_record(2, T0 + 2, 7, 7, 3, "cat", [-100, "/tmp/ünï\tcode", 0o100000]),
@@ -312,7 +398,7 @@ def test_split_at_every_position() -> None:
         assert p.messages == ref.messages, i
     p = RecordParser(SCHEMAS, batch_bytes=1)
     for i in range(len(raw)):
-        p.feed(raw[i:i + 1])
+        p.feed(raw[i : i + 1])
     p.close()
     assert rows(p.frame()) == want and p.messages == ref.messages
 
@@ -323,10 +409,18 @@ def test_fast_path_batch() -> None:
     comms = ["python3", "Web Content", "nginx", "Xorg", "kworker/0:1", "ünï", "tab\there"]
     lines = []
     for i in range(20_000):
-        lines.append(format_record(0, T0 + i, rng.randrange(1 << 22), rng.randrange(1 << 22),
-                                   rng.randrange(64), rng.choice(comms),
-                                   [rng.randrange(1 << 64), rng.randrange(1 << 48),
-                                    rng.randrange(128)], schema=CONNECT))
+        lines.append(
+            format_record(
+                0,
+                T0 + i,
+                rng.randrange(1 << 22),
+                rng.randrange(1 << 22),
+                rng.randrange(64),
+                rng.choice(comms),
+                [rng.randrange(1 << 64), rng.randrange(1 << 48), rng.randrange(128)],
+                schema=CONNECT,
+            )
+        )
     raw = pty(b"".join(lines))
     p = parse_all([CONNECT], raw, batch_bytes=256 << 10)
     df = p.frame()
@@ -340,11 +434,21 @@ def test_fast_path_batch() -> None:
 
 # ---- dtypes ---------------------------------------------------------------------------
 
+
 def test_dtypes_one_probe() -> None:
     raw = pty(format_record(0, T0, 1, 2, 3, "a", [1, 2, 3], schema=CONNECT))
     df = parse_all([CONNECT], raw).frame()
-    assert list(df.columns) == ["time", "probe", "pid", "tid", "comm", "cpu", "sk", "uaddr",
-                                "addr_len"]
+    assert list(df.columns) == [
+        "time",
+        "probe",
+        "pid",
+        "tid",
+        "comm",
+        "cpu",
+        "sk",
+        "uaddr",
+        "addr_len",
+    ]
     assert str(df["time"].dtype) == "datetime64[ns]"
     assert isinstance(df["probe"].dtype, pd.CategoricalDtype)
     assert isinstance(df["comm"].dtype, pd.CategoricalDtype)
@@ -355,13 +459,17 @@ def test_dtypes_one_probe() -> None:
 
 
 def test_dtypes_several_probes() -> None:
-    raw = pty(b"".join([
-        format_record(0, T0, 1, 1, 0, "a", [10, 20, 30], schema=CONNECT),
-        format_record(1, T0, 1, 1, 0, "a", [-97, "EAFNOSUPPORT"], schema=CONNECT_RET),
-        format_record(1, T0, 1, 1, 0, "a", [0, None], schema=CONNECT_RET),
-        format_record(2, T0, 1, 1, 0, "a", [-100, "/etc/passwd", 0], schema=OPEN),
-        format_record(3, T0, 1, 1, 0, "a", [], schema=READ),
-    ]))
+    raw = pty(
+        b"".join(
+            [
+                format_record(0, T0, 1, 1, 0, "a", [10, 20, 30], schema=CONNECT),
+                format_record(1, T0, 1, 1, 0, "a", [-97, "EAFNOSUPPORT"], schema=CONNECT_RET),
+                format_record(1, T0, 1, 1, 0, "a", [0, None], schema=CONNECT_RET),
+                format_record(2, T0, 1, 1, 0, "a", [-100, "/etc/passwd", 0], schema=OPEN),
+                format_record(3, T0, 1, 1, 0, "a", [], schema=READ),
+            ]
+        )
+    )
     df = parse_all(SCHEMAS, raw).frame()
     dt = {c: str(df[c].dtype) for c in df.columns}
     assert dt["sk"] == dt["uaddr"] == dt["addr_len"] == "UInt64"
@@ -371,8 +479,11 @@ def test_dtypes_several_probes() -> None:
     assert df["retval"].tolist()[:3] == [pd.NA, -97, 0]
     assert df["filename"].iloc[3] == "/etc/passwd" and pd.isna(df["filename"].iloc[0])
     assert list(df["probe"].cat.categories) == [s.label for s in SCHEMAS]
-    assert df["probe"].tolist() == [s.label for s in SCHEMAS[:2]] + [CONNECT_RET.label,
-                                                                     OPEN.label, READ.label]
+    assert df["probe"].tolist() == [s.label for s in SCHEMAS[:2]] + [
+        CONNECT_RET.label,
+        OPEN.label,
+        READ.label,
+    ]
 
 
 def test_conflicting_kinds_and_empty_frame() -> None:
@@ -380,15 +491,23 @@ def test_conflicting_kinds_and_empty_frame() -> None:
     b = ProbeSchema("b.return", (Column("retval", "hex"),), False)
     c = ProbeSchema("c", (Column("v", "uint"),), False)
     d = ProbeSchema("d", (Column("v", "hex"),), False)
-    p = parse_all([a, b, c, d], pty(b"".join([
-        format_record(0, 1, 1, 1, 0, "x", [-1], schema=a),
-        format_record(1, 1, 1, 1, 0, "x", [0xFFFFFFFFFFFFFFFF], schema=b),
-        format_record(2, 1, 1, 1, 0, "x", [5], schema=c),
-        format_record(3, 1, 1, 1, 0, "x", [255], schema=d)])))
+    p = parse_all(
+        [a, b, c, d],
+        pty(
+            b"".join(
+                [
+                    format_record(0, 1, 1, 1, 0, "x", [-1], schema=a),
+                    format_record(1, 1, 1, 1, 0, "x", [0xFFFFFFFFFFFFFFFF], schema=b),
+                    format_record(2, 1, 1, 1, 0, "x", [5], schema=c),
+                    format_record(3, 1, 1, 1, 0, "x", [255], schema=d),
+                ]
+            )
+        ),
+    )
     df = p.frame()
-    assert df["retval"].dtype == object        # int and hex: exact Python ints
+    assert df["retval"].dtype == object  # int and hex: exact Python ints
     assert df["retval"].tolist() == [-1, 0xFFFFFFFFFFFFFFFF, None, None]
-    assert str(df["v"].dtype) == "UInt64"      # uint and hex share uint64
+    assert str(df["v"].dtype) == "UInt64"  # uint and hex share uint64
     assert df["v"].tolist()[2:] == [5, 255]
     empty = RecordParser(SCHEMAS).frame()
     assert len(empty) == 0
@@ -396,8 +515,11 @@ def test_conflicting_kinds_and_empty_frame() -> None:
 
 
 def test_frame_is_protected_and_cached() -> None:
-    raw = pty(b"".join(format_record(0, T0 + i, i, i, 0, "a", [i, i, i], schema=CONNECT)
-                       for i in range(5)))
+    raw = pty(
+        b"".join(
+            format_record(0, T0 + i, i, i, 0, "a", [i, i, i], schema=CONNECT) for i in range(5)
+        )
+    )
     p = RecordParser([CONNECT])
     p.feed(raw)
     p.flush()
@@ -415,7 +537,7 @@ def test_frame_is_protected_and_cached() -> None:
 def test_batches() -> None:
     p = RecordParser([CONNECT], batch_bytes=1 << 20)
     p.feed(pty(format_record(0, 1, 1, 1, 0, "a", [1, 2, 3], schema=CONNECT)))
-    assert p.row_count == 0 and p.buffered > 0         # buffered, not parsed yet
+    assert p.row_count == 0 and p.buffered > 0  # buffered, not parsed yet
     b = p.flush()
     assert b.rows == 1 and b.frame is not None and list(b.frame.index) == [0]
     p.feed(pty(b"hello\n" + format_record(0, 2, 1, 1, 0, "b", [1, 2, 3], schema=CONNECT)))
@@ -436,9 +558,9 @@ def test_feed_parses_but_flush_reports() -> None:
     p = RecordParser([CONNECT], batch_bytes=100)
     lines = [format_record(0, i, i, i, 0, "a", [i, i, i], schema=CONNECT) for i in range(50)]
     for ln in lines:
-        assert p.feed(pty(ln)) is None                  # nothing to report: see flush()
+        assert p.feed(pty(ln)) is None  # nothing to report: see flush()
     p.feed(b"msg\r\n@@smh\th\tlog\r\nvalue |---- count\r\n    1 |@ 1\r\n@@smh-end\r\n")
-    assert p.row_count >= 40 and p.buffered < 400       # parsed already, little buffered
+    assert p.row_count >= 40 and p.buffered < 400  # parsed already, little buffered
     b = p.flush()
     assert b.rows == 50 and b.messages == ("msg",) and len(b.histograms) == 1
     assert list(b.frame["pid"]) == list(range(50))
@@ -446,6 +568,7 @@ def test_feed_parses_but_flush_reports() -> None:
 
 
 # ---- print_regs() dumps ---------------------------------------------------------------
+
 
 def regs_in_text(text: str) -> dict[str, int]:
     """The register values printed in a dump, read independently of records.py."""
@@ -463,11 +586,11 @@ def test_print_regs_real_dumps(name: str, reference: Callable[[str], Path]) -> N
     want = regs_in_text(dump_text)
     assert set(want) == set(PRINT_REGS_COLUMNS)
     record = format_record(0, T0, 1234, 1234, 1, "python3", [])
-    raw = pty(record + text)        # r_c: the workload's line comes before the dump
+    raw = pty(record + text)  # r_c: the workload's line comes before the dump
     for batch_bytes in (1, 100, 1 << 20):
         p = RecordParser([REGS], batch_bytes=batch_bytes)
         for i in range(0, len(raw), 37):
-            p.feed(raw[i:i + 37])
+            p.feed(raw[i : i + 37])
             p.flush()
         p.close()
         df = p.frame()
@@ -482,8 +605,12 @@ def test_print_regs_real_dumps(name: str, reference: Callable[[str], Path]) -> N
 @pytest.fixture
 def dump_lines(reference: Callable[[str], Path]) -> Callable[[], list[bytes]]:
     def lines() -> list[bytes]:
-        return [ln for ln in reference(f"{R48}/4c_print_regs.stdout").read_bytes().splitlines()
-                if not ln.startswith(b"did ")]
+        return [
+            ln
+            for ln in reference(f"{R48}/4c_print_regs.stdout").read_bytes().splitlines()
+            if not ln.startswith(b"did ")
+        ]
+
     return lines
 
 
@@ -493,27 +620,40 @@ def test_print_regs_interrupted_or_damaged(dump_lines: Callable[[], list[bytes]]
     other = ProbeSchema("other", (Column("x", "int"),), False)
     orec = format_record(1, T0, 1, 1, 0, "p", [7], schema=other)
     broken = dump[:]
-    broken[1] = b"RSP: ff8fe5did 3 connects"     # another write landed inside the line
-    raw = pty(b"".join([
-        rec[0], b"\n".join(dump[:5]) + b"\n", orec,            # interrupted by a record
-        rec[1], b"\n".join(broken) + b"\n",                    # damaged dump line
-        rec[2], b"x\n" * 3, b"\n".join(dump) + b"\n",          # foreign lines inside: fine
-        rec[3], b"\n".join(dump[:3]) + b"\n",                  # cut off by the end
-    ]))
+    broken[1] = b"RSP: ff8fe5did 3 connects"  # another write landed inside the line
+    raw = pty(
+        b"".join(
+            [
+                rec[0],
+                b"\n".join(dump[:5]) + b"\n",
+                orec,  # interrupted by a record
+                rec[1],
+                b"\n".join(broken) + b"\n",  # damaged dump line
+                rec[2],
+                b"x\n" * 3,
+                b"\n".join(dump) + b"\n",  # foreign lines inside: fine
+                rec[3],
+                b"\n".join(dump[:3]) + b"\n",  # cut off by the end
+            ]
+        )
+    )
     p = parse_all([REGS, other], raw, batch_bytes=50)
     df = p.frame()
     assert df["probe"].tolist() == ["tcp_v4_connect", "other"] + ["tcp_v4_connect"] * 3
     assert df["rip"].isna().tolist() == [True, True, True, False, True]
     assert int(df["rip"].iloc[3]) == 0xFFFFFFFF9E2A03B0
     assert df["x"].tolist()[1] == 7
-    want_msgs = ([d.decode() for d in dump[:5]] + [b.decode() for b in broken] + ["x"] * 3
-                 + [d.decode() for d in dump[:3]])
+    want_msgs = (
+        [d.decode() for d in dump[:5]]
+        + [b.decode() for b in broken]
+        + ["x"] * 3
+        + [d.decode() for d in dump[:3]]
+    )
     assert p.messages == want_msgs
     assert p.damaged_count == 0
 
 
-def test_print_regs_wrong_order_and_too_much_between(
-        dump_lines: Callable[[], list[bytes]]) -> None:
+def test_print_regs_wrong_order_and_too_much_between(dump_lines: Callable[[], list[bytes]]) -> None:
     dump = dump_lines()
     rec = format_record(0, T0, 1, 1, 0, "p", [])
     swapped = [dump[0], dump[2], dump[1]] + dump[3:]
@@ -526,19 +666,28 @@ def test_print_regs_wrong_order_and_too_much_between(
 
 # ---- messages from real stap runs -----------------------------------------------------
 
-@pytest.mark.parametrize("name", ["4f_wildcard_run.stderr", "4b_return.stderr",
-                                  "4c_print_regs.stderr", "9_stock_runtime.stderr",
-                                  "4e_statement_nog.stderr"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "4f_wildcard_run.stderr",
+        "4b_return.stderr",
+        "4c_print_regs.stderr",
+        "9_stock_runtime.stderr",
+        "4e_statement_nog.stderr",
+    ],
+)
 def test_reference_messages_kept_in_order(name: str, reference: Callable[[str], Path]) -> None:
     text = reference(f"{R48}/{name}").read_bytes()
     lines = text.decode("utf-8", "backslashreplace").splitlines()
-    recs = [format_record(0, T0 + i, i, i, 0, "c", [i, i, i], schema=CONNECT)
-            for i in range(len(lines))]
+    recs = [
+        format_record(0, T0 + i, i, i, 0, "c", [i, i, i], schema=CONNECT) for i in range(len(lines))
+    ]
     # records and stap's lines interleaved, cut in odd places
     raw = pty(b"".join(r + ln + b"\n" for r, ln in zip(recs, text.splitlines(), strict=True)))
     p = RecordParser([CONNECT], batch_bytes=97)
     for i in range(0, len(raw), 61):
-        p.feed(raw[i:i + 61])
+        p.feed(raw[i : i + 61])
     p.close()
     assert p.messages == lines
     assert p.frame()["pid"].tolist() == list(range(len(lines)))
@@ -555,17 +704,24 @@ def test_seed_stdout_is_messages(reference: Callable[[str], Path]) -> None:
 
 # ---- histograms and summaries in the stream -------------------------------------------
 
+
 def test_hist_and_summary_tags(reference: Callable[[str], Path]) -> None:
-    hist = reference(f"{R51}/r_h.stdout").read_bytes().split(b"\n", 2)[2]        # from the header on
-    raw = pty(b"".join([
-        format_record(0, T0, 1, 1, 0, "a", [1, 2, 3], schema=CONNECT),
-        b"@@smh\treads\tlog\n", hist, b"@@smh-end\n",
-        b"@@sms\treads\t577\t1\t262144\t5078\t2930006\t@@\n",
-        b"@@smc\tunpaired\t0\t3\t@@\n",
-    ]))
+    hist = reference(f"{R51}/r_h.stdout").read_bytes().split(b"\n", 2)[2]  # from the header on
+    raw = pty(
+        b"".join(
+            [
+                format_record(0, T0, 1, 1, 0, "a", [1, 2, 3], schema=CONNECT),
+                b"@@smh\treads\tlog\n",
+                hist,
+                b"@@smh-end\n",
+                b"@@sms\treads\t577\t1\t262144\t5078\t2930006\t@@\n",
+                b"@@smc\tunpaired\t0\t3\t@@\n",
+            ]
+        )
+    )
     p = RecordParser([CONNECT], batch_bytes=64)
     for i in range(0, len(raw), 50):
-        p.feed(raw[i:i + 50])
+        p.feed(raw[i : i + 50])
     got = [p.close()]
     assert len(p.histograms) == 1 and sum(len(b.histograms) for b in got) == 1
     h = p.histograms[0]

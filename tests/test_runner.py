@@ -63,7 +63,7 @@ def child_zombies() -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        rest = stat[stat.rindex(")") + 2:].split()
+        rest = stat[stat.rindex(")") + 2 :].split()
         state, ppid = rest[0], int(rest[1])
         if ppid == me and state == "Z":
             zombies.append(int(entry))
@@ -156,8 +156,14 @@ def fake_lab(monkeypatch):
     import stapmagic
 
     stub = types.ModuleType("stapmagic.lab")
-    stub.stap_argv = lambda: ["chroot", "/ROOT", "stap", "--remote=ssh://stapmagic-lab",
-                              "-D", "STAPCONF_UPROBE_UNREGISTER_EXPORTED"]
+    stub.stap_argv = lambda require_running=True: [
+        "chroot",
+        "/ROOT",
+        "stap",
+        "--remote=ssh://stapmagic-lab",
+        "-D",
+        "STAPCONF_UPROBE_UNREGISTER_EXPORTED",
+    ]
     stub.exec_argv = lambda argv: ["lab-exec", "--", *argv]
     monkeypatch.setitem(sys.modules, "stapmagic.lab", stub)
     monkeypatch.setattr(stapmagic, "lab", stub, raising=False)
@@ -170,14 +176,32 @@ def test_stap_argv_local_minimal(fake_path):
 
 def test_stap_argv_local_everything(fake_path):
     argv = stap_argv(
-        Target("local"), SCRIPT, guru=True, defines=["MAXACTION=10000", "STP_NO_OVERLOAD"],
-        command="python3 /share/bin/tcpconn.py", pid=1234, verbose=1, extra=["-s", "64"],
+        Target("local"),
+        SCRIPT,
+        guru=True,
+        defines=["MAXACTION=10000", "STP_NO_OVERLOAD"],
+        command="python3 /share/bin/tcpconn.py",
+        pid=1234,
+        verbose=1,
+        extra=["-s", "64"],
     )
     assert argv == [
-        fake_path, "--color=never", "-g", "-v",
-        "-D", "MAXACTION=10000", "-D", "STP_NO_OVERLOAD",
-        "-x", "1234", "-c", "python3 /share/bin/tcpconn.py",
-        "-s", "64", "-e", SCRIPT,
+        fake_path,
+        "--color=never",
+        "-g",
+        "-v",
+        "-D",
+        "MAXACTION=10000",
+        "-D",
+        "STP_NO_OVERLOAD",
+        "-x",
+        "1234",
+        "-c",
+        "python3 /share/bin/tcpconn.py",
+        "-s",
+        "64",
+        "-e",
+        SCRIPT,
     ]
 
 
@@ -191,22 +215,51 @@ def test_stap_argv_verbose_levels(fake_path):
 def test_stap_argv_lab(fake_lab):
     argv = stap_argv(Target("lab"), SCRIPT, defines=["MAXACTION=5"], command="sh /w.sh")
     assert argv == [
-        "chroot", "/ROOT", "stap", "--remote=ssh://stapmagic-lab",
-        "-D", "STAPCONF_UPROBE_UNREGISTER_EXPORTED",
-        "--color=never", "-D", "MAXACTION=5", "-c", "sh /w.sh", "-e", SCRIPT,
+        "chroot",
+        "/ROOT",
+        "stap",
+        "--remote=ssh://stapmagic-lab",
+        "-D",
+        "STAPCONF_UPROBE_UNREGISTER_EXPORTED",
+        "--color=never",
+        "-D",
+        "MAXACTION=5",
+        "-c",
+        "sh /w.sh",
+        "-e",
+        SCRIPT,
     ]
 
 
 def test_stap_argv_ssh(fake_path):
     t = parse_target("ssh://root@vm:2222")
-    assert stap_argv(t, SCRIPT) == [fake_path, "--remote=ssh://root@vm:2222", "--color=never",
-                                    "-e", SCRIPT]
+    assert stap_argv(t, SCRIPT) == [
+        fake_path,
+        "--remote=ssh://root@vm:2222",
+        "--color=never",
+        "-e",
+        SCRIPT,
+    ]
 
 
 @pytest.mark.parametrize(
     "define",
-    ["maxaction=1", "1ABC=2", "FOO=1; rm -rf /", "FOO=$(id)", "FOO=`id`", "FOO=a b",
-     "--foo", "-DFOO", "FOO=\"x\"", "FOO='x'", "FOO=1\nBAR=2", "", "=1", "FOO BAR"],
+    [
+        "maxaction=1",
+        "1ABC=2",
+        "FOO=1; rm -rf /",
+        "FOO=$(id)",
+        "FOO=`id`",
+        "FOO=a b",
+        "--foo",
+        "-DFOO",
+        'FOO="x"',
+        "FOO='x'",
+        "FOO=1\nBAR=2",
+        "",
+        "=1",
+        "FOO BAR",
+    ],
 )
 def test_stap_argv_rejects_bad_defines(fake_path, define):
     with pytest.raises(OptionError) as info:
@@ -231,9 +284,15 @@ def test_stap_argv_injection_stays_one_item(fake_path):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"pid": 0}, {"pid": -5}, {"pid": True}, {"pid": "12"},
-        {"command": ""}, {"command": "   "}, {"command": "a\x00b"},
-        {"extra": "-s 64"}, {"extra": ["-s", "6\x004"]},
+        {"pid": 0},
+        {"pid": -5},
+        {"pid": True},
+        {"pid": "12"},
+        {"command": ""},
+        {"command": "   "},
+        {"command": "a\x00b"},
+        {"extra": "-s 64"},
+        {"extra": ["-s", "6\x004"]},
     ],
 )
 def test_stap_argv_rejects_bad_options(fake_path, kwargs):
@@ -261,7 +320,11 @@ def test_missing_stap_says_how_to_install(monkeypatch, tmp_path):
 def test_dry_run_needs_no_stap(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert stap_argv(Target("local"), SCRIPT, require_stap=False) == [
-        "stap", "--color=never", "-e", SCRIPT]
+        "stap",
+        "--color=never",
+        "-e",
+        SCRIPT,
+    ]
 
 
 def test_run_of_missing_program_raises_stap_not_found(tmp_path):
@@ -586,7 +649,7 @@ def test_no_leaked_fds_or_zombies(tmp_path):
 
 def test_stap_process_api():
     before = open_fds()
-    proc = StapProcess.spawn(fake("sigint"))
+    proc = StapProcess(fake("sigint"))
     try:
         data = b""
         deadline = time.monotonic() + 10

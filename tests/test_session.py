@@ -15,8 +15,9 @@ class _Args:
 
 
 def cell(kind, first_line="", body="", **given):
-    values = options.line_values(_Args(), kind, {"target": "local", "grace": 1.0,
-                                                 "string_max": 64, "replay_speed": 0.0})
+    values = options.line_values(
+        _Args(), kind, {"target": "local", "grace": 1.0, "string_max": 64, "replay_speed": 0.0}
+    )
     values.update(given)
     return session.Cell.of(kind, first_line, body, values)
 
@@ -32,9 +33,12 @@ def test_session_module_does_not_import_ipython():
     import inspect
 
     tree = ast.parse(inspect.getsource(session))
-    names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-             for a in n.names} | {n.module or "" for n in ast.walk(tree)
-                                  if isinstance(n, ast.ImportFrom)}
+    names = {
+        a.name
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    } | {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not any("IPython" in n or "traitlets" in n for n in names)
 
 

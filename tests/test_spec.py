@@ -40,18 +40,35 @@ def caret_line(err: SpecError) -> str:
 
 # -- the issue's examples ------------------------------------------------------------------
 
+
 def test_entry_with_arguments():
-    assert parse_spec("", first_line="tcp_v4_connect sk:ptr uaddr:ptr len:uint") == Spec((
-        Probe(function="tcp_v4_connect", module=None, address=None, kind="entry", rettype=None,
-              args=(Arg("sk", "ptr", 1), Arg("uaddr", "ptr", 2), Arg("len", "uint", 3)),
-              text="tcp_v4_connect sk:ptr uaddr:ptr len:uint", label="tcp_v4_connect"),
-    ))
+    assert parse_spec("", first_line="tcp_v4_connect sk:ptr uaddr:ptr len:uint") == Spec(
+        (
+            Probe(
+                function="tcp_v4_connect",
+                module=None,
+                address=None,
+                kind="entry",
+                rettype=None,
+                args=(Arg("sk", "ptr", 1), Arg("uaddr", "ptr", 2), Arg("len", "uint", 3)),
+                text="tcp_v4_connect sk:ptr uaddr:ptr len:uint",
+                label="tcp_v4_connect",
+            ),
+        )
+    )
 
 
 def test_return_with_type():
     assert one("tcp_v4_connect.return:int") == Probe(
-        function="tcp_v4_connect", module=None, address=None, kind="return", rettype="int",
-        args=(), text="tcp_v4_connect.return:int", label="tcp_v4_connect.return")
+        function="tcp_v4_connect",
+        module=None,
+        address=None,
+        kind="return",
+        rettype="int",
+        args=(),
+        text="tcp_v4_connect.return:int",
+        label="tcp_v4_connect.return",
+    )
 
 
 def test_return_default_type_is_long():
@@ -60,27 +77,52 @@ def test_return_default_type_is_long():
 
 def test_no_arguments():
     assert one("tcp_v4_connect") == Probe(
-        function="tcp_v4_connect", module=None, address=None, kind="entry", rettype=None,
-        args=(), text="tcp_v4_connect", label="tcp_v4_connect")
+        function="tcp_v4_connect",
+        module=None,
+        address=None,
+        kind="entry",
+        rettype=None,
+        args=(),
+        text="tcp_v4_connect",
+        label="tcp_v4_connect",
+    )
 
 
 def test_module_function():
     assert one("ext4:ext4_file_open inode:ptr filp:ptr") == Probe(
-        function="ext4_file_open", module="ext4", address=None, kind="entry", rettype=None,
+        function="ext4_file_open",
+        module="ext4",
+        address=None,
+        kind="entry",
+        rettype=None,
         args=(Arg("inode", "ptr", 1), Arg("filp", "ptr", 2)),
-        text="ext4:ext4_file_open inode:ptr filp:ptr", label="ext4:ext4_file_open")
+        text="ext4:ext4_file_open inode:ptr filp:ptr",
+        label="ext4:ext4_file_open",
+    )
 
 
 def test_module_return_label():
     p = one("ext4:ext4_file_open.return:int")
     assert (p.module, p.function, p.kind, p.rettype, p.label) == (
-        "ext4", "ext4_file_open", "return", "int", "ext4:ext4_file_open.return")
+        "ext4",
+        "ext4_file_open",
+        "return",
+        "int",
+        "ext4:ext4_file_open.return",
+    )
 
 
 def test_address_with_guru():
     assert one("0xffffffff8125e2a0", guru=True) == Probe(
-        function=None, module=None, address=0xffffffff8125e2a0, kind="entry", rettype=None,
-        args=(), text="0xffffffff8125e2a0", label="0xffffffff8125e2a0")
+        function=None,
+        module=None,
+        address=0xFFFFFFFF8125E2A0,
+        kind="entry",
+        rettype=None,
+        args=(),
+        text="0xffffffff8125e2a0",
+        label="0xffffffff8125e2a0",
+    )
 
 
 def test_address_label_is_normalised_lowercase():
@@ -97,9 +139,15 @@ def test_address_without_guru_is_refused():
 
 def test_pair_with_rettype_and_args():
     assert one("tcp_v4_connect.call+return:int sk:ptr") == Probe(
-        function="tcp_v4_connect", module=None, address=None, kind="pair", rettype="int",
-        args=(Arg("sk", "ptr", 1),), text="tcp_v4_connect.call+return:int sk:ptr",
-        label="tcp_v4_connect.call+return")
+        function="tcp_v4_connect",
+        module=None,
+        address=None,
+        kind="pair",
+        rettype="int",
+        args=(Arg("sk", "ptr", 1),),
+        text="tcp_v4_connect.call+return:int sk:ptr",
+        label="tcp_v4_connect.call+return",
+    )
 
 
 def test_pair_default_rettype():
@@ -108,8 +156,12 @@ def test_pair_default_rettype():
 
 def test_skipping_positions():
     p = one("vfs_read _ buf:ptr _:ulong count:ulong")
-    assert p.args == (Arg(None, "long", 1), Arg("buf", "ptr", 2), Arg(None, "ulong", 3),
-                      Arg("count", "ulong", 4))
+    assert p.args == (
+        Arg(None, "long", 1),
+        Arg("buf", "ptr", 2),
+        Arg(None, "ulong", 3),
+        Arg("count", "ulong", 4),
+    )
 
 
 def test_symbol_names_with_dots():
@@ -126,17 +178,22 @@ def test_return_suffix_is_always_the_kind():
 
 
 def test_multi_line_body():
-    body = "\n".join([
-        "",
-        "# connects",
-        "   tcp_v4_connect.return:int   ",
-        "\t",
-        "ext4:ext4_file_open inode:ptr\r",
-        "   # indented comment",
-    ])
+    body = "\n".join(
+        [
+            "",
+            "# connects",
+            "   tcp_v4_connect.return:int   ",
+            "\t",
+            "ext4:ext4_file_open inode:ptr\r",
+            "   # indented comment",
+        ]
+    )
     spec = parse_spec(body, first_line="tcp_v4_connect sk:ptr")
     assert [p.label for p in spec.probes] == [
-        "tcp_v4_connect", "tcp_v4_connect.return", "ext4:ext4_file_open"]
+        "tcp_v4_connect",
+        "tcp_v4_connect.return",
+        "ext4:ext4_file_open",
+    ]
     assert spec.probes[1].text == "tcp_v4_connect.return:int"
     assert spec.probes[2].args == (Arg("inode", "ptr", 1),)
 
@@ -165,10 +222,18 @@ def test_same_argument_name_in_two_probes_is_fine():
 
 def test_tokenizer_keeps_positions():
     assert tokenize("ext4:f.isra.0 a:int") == [
-        Token("ident", "ext4", 0), Token("colon", ":", 4), Token("ident", "f", 5),
-        Token("dot", ".", 6), Token("ident", "isra", 7), Token("dot", ".", 11),
-        Token("number", "0", 12), Token("space", " ", 13), Token("ident", "a", 14),
-        Token("colon", ":", 15), Token("ident", "int", 16)]
+        Token("ident", "ext4", 0),
+        Token("colon", ":", 4),
+        Token("ident", "f", 5),
+        Token("dot", ".", 6),
+        Token("ident", "isra", 7),
+        Token("dot", ".", 11),
+        Token("number", "0", 12),
+        Token("space", " ", 13),
+        Token("ident", "a", 14),
+        Token("colon", ":", 15),
+        Token("ident", "int", 16),
+    ]
     assert tokenize("f\u2024") == [Token("ident", "f", 0), Token("bad", "\u2024", 1)]
 
 
@@ -196,8 +261,6 @@ REJECTIONS = [
     ("f 1x", 2, 2, "bad argument name"),
     ("f x.y:int", 2, 3, "bad argument name"),
     ("9func", 0, 5, "cannot start with a digit"),
-    ("f x", 2, 1, "'x' has no type"),
-    ("f tcp_v6_connect", 2, 14, "give it its own line"),
     ("f x:int:y", 7, 1, "unexpected ':'"),
     (".return", 0, 1, "expected a function name"),
     ("ext4:", 4, 1, "expected a function name after 'MODULE:'"),
@@ -229,8 +292,12 @@ REJECTIONS = [
     ("ext4:0x1000", 5, 6, "a module takes a function name, not an address"),
     ("f x:int ->int", 8, 2, "'->' is not the syntax"),
     # too many positions
-    (LONG := "f " + " ".join(f"a{i}:int" for i in range(1, 18)), LONG.index("a17"), 7,
-     "at most 16 positions"),
+    (
+        LONG := "f " + " ".join(f"a{i}:int" for i in range(1, 18)),
+        LONG.index("a17"),
+        7,
+        "at most 16 positions",
+    ),
 ]
 
 
@@ -268,14 +335,14 @@ INJECTIONS = [
     ("f\x00", 1, "control character U+0000"),
     ("f\x1b[2J", 1, "control character U+001B"),
     ("probe begin{}", 11, "braces"),
-    ("tcp\u0131v4", 3, "non-ASCII character"),      # dotless i
-    ("tcp_v4_conn\u0435ct", 11, "U+0435"),          # Cyrillic e
-    ("f\u2024g", 1, "U+2024"),                      # one dot leader
-    ("\uff46", 0, "lookalike"),                     # fullwidth f
-    ("f x\uff1aint", 3, "non-ASCII"),               # fullwidth colon
-    ("f\u00a0x:int", 1, "U+00A0"),                  # no-break space
-    ("f\u202ex:int", 1, "U+202E"),                  # right-to-left override
-    ("f\u200b", 1, "U+200B"),                       # zero-width space
+    ("tcp\u0131v4", 3, "non-ASCII character"),  # dotless i
+    ("tcp_v4_conn\u0435ct", 11, "U+0435"),  # Cyrillic e
+    ("f\u2024g", 1, "U+2024"),  # one dot leader
+    ("\uff46", 0, "lookalike"),  # fullwidth f
+    ("f x\uff1aint", 3, "non-ASCII"),  # fullwidth colon
+    ("f\u00a0x:int", 1, "U+00A0"),  # no-break space
+    ("f\u202ex:int", 1, "U+202E"),  # right-to-left override
+    ("f\u200b", 1, "U+200B"),  # zero-width space
     ("f x:int=1", 7, "unexpected '='"),
     ("f, g", 1, "unexpected ','"),
     ("f/g", 1, "unexpected '/'"),
@@ -328,9 +395,33 @@ def test_empty_spec():
 
 
 def test_reserved_names_cover_the_fixed_and_register_columns():
-    for name in ("time", "probe", "pid", "tid", "comm", "cpu", "retval", "errno", "latency_ns",
-                 "rip", "rsp", "eflags", "rax", "r8", "r15", "fs", "gs", "knlgs", "cs", "ds",
-                 "es", "cr0", "cr2", "cr3", "cr4"):
+    for name in (
+        "time",
+        "probe",
+        "pid",
+        "tid",
+        "comm",
+        "cpu",
+        "retval",
+        "errno",
+        "latency_ns",
+        "rip",
+        "rsp",
+        "eflags",
+        "rax",
+        "r8",
+        "r15",
+        "fs",
+        "gs",
+        "knlgs",
+        "cs",
+        "ds",
+        "es",
+        "cr0",
+        "cr2",
+        "cr3",
+        "cr4",
+    ):
         assert name in RESERVED_NAMES
         assert error(f"f {name}:int").pos == 2
 
@@ -339,3 +430,23 @@ def test_messages_say_what_to_do():
     assert "add --guru" in error("0xffffffff8125e2a0").message
     assert "e.g. tcp_v4_connect" in error('"tcp_v4_connect"').message
     assert "name exactly one function" in error("tcp_*").message
+
+
+def test_kernel_names_and_member_paths_wait_for_btf():
+    # issue 14: a bare NAME, NAME=PATH and PATH are resolved from the target's BTF later
+    # (pipeline.resolve_btf); the parser only checks their grammar and the column names
+    p = parse_line("f x sk->a.b d=sk->c len:int")
+    assert p is not None
+    assert [(r.column, r.path, r.pos) for r in p.btf_refs] == [
+        ("x", "x", 2),
+        ("b", "sk->a.b", 4),
+        ("d", "sk->c", 14),
+    ]
+    assert [a.name for a in p.args] == ["len"] and p.args[0].index == 1
+    with pytest.raises(SpecError, match="expected a member name") as exc:
+        parse_line("f sk->a.")
+    assert exc.value.pos == 8
+    with pytest.raises(SpecError, match="duplicate column name 'b'"):
+        parse_line("f sk->b b")
+    with pytest.raises(SpecError, match="column stapmagic fills itself"):
+        parse_line("f sk->pid")

@@ -8,6 +8,7 @@ import random
 import re
 import string
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -39,8 +40,9 @@ TAIL = LETTERS + string.digits
 
 
 def rand_ident(rng: random.Random, extra: str = "") -> str:
-    return rng.choice(LETTERS) + "".join(rng.choice(TAIL + extra)
-                                         for _ in range(rng.randrange(0, 12)))
+    return rng.choice(LETTERS) + "".join(
+        rng.choice(TAIL + extra) for _ in range(rng.randrange(0, 12))
+    )
 
 
 def rand_symbol(rng: random.Random) -> str:
@@ -108,10 +110,18 @@ def build_valid(rng: random.Random) -> tuple[str, Probe]:
                 args.append(Arg(None, "long", i))
                 words.append("_")
     line = rng.choice(["", " ", "\t"]) + "".join(
-        w + rng.choice([" ", "  ", "\t", " \t "]) for w in words)
-    probe = Probe(function=function, module=module, address=address,
-                  kind=kind,  # type: ignore[arg-type]
-                  rettype=rettype, args=tuple(args), text=line.strip(" \t"), label=label)
+        w + rng.choice([" ", "  ", "\t", " \t "]) for w in words
+    )
+    probe = Probe(
+        function=function,
+        module=module,
+        address=address,
+        kind=kind,  # type: ignore[arg-type]
+        rettype=rettype,
+        args=tuple(args),
+        text=line.strip(" \t"),
+        label=label,
+    )
     return line, probe
 
 
@@ -121,19 +131,31 @@ def build_options(rng: random.Random) -> ScriptOptions:
     return ScriptOptions(
         count=rng.choice([None, rng.randrange(1, 10**9)]),
         duration=rng.choice([None, rng.uniform(0.001, 86400.0)]),
-        regs=regs, print_regs=print_regs, filter_pid=rng.random() < 0.5,
-        string_max=rng.randrange(1, 512))
+        regs=regs,
+        print_regs=print_regs,
+        filter_pid=rng.random() < 0.5,
+        string_max=rng.randrange(1, 512),
+    )
 
 
 def anonymous(spec: Spec) -> Spec:
     """The same spec with every user-chosen name replaced by a fixed one."""
-    return Spec(tuple(dataclasses.replace(
-        p,
-        function=None if p.function is None else "F",
-        module=None if p.module is None else "M",
-        args=tuple(dataclasses.replace(a, name=None if a.name is None else f"n{a.index}")
-                   for a in p.args),
-        text="", label="") for p in spec.probes))
+    return Spec(
+        tuple(
+            dataclasses.replace(
+                p,
+                function=None if p.function is None else "F",
+                module=None if p.module is None else "M",
+                args=tuple(
+                    dataclasses.replace(a, name=None if a.name is None else f"n{a.index}")
+                    for a in p.args
+                ),
+                text="",
+                label="",
+            )
+            for p in spec.probes
+        )
+    )
 
 
 def check_script(spec: Spec, opts: ScriptOptions) -> None:
@@ -141,8 +163,12 @@ def check_script(spec: Spec, opts: ScriptOptions) -> None:
     text = generate(spec, opts).text
     assert set(text) <= SCRIPT_CHARS
     slots = FUNCTION_SLOT.findall(text)
-    expected = [p.function for p in spec.probes if p.address is None
-                for _ in range(2 if p.kind == "pair" else 1)]
+    expected = [
+        p.function
+        for p in spec.probes
+        if p.address is None
+        for _ in range(2 if p.kind == "pair" else 1)
+    ]
     assert slots == expected
     for name in slots:
         assert SYMBOL_RE.fullmatch(name)
@@ -187,8 +213,25 @@ def test_multi_probe_cells(rng):
 # -- malformed specs: mutations of valid ones, and garbage ----------------------------------
 
 NASTY = list(" \t:.+_-*?[]{}()\"';`$%#\\=,/@!<>|&^~\r\n\x00\x1b\x7f") + [
-    "\u0131", "\u0435", "\u2024", "\uff46", "\uff1a", "\u00a0", "\u200b", "\u2028", "\ufeff",
-    "0x", ".return", ".call+return", ":int", ":str", "%{", "%}", "$(", "probe begin{}", "-e",
+    "\u0131",
+    "\u0435",
+    "\u2024",
+    "\uff46",
+    "\uff1a",
+    "\u00a0",
+    "\u200b",
+    "\u2028",
+    "\ufeff",
+    "0x",
+    ".return",
+    ".call+return",
+    ":int",
+    ":str",
+    "%{",
+    "%}",
+    "$(",
+    "probe begin{}",
+    "-e",
 ]
 
 
@@ -198,10 +241,10 @@ def mutate(rng: random.Random) -> str:
         pos = rng.randrange(0, len(line) + 1)
         op = rng.choice(["insert", "delete", "replace"])
         if op == "delete":
-            line = line[:pos] + line[pos + rng.randrange(1, 4):]
+            line = line[:pos] + line[pos + rng.randrange(1, 4) :]
             continue
         chunk = rng.choice(NASTY) if rng.random() < 0.7 else rand_ident(rng)
-        line = line[:pos] + chunk + line[pos + (op == "replace"):]
+        line = line[:pos] + chunk + line[pos + (op == "replace") :]
     return line
 
 
@@ -215,6 +258,16 @@ def parse_or_error(first_line: str, body: str, guru: bool, opts: ScriptOptions) 
             shown = lines[err.line - 1].split("\n")[0]
             # (a CRLF line's final \r is dropped before parsing)
             assert len(err.source) in (len(shown), len(shown.removesuffix("\r")))
+        return
+    refs = [r for p in spec.probes for r in p.btf_refs]
+    if refs:
+        # kernel names (issue 14) wait for the target's BTF (pipeline.resolve_btf): they are
+        # identifier paths, and no script is generated while one is unresolved
+        assert all(
+            re.fullmatch(r"[A-Za-z_]\w*(?:(?:->|\.)[A-Za-z_]\w*)*", r.path, re.ASCII) for r in refs
+        )
+        with pytest.raises(SpecError, match="not resolved from BTF"):
+            generate(spec, opts)
         return
     check_script(spec, opts)
 
@@ -232,8 +285,7 @@ def test_mutated_specs_parse_or_point_inside_the_line(rng):
 
 
 @settings(max_examples=1800, **SETTINGS)
-@given(st.text(max_size=40) | st.text(alphabet="".join(NASTY[:40]) + "abc0x", max_size=30),
-       RNG)
+@given(st.text(max_size=40) | st.text(alphabet="".join(NASTY[:40]) + "abc0x", max_size=30), RNG)
 def test_garbage_parses_or_points_inside_the_line(text, rng):
     guru, opts = rng.random() < 0.5, build_options(rng)
     parse_or_error(text, "", guru, opts)

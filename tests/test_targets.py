@@ -135,7 +135,14 @@ def test_lab_target_delegates_to_the_lab_module(monkeypatch):
     import stapmagic
 
     stub = types.ModuleType("stapmagic.lab")
-    stub.stap_argv = lambda: ["chroot", "/ROOT", "/usr/bin/stap", "--remote=ssh://x", "-D", "Y"]
+    stub.stap_argv = lambda require_running=True: [
+        "chroot",
+        "/ROOT",
+        "/usr/bin/stap",
+        "--remote=ssh://x",
+        "-D",
+        "Y",
+    ]
     stub.exec_argv = lambda argv: ["lab-exec", *argv]
     stub.is_up = lambda: False
     stub.last_state = lambda: {"serial_log": "/x/serial.log"}
@@ -148,7 +155,6 @@ def test_lab_target_delegates_to_the_lab_module(monkeypatch):
     assert lab.can_run_stap() == (False, "the lab VM is not running (python -m stapmagic.lab up)")
     notes = lab.post_mortem()
     assert len(notes) == 1 and "guest kernel crashed (Kernel panic" in notes[0]
-    assert pipeline.lab_post_mortem() == notes
     assert lab.where == "the lab VM"
 
 
@@ -432,3 +438,33 @@ def test_end_workload_without_a_wrapped_command_asks_nothing(remote, monkeypatch
 
     monkeypatch.setattr(LoopbackSsh, "run", forbidden)
     remote.target.end_workload(runner.stap_argv(remote.target, SCRIPT))
+
+
+def test_the_script_decides_whether_stap_gets_g(monkeypatch):
+    """Script.guru (a statement probe at an absolute address) puts -g on stap's command line,
+    whatever the options say; a script without one gets no -g unless --guru asks for it."""
+    import dataclasses
+
+    real = pipeline.generate
+    monkeypatch.setattr(
+        pipeline, "generate", lambda spec, o: dataclasses.replace(real(spec, o), guru=True)
+    )
+    opts = pipeline.ProbeOptions(dry_run=True)
+    assert "-g" in pipeline.prepare("tcp_v4_connect", "", opts).argv
+    monkeypatch.setattr(pipeline, "generate", real)
+    assert "-g" not in pipeline.prepare("tcp_v4_connect", "", opts).argv
+    assert "-g" in pipeline.prepare("tcp_v4_connect", "", dataclasses.replace(opts, guru=True)).argv
+
+
+def test_dry_run_on_the_lab_needs_no_running_lab(ip, monkeypatch, tmp_path, capsys):
+    """--dry-run shows the command line where stap cannot run, the lab included: a lab that
+    was never booted (an empty cache) must not turn it into an error."""
+    from stapmagic import lab
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert not lab.is_up()
+    result = ip.run_cell("%%kprobe --dry-run --target lab tcp_v4_connect sk:ptr\n")
+    assert result.error_in_exec is None and result.error_before_exec is None, result
+    out = capsys.readouterr().out
+    assert f"--remote=ssh://{lab.HOST_ALIAS}" in out
+    assert str(tmp_path) in out  # the recipe's own chroot, derived, not a boot's state

@@ -46,21 +46,28 @@ def test_bad_target_in_a_non_live_mode_is_a_usage_error(ip, magics, monkeypatch,
     assert "ssh://h;id" in str(err)
 
 
-@pytest.mark.parametrize("trait, value, needle", [
-    ("mode", "bogus", "live, record, replay, auto"),
-    ("grace", float("nan"), "grace"),
-    ("grace", -1.0, "grace"),
-    ("grace", float("inf"), "grace"),
-    ("string_max", 0, "string"),
-    ("string_max", 600, "511"),
-    ("target", "ssh://h;id", "ssh://h;id"),
-    ("target", "", "target"),
-])
-def test_bad_trait_values_are_refused_and_the_old_value_kept(ip, magics, capsys, caplog, trait,
-                                                            value, needle):
+@pytest.mark.parametrize(
+    "trait, value, needle",
+    [
+        ("mode", "bogus", "live, record, replay, auto"),
+        ("grace", float("nan"), "grace"),
+        ("grace", -1.0, "grace"),
+        ("grace", float("inf"), "grace"),
+        ("string_max", 0, "string"),
+        ("string_max", 600, "511"),
+        ("target", "ssh://h;id", "ssh://h;id"),
+        ("target", "", "target"),
+    ],
+)
+def test_bad_trait_values_are_refused_and_the_old_value_kept(
+    ip, magics, capsys, caplog, trait, value, needle
+):
     before = getattr(magics, trait)
-    ip.run_cell(f"%config KprobeMagics.{trait} = {value!r}".replace("nan", "float('nan')")
-                .replace("inf", "float('inf')"))
+    ip.run_cell(
+        f"%config KprobeMagics.{trait} = {value!r}".replace("nan", "float('nan')").replace(
+            "inf", "float('inf')"
+        )
+    )
     captured = capsys.readouterr()
     said = captured.out + captured.err + caplog.text  # %config logs the refusal
     assert needle in said and f"KprobeMagics.{trait}" in said
@@ -78,8 +85,24 @@ def test_bad_trait_values_are_refused_and_the_old_value_kept(ip, magics, capsys,
 # -- the options on the line ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["if", "class", "__builtins__", "get_ipython", "_kprobe",
-                                  "In", "Out", "_", "_i3", "_5", "exit", "print", "__x__"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "if",
+        "class",
+        "__builtins__",
+        "get_ipython",
+        "_kprobe",
+        "In",
+        "Out",
+        "_",
+        "_i3",
+        "_5",
+        "exit",
+        "print",
+        "__x__",
+    ],
+)
 def test_out_names_that_are_keywords_or_shadow_the_shell(ip, name):
     _, err = run(ip, f"%%kprobe --dry-run -o {name} tcp_v4_connect")
     assert isinstance(err, UsageError), (name, err)
@@ -92,11 +115,23 @@ def test_out_name_that_is_fine(ip, capsys):
     assert err is None, err
 
 
-@pytest.mark.parametrize("option", [
-    "-x 4194305", "-x 99999999999999999999",
-    "-n \uff11\uff12", "-n 1_0", "-x 1_0", "-x \u0661\u0662", "-T \uff11", "-T 1_0",
-    "-n +5", "-n ' 5'", "-T 1e400", "--replay-speed \uff11",
-])
+@pytest.mark.parametrize(
+    "option",
+    [
+        "-x 4194305",
+        "-x 99999999999999999999",
+        "-n \uff11\uff12",
+        "-n 1_0",
+        "-x 1_0",
+        "-x \u0661\u0662",
+        "-T \uff11",
+        "-T 1_0",
+        "-n +5",
+        "-n ' 5'",
+        "-T 1e400",
+        "--replay-speed \uff11",
+    ],
+)
 def test_numbers_are_ascii_and_in_range(ip, capsys, option):
     _, err = run(ip, f"%%kprobe --dry-run {option} tcp_v4_connect")
     assert isinstance(err, UsageError), (option, err)
@@ -117,8 +152,10 @@ def test_empty_target_is_refused_not_replaced_by_the_default(ip, capsys):
     assert capsys.readouterr().out == ""
 
 
-@pytest.mark.parametrize("line", ["-c a -c b", "-n 1 -n 2", "--target local --target lab",
-                                  "-o a -o b", "-T 1 --duration 2"])
+@pytest.mark.parametrize(
+    "line",
+    ["-c a -c b", "-n 1 -n 2", "--target local --target lab", "-o a -o b", "-T 1 --duration 2"],
+)
 def test_a_value_option_given_twice_is_refused(ip, capsys, line):
     _, err = run(ip, f"%%kprobe --dry-run {line} tcp_v4_connect")
     assert isinstance(err, UsageError), err
@@ -129,8 +166,7 @@ def test_a_value_option_given_twice_is_refused(ip, capsys, line):
 @pytest.mark.parametrize("flag", ["--record", "--replay"])
 def test_recording_file_with_nul_is_refused(ip, tmp_path, monkeypatch, flag):
     monkeypatch.chdir(tmp_path)
-    _, err = run(ip, f"%%kprobe -q {flag} {shlex.quote('a' + chr(0) + 'b.jsonl')} "
-                     "tcp_v4_connect")
+    _, err = run(ip, f"%%kprobe -q {flag} {shlex.quote('a' + chr(0) + 'b.jsonl')} tcp_v4_connect")
     assert isinstance(err, UsageError), err
     assert "NUL" in str(err)
     assert list(tmp_path.iterdir()) == []
@@ -188,8 +224,11 @@ def test_stap_duration_is_part_of_a_replayed_cell(ip, tmp_path, monkeypatch):
 
 
 def test_many_messages_print_a_bounded_tail(ip, tmp_path, monkeypatch, capsys):
-    fake_stap(tmp_path, monkeypatch,
-              "sys.stdout.write(''.join(f'chatty line {i}\\n' for i in range(20000)))")
+    fake_stap(
+        tmp_path,
+        monkeypatch,
+        "sys.stdout.write(''.join(f'chatty line {i}\\n' for i in range(20000)))",
+    )
     _, err = run(ip, "%%stap -q\nprobe begin { exit() }\n")
     assert err is None, err
     text = capsys.readouterr().out  # normal output: stdout (issue 13)

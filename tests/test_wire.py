@@ -45,15 +45,25 @@ def test_built_scanner_has_the_wire_constants() -> None:
     rs = pytest.importorskip("stapmagic._recscan")
     assert rs.RECORD_PREFIX.encode() == wire.RECORD_PREFIX_B
     assert rs.END_TAG == wire.END_TAG and rs.FIELD_SEP == wire.FIELD_SEP
-    assert rs.KIND_CODES.encode() == b"".join(wire.SCAN_KIND_CODES[k]
-                                              for k in schema.COLUMN_KINDS)
+    assert rs.KIND_CODES.encode() == b"".join(wire.SCAN_KIND_CODES[k] for k in schema.COLUMN_KINDS)
 
 
 def test_script_and_readers_use_the_wire() -> None:
-    assert (script.RECORD_TAG, script.HIST_TAG, script.HIST_END_TAG, script.SUMMARY_TAG,
-            script.KEYS_TAG, script.COUNTER_TAG) == (
-        wire.RECORD_TAG, wire.HIST_TAG, wire.HIST_END_TAG, wire.SUMMARY_TAG, wire.KEYS_TAG,
-        wire.COUNTER_TAG)
+    assert (
+        script.RECORD_TAG,
+        script.HIST_TAG,
+        script.HIST_END_TAG,
+        script.SUMMARY_TAG,
+        script.KEYS_TAG,
+        script.COUNTER_TAG,
+    ) == (
+        wire.RECORD_TAG,
+        wire.HIST_TAG,
+        wire.HIST_END_TAG,
+        wire.SUMMARY_TAG,
+        wire.KEYS_TAG,
+        wire.COUNTER_TAG,
+    )
     assert records.RECORD_TAG == wire.RECORD_TAG.encode()
     assert hist.SUMMARY_TAG == wire.SUMMARY_TAG
     # what the generated script prints starts with the wire's record prefix
@@ -77,4 +87,17 @@ def test_format_record_follows_the_grammar() -> None:
     assert len(fields) == 1 + len(wire.RECORD_FIELDS) + 2 + 1
     assert fields[7:9] == [b"ff", rb"x\ty"]
     assert wire.parse_record(line.rstrip(b"\n"), [s]) == wire.ParsedRecord(
-        0, 5, 1, 2, 3, "sh", (255, "x\ty"))
+        0, 5, 1, 2, 3, "sh", (255, "x\ty")
+    )
+
+
+def test_every_tag_starts_with_the_tag_prefix() -> None:
+    tags = (
+        wire.RECORD_TAG,
+        wire.HIST_TAG,
+        wire.HIST_END_TAG,
+        wire.SUMMARY_TAG,
+        wire.KEYS_TAG,
+        wire.COUNTER_TAG,
+    )
+    assert all(t.startswith(wire.TAG_PREFIX) for t in tags)

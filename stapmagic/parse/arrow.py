@@ -26,9 +26,14 @@ from .plan import Plan, Shape
 
 U64 = npt.NDArray[np.uint64]
 
-_CSV_PARSE = pacsv.ParseOptions(delimiter=wire.FIELD_SEP, quote_char=False, double_quote=False,
-                                escape_char=False, newlines_in_values=False,
-                                ignore_empty_lines=False)
+_CSV_PARSE = pacsv.ParseOptions(
+    delimiter=wire.FIELD_SEP,
+    quote_char=False,
+    double_quote=False,
+    escape_char=False,
+    newlines_in_values=False,
+    ignore_empty_lines=False,
+)
 _CPUS = os.cpu_count() or 1
 
 
@@ -58,7 +63,7 @@ def _binary_parts(arr: Any) -> tuple[I64, npt.NDArray[np.uint8]]:
     offs64 = offs.astype(np.int64)
     if not n or bufs[2] is None:
         return offs64 - offs64[0], np.zeros(0, dtype=np.uint8)
-    data = np.frombuffer(bufs[2], dtype=np.uint8)[int(offs64[0]):int(offs64[-1])]
+    data = np.frombuffer(bufs[2], dtype=np.uint8)[int(offs64[0]) : int(offs64[-1])]
     return offs64 - offs64[0], data
 
 
@@ -92,10 +97,10 @@ def _hex_chunk(arr: Any) -> tuple[U64, BoolArr]:
     padded = np.empty(data.size + 16, dtype=np.uint8)
     padded[:16] = 0x30
     padded[16:] = data
-    win = np.lib.stride_tricks.sliding_window_view(padded, 16)[offs[1:]]   # copies n x 16
+    win = np.lib.stride_tricks.sliding_window_view(padded, 16)[offs[1:]]  # copies n x 16
     shift = (16 - np.clip(lens, 0, 16)).astype(np.int8)
     win[_ARANGE16_I8[None, :] < shift[:, None]] = 0x30
-    d = (win | 0x20) - 0x30                      # '0'-'9' -> 0-9, 'a'-'f'/'A'-'F' -> 49-54
+    d = (win | 0x20) - 0x30  # '0'-'9' -> 0-9, 'a'-'f'/'A'-'F' -> 49-54
     d -= (d > 9).astype(np.uint8) * 39
     packed = np.ascontiguousarray((d[:, 0::2] << 4) | d[:, 1::2])
     return packed.view(">u8").ravel().astype(np.uint64), bad
@@ -107,7 +112,7 @@ def _str_chunk(arr: Any) -> tuple[Any, BoolArr]:
     offs, data = _binary_parts(arr)
     n = len(offs) - 1
     bad = np.zeros(n, dtype=np.bool_)
-    special = (data == 0x5C) | (data == 0x22)       # \ and " : checked by unescape_text
+    special = (data == 0x5C) | (data == 0x22)  # \ and " : checked by unescape_text
     badpos = np.flatnonzero(~_TEXT_OK[data] & ~special)
     if badpos.size:
         bad[_rows_of(badpos, offs)] = True
@@ -162,14 +167,12 @@ def _np_chunks(col: Any) -> list[AnyArr]:
     return [ch.to_numpy(zero_copy_only=False) for ch in col.chunks]
 
 
-
-
 class ArrowEngine:
     name = "pyarrow"
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self._threads_off = 0          # batches to read single-threaded (see _read_csv)
+        self._threads_off = 0  # batches to read single-threaded (see _read_csv)
         self._thread_gain = 2.0
 
     def _read_csv(self, buf: bytes, shape: Shape) -> Any:
@@ -181,19 +184,27 @@ class ArrowEngine:
         if not threads and self._threads_off > 0 and n >= (1 << 20):
             self._threads_off -= 1
         block = max(1 << 20, -(-n // _CPUS)) if threads else n + 1
-        ropts = pacsv.ReadOptions(column_names=shape.names, use_threads=threads,
-                                  block_size=block)
-        copts = pacsv.ConvertOptions(column_types=shape.types, null_values=[],
-                                     true_values=[wire.RECORD_TAG], false_values=[wire.END_TAG],
-                                     strings_can_be_null=False,
-                                     quoted_strings_can_be_null=False, check_utf8=False)
+        ropts = pacsv.ReadOptions(column_names=shape.names, use_threads=threads, block_size=block)
+        copts = pacsv.ConvertOptions(
+            column_types=shape.types,
+            null_values=[],
+            true_values=[wire.RECORD_TAG],
+            false_values=[wire.END_TAG],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            check_utf8=False,
+        )
         w, c = time.perf_counter(), time.process_time()
-        tbl = pacsv.read_csv(pa.BufferReader(pa.py_buffer(buf)), read_options=ropts,
-                             parse_options=_CSV_PARSE, convert_options=copts)
+        tbl = pacsv.read_csv(
+            pa.BufferReader(pa.py_buffer(buf)),
+            read_options=ropts,
+            parse_options=_CSV_PARSE,
+            convert_options=copts,
+        )
         if threads:
             wall = time.perf_counter() - w
             if wall > 0.002:
-                eff = (time.process_time() - c) / wall      # cores busy while reading
+                eff = (time.process_time() - c) / wall  # cores busy while reading
                 self._thread_gain = 0.5 * self._thread_gain + 0.5 * eff
                 if self._thread_gain < 1.2:
                     self._threads_off = 16
@@ -267,11 +278,19 @@ class ArrowEngine:
                     mark([isbad[i] for i in eind])
                     evals[isbad] = None
                 fields.append([evals[i] for i in eind])
-        return Parsed(sid=sid, n=nrows, idx=idx, time=_np_chunks(tbl.column("time")),
-                       pid=_np_chunks(tbl.column("pid")), tid=_np_chunks(tbl.column("tid")),
-                       cpu=_np_chunks(tbl.column("cpu")), comm_vals=comm_vals,
-                       comm_ind=comm_ind, fields=fields,
-                       bad=None if bad is None else np.concatenate(bad))
+        return Parsed(
+            sid=sid,
+            n=nrows,
+            idx=idx,
+            time=_np_chunks(tbl.column("time")),
+            pid=_np_chunks(tbl.column("pid")),
+            tid=_np_chunks(tbl.column("tid")),
+            cpu=_np_chunks(tbl.column("cpu")),
+            comm_vals=comm_vals,
+            comm_ind=comm_ind,
+            fields=fields,
+            bad=None if bad is None else np.concatenate(bad),
+        )
 
     def _check_lenient(self, buf: bytes, tbl: Any, shape: Shape) -> None:
         """pyarrow's integer parser trims spaces and takes a 0x/0X prefix; records never
@@ -281,8 +300,7 @@ class ArrowEngine:
         if not wanted:
             return
         a = np.frombuffer(buf, dtype=np.uint8)
-        text_cols = ["comm"] + [f"f{j}" for j, k in enumerate(shape.kinds)
-                                if k in ("str", "errno")]
+        text_cols = ["comm"] + [f"f{j}" for j, k in enumerate(shape.kinds) if k in ("str", "errno")]
         for c in wanted:
             total = int(np.count_nonzero(a == c))
             inside = 0
@@ -292,8 +310,9 @@ class ArrowEngine:
                     col = col.unify_dictionaries()
                     if not col.num_chunks:
                         continue
-                    per = np.array([v.count(c) for v in col.chunk(0).dictionary.to_pylist()],
-                                   dtype=np.int64)
+                    per = np.array(
+                        [v.count(c) for v in col.chunk(0).dictionary.to_pylist()], dtype=np.int64
+                    )
                     if per.any():
                         for ch in col.chunks:
                             inside += int(np.bincount(_indices(ch), minlength=len(per)) @ per)
@@ -303,4 +322,3 @@ class ArrowEngine:
                         inside += int(np.count_nonzero(data == c))
             if inside != total:
                 raise ArrowReject("space or 0x in a number")
-

@@ -35,11 +35,10 @@ class MessageLog(list[str]):
             self._nhead += 1
             return
         self.append(text)
-        first = self._nhead + self._nstap        # the oldest line of the tail
+        first = self._nhead + self._nstap  # the oldest line of the tail
         if len(self) - first > self.tail:
-            if self._nstap < self.stap and self[first].lstrip().startswith(
-                    STAP_MESSAGE_PREFIXES):
-                self._nstap += 1                 # it stays, as the last of stap's lines
+            if self._nstap < self.stap and self[first].lstrip().startswith(STAP_MESSAGE_PREFIXES):
+                self._nstap += 1  # it stays, as the last of stap's lines
             else:
                 del self[first]
                 self.dropped += 1
@@ -55,13 +54,27 @@ class Batch:
     out are counted in `messages_dropped`), new `histograms` and `summaries`, and how many
     `rows` / `damaged` lines it added."""
 
-    __slots__ = ("messages", "messages_dropped", "rows", "damaged", "histograms", "summaries",
-                 "_make", "_frame")
+    __slots__ = (
+        "messages",
+        "messages_dropped",
+        "rows",
+        "damaged",
+        "histograms",
+        "summaries",
+        "_make",
+        "_frame",
+    )
 
-    def __init__(self, frame: pd.DataFrame | Callable[[], pd.DataFrame] | None = None,
-                 messages: tuple[str, ...] = (), rows: int = 0, damaged: int = 0,
-                 histograms: tuple[Histogram, ...] = (),
-                 summaries: tuple[Summary, ...] = (), messages_dropped: int = 0) -> None:
+    def __init__(
+        self,
+        frame: pd.DataFrame | Callable[[], pd.DataFrame] | None = None,
+        messages: tuple[str, ...] = (),
+        rows: int = 0,
+        damaged: int = 0,
+        histograms: tuple[Histogram, ...] = (),
+        summaries: tuple[Summary, ...] = (),
+        messages_dropped: int = 0,
+    ) -> None:
         self.messages = messages
         self.messages_dropped = messages_dropped
         self.rows = rows
@@ -83,15 +96,21 @@ class Batch:
 
     @property
     def empty(self) -> bool:
-        return not (self.rows or self.messages or self.messages_dropped or self.damaged
-                    or self.histograms
-                    or self.summaries)
+        return not (
+            self.rows
+            or self.messages
+            or self.messages_dropped
+            or self.damaged
+            or self.histograms
+            or self.summaries
+        )
 
     def __repr__(self) -> str:
-        return (f"Batch(rows={self.rows}, messages={len(self.messages)}, "
-                f"damaged={self.damaged}, histograms={len(self.histograms)}, "
-                f"summaries={len(self.summaries)})")
-
+        return (
+            f"Batch(rows={self.rows}, messages={len(self.messages)}, "
+            f"damaged={self.damaged}, histograms={len(self.histograms)}, "
+            f"summaries={len(self.summaries)})"
+        )
 
 
 EMPTY_BATCH = Batch()
@@ -101,8 +120,9 @@ class Output:
     """Everything the parser found besides rows, in full (bounded) and as news for the
     next Batch: messages, damaged lines, histograms, summaries, @@smc/@@smk counts."""
 
-    def __init__(self, max_line: int, max_damaged_kept: int,
-                 message_bounds: tuple[int, int, int]) -> None:
+    def __init__(
+        self, max_line: int, max_damaged_kept: int, message_bounds: tuple[int, int, int]
+    ) -> None:
         self.max_line = max_line
         self.max_damaged_kept = max_damaged_kept
         self._bounds = message_bounds
@@ -111,7 +131,7 @@ class Output:
         self.damaged_count = 0
         self.histograms: list[Histogram] = []
         self.summaries: list[Summary] = []
-        self.tag_counts: list[TagCount] = []     # @@smc / @@smk lines, in order
+        self.tag_counts: list[TagCount] = []  # @@smc / @@smk lines, in order
         self._new_messages = MessageLog(*message_bounds)
         self._new_damaged = 0
         self._new_hists: list[Histogram] = []
@@ -142,12 +162,24 @@ class Output:
     def take_batch(self, make: Callable[[], pd.DataFrame] | None, rows: int) -> Batch:
         """The Batch of the news since the last one (with `rows` rows built by `make`)."""
         new = self._new_messages
-        if not (rows or new or new.dropped or self._new_damaged or self._new_hists
-                or self._new_summaries):
+        if not (
+            rows
+            or new
+            or new.dropped
+            or self._new_damaged
+            or self._new_hists
+            or self._new_summaries
+        ):
             return EMPTY_BATCH
-        b = Batch(frame=make, messages=tuple(new.lines()), messages_dropped=new.dropped,
-                  rows=rows, damaged=self._new_damaged, histograms=tuple(self._new_hists),
-                  summaries=tuple(self._new_summaries))
+        b = Batch(
+            frame=make,
+            messages=tuple(new.lines()),
+            messages_dropped=new.dropped,
+            rows=rows,
+            damaged=self._new_damaged,
+            histograms=tuple(self._new_hists),
+            summaries=tuple(self._new_summaries),
+        )
         self._new_messages = MessageLog(*self._bounds)
         self._new_damaged = 0
         self._new_hists = []

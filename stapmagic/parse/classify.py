@@ -30,16 +30,16 @@ class Lines:
     n: int
 
     def line(self, j: int) -> bytes:
-        return self.buf[int(self.starts[j]):int(self.cend[j])]
+        return self.buf[int(self.starts[j]) : int(self.cend[j])]
 
 
 @dataclass
 class Classified:
     lines: Lines
-    others: list[tuple[int, bytes, bool]]     # (line, text, damaged) of the non-record lines
-    by_shape: list[tuple[int, I64]]           # (shape, its record lines)
-    regs: dict[int, tuple[int, ...]]          # record line -> its dump's register values
-    consumed: int                             # bytes of buf classified (the rest waits)
+    others: list[tuple[int, bytes, bool]]  # (line, text, damaged) of the non-record lines
+    by_shape: list[tuple[int, I64]]  # (shape, its record lines)
+    regs: dict[int, tuple[int, ...]]  # record line -> its dump's register values
+    consumed: int  # bytes of buf classified (the rest waits)
 
 
 class Classifier:
@@ -66,7 +66,7 @@ class Classifier:
         if int(np.count_nonzero(a == 13)) != int(np.count_nonzero(has_cr)):
             crpos = np.flatnonzero(a == 13)
             ln = np.searchsorted(nl, crpos, side="left")
-            cand[ln[crpos != cend[ln]]] = False       # a \r inside the line
+            cand[ln[crpos != cend[ln]]] = False  # a \r inside the line
         if b"\0" in buf:
             cand[np.searchsorted(nl, np.flatnonzero(a == 0), side="left")] = False
         if last_partial:
@@ -92,7 +92,7 @@ class Classifier:
         idx[bad_idx] = -1
 
         def line(j: int) -> bytes:
-            return buf[int(starts[j]):int(cend[j])]
+            return buf[int(starts[j]) : int(cend[j])]
 
         cut = n
         regs: dict[int, tuple[int, ...]] = {}
@@ -101,8 +101,10 @@ class Classifier:
             cut = self._match_dumps(kind, idx, line, n, final, regs, dump_lines)
 
         others: list[tuple[int, bytes, bool]] = [
-            (j, line(j), kind[j] == 2) for j in np.flatnonzero(kind[:cut] != 1).tolist()
-            if j not in dump_lines]
+            (j, line(j), kind[j] == 2)
+            for j in np.flatnonzero(kind[:cut] != 1).tolist()
+            if j not in dump_lines
+        ]
         by_shape: list[tuple[int, I64]] = []
         rec_lines = np.flatnonzero(kind[:cut] == 1)
         if rec_lines.size:
@@ -110,12 +112,24 @@ class Classifier:
             for sid in np.unique(shape_ids).tolist():
                 gl = rec_lines[shape_ids == sid] if len(self.plan.shapes) > 1 else rec_lines
                 by_shape.append((sid, gl))
-        return Classified(Lines(buf, a, starts, cend, nl, n), others, by_shape, regs,
-                          int(nl[cut - 1]) + 1 if cut > 0 else 0)
+        return Classified(
+            Lines(buf, a, starts, cend, nl, n),
+            others,
+            by_shape,
+            regs,
+            int(nl[cut - 1]) + 1 if cut > 0 else 0,
+        )
 
-    def _match_dumps(self, kind: npt.NDArray[np.int8], idx: I64,
-                     line: Callable[[int], bytes], n: int, final: bool,
-                     regs: dict[int, tuple[int, ...]], dump_lines: set[int]) -> int:
+    def _match_dumps(
+        self,
+        kind: npt.NDArray[np.int8],
+        idx: I64,
+        line: Callable[[int], bytes],
+        n: int,
+        final: bool,
+        regs: dict[int, tuple[int, ...]],
+        dump_lines: set[int],
+    ) -> int:
         """Find the print_regs() dump after each record of a print_regs probe: the next 10
         dump lines in order, other output (at most MAX_FOREIGN_IN_DUMP lines, none of them a
         record, a damaged line or a dump line out of order) may come between them. Returns
@@ -153,4 +167,3 @@ class Classifier:
                 regs[r] = tuple(vals)
                 dump_lines.update(taken)
         return n
-

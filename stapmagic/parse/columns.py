@@ -26,7 +26,6 @@ BoolArr = npt.NDArray[np.bool_]
 AnyArr = npt.NDArray[Any]
 
 
-
 # A "chunk" is one contiguous piece of a column: an ndarray (int64/uint64/int32 codes/
 # object), an (values, mask) pair for the nullable stores, or a pa.StringArray.
 Chunk = Any
@@ -50,39 +49,58 @@ class Group:
 
     shape: Shape
     n: int
-    lines: I64 | None        # line numbers in the batch; None: lines 0..n-1
+    lines: I64 | None  # line numbers in the batch; None: lines 0..n-1
     idx: list[I64]
     time: list[I64]
     pid: list[I64]
     tid: list[I64]
     cpu: list[I64]
-    comm: list[npt.NDArray[np.int32]]     # codes into the parser's comm categories
-    fields: list[list[Chunk]]             # int64/uint64/object ndarrays, pa.StringArray
+    comm: list[npt.NDArray[np.int32]]  # codes into the parser's comm categories
+    fields: list[list[Chunk]]  # int64/uint64/object ndarrays, pa.StringArray
 
     def line_numbers(self) -> I64:
         return self.lines if self.lines is not None else np.arange(self.n, dtype=np.int64)
 
     def flat(self) -> Group:
-        return Group(self.shape, self.n, self.line_numbers(), [concat_chunks(self.idx)],
-                      [concat_chunks(self.time)], [concat_chunks(self.pid)], [concat_chunks(self.tid)],
-                      [concat_chunks(self.cpu)], [concat_chunks(self.comm)],
-                      [[concat_chunks(f)] for f in self.fields])
+        return Group(
+            self.shape,
+            self.n,
+            self.line_numbers(),
+            [concat_chunks(self.idx)],
+            [concat_chunks(self.time)],
+            [concat_chunks(self.pid)],
+            [concat_chunks(self.tid)],
+            [concat_chunks(self.cpu)],
+            [concat_chunks(self.comm)],
+            [[concat_chunks(f)] for f in self.fields],
+        )
 
     def keep(self, mask: BoolArr) -> Group:
         g = self.flat()
         sel = pa.array(mask)
-        return Group(g.shape, int(mask.sum()), g.line_numbers()[mask], [g.idx[0][mask]],
-                      [g.time[0][mask]], [g.pid[0][mask]], [g.tid[0][mask]], [g.cpu[0][mask]],
-                      [g.comm[0][mask]],
-                      [[f[0].filter(sel) if isinstance(f[0], pa.Array) else f[0][mask]]
-                       for f in g.fields])
-
-
+        return Group(
+            g.shape,
+            int(mask.sum()),
+            g.line_numbers()[mask],
+            [g.idx[0][mask]],
+            [g.time[0][mask]],
+            [g.pid[0][mask]],
+            [g.tid[0][mask]],
+            [g.cpu[0][mask]],
+            [g.comm[0][mask]],
+            [[f[0].filter(sel) if isinstance(f[0], pa.Array) else f[0][mask]] for f in g.fields],
+        )
 
 
 _NUMERIC_STORES = ("time", "cat", "int64", "uint64", "Int64", "UInt64")
-_STORE_DTYPE: dict[str, Any] = {"time": np.int64, "cat": np.int32, "int64": np.int64,
-                                "uint64": np.uint64, "Int64": np.int64, "UInt64": np.uint64}
+_STORE_DTYPE: dict[str, Any] = {
+    "time": np.int64,
+    "cat": np.int32,
+    "int64": np.int64,
+    "uint64": np.uint64,
+    "Int64": np.int64,
+    "UInt64": np.uint64,
+}
 # Rows reserved up front in every numeric column: anonymous memory that is not touched
 # until rows arrive, so this costs address space, not RSS. Rows are copied in while they
 # are hot in cache and frame() returns views, with no concatenation. Past it the columns
@@ -108,7 +126,7 @@ class Table:
     def __init__(self, dtypes: dict[str, Any], capacity: int = INITIAL_ROWS) -> None:
         self.n = 0
         self.capacity = capacity
-        self.generation = 0          # bumped when the arrays are replaced by bigger ones
+        self.generation = 0  # bumped when the arrays are replaced by bigger ones
         self.arrays: dict[str, AnyArr] = {k: _empty(capacity, dt) for k, dt in dtypes.items()}
 
     def reserve(self, k: int) -> None:
@@ -130,8 +148,8 @@ class Table:
         pos = start
         for c in chunks:
             k = len(c)
-            dest = arr[pos:pos + k]
-            if not (k and dest.ctypes.data == c.ctypes.data):   # not already in place
+            dest = arr[pos : pos + k]
+            if not (k and dest.ctypes.data == c.ctypes.data):  # not already in place
                 dest[...] = c
             pos += k
 
@@ -166,8 +184,9 @@ class ColumnStore:
             return pd.arrays.IntegerArray(chunk[0], chunk[1])
         if s == "cat":
             assert categories is not None
-            return cast(Any, pd.Categorical).from_codes(chunk, categories=list(categories),
-                                                        validate=False)
+            return cast(Any, pd.Categorical).from_codes(
+                chunk, categories=list(categories), validate=False
+            )
         if s == "str":
             return pd.array(chunk, dtype="str")
         return pd.Series(chunk, dtype=object, copy=False)
@@ -203,8 +222,10 @@ class ColumnStore:
         """A chunk of n rows where this column is absent (NA)."""
         s = self.store
         if s in ("Int64", "UInt64"):
-            return (np.zeros(n, dtype=np.int64 if s == "Int64" else np.uint64),
-                    np.ones(n, dtype=np.bool_))
+            return (
+                np.zeros(n, dtype=np.int64 if s == "Int64" else np.uint64),
+                np.ones(n, dtype=np.bool_),
+            )
         if s == "str":
             return pa.nulls(n, type=pa.string())
         if s in ("errno", "object"):
@@ -225,8 +246,6 @@ class ColumnStore:
         return chunk
 
 
-
-
 class Columns:
     """Every row's columns so far, and the assembly of each parse's groups into them.
 
@@ -236,8 +255,7 @@ class Columns:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.stores: dict[str, ColumnStore] = {n: ColumnStore(n, s)
-                                               for n, s in plan.stores.items()}
+        self.stores: dict[str, ColumnStore] = {n: ColumnStore(n, s) for n, s in plan.stores.items()}
         self.table = Table({k: dt for st in self.stores.values() for k, dt in st.keys()})
         self.row_count = 0
         self.comm_categories: list[str] = []
@@ -264,7 +282,7 @@ class Columns:
         if self._frame_cache is None or self._frame_rows != self.row_count:
             table = self.table
             if table.generation != self._anchor_generation:
-                self._anchors = []          # older frames view arrays we no longer use
+                self._anchors = []  # older frames view arrays we no longer use
                 self._anchor_generation = table.generation
             data: dict[str, Any] = {}
             for name, st in self.stores.items():
@@ -282,8 +300,9 @@ class Columns:
         self._anchors.append((self._frame_cache, weakref.ref(out)))
         return out
 
-    def batch_frame(self, pieces: list[tuple[int, int, dict[str, list[Chunk]]]],
-                     comm_categories: list[str]) -> pd.DataFrame:
+    def batch_frame(
+        self, pieces: list[tuple[int, int, dict[str, list[Chunk]]]], comm_categories: list[str]
+    ) -> pd.DataFrame:
         """The DataFrame of one Batch: its rows copied out of the table, its str/object
         chunks."""
         start = pieces[0][0]
@@ -320,8 +339,12 @@ class Columns:
         if not groups:
             return
         g0 = groups[0]
-        if (len(groups) == 1 and len(g0.shape.probes) == 1 and not self.plan.reg_names
-                and (g0.lines is None or bool(np.all(g0.lines[1:] > g0.lines[:-1])))):
+        if (
+            len(groups) == 1
+            and len(g0.shape.probes) == 1
+            and not self.plan.reg_names
+            and (g0.lines is None or bool(np.all(g0.lines[1:] > g0.lines[:-1])))
+        ):
             cols = self._columns_simple(g0)
         else:
             cols = self._columns_general([g.flat() for g in groups], regs)
@@ -351,7 +374,10 @@ class Columns:
         cols: dict[str, list[Chunk]] = {
             "time": g.time,
             "probe": [np.full(len(c), code, dtype=np.int32) for c in g.idx],
-            "pid": g.pid, "tid": g.tid, "comm": g.comm, "cpu": g.cpu,
+            "pid": g.pid,
+            "tid": g.tid,
+            "comm": g.comm,
+            "cpu": g.cpu,
         }
         pos = self.plan.field_pos[probe]
         sizes = [len(c) for c in g.time]
@@ -364,8 +390,9 @@ class Columns:
                 cols[name] = [st.adapt(c) for c in g.fields[j]]
         return cols
 
-    def _columns_general(self, groups: list[Group],
-                         regs: dict[int, tuple[int, ...]]) -> dict[str, list[Chunk]]:
+    def _columns_general(
+        self, groups: list[Group], regs: dict[int, tuple[int, ...]]
+    ) -> dict[str, list[Chunk]]:
         """Several groups/probes (flattened: one chunk each): put the rows in line order and
         each probe's fields in their columns."""
         all_lines = np.concatenate([g.line_numbers() for g in groups])
@@ -402,11 +429,15 @@ class Columns:
                         rows = np.flatnonzero(g.idx[0] == p)
                         if not rows.size:
                             continue
-                        vals = (vals.take(pa.array(rows)) if isinstance(vals, pa.Array)
-                                else vals[rows])
+                        vals = (
+                            vals.take(pa.array(rows)) if isinstance(vals, pa.Array) else vals[rows]
+                        )
                     if rows is None:
-                        pos = (None if len(groups) == 1
-                               else np.arange(offsets[gi], offsets[gi + 1], dtype=np.int64))
+                        pos = (
+                            None
+                            if len(groups) == 1
+                            else np.arange(offsets[gi], offsets[gi + 1], dtype=np.int64)
+                        )
                     else:
                         pos = rows + offsets[gi]
                     contrib.append((pos, vals))
@@ -427,8 +458,9 @@ class Columns:
                     cols[rname] = [(np.ascontiguousarray(regvals[:, ci]), ~present)]
         return cols
 
-    def _assemble(self, st: ColumnStore, contrib: list[tuple[I64 | None, Chunk]], n: int,
-                  order: I64 | None) -> Chunk:
+    def _assemble(
+        self, st: ColumnStore, contrib: list[tuple[I64 | None, Chunk]], n: int, order: I64 | None
+    ) -> Chunk:
         """One output column of a batch from the per-probe contributions, in line order."""
         store = st.store
         if not contrib:
@@ -478,4 +510,3 @@ class Columns:
             else:
                 out[pos] = v
         return out if order is None else out[order]
-

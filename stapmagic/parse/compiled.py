@@ -14,8 +14,8 @@ from .plan import Plan
 
 try:
     from .. import _recscan as _recscan  # re-exported: records._recscan switches it
-except ImportError:        # installed without a C compiler: pyarrow parses every batch
-    _recscan = None        # type: ignore[assignment]
+except ImportError:  # installed without a C compiler: pyarrow parses every batch
+    _recscan = None  # type: ignore[assignment]
 # Which parser takes a clean batch first: "compiled" (_recscan.c, one pass, strict like
 # parse_record) or "pyarrow" (its CSV reader, then the column checks).
 SCANNER: Literal["compiled", "pyarrow"] = "pyarrow" if _recscan is None else "compiled"
@@ -61,9 +61,12 @@ class CompiledEngine:
 
         def out(name: str, dtype: Any) -> AnyArr:
             st = stores.get(name) if direct else None
-            if st is not None and st.store in ("time", "int64", "uint64") \
-                    and table.arrays[st.name].dtype == dtype:
-                return table.arrays[st.name][start:start + nrows]
+            if (
+                st is not None
+                and st.store in ("time", "int64", "uint64")
+                and table.arrays[st.name].dtype == dtype
+            ):
+                return table.arrays[st.name][start : start + nrows]
             return np.empty(nrows, dtype=dtype)
 
         idx = np.empty(nrows, dtype=np.int64)
@@ -71,11 +74,15 @@ class CompiledEngine:
         comm = np.empty(nrows, dtype=np.int32)
         cols = self.plan.schemas[shape.probes[0]].columns
         text = ("str", "errno")
-        fields = [np.empty(nrows, dtype=np.int32) if k in text      # codes of the values
-                  else out(c.name, np.dtype(np.int64 if k == "int" else np.uint64))
-                  for c, k in zip(cols, shape.kinds, strict=True)]
-        raw = scanner.scan(buf, shape.scan_kinds, shape.probe_ok, nrows, idx, t, pid, tid,
-                           cpu, comm, fields)
+        fields = [
+            np.empty(nrows, dtype=np.int32)
+            if k in text  # codes of the values
+            else out(c.name, np.dtype(np.int64 if k == "int" else np.uint64))
+            for c, k in zip(cols, shape.kinds, strict=True)
+        ]
+        raw = scanner.scan(
+            buf, shape.scan_kinds, shape.probe_ok, nrows, idx, t, pid, tid, cpu, comm, fields
+        )
         if raw is None:
             return None
         try:
@@ -86,13 +93,22 @@ class CompiledEngine:
                 if k == "errno":
                     chunks.append(decoded(next(values), errno_decode)[f])
                 elif k == "str":
-                    strs = pa.array(decoded(next(values), wire._unescape_cached),
-                                    type=pa.string())
+                    strs = pa.array(decoded(next(values), wire._unescape_cached), type=pa.string())
                     chunks.append(strs.take(pa.array(f)))
                 else:
                     chunks.append(f)
-        except ValueError:      # an escape text_str() cannot have printed
+        except ValueError:  # an escape text_str() cannot have printed
             return None
-        return Parsed(sid=sid, n=nrows, idx=[idx], time=[t], pid=[pid], tid=[tid], cpu=[cpu],
-                      comm_vals=comm_vals, comm_ind=[comm], fields=[[c] for c in chunks],
-                      bad=None)
+        return Parsed(
+            sid=sid,
+            n=nrows,
+            idx=[idx],
+            time=[t],
+            pid=[pid],
+            tid=[tid],
+            cpu=[cpu],
+            comm_vals=comm_vals,
+            comm_ind=[comm],
+            fields=[[c] for c in chunks],
+            bad=None,
+        )

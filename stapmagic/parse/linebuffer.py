@@ -30,8 +30,8 @@ class LineBuffer:
         self._on_overlong = on_overlong
         self._chunks: list[bytes] = []
         self._size = 0
-        self._nl_chunk = -1        # index in _chunks of the last chunk holding a newline
-        self._partial = 0          # bytes after the last newline
+        self._nl_chunk = -1  # index in _chunks of the last chunk holding a newline
+        self._partial = 0  # bytes after the last newline
         self._overlong: bytearray | None = None
         self._overlong_len = 0
         self._overlong_tagged = False
@@ -83,12 +83,14 @@ class LineBuffer:
         """Where in data[pos:] the first line longer than max_line starts (pos: the line
         buffered so far goes on), or -1. Scans in windows, so a huge chunk costs no more
         than a window of temporary memory."""
-        last = pos - 1 - self._partial      # where the newline before the current line is
+        last = pos - 1 - self._partial  # where the newline before the current line is
         n = len(data)
         for ws in range(pos, n, _SCAN_WINDOW):
             we = min(n, ws + _SCAN_WINDOW)
-            nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8, count=we - ws,
-                                              offset=ws) == 10) + ws
+            nl = (
+                np.flatnonzero(np.frombuffer(data, dtype=np.uint8, count=we - ws, offset=ws) == 10)
+                + ws
+            )
             if nl.size:
                 prev = np.empty(nl.size, dtype=np.int64)
                 prev[0] = last
@@ -127,14 +129,15 @@ class LineBuffer:
         """Take data[start:end] into the overlong line without copying all of it."""
         assert self._overlong is not None
         t = len(RECORD_TAG) - 1
-        edge = self._overlong_tail + data[start:min(end, start + t)]
-        if not self._overlong_tagged and (RECORD_TAG in edge
-                                          or data.find(RECORD_TAG, start, end) >= 0):
+        edge = self._overlong_tail + data[start : min(end, start + t)]
+        if not self._overlong_tagged and (
+            RECORD_TAG in edge or data.find(RECORD_TAG, start, end) >= 0
+        ):
             self._overlong_tagged = True
-        self._overlong_tail = (self._overlong_tail + data[max(start, end - t):end])[-t:]
+        self._overlong_tail = (self._overlong_tail + data[max(start, end - t) : end])[-t:]
         keep = min(self.max_line - len(self._overlong), end - start)
         if keep > 0:
-            self._overlong += data[start:start + keep]
+            self._overlong += data[start : start + keep]
         self._overlong_len += end - start
 
     def finish_overlong(self) -> None:
@@ -155,7 +158,7 @@ class LineBuffer:
             return
         last = self._chunks[k]
         cut = last.rfind(b"\n") + 1
-        tail_chunks = self._chunks[k + 1:]
+        tail_chunks = self._chunks[k + 1 :]
         if cut == len(last):
             head, rest = last, b""
         else:
@@ -168,4 +171,3 @@ class LineBuffer:
         self._size = sum(len(c) for c in new_chunks)
         self._nl_chunk = 0 if held else -1
         # _partial is unchanged: the bytes after the last newline are the same.
-

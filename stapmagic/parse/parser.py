@@ -1,10 +1,10 @@
 """RecordParser: the composition of the parse package's parts (see stapmagic/parse/__init__.py).
 
-    bytes -> LineBuffer -> batch of whole lines
-          -> clean batch (records of one shape)? engines in turn: compiled, pyarrow
-          -> else Classifier: record lines per shape (pyarrow, then the reference engine
-             for a group it cannot vouch for), print_regs dumps, other lines in order
-          -> Columns (rows) / TagReader -> Output (messages, damage, tags) -> Batch
+bytes -> LineBuffer -> batch of whole lines
+      -> clean batch (records of one shape)? engines in turn: compiled, pyarrow
+      -> else Classifier: record lines per shape (pyarrow, then the reference engine
+         for a group it cannot vouch for), print_regs dumps, other lines in order
+      -> Columns (rows) / TagReader -> Output (messages, damage, tags) -> Batch
 """
 
 from __future__ import annotations
@@ -50,16 +50,22 @@ class RecordParser:
     the script cannot have printed for it is a damaged line; a label not in it: text.
     """
 
-    def __init__(self, schemas: Sequence[ProbeSchema], *, batch_bytes: int = 4 << 20,
-                 max_line: int = 1 << 20, max_damaged_kept: int = 10_000,
-                 key_kinds: Mapping[str, ColumnKind] | None = None,
-                 messages_head: int = 2000, messages_tail: int = 2000,
-                 stap_messages: int = 2000) -> None:
+    def __init__(
+        self,
+        schemas: Sequence[ProbeSchema],
+        *,
+        batch_bytes: int = 4 << 20,
+        max_line: int = 1 << 20,
+        max_damaged_kept: int = 10_000,
+        key_kinds: Mapping[str, ColumnKind] | None = None,
+        messages_head: int = 2000,
+        messages_tail: int = 2000,
+        stap_messages: int = 2000,
+    ) -> None:
         self.plan = Plan(schemas)
         self.schemas = self.plan.schemas
         self.batch_bytes = batch_bytes
-        self.out = Output(max_line, max_damaged_kept,
-                          (messages_head, messages_tail, stap_messages))
+        self.out = Output(max_line, max_damaged_kept, (messages_head, messages_tail, stap_messages))
         self.tags = TagReader(self.out, key_kinds or {})
         self.columns_store = Columns(self.plan)
         self.buffer = LineBuffer(max_line, self._process, self._overlong)
@@ -68,7 +74,7 @@ class RecordParser:
         self.arrow = ArrowEngine(self.plan)
         self.reference = ReferenceEngine(self.plan)
         self._closed = False
-        self._clean_first = True     # try a batch as clean (the last one was, or was not tried)
+        self._clean_first = True  # try a batch as clean (the last one was, or was not tried)
 
     # ---- public API -----------------------------------------------------------------
 
@@ -180,8 +186,9 @@ class RecordParser:
         if tagged:
             self.out.damage(head)
         else:
-            self.out.message(head, note=f" [... {more} more bytes of this line not kept]"
-                             if more > 0 else "")
+            self.out.message(
+                head, note=f" [... {more} more bytes of this line not kept]" if more > 0 else ""
+            )
 
     def _take_batch(self) -> Batch:
         pieces, rows = self.columns_store.take_pieces()
@@ -200,11 +207,15 @@ class RecordParser:
         back for the next call."""
         if not buf:
             return 0
-        if (self._clean_first and not self.plan.any_regs and not last_partial
-                and buf.startswith(RECORD_PREFIX_B)):
+        if (
+            self._clean_first
+            and not self.plan.any_regs
+            and not last_partial
+            and buf.startswith(RECORD_PREFIX_B)
+        ):
             if self._clean(buf):
                 return len(buf)
-            self._clean_first = False     # skip the attempt for the next batch
+            self._clean_first = False  # skip the attempt for the next batch
         else:
             self._clean_first = True
         return self._general(buf, final, last_partial)
@@ -216,7 +227,7 @@ class RecordParser:
         # The CSV reader ends a row at \n, \r\n and a lone \r, and (ignore_empty_lines
         # off) fails on an empty one: as many rows as \n means no lone \r, no empty line.
         nrows = int(np.count_nonzero(np.frombuffer(buf, dtype=np.uint8) == 10))
-        digits = buf[len(RECORD_PREFIX_B):buf.find(b"\t", len(RECORD_PREFIX_B))]
+        digits = buf[len(RECORD_PREFIX_B) : buf.find(b"\t", len(RECORD_PREFIX_B))]
         if not digits.isdigit() or int(digits) >= len(self.schemas):
             return False
         sid = int(self.plan.shape_of[int(digits)])
@@ -254,7 +265,7 @@ class RecordParser:
         else:
             lens = nl[gl] + 1 - starts[gl]
             if int(gl[-1]) - int(gl[0]) + 1 == gl.size:
-                sub = ln.buf[int(starts[gl[0]]):int(nl[gl[-1]]) + 1]
+                sub = ln.buf[int(starts[gl[0]]) : int(nl[gl[-1]]) + 1]
             else:
                 line_mask = np.zeros(ln.n, dtype=np.bool_)
                 line_mask[gl] = True
@@ -269,8 +280,9 @@ class RecordParser:
             return self.reference.parse_lines(sid, gl, texts, self.columns_store.comm_code)
         return self._group(parsed, sub, gl, sub_bounds)
 
-    def _group(self, p: Parsed, buf: bytes, lines: I64 | None,
-               bounds: tuple[I64, I64] | None) -> tuple[Group, Damaged]:
+    def _group(
+        self, p: Parsed, buf: bytes, lines: I64 | None, bounds: tuple[I64, I64] | None
+    ) -> tuple[Group, Damaged]:
         """An engine's result -> a group of the kept rows (comm codes only for those) and
         the damaged lines (rows the column checks rejected)."""
         lut = np.full(len(p.comm_vals), -1, dtype=np.int32)
@@ -280,21 +292,32 @@ class RecordParser:
             used = np.unique(np.concatenate(p.comm_ind)[~p.bad]).tolist()
         for i in used:
             lut[i] = self.columns_store.comm_code(cast(str, p.comm_vals[i]))
-        g = Group(shape=self.plan.shapes[p.sid], n=p.n, lines=lines, idx=p.idx, time=p.time,
-                  pid=p.pid, tid=p.tid, cpu=p.cpu, comm=[lut[i] for i in p.comm_ind],
-                  fields=p.fields)
+        g = Group(
+            shape=self.plan.shapes[p.sid],
+            n=p.n,
+            lines=lines,
+            idx=p.idx,
+            time=p.time,
+            pid=p.pid,
+            tid=p.tid,
+            cpu=p.cpu,
+            comm=[lut[i] for i in p.comm_ind],
+            fields=p.fields,
+        )
         if p.bad is None:
             return g, []
         return _drop_bad(g, p.bad, buf, bounds)
 
 
-def _drop_bad(g: Group, bad: BoolArr, buf: bytes,
-              bounds: tuple[I64, I64] | None) -> tuple[Group, Damaged]:
+def _drop_bad(
+    g: Group, bad: BoolArr, buf: bytes, bounds: tuple[I64, I64] | None
+) -> tuple[Group, Damaged]:
     starts, cend = bounds if bounds is not None else _line_bounds(buf)
     lines = g.line_numbers()
     # rows are the lines of `buf` in order
-    damaged = [(int(lines[r]), buf[int(starts[r]):int(cend[r])])
-               for r in np.flatnonzero(bad).tolist()]
+    damaged = [
+        (int(lines[r]), buf[int(starts[r]) : int(cend[r])]) for r in np.flatnonzero(bad).tolist()
+    ]
     return g.keep(~bad), damaged
 
 

@@ -20,8 +20,13 @@ from ..schema import BASE_COLUMNS, ColumnKind, ProbeSchema
 Store = Literal["time", "cat", "int64", "uint64", "Int64", "UInt64", "str", "errno", "object"]
 
 _BINARY_DICT = pa.dictionary(pa.int32(), pa.binary())
-_ARROW_KIND_TYPES: dict[str, Any] = {"int": pa.int64(), "uint": pa.uint64(), "hex": pa.binary(),
-                                     "str": pa.binary(), "errno": _BINARY_DICT}
+_ARROW_KIND_TYPES: dict[str, Any] = {
+    "int": pa.int64(),
+    "uint": pa.uint64(),
+    "hex": pa.binary(),
+    "str": pa.binary(),
+    "errno": _BINARY_DICT,
+}
 
 
 @dataclass
@@ -30,10 +35,10 @@ class Shape:
 
     kinds: tuple[ColumnKind, ...]
     probes: list[int]
-    names: list[str] = field(default_factory=list)        # the CSV columns
-    types: dict[str, Any] = field(default_factory=dict)   # their pyarrow types
-    scan_kinds: bytes = b""             # the kinds as _recscan.scan takes them
-    probe_ok: bytes = b""               # per probe index: 1 if the probe has this shape
+    names: list[str] = field(default_factory=list)  # the CSV columns
+    types: dict[str, Any] = field(default_factory=dict)  # their pyarrow types
+    scan_kinds: bytes = b""  # the kinds as _recscan.scan takes them
+    probe_ok: bytes = b""  # per probe index: 1 if the probe has this shape
 
 
 def make_shape(kinds: tuple[ColumnKind, ...], probes: list[int]) -> Shape:
@@ -41,13 +46,21 @@ def make_shape(kinds: tuple[ColumnKind, ...], probes: list[int]) -> Shape:
     # anything else in them is a conversion error, and checking costs nothing.
     names = ["tag", *wire.RECORD_FIELDS]
     names += [f"f{j}" for j in range(len(kinds))] + ["end"]
-    types: dict[str, Any] = {"tag": pa.bool_(), "idx": pa.int64(), "time": pa.int64(),
-                             "pid": pa.int64(), "tid": pa.int64(), "cpu": pa.int64(),
-                             "comm": _BINARY_DICT, "end": pa.bool_()}
+    types: dict[str, Any] = {
+        "tag": pa.bool_(),
+        "idx": pa.int64(),
+        "time": pa.int64(),
+        "pid": pa.int64(),
+        "tid": pa.int64(),
+        "cpu": pa.int64(),
+        "comm": _BINARY_DICT,
+        "end": pa.bool_(),
+    }
     for j, k in enumerate(kinds):
         types[f"f{j}"] = _ARROW_KIND_TYPES[k]
-    return Shape(kinds, probes, names, types,
-                 scan_kinds=b"".join(wire.SCAN_KIND_CODES[k] for k in kinds))
+    return Shape(
+        kinds, probes, names, types, scan_kinds=b"".join(wire.SCAN_KIND_CODES[k] for k in kinds)
+    )
 
 
 def store_for(kinds: set[str], full: bool) -> Store:
@@ -93,8 +106,14 @@ class Plan:
                     count_by_name[c.name] = 0
                 kinds_by_name[c.name].add(c.kind)
                 count_by_name[c.name] += 1
-        self.stores: dict[str, Store] = {"time": "time", "probe": "cat", "pid": "int64",
-                                         "tid": "int64", "comm": "cat", "cpu": "int64"}
+        self.stores: dict[str, Store] = {
+            "time": "time",
+            "probe": "cat",
+            "pid": "int64",
+            "tid": "int64",
+            "comm": "cat",
+            "cpu": "int64",
+        }
         for name in order:
             full = count_by_name[name] == len(schemas)
             self.stores[name] = store_for(kinds_by_name[name], full)
@@ -102,13 +121,15 @@ class Plan:
         # per probe: output column name -> field position
         self.field_pos = [{c.name: j for j, c in enumerate(s.columns)} for s in schemas]
         self.any_regs = any(s.print_regs for s in schemas)
-        self.reg_names = ([r for r in wire.PRINT_REGS_COLUMNS if r not in kinds_by_name]
-                          if self.any_regs else [])
+        self.reg_names = (
+            [r for r in wire.PRINT_REGS_COLUMNS if r not in kinds_by_name] if self.any_regs else []
+        )
         self.reg_set = set(self.reg_names)
         for r in self.reg_names:
             self.stores[r] = "UInt64"
         self.regs_probe: npt.NDArray[np.bool_] = np.array(
-            [s.print_regs for s in schemas] or [False], dtype=np.bool_)
+            [s.print_regs for s in schemas] or [False], dtype=np.bool_
+        )
 
         shapes: dict[tuple[ColumnKind, ...], int] = {}
         self.shape_of = np.zeros(max(1, len(schemas)), dtype=np.int64)
@@ -121,4 +142,4 @@ class Plan:
             self.shapes[shapes[kinds]].probes.append(i)
             self.shape_of[i] = shapes[kinds]
         for sid, shape in enumerate(self.shapes):
-            shape.probe_ok = bytes(int(s == sid) for s in self.shape_of[:len(schemas)])
+            shape.probe_ok = bytes(int(s == sid) for s in self.shape_of[: len(schemas)])

@@ -19,8 +19,9 @@ class ReferenceEngine:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
 
-    def parse_lines(self, sid: int, lines: I64, texts: list[bytes],
-                    comm_code: Callable[[str], int]) -> tuple[Group, list[tuple[int, bytes]]]:
+    def parse_lines(
+        self, sid: int, lines: I64, texts: list[bytes], comm_code: Callable[[str], int]
+    ) -> tuple[Group, list[tuple[int, bytes]]]:
         """The record lines `texts` (line numbers `lines`, expected shape `sid`) -> the
         group of the well-formed ones, and (line, text) of the damaged ones."""
         shape = self.plan.shapes[sid]
@@ -53,10 +54,15 @@ class ReferenceEngine:
             return [np.array(vals, dtype=np.int64).reshape(n)]
 
         group = Group(
-            shape=shape, n=n, lines=lines[np.array(keep, dtype=np.int64)],
-            idx=ints([r.idx for r in recs]), time=ints([r.time_ns for r in recs]),
-            pid=ints([r.pid for r in recs]), tid=ints([r.tid for r in recs]),
+            shape=shape,
+            n=n,
+            lines=lines[np.array(keep, dtype=np.int64)],
+            idx=ints([r.idx for r in recs]),
+            time=ints([r.time_ns for r in recs]),
+            pid=ints([r.pid for r in recs]),
+            tid=ints([r.tid for r in recs]),
             cpu=ints([r.cpu for r in recs]),
             comm=[np.array([comm_code(r.comm) for r in recs], dtype=np.int32).reshape(n)],
-            fields=fields)
+            fields=fields,
+        )
         return group, damaged

@@ -24,7 +24,7 @@ class _HistBlock:
     name: str
     kind: str
     lines: list[bytes]
-    tag: bytes              # the @@smh line
+    tag: bytes  # the @@smh line
 
 
 class TagReader:
@@ -81,7 +81,7 @@ class TagReader:
             self._block = _HistBlock(name, hkind, [], t)
             return
         if t.startswith(_HIST_END):
-            self.out.damage(t)         # an end without its start
+            self.out.damage(t)  # an end without its start
             return
         if t.startswith(_SUMMARY_TAG):
             try:
@@ -99,4 +99,3 @@ class TagReader:
                 self.out.damage(t)
             return
         self.out.message(t)
-

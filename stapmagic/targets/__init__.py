@@ -29,6 +29,7 @@ __all__ = [
     "KallsymsSymbol",
     "Target",
     "TargetKind",
+    "kallsyms_filter",
     "kallsyms_symbols",
     "parse_target",
     "stap_env",
@@ -182,6 +183,14 @@ class _TargetMeta(abc.ABCMeta):
         return super().__call__(*args, **kwargs)
 
 
+def capture(full: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """Run an argv made by some `exec_argv`, stdout and stderr kept as bytes. Raises OSError
+    or subprocess.TimeoutExpired: each caller says what failed in its own terms."""
+    return subprocess.run(  # noqa: S603 (argv list, no shell)
+        list(full), capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+    )
+
+
 class Target(metaclass=_TargetMeta):
     """Where stap runs. Implementations are frozen dataclasses (equal when they name the
     same place); ``str(target)`` is what the user wrote (``local``, ``lab``, ``ssh://...``)."""
@@ -190,6 +199,8 @@ class Target(metaclass=_TargetMeta):
     #: a stop goes to stap's whole process group (Ctrl-C in a terminal); for a remote target
     #: only stap itself gets it, so it can tell the remote side to stop cleanly
     group_signals: ClassVar[bool] = False
+    #: stap reaches this target over a connection (ssh) that can be lost mid-run
+    remote: ClassVar[bool] = True
     #: the ``ssh://`` URL of a remote target
     url: str | None = None
 
@@ -231,15 +242,8 @@ class Target(metaclass=_TargetMeta):
         self, argv: Sequence[str], *, timeout: float = 60.0, ok_codes: tuple[int, ...] = (0,)
     ) -> str:
         """Run a short plain command on the target; its stdout (OptionError on failure)."""
-        full = self.exec_argv(argv)
         try:
-            done = subprocess.run(  # noqa: S603 (argv list, no shell)
-                full,
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
+            done = capture(self.exec_argv(argv), timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise OptionError(f"could not run {shlex.join(argv)} on the target: {exc}") from None
         if done.returncode not in ok_codes:

@@ -43,7 +43,7 @@ class LabTarget(Target):
     def stap_prefix(self, *, require_stap: bool = True) -> list[str]:
         from stapmagic import lab
 
-        return list(lab.stap_argv())
+        return list(lab.stap_argv(require_running=require_stap))
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         from stapmagic import lab

@@ -18,6 +18,7 @@ from stapmagic.targets import Target, check_arg, local_stap_version, which_stap
 class LocalTarget(Target):
     kind: ClassVar[str] = "local"
     group_signals: ClassVar[bool] = True
+    remote: ClassVar[bool] = False
 
     @classmethod
     def parse(cls, text: str) -> Target | None:

@@ -100,6 +100,7 @@ def main(argv: list[str]) -> int:
         out("partial", end="")
         return 0
     if mode in ("sigint", "ignore-int", "ignore-int-term"):
+
         def end(state):
             out(f"END hits={state['n']}")
             sys.exit(0)
@@ -175,9 +176,18 @@ def main(argv: list[str]) -> int:
 
             env = dict(os.environ, HOME=os.environ.get("FAKESTAP_REMOTE_HOME", "/"))
             # like staprun's child: no group leader (an sh in a session of its own runs it)
-            child = subprocess.Popen(["sh", "-c", '"$@" & wait $!', "sh",  # noqa: S603
-                                      *staprun_argv(args[args.index("-c") + 1])],
-                                     cwd=scratch, env=env, start_new_session=True)
+            child = subprocess.Popen(  # noqa: S603
+                [
+                    "sh",
+                    "-c",
+                    '"$@" & wait $!',
+                    "sh",
+                    *staprun_argv(args[args.index("-c") + 1]),
+                ],
+                cwd=scratch,
+                env=env,
+                start_new_session=True,
+            )
 
             def end(signum, frame):
                 out("END")
@@ -215,8 +225,10 @@ def stap_running_command(args: list[str]) -> int:
     if rc == 0:
         return 0
     if rc < 0:
-        out(f"WARNING: Child process exited with signal {-rc} ({signal.strsignal(-rc)})",
-            stream=sys.stderr)
+        out(
+            f"WARNING: Child process exited with signal {-rc} ({signal.strsignal(-rc)})",
+            stream=sys.stderr,
+        )
     else:
         out(f"WARNING: Child process exited with status {rc}", stream=sys.stderr)
     out("Pass 5: run failed.  [man error::pass5]", stream=sys.stderr)

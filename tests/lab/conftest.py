@@ -40,8 +40,10 @@ def lab():
         kept = f"{serial}.down-{int(time.time())}"
         if os.path.exists(serial):
             shutil.copy(serial, kept)  # up() starts a new console log
-        warnings.warn(f"lab VM was down (guest crash: {crash}; console kept in {kept}); "
-                      "booting it again", stacklevel=1)
+        warnings.warn(
+            f"lab VM was down (guest crash: {crash}; console kept in {kept}); booting it again",
+            stacklevel=1,
+        )
         labmod.up(log=lambda *a: None)
         return labmod
     pytest.skip("lab VM not running: python -m stapmagic.lab up")
@@ -71,8 +73,11 @@ def cell(ip, lab):
     def go(text: str):
         ip.user_ns.pop("_kprobe", None)
         result = ip.run_cell(text)
-        return (result.result, result.error_before_exec or result.error_in_exec,
-                ip.user_ns.get("_kprobe"))
+        return (
+            result.result,
+            result.error_before_exec or result.error_in_exec,
+            ip.user_ns.get("_kprobe"),
+        )
 
     yield go
     ip.run_line_magic("config", 'KprobeMagics.target = "local"')

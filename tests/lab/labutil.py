@@ -50,12 +50,16 @@ def module_hash(run_or_messages: pipeline.ProbeRun | Iterable[str]) -> str:
 
 def loaded(prefix: str) -> list[str]:
     """The guest's modules whose name starts with `prefix`."""
-    return [line.split()[0] for line in guest("cat", "/proc/modules").splitlines()
-            if line.startswith(prefix)]
+    return [
+        line.split()[0]
+        for line in guest("cat", "/proc/modules").splitlines()
+        if line.startswith(prefix)
+    ]
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = ROWS_TIMEOUT,
-             what: str = "condition") -> None:
+def wait_for(
+    cond: Callable[[], bool], timeout: float = ROWS_TIMEOUT, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

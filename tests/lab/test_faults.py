@@ -40,15 +40,21 @@ TAG = f"STAPMAGIC_FAULTS_{os.getpid()}"
 
 def module_hash(messages: list[str]) -> str:
     """The run's bare script hash: in the guest its module is stap_HASH_<staprun pid>."""
-    return labutil.module_hash(messages)[len("stap_"):-1]
+    return labutil.module_hash(messages)[len("stap_") : -1]
 
 
 def guest_leftovers(hash_: str) -> list[str]:
     """The run's module and processes (stapio, staprun: their argv names the module)."""
-    modules = [ln.split()[0] for ln in guest("cat", "/proc/modules").splitlines()
-               if ln.startswith(f"stap_{hash_}_")]
-    procs = [ln.strip() for ln in guest("ps", "-eo", "pid,comm,args").splitlines()
-             if hash_ in ln and " ps -eo " not in ln]
+    modules = [
+        ln.split()[0]
+        for ln in guest("cat", "/proc/modules").splitlines()
+        if ln.startswith(f"stap_{hash_}_")
+    ]
+    procs = [
+        ln.strip()
+        for ln in guest("ps", "-eo", "pid,comm,args").splitlines()
+        if hash_ in ln and " ps -eo " not in ln
+    ]
     return modules + procs
 
 
@@ -78,15 +84,16 @@ def _stat(pid: int) -> tuple[str, int] | None:
             text = fh.read()
     except OSError:
         return None
-    comm = text[text.index("(") + 1:text.rindex(")")]
-    return comm, int(text[text.rindex(")") + 2:].split()[1])
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    return comm, int(text[text.rindex(")") + 2 :].split()[1])
 
 
 def host_descendants(root: int | None = None) -> list[tuple[int, str]]:
     """(pid, comm) of every process below `root` (default: this process), from /proc."""
     root = os.getpid() if root is None else root
-    table = {int(n): st for n in os.listdir("/proc") if n.isdigit()
-             and (st := _stat(int(n))) is not None}
+    table = {
+        int(n): st for n in os.listdir("/proc") if n.isdigit() and (st := _stat(int(n))) is not None
+    }
     found: list[tuple[int, str]] = []
     frontier = [root]
     while frontier:
@@ -147,12 +154,12 @@ def cell(ip, lab, monkeypatch):
 
 
 # 5 connects, then a quiet stretch in which the fault is injected.
-KILL_CELL = (f'%%kprobe -D {TAG} -c "python3 connect_a_few.py 5; sleep 14.5" '
-             "tcp_v4_connect")
+KILL_CELL = f'%%kprobe -D {TAG} -c "python3 connect_a_few.py 5; sleep 14.5" tcp_v4_connect'
 
 
-def inject_when_quiet(live: dict[str, pipeline.ProbeRun], victim: Callable[[], int],
-                      fired: dict[str, object]) -> threading.Thread:
+def inject_when_quiet(
+    live: dict[str, pipeline.ProbeRun], victim: Callable[[], int], fired: dict[str, object]
+) -> threading.Thread:
     """Once the workload reported its 5 connects, SIGKILL the process victim() names."""
 
     def go() -> None:
@@ -221,8 +228,9 @@ def test_transport_lost_keeps_rows_says_connection_lost_leaves_nothing(cell):
     assert "pid" in fired, f"the fault was never injected: {run and run.messages}"
     assert isinstance(err, UsageError), err
     text = str(err)
-    assert text.startswith("the connection to the target (the lab VM) was lost during the run"), \
+    assert text.startswith("the connection to the target (the lab VM) was lost during the run"), (
         text
+    )
     assert "The target answers again now" in text
     assert [d.code for d in run.diagnoses][0] == "connection_lost"
     assert run.status.exit_status not in (0, None) and not run.interrupted
@@ -234,8 +242,7 @@ def test_transport_lost_keeps_rows_says_connection_lost_leaves_nothing(cell):
 def test_transport_lost_at_the_handshake_is_an_error_not_an_empty_result(lab):
     """stap exits 0 when it cannot start its remote session (main.cxx overwrites the rc):
     without its one message line this would be an empty frame that looks like "no events"."""
-    opts = pipeline.ProbeOptions(command="python3 connect_a_few.py 1", target="lab",
-                                 defines=(TAG,))
+    opts = pipeline.ProbeOptions(command="python3 connect_a_few.py 1", target="lab", defines=(TAG,))
     run = pipeline.start(pipeline.prepare("tcp_v4_connect", "", opts))
     killed = None
     deadline = time.monotonic() + 60
@@ -262,27 +269,40 @@ def test_transport_lost_at_the_handshake_is_an_error_not_an_empty_result(lab):
 # SystemTap's runtime limits (through the pipeline)
 
 # Fires in the -c command's `sleep`, i.e. after the workload's 20 connects.
-AFTER_WORKLOAD = ('probe kprobe.function("do_nanosleep") {\n'
-                  '\tif (execname() != "sleep" || (ppid() != target() && pid() != target())) next\n')
+AFTER_WORKLOAD = (
+    'probe kprobe.function("do_nanosleep") {\n'
+    '\tif (execname() != "sleep" || (ppid() != target() && pid() != target())) next\n'
+)
+
 
 # A hit that runs long: counted iterations, not a clock (under nested TCG the guest's clocks
 # jump by host scheduling stalls, so a busy-wait on them ends at random).
 def busy(iterations: int) -> str:
-    return (f"\tc0 = get_cycles()\n\tfor (i = 0; i < {iterations}; i++) {{ x += i }}\n"
-            '\tprintf("busy: %d iterations, %d cycles on cpu %d\\n", i, get_cycles() - c0, '
-            "cpu())\n}\n")
+    return (
+        f"\tc0 = get_cycles()\n\tfor (i = 0; i < {iterations}; i++) {{ x += i }}\n"
+        '\tprintf("busy: %d iterations, %d cycles on cpu %d\\n", i, get_cycles() - c0, '
+        "cpu())\n}\n"
+    )
+
 
 FAULTS = {
     # an unbounded loop: 100000 iterations against MAXACTION_INTERRUPTIBLE's default 10000
-    "maxaction": ((), AFTER_WORKLOAD + "\tfor (i = 0; i < 100000; i++) { }\n}\n",
-                  "python3 connect_a_few.py 20; sleep 10"),
+    "maxaction": (
+        (),
+        AFTER_WORKLOAD + "\tfor (i = 0; i < 100000; i++) { }\n}\n",
+        "python3 connect_a_few.py 20; sleep 10",
+    ),
     # one hit of 10M loop iterations (~4 10^8 cycles here); every hit checks its own last
     # 1M cycles against 50M
     "probe_overhead": (
-        ("MAXACTION=100000000", "STP_OVERLOAD_THRESHOLD=50000000LL",
-         "STP_OVERLOAD_INTERVAL=1000000LL"),
+        (
+            "MAXACTION=100000000",
+            "STP_OVERLOAD_THRESHOLD=50000000LL",
+            "STP_OVERLOAD_INTERVAL=1000000LL",
+        ),
         AFTER_WORKLOAD + busy(10_000_000),
-        "python3 connect_a_few.py 20; sleep 10"),
+        "python3 connect_a_few.py 20; sleep 10",
+    ),
     # the sleep's hit holds a global's write lock while busy (stap takes it at the first use
     # and drops it after the last, hence a use at each end); timer.profile reads it on the
     # other CPU (a spinner keeps that one ticking), gives up after MAXTRYLOCK tries (1 ms)
@@ -291,20 +311,23 @@ FAULTS = {
     # so nothing contends before the workload is done.
     "skipped_too_many": (
         ("MAXACTION=100000000", "STP_NO_OVERLOAD", "MAXSKIPPED=0"),
-        "global __sm7_g\n" + AFTER_WORKLOAD + "\t__sm7_g = 1\n"
-        + busy(50_000_000)[:-2] + "\t__sm7_g = 2\n}\n"
+        "global __sm7_g\n"
+        + AFTER_WORKLOAD
+        + "\t__sm7_g = 1\n"
+        + busy(50_000_000)[:-2]
+        + "\t__sm7_g = 2\n}\n"
         + "probe timer.profile {\n\tif (__sm7_g) next\n}\n",
         # the spinner gets going while python3 waits (not a `sleep`: that would arm it)
         "python3 connect_a_few.py 20; timeout 5 sh -c 'while :; do :; done' & "
-        "python3 -c 'import time; time.sleep(0.8)'; sleep 1; wait"),
+        "python3 -c 'import time; time.sleep(0.8)'; sleep 1; wait",
+    ),
 }
 
 
 @pytest.mark.parametrize("code", list(FAULTS))
 def test_runtime_limit_keeps_rows_and_is_diagnosed(lab, code):
     defines, extra, command = FAULTS[code]
-    opts = pipeline.ProbeOptions(command=command, target="lab", verbose=1,
-                                 defines=(TAG, *defines))
+    opts = pipeline.ProbeOptions(command=command, target="lab", verbose=1, defines=(TAG, *defines))
     run = pipeline.prepare("tcp_v4_connect", "", opts)
     run.script_text += "\n" + extra
     run.argv = pipeline.build_argv(run.script_text, opts, LAB)
@@ -335,20 +358,27 @@ def test_runtime_limit_keeps_rows_and_is_diagnosed(lab, code):
 # the ending diagnoses without a lab (pure decisions)
 
 
-def _ended(status: runner.RunStatus, messages: list[str], target: str = "lab",
-           rows: int = 0) -> pipeline.ProbeRun:
-    run = pipeline.prepare_script("probe begin {}", pipeline.ProbeOptions(
-        target=target, dry_run=True))
+def _ended(
+    status: runner.RunStatus, messages: list[str], target: str = "lab", rows: int = 0
+) -> pipeline.ProbeRun:
+    # No stap command line: these decisions must not need a running lab (or stap) at all.
+    run = pipeline.prepare_script(
+        "probe begin {}",
+        pipeline.ProbeOptions(target=target, dry_run=True),
+        build=lambda text, opts, tgt: ["stap", "-e", text],
+    )
     run.status = status
     run.parser.messages.extend(messages)
     run.parser.row_count = rows  # the count alone: no frame is built here
     return run
 
 
-def _status(exit_status: int | None = 1, sig: int | None = None,
-            interrupted: bool = False) -> runner.RunStatus:
-    return runner.RunStatus(exit_status=exit_status, signal=sig, interrupted=interrupted,
-                            escalated=None, duration=1.0)
+def _status(
+    exit_status: int | None = 1, sig: int | None = None, interrupted: bool = False
+) -> runner.RunStatus:
+    return runner.RunStatus(
+        exit_status=exit_status, signal=sig, interrupted=interrupted, escalated=None, duration=1.0
+    )
 
 
 def test_remote_session_failure_is_an_error_despite_exit_0():
@@ -371,13 +401,16 @@ def test_ending_diagnoses_unreachable_target_is_named():
     assert "python -m stapmagic.lab status" in found[0].summary
 
 
-@pytest.mark.parametrize("status, messages, target", [
-    (_status(0), ["Pass 5: starting run."], "lab"),                       # a clean end
-    (_status(None, 2, interrupted=True), ["Pass 5: starting run."], "lab"),  # our stop
-    (_status(1), ["Pass 5: starting run.", "ERROR: MAXACTION exceeded near x"], "lab"),
-    (_status(1), ["Pass 5: starting run."], "local"),                     # no transport
-    (_status(1), ["semantic error: no match", "Pass 2: analysis failed."], "lab"),
-])
+@pytest.mark.parametrize(
+    "status, messages, target",
+    [
+        (_status(0), ["Pass 5: starting run."], "lab"),  # a clean end
+        (_status(None, 2, interrupted=True), ["Pass 5: starting run."], "lab"),  # our stop
+        (_status(1), ["Pass 5: starting run.", "ERROR: MAXACTION exceeded near x"], "lab"),
+        (_status(1), ["Pass 5: starting run."], "local"),  # no transport
+        (_status(1), ["semantic error: no match", "Pass 2: analysis failed."], "lab"),
+    ],
+)
 def test_ending_diagnoses_stay_out_of_the_way(status, messages, target):
     asked: list[runner.Target] = []
 

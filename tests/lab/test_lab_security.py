@@ -19,7 +19,9 @@ LAB = runner.Target("lab")
 INSECURE_APT = re.compile(
     r"trusted\s*=\s*yes|allow-insecure\s*=\s*yes|allow-weak\s*=\s*yes|AllowUnauthenticated|"
     r"AllowInsecureRepositories|AllowDowngradeToInsecureRepositories|allow-unauthenticated|"
-    r"--no-check-gpg|force-yes", re.IGNORECASE)
+    r"--no-check-gpg|force-yes",
+    re.IGNORECASE,
+)
 
 
 @pytest.fixture
@@ -57,7 +59,10 @@ def test_qemu_exposes_only_a_loopback_ssh_forward(state):
 
 
 def test_every_private_key_of_the_image_is_0600(root):
-    keys = [root / "root/.ssh/stapmagic_lab_ed25519", *sorted((root / "etc/ssh").glob("ssh_host_*_key"))]
+    keys = [
+        root / "root/.ssh/stapmagic_lab_ed25519",
+        *sorted((root / "etc/ssh").glob("ssh_host_*_key")),
+    ]
     assert len(keys) >= 2
     for key in keys:
         st = key.stat()
@@ -68,8 +73,11 @@ def test_every_private_key_of_the_image_is_0600(root):
 
 
 def test_guest_accepts_exactly_the_image_key(root):
-    authorized = [ln.split()[:2] for ln in (root / "root/.ssh/authorized_keys").read_text()
-                  .splitlines() if ln.strip() and not ln.startswith("#")]
+    authorized = [
+        ln.split()[:2]
+        for ln in (root / "root/.ssh/authorized_keys").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     mine = (root / "root/.ssh/stapmagic_lab_ed25519.pub").read_text().split()[:2]
     assert authorized == [mine]
     live = runner.run_on_target(LAB, ["cat", "/root/.ssh/authorized_keys"]).split()
@@ -93,8 +101,11 @@ def test_keys_are_made_per_image_not_shipped(root):
             assert "PRIVATE KEY" not in text, f
             for material in _key_material(root).values():
                 assert material not in text, f
-    images = [p for p in root.parent.parent.glob("*/root") if (p / "root/.ssh").is_dir()
-              and (p / "root/.ssh/stapmagic_lab_ed25519.pub").is_file()]
+    images = [
+        p
+        for p in root.parent.parent.glob("*/root")
+        if (p / "root/.ssh").is_dir() and (p / "root/.ssh/stapmagic_lab_ed25519.pub").is_file()
+    ]
     others = [p for p in images if p.resolve() != root.resolve()]
     if not others:
         pytest.skip("only one lab image on this machine: nothing to compare")
@@ -110,18 +121,24 @@ def _password_fields(shadow: str) -> dict[str, str]:
 
 def test_no_account_has_a_password(root):
     """root and every other account: '*' or '!...' (locked), in the image and in the guest."""
-    for where, shadow in (("image", (root / "etc/shadow").read_text()),
-                          ("guest", runner.run_on_target(LAB, ["cat", "/etc/shadow"]))):
+    for where, shadow in (
+        ("image", (root / "etc/shadow").read_text()),
+        ("guest", runner.run_on_target(LAB, ["cat", "/etc/shadow"])),
+    ):
         fields = _password_fields(shadow)
         assert "root" in fields, where
-        usable = {user: pw[:3] for user, pw in fields.items()
-                  if not (pw == "*" or pw.startswith("!"))}
+        usable = {
+            user: pw[:3] for user, pw in fields.items() if not (pw == "*" or pw.startswith("!"))
+        }
         assert not usable, f"{where}: accounts with a password or an empty one: {usable}"
 
 
 def test_sshd_allows_keys_only(state):
-    settings = dict(line.split(" ", 1) for line in
-                    runner.run_on_target(LAB, ["sshd", "-T"]).splitlines() if " " in line)
+    settings = dict(
+        line.split(" ", 1)
+        for line in runner.run_on_target(LAB, ["sshd", "-T"]).splitlines()
+        if " " in line
+    )
     assert settings["pubkeyauthentication"] == "yes"
     assert settings["kbdinteractiveauthentication"] == "no"
     assert settings["permitemptypasswords"] == "no"
@@ -136,19 +153,30 @@ def test_image_packages_were_signature_checked(root):
     assert re.search(r"^I: Valid Release signature \(key id [0-9A-F]+\)$", debootstrap, re.M)
     assert "--no-check-gpg" not in debootstrap
     provision = (logs / "provision.log").read_text(errors="replace")
-    for bad in ("NO_PUBKEY", "is not signed", "cannot be authenticated", "insecure",
-                "--allow-unauthenticated"):
+    for bad in (
+        "NO_PUBKEY",
+        "is not signed",
+        "cannot be authenticated",
+        "insecure",
+        "--allow-unauthenticated",
+    ):
         assert bad not in provision, bad
     assert re.search(r"^Get:\d+ \S+ \S+ InRelease", provision, re.M)  # signed index used
 
     apt = root / "etc/apt"
-    files = [apt / "sources.list", *apt.glob("sources.list.d/*"), *apt.glob("apt.conf.d/*"),
-             *apt.glob("apt.conf")]
+    files = [
+        apt / "sources.list",
+        *apt.glob("sources.list.d/*"),
+        *apt.glob("apt.conf.d/*"),
+        *apt.glob("apt.conf"),
+    ]
     for f in files:
         if f.is_file():
             assert not INSECURE_APT.search(f.read_text(errors="replace")), f
-    keyrings = [*apt.glob("trusted.gpg.d/debian-archive-*"),
-                *(root / "usr/share/keyrings").glob("debian-archive-keyring.*")]
+    keyrings = [
+        *apt.glob("trusted.gpg.d/debian-archive-*"),
+        *(root / "usr/share/keyrings").glob("debian-archive-keyring.*"),
+    ]
     assert keyrings, "no Debian archive key in the image: apt could verify nothing"
 
 

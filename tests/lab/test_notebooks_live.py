@@ -23,7 +23,8 @@ def test_notebook_runs_live_on_the_lab(path, lab):
     nb = notebooks.execute(path, mode="live", target="lab", timeout=900)
     first = next(c for c in nb.cells if c.cell_type == "code")
     assert "mode auto -> live (STAPMAGIC_MODE=live)" in "".join(
-        o.get("text", "") for o in first.outputs)
+        o.get("text", "") for o in first.outputs
+    )
     for cell in nb.cells:
         if cell.cell_type == "code":
             text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")

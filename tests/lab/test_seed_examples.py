@@ -35,7 +35,8 @@ def kprobe_offset() -> int:
 
 def test_1_entry_arguments(cell):
     df, err, run = cell(
-        '%%kprobe -q -c "python3 connect_a_few.py" tcp_v4_connect sk:ptr uaddr:ptr len:uint')
+        '%%kprobe -q -c "python3 connect_a_few.py" tcp_v4_connect sk:ptr uaddr:ptr len:uint'
+    )
     assert err is None, err
     assert len(df) == 3
     assert set(df["pid"]) == {workload_pid(run)}
@@ -57,7 +58,8 @@ def test_2_return_int_sign_extended_with_errno_names(cell):
 
 def test_3_print_regs_columns(cell):
     df, err, _ = cell(
-        '%%kprobe -q --print-regs -n 1 -c "python3 connect_a_few.py" tcp_v4_connect sk:ptr')
+        '%%kprobe -q --print-regs -n 1 -c "python3 connect_a_few.py" tcp_v4_connect sk:ptr'
+    )
     assert err is None, err
     assert len(df) == 1
     missing = [r for r in REGISTER_COLUMNS if r not in df.columns]
@@ -78,7 +80,8 @@ def test_4_regs_and_signedness(cell):
     _, err, run = cell(
         '%%stap -q -c "python3 connect_a_few.py 1"\n'
         'probe kprobe.function("tcp_v4_connect") {\n'
-        '  printf("rip s=%d u=%u\\n", register("rip"), u_register("rip"))\n}\n')
+        '  printf("rip s=%d u=%u\\n", register("rip"), u_register("rip"))\n}\n'
+    )
     assert err is None, err
     line = next(m for m in run.messages if m.startswith("rip s="))
     s, u = (int(x) for x in re.findall(r"=(-?\d+)", line))
@@ -90,7 +93,8 @@ def test_5_module_function(cell):
     assert "ext4" in guest("cat", "/proc/modules")
     df, err, _ = cell(
         '%%kprobe -q -c "python3 read_files.py 5 /root/work/read_files.py" '
-        'ext4:ext4_file_open inode:ptr filp:ptr')
+        "ext4:ext4_file_open inode:ptr filp:ptr"
+    )
     assert err is None, err
     mine = df[df["comm"] == "python3"]
     assert len(mine) >= 5
@@ -101,7 +105,8 @@ def test_5_module_function(cell):
 def test_5_module_function_by_address_under_guru(cell):
     df, err, run = cell(
         '%%kprobe -q --guru -c "python3 read_files.py 5 /root/work/read_files.py" '
-        'ext4:ext4_file_open inode:ptr')
+        "ext4:ext4_file_open inode:ptr"
+    )
     assert err is None, err
     assert "kprobe.statement(" in run.script_text and ").absolute" in run.script_text
     assert f"0x{kallsyms_address('ext4_file_open'):x}" in run.script_text
@@ -161,8 +166,9 @@ def test_7_interrupt_keeps_rows_and_unloads_the_module(cell, live_run):
 
     def press_stop():
         try:
-            wait_for(lambda: "run" in live_run and live_run["run"].parser.row_count >= 3,
-                     what="3 rows")
+            wait_for(
+                lambda: "run" in live_run and live_run["run"].parser.row_count >= 3, what="3 rows"
+            )
         finally:
             fired.set()
             os.kill(os.getpid(), signal.SIGINT)
@@ -174,8 +180,9 @@ def test_7_interrupt_keeps_rows_and_unloads_the_module(cell, live_run):
     assert run.interrupted
     assert len(df) >= 3 and len(df) == run.parser.row_count
     # This run's module, and its stapio/staprun, are gone (other runs may share the guest).
-    assert not [m for m in guest("cat", "/proc/modules").splitlines()
-                if m.startswith(module_hash(run))]
+    assert not [
+        m for m in guest("cat", "/proc/modules").splitlines() if m.startswith(module_hash(run))
+    ]
     procs = guest("ps", "-eo", "pid,args")
     assert not re.search(r"\b(stapio|staprun)\b.*" + module_hash(run), procs), procs
     # The -c workload (100000 connects) must have been ended with the run, not orphaned.

@@ -67,8 +67,12 @@ def threads() -> int:
 
 def one_run(n: int) -> pipeline.ProbeRun:
     stopped = n % STOP_EVERY == 0
-    opts = pipeline.ProbeOptions(command=STOPPED_COMMAND if stopped else DONE_COMMAND,
-                                 target="lab", verbose=1, defines=(TAG,))
+    opts = pipeline.ProbeOptions(
+        command=STOPPED_COMMAND if stopped else DONE_COMMAND,
+        target="lab",
+        verbose=1,
+        defines=(TAG,),
+    )
     run = pipeline.start(pipeline.prepare("tcp_v4_connect", "", opts))
     if stopped:
         deadline = time.monotonic() + 300
@@ -126,5 +130,7 @@ def test_repeated_runs_leak_nothing(lab):
     for hash_ in hashes.values():
         assert not guest_leftovers(hash_)
     total = time.monotonic() - t0
-    print(f"\n{RUNS} runs in {total:.0f} s: {min(durations):.1f}-{max(durations):.1f} s each, "
-          f"RSS after run {BASELINE_RUN} {base['rss']} KiB, after run {RUNS} {rss_kib()} KiB")
+    print(
+        f"\n{RUNS} runs in {total:.0f} s: {min(durations):.1f}-{max(durations):.1f} s each, "
+        f"RSS after run {BASELINE_RUN} {base['rss']} KiB, after run {RUNS} {rss_kib()} KiB"
+    )

@@ -28,8 +28,16 @@ from test_spec_properties import build_options, build_valid  # noqa: E402
 SEED = 20240607
 SAMPLE = 24
 # Kernel functions of the guest (vmlinux), and one module function (ext4 is loaded at boot).
-FUNCTIONS = ("tcp_v4_connect", "vfs_read", "vfs_write", "do_sys_openat2", "tcp_sendmsg",
-             "inet_csk_accept", "ip_rcv", "__x64_sys_getpid")
+FUNCTIONS = (
+    "tcp_v4_connect",
+    "vfs_read",
+    "vfs_write",
+    "do_sys_openat2",
+    "tcp_sendmsg",
+    "inet_csk_accept",
+    "ip_rcv",
+    "__x64_sys_getpid",
+)
 MODULE_FUNCTION = ("ext4", "ext4_file_open")
 
 
@@ -45,8 +53,13 @@ def p2(lab):
 
     def go(script: Script) -> subprocess.CompletedProcess[str]:
         argv = base + (["-g"] if script.guru else []) + ["-e", script.text]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120,  # noqa: S603
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(  # noqa: S603
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
 
     return go
 
@@ -117,24 +130,33 @@ def test_sampled_specs_are_accepted(p2):
 def _widest_probe(kind: str) -> Probe:
     types = [ARG_TYPES[i % len(ARG_TYPES)] for i in range(MAX_ARGS)]
     args = tuple(Arg(f"a_{i}", t, i) for i, t in enumerate(types, 1))
-    return Probe(function="tcp_v4_connect", module=None, address=None,
-                 kind=kind, rettype=None if kind == "entry" else "int",  # type: ignore[arg-type]
-                 args=args if kind != "return" else (), text="", label="tcp_v4_connect")
+    return Probe(
+        function="tcp_v4_connect",
+        module=None,
+        address=None,
+        kind=kind,
+        rettype=None if kind == "entry" else "int",  # type: ignore[arg-type]
+        args=args if kind != "return" else (),
+        text="",
+        label="tcp_v4_connect",
+    )
 
 
 @pytest.mark.parametrize("kind", ["entry", "return", "pair"])
 def test_widest_records_are_accepted(p2, kind):
     """16 arguments of every type plus all registers: printf is split at 32 arguments."""
-    opts = ScriptOptions(count=3, duration=0.5, regs=REGS_ALLOWED, filter_pid=True,
-                         string_max=511)
+    opts = ScriptOptions(count=3, duration=0.5, regs=REGS_ALLOWED, filter_pid=True, string_max=511)
     assert_accepted(p2, generate(Spec((_widest_probe(kind),)), opts))
 
 
-@pytest.mark.parametrize("field, values", [
-    ("count", [1, 10**9, 10**15, 2**62, 2**63 - 1, 2**63, 2**64]),
-    ("duration", [0.0001, 1.0, 86400.0, 86400.001, 1e6]),
-    ("string_max", [1, 511]),
-])
+@pytest.mark.parametrize(
+    "field, values",
+    [
+        ("count", [1, 10**9, 10**15, 2**62, 2**63 - 1, 2**63, 2**64]),
+        ("duration", [0.0001, 1.0, 86400.0, 86400.001, 1e6]),
+        ("string_max", [1, 511]),
+    ],
+)
 def test_option_extremes_are_refused_or_accepted(p2, field, values):
     """Each value is refused with an OptionError or gives a script stap accepts; none
     reaches stap as a script it rejects (or, for -n, silently misreads)."""

@@ -9,8 +9,9 @@ from stapmagic import pipeline
 
 
 def test_stap_duration_and_spec_on_the_lab(cell):
-    script = pipeline.prepare("ksys_read fd:uint", "",
-                              pipeline.ProbeOptions(dry_run=True)).script_text
+    script = pipeline.prepare(
+        "ksys_read fd:uint", "", pipeline.ProbeOptions(dry_run=True)
+    ).script_text
     t0 = time.monotonic()
     value, err, run = cell(f"%%stap -q -T 3 --spec 'ksys_read fd:uint'\n{script}")
     took = time.monotonic() - t0

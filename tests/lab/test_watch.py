@@ -66,8 +66,9 @@ def test_a_latency_pairs_each_call(cell):
 
 
 def test_b_hist_latency_counts_every_call(cell):
-    df, err, run = cell('%%kprobe -q --hist latency --cmd-only -c "python3 connect_a_few.py 5" '
-                        "tcp_v4_connect")
+    df, err, run = cell(
+        '%%kprobe -q --hist latency --cmd-only -c "python3 connect_a_few.py 5" tcp_v4_connect'
+    )
     assert err is None, err
     assert run.df.empty  # no per-event lines
     assert list(df.columns) == ["probe", "value", "low", "high", "count"]
@@ -88,8 +89,10 @@ def test_b_hist_latency_counts_every_call(cell):
 
 
 def test_c_hist_retval_negative_buckets(cell):
-    df, err, run = cell('%%kprobe -q --hist retval --cmd-only -c "python3 connect_fail.py" '
-                        "tcp_v4_connect.return:int")
+    df, err, run = cell(
+        '%%kprobe -q --hist retval --cmd-only -c "python3 connect_fail.py" '
+        "tcp_v4_connect.return:int"
+    )
     assert err is None, err
 
     def count_of(value: int) -> int:
@@ -97,16 +100,17 @@ def test_c_hist_retval_negative_buckets(cell):
         assert len(hit) == 1, (value, df)
         return int(hit["count"].iloc[0])
 
-    assert count_of(-97) == 1   # EAFNOSUPPORT: bucket -64 holds -127..-64
-    assert count_of(-22) == 1   # EINVAL: bucket -16 holds -31..-16
+    assert count_of(-97) == 1  # EAFNOSUPPORT: bucket -64 holds -127..-64
+    assert count_of(-22) == 1  # EINVAL: bucket -16 holds -31..-16
     assert count_of(0) == 2
     assert int(df["count"].sum()) == 4
     assert df.attrs["min"] == -97 and df.attrs["max"] == 0 and df.attrs["sum"] == -119
 
 
 def test_d_count_by_comm(cell):
-    df, err, run = cell('%%kprobe -q --count-by comm --cmd-only '
-                        '-c "python3 connect_a_few.py 4" tcp_v4_connect')
+    df, err, run = cell(
+        '%%kprobe -q --count-by comm --cmd-only -c "python3 connect_a_few.py 4" tcp_v4_connect'
+    )
     assert err is None, err
     assert list(df.columns) == ["probe", "key", "count"]
     assert df.to_dict("records") == [{"probe": "tcp_v4_connect", "key": "python3", "count": 4}]
@@ -116,8 +120,7 @@ def test_d_count_by_comm(cell):
 
 def test_d_count_by_pid_everywhere(cell):
     """Without a filter: every process that connected, the workload with its 3 connects."""
-    df, err, run = cell('%%kprobe -q --count-by pid -c "python3 connect_a_few.py 3" '
-                        "tcp_v4_connect")
+    df, err, run = cell('%%kprobe -q --count-by pid -c "python3 connect_a_few.py 3" tcp_v4_connect')
     assert err is None, err
     assert df["key"].dtype == "int64"
     assert int(df.loc[df["key"] == workload_pid(run), "count"].sum()) == 3
@@ -125,8 +128,7 @@ def test_d_count_by_pid_everywhere(cell):
 
 
 def test_e_background_run_grows_and_stop_keeps_rows(cell, ip):
-    value, err, _ = cell('%%kprobe --bg -o r -c "python3 connect_a_few.py 100000" '
-                         "tcp_v4_connect")
+    value, err, _ = cell('%%kprobe --bg -o r -c "python3 connect_a_few.py 100000" tcp_v4_connect')
     assert err is None, err
     r = ip.user_ns["r"]
     assert value is r and ip.user_ns["_kprobe"] is r
@@ -155,14 +157,15 @@ def test_e_background_run_grows_and_stop_keeps_rows(cell, ip):
 def test_e_stop_all_ends_every_background_run(cell, ip):
     _, err, _ = cell('%%kprobe -q --bg -o r1 -c "python3 connect_a_few.py 100000" tcp_v4_connect')
     assert err is None, err
-    _, err, _ = cell('%%kprobe -q --bg -o r2 tcp_v4_connect')
+    _, err, _ = cell("%%kprobe -q --bg -o r2 tcp_v4_connect")
     assert err is None, err
     r1, r2 = ip.user_ns["r1"], ip.user_ns["r2"]
     try:
         # r2 probes every process: r1's workload gives it rows once it runs
-        wait_for(lambda: (len(r1.df) >= 1 and len(r2.df) >= 1) or not (r1.running
-                                                                     and r2.running),
-                 what="rows in both runs")
+        wait_for(
+            lambda: (len(r1.df) >= 1 and len(r2.df) >= 1) or not (r1.running and r2.running),
+            what="rows in both runs",
+        )
         assert r1.running and r2.running
     finally:
         ip.run_line_magic("kprobe", "--stop-all")
@@ -174,13 +177,15 @@ def test_e_stop_all_ends_every_background_run(cell, ip):
 
 def test_f_hist_survives_sigint(cell, live_run):
     """probe end runs on interrupt: the histogram of what was seen still comes back."""
+
     def started() -> bool:
         run = live_run.get("run")
         return run is not None and any("workload pid=" in m for m in run.messages)
 
     fired = sigint_once(started, delay=3.0)
-    df, err, run = cell('%%kprobe -q --hist latency --cmd-only '
-                        '-c "python3 connect_a_few.py 100000" tcp_v4_connect')
+    df, err, run = cell(
+        '%%kprobe -q --hist latency --cmd-only -c "python3 connect_a_few.py 100000" tcp_v4_connect'
+    )
     end_workload(run)
     assert fired.is_set()
     assert err is None, err
@@ -193,9 +198,10 @@ def test_f_hist_survives_sigint(cell, live_run):
 def test_h_linear_histograms_one_per_probe_and_empty_one(cell):
     """--hist ARG with linear buckets, two probes; the unused one reports count 0."""
     df, err, run = cell(
-        '%%kprobe -q --hist len --hist-linear 0,64,8 --cmd-only '
+        "%%kprobe -q --hist len --hist-linear 0,64,8 --cmd-only "
         '-c "python3 connect_a_few.py 3" tcp_v4_connect _ _ len:uint\n'
-        "tcp_v6_connect _ _ len:uint\n")
+        "tcp_v6_connect _ _ len:uint\n"
+    )
     assert err is None, err
     assert set(df["probe"]) == {"tcp_v4_connect"}
     assert df.attrs["kind"] == "linear"
@@ -203,5 +209,11 @@ def test_h_linear_histograms_one_per_probe_and_empty_one(cell):
     assert hit[["low", "high", "count"]].astype(int).values.tolist() == [[16, 24, 3]]
     stats = df.attrs["summaries"]
     assert stats["tcp_v4_connect"]["count"] == 3 and stats["tcp_v4_connect"]["min"] == 16
-    assert stats["tcp_v6_connect"] == {"name": "tcp_v6_connect", "count": 0, "min": None,
-                                       "max": None, "avg": None, "sum": None}
+    assert stats["tcp_v6_connect"] == {
+        "name": "tcp_v6_connect",
+        "count": 0,
+        "min": None,
+        "max": None,
+        "avg": None,
+        "sum": None,
+    }

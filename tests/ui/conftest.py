@@ -21,7 +21,8 @@ SCREENSHOTS = REPO / "out" / "ui"
 # The lab fixture (skip or fail when the VM is down, reboot after a crash in CI) is
 # tests/lab's: one owner, reused here for the live cells.
 _spec = importlib.util.spec_from_file_location(
-    "stapmagic_tests_lab_conftest", REPO / "tests" / "lab" / "conftest.py")
+    "stapmagic_tests_lab_conftest", REPO / "tests" / "lab" / "conftest.py"
+)
 assert _spec is not None and _spec.loader is not None
 _lab_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_lab_conftest)
@@ -58,8 +59,11 @@ def jupyter(tmp_path_factory) -> Iterator[JupyterServer]:
     """`jupyter lab` serving copies of notebooks/ (replay mode: STAPMAGIC_MODE=replay)."""
     for tool in (CHROMIUM, CHROMEDRIVER):
         if not shutil.which(tool):
-            pytest.fail(f"{tool} is missing: apt-get install chromium chromium-driver "
-                        "(./dev test installs them)", pytrace=False)
+            pytest.fail(
+                f"{tool} is missing: apt-get install chromium chromium-driver "
+                "(./dev test installs them)",
+                pytrace=False,
+            )
     work = tmp_path_factory.mktemp("jupyter")
     copy_notebooks(REPO / "notebooks", work / "root")
     server = JupyterServer(work, REPO, env={"STAPMAGIC_MODE": "replay"})

@@ -33,9 +33,16 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 STDERR_MIME = "application/vnd.jupyter.stderr"
 # The flags the team settled on: no sandbox (root), nothing fetched in the background.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 # On this 2-core machine, shared with a TCG VM, a cold server start took 18 s.
 START_TIMEOUT = 180.0
 
@@ -94,39 +101,57 @@ class JupyterServer:
         # Every cell drawn in the DOM (no virtual scrolling), so a test sees every output.
         tracker = settings / "@jupyterlab" / "notebook-extension"
         tracker.mkdir(parents=True)
-        (tracker / "tracker.jupyterlab-settings").write_text(
-            json.dumps({"windowingMode": "none"}))
+        (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
         server_env = dict(os.environ)
-        server_env.update({
-            # The kernel imports this checkout's stapmagic, not whatever is installed.
-            "PYTHONPATH": os.pathsep.join(
-                [str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            "JUPYTER_CONFIG_DIR": str(state / "config"),
-            "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
-            "JUPYTERLAB_SETTINGS_DIR": str(settings),
-            "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces"),
-            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-            **(env or {}),
-        })
+        server_env.update(
+            {
+                # The kernel imports this checkout's stapmagic, not whatever is installed.
+                "PYTHONPATH": os.pathsep.join(
+                    [str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]
+                ),
+                "JUPYTER_CONFIG_DIR": str(state / "config"),
+                "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
+                "JUPYTERLAB_SETTINGS_DIR": str(settings),
+                "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces"),
+                "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                **(env or {}),
+            }
+        )
         argv = [
-            sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
-            f"--port={self.port}", "--port-retries=0", "--allow-root",
-            f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--port-retries=0",
+            "--allow-root",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}",
             "--LabApp.expose_app_in_browser=True",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(  # noqa: S603 (argv list)
-            argv, env=server_env, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+            argv,
+            env=server_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.root,
+        )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def api(self, path: str, method: str = "GET") -> Any:
-        req = urllib.request.Request(f"{self.url}{path}", method=method,  # noqa: S310
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"{self.url}{path}",
+            method=method,  # noqa: S310
+            headers={"Authorization": f"token {self.token}"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (our own server)
             body = resp.read()
         return json.loads(body) if body else None
@@ -134,8 +159,9 @@ class JupyterServer:
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         def up() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"jupyter lab exited ({self.proc.returncode}):\n"
-                                     f"{self.log_tail()}")
+                raise AssertionError(
+                    f"jupyter lab exited ({self.proc.returncode}):\n{self.log_tail()}"
+                )
             try:
                 self.api("/api/status")
                 return True
@@ -190,8 +216,11 @@ class Cell:
         return [o for o in self.outputs if o["output_type"] == "error"]
 
     def streams(self, name: str) -> str:
-        return "".join(_text(o.get("text", "")) for o in self.outputs
-                       if o["output_type"] == "stream" and o.get("name") == name)
+        return "".join(
+            _text(o.get("text", ""))
+            for o in self.outputs
+            if o["output_type"] == "stream" and o.get("name") == name
+        )
 
     def mime_types(self) -> list[tuple[str, list[str]]]:
         return [(o["output_type"], sorted(o.get("data", {}))) for o in self.outputs]
@@ -225,7 +254,9 @@ class CellRun:
 
 _JS_PANEL = "const panel = window.jupyterapp.shell.currentWidget;"
 
-_JS_CELLS = _JS_PANEL + """
+_JS_CELLS = (
+    _JS_PANEL
+    + """
 return panel.content.widgets.map((c, i) => {
   const m = c.model;
   const outputs = [];
@@ -243,9 +274,12 @@ return panel.content.widgets.map((c, i) => {
   };
 });
 """.replace("STDERR_MIME", STDERR_MIME)
+)
 
 # Records every change of one cell's outputs (models and drawn text) from now on.
-_JS_WATCH = _JS_PANEL + """
+_JS_WATCH = (
+    _JS_PANEL
+    + """
 const cell = panel.content.widgets[arguments[0]];
 const t0 = performance.now();
 const log = {started: 0, ended: null, snaps: []};
@@ -267,13 +301,15 @@ window.jupyterapp.commands.execute('notebook:run-cell').then(
   () => { snap(); log.ended = performance.now() - t0; },
   (e) => { log.error = String(e); log.ended = performance.now() - t0; });
 """
+)
 
 
 class Browser:
     """Headless Chromium through Debian's chromedriver, pointed at one JupyterServer."""
 
-    def __init__(self, server: JupyterServer, profile: Path, size: tuple[int, int] = (1400, 1000)
-                 ) -> None:
+    def __init__(
+        self, server: JupyterServer, profile: Path, size: tuple[int, int] = (1400, 1000)
+    ) -> None:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
@@ -281,8 +317,11 @@ class Browser:
         self.size = size
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
-        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                     f"--window-size={size[0]},{size[1]}"):
+        for flag in (
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={size[0]},{size[1]}",
+        ):
             options.add_argument(flag)
         # An explicit driver path: selenium's manager would otherwise try to download one.
         self.service = Service(CHROMEDRIVER)
@@ -308,43 +347,60 @@ class Browser:
     def open(self, name: str, timeout: float = START_TIMEOUT) -> None:
         """Open notebook `name` (relative to the server's root) and wait for an idle kernel."""
         self.driver.get(f"{self.server.url}/lab/tree/{name}?reset&token={self.server.token}")
-        wait_until(lambda: self.js(
-            "const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-            "return !!(w && w.context && w.context.path === arguments[0] && w.sessionContext"
-            " && w.sessionContext.session && w.sessionContext.session.kernel"
-            " && w.sessionContext.session.kernel.status === 'idle');", name),
-            timeout, f"{name} open with an idle kernel")
+        wait_until(
+            lambda: self.js(
+                "const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                "return !!(w && w.context && w.context.path === arguments[0] && w.sessionContext"
+                " && w.sessionContext.session && w.sessionContext.session.kernel"
+                " && w.sessionContext.session.kernel.status === 'idle');",
+                name,
+            ),
+            timeout,
+            f"{name} open with an idle kernel",
+        )
         # Each reply's status by execution count: a UsageError is drawn as stderr text only,
         # so the reply is what says that a cell failed.
-        self.js(_JS_PANEL + """
+        self.js(
+            _JS_PANEL
+            + """
           window.__stapmagic_replies = {};
           panel.sessionContext.session.kernel.anyMessage.connect((k, a) => {
             const m = a.msg;
             if (a.direction === 'recv' && m.header.msg_type === 'execute_reply')
               window.__stapmagic_replies[m.content.execution_count] = m.content.status;
-          });""")
+          });"""
+        )
         self.dismiss_news()
 
     def dismiss_news(self) -> bool:
         """Answer "No" to JupyterLab's news pop-up if it is up (it covers part of the page)."""
-        return bool(self.js(
-            "const b = Array.from(document.querySelectorAll('.jp-toast-button'))"
-            "  .find(b => b.textContent.trim() === 'No'"
-            "        && b.closest('.Toastify__toast').textContent.includes('news'));"
-            "if (b) { b.click(); return true; } return false;"))
+        return bool(
+            self.js(
+                "const b = Array.from(document.querySelectorAll('.jp-toast-button'))"
+                "  .find(b => b.textContent.trim() === 'No'"
+                "        && b.closest('.Toastify__toast').textContent.includes('news'));"
+                "if (b) { b.click(); return true; } return false;"
+            )
+        )
 
     def kernel_status(self) -> str:
         return str(self.js(_JS_PANEL + "return panel.sessionContext.session.kernel.status;"))
 
     def run_all(self, timeout: float) -> None:
         """Run every cell (Run > Run All Cells) and wait until all ran and the kernel is idle."""
-        self.js(_JS_PANEL + """
+        self.js(
+            _JS_PANEL
+            + """
           window.__stapmagic_all = {done: false};
           window.jupyterapp.commands.execute('notebook:run-all-cells').then(
             (r) => { window.__stapmagic_all = {done: true, result: r}; },
-            (e) => { window.__stapmagic_all = {done: true, error: String(e)}; });""")
-        wait_until(lambda: self.js("return window.__stapmagic_all.done;"), timeout,
-                   "Run All Cells to finish")
+            (e) => { window.__stapmagic_all = {done: true, error: String(e)}; });"""
+        )
+        wait_until(
+            lambda: self.js("return window.__stapmagic_all.done;"),
+            timeout,
+            "Run All Cells to finish",
+        )
         self.wait_idle(timeout)
 
     def wait_idle(self, timeout: float, quiet: float = 1.0) -> None:
@@ -362,19 +418,24 @@ class Browser:
 
     def cells(self) -> list[Cell]:
         replies = self.js("return window.__stapmagic_replies;") or {}
-        return [Cell(**c, status=replies.get(str(c["execution_count"])))
-                for c in self.js(_JS_CELLS)]
+        return [
+            Cell(**c, status=replies.get(str(c["execution_count"]))) for c in self.js(_JS_CELLS)
+        ]
 
     def evaluate(self, expression: str) -> str:
         """The text/plain value of `expression` in the notebook's kernel, asked with a silent
         request (no new cell, no history, no output drawn)."""
-        reply = self.js_async(_JS_PANEL + """
+        reply = self.js_async(
+            _JS_PANEL
+            + """
           const done = arguments[arguments.length - 1];
           const kernel = panel.sessionContext.session.kernel;
           kernel.requestExecute({code: '', silent: true, store_history: false,
                                  user_expressions: {v: arguments[0]}}).done.then(
             (r) => done(r.content.user_expressions.v),
-            (e) => done({status: 'error', evalue: String(e)}));""", expression)
+            (e) => done({status: 'error', evalue: String(e)}));""",
+            expression,
+        )
         if reply.get("status") != "ok":
             raise AssertionError(f"{expression}: {reply.get('ename')}: {reply.get('evalue')}")
         return str(reply["data"]["text/plain"])
@@ -383,42 +444,57 @@ class Browser:
         """`Out`'s value types by execution count ("pandas.DataFrame")."""
         import ast
 
-        value = ast.literal_eval(self.evaluate(
-            "{k: type(v).__module__.split('.')[0] + '.' + type(v).__name__"
-            " for k, v in Out.items()}"))
+        value = ast.literal_eval(
+            self.evaluate(
+                "{k: type(v).__module__.split('.')[0] + '.' + type(v).__name__"
+                " for k, v in Out.items()}"
+            )
+        )
         assert isinstance(value, dict), value
         return {int(k): str(v) for k, v in value.items()}
 
     # -- one cell -------------------------------------------------------------------------
 
     def set_source(self, index: int, source: str) -> None:
-        self.js(_JS_PANEL + "panel.content.widgets[arguments[0]].model.sharedModel"
-                ".setSource(arguments[1]);", index, source)
+        self.js(
+            _JS_PANEL + "panel.content.widgets[arguments[0]].model.sharedModel"
+            ".setSource(arguments[1]);",
+            index,
+            source,
+        )
 
     def append_cell(self, source: str) -> int:
         """A new code cell at the end holding `source`; its index."""
-        return int(self.js(_JS_PANEL + """
+        return int(
+            self.js(
+                _JS_PANEL
+                + """
           const nb = panel.content;
           nb.model.sharedModel.insertCell(nb.model.cells.length,
                                           {cell_type: 'code', source: arguments[0]});
-          return nb.model.cells.length - 1;""", source))
+          return nb.model.cells.length - 1;""",
+                source,
+            )
+        )
 
     @contextmanager
-    def running(self, index: int, timeout: float = START_TIMEOUT
-                ) -> Iterator[Callable[[], CellRun]]:
+    def running(
+        self, index: int, timeout: float = START_TIMEOUT
+    ) -> Iterator[Callable[[], CellRun]]:
         """Run cell `index` (as Run > Run Selected Cell does), recording every output change.
 
         Yields a function returning the record so far; on exit waits for the cell to end."""
         self.js(_JS_WATCH, index)
         yield self.watched
-        wait_until(lambda: self.watched().ended_ms is not None, timeout,
-                   f"cell {index} to finish")
+        wait_until(lambda: self.watched().ended_ms is not None, timeout, f"cell {index} to finish")
 
     def watched(self) -> CellRun:
         log = self.js("return window.__stapmagic_watch;")
         return CellRun(
-            started_ms=log["started"], ended_ms=log["ended"],
-            snapshots=[Snapshot(s["t"], s["outputs"], s["text"]) for s in log["snaps"]])
+            started_ms=log["started"],
+            ended_ms=log["ended"],
+            snapshots=[Snapshot(s["t"], s["outputs"], s["text"]) for s in log["snaps"]],
+        )
 
     def click_stop(self) -> None:
         """The toolbar's stop button (Interrupt the kernel), clicked like a user does."""
@@ -428,7 +504,8 @@ class Browser:
         button = self.driver.find_element(
             By.CSS_SELECTOR,
             ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-NotebookPanel-toolbar "
-            "[data-command='notebook:interrupt-kernel']")
+            "[data-command='notebook:interrupt-kernel']",
+        )
         button.click()
 
     def complete(self, index: int, source: str, timeout: float = 60.0) -> list[str]:
@@ -438,27 +515,36 @@ class Browser:
         from selenium.webdriver.common.keys import Keys
 
         self.set_source(index, source)
-        self.js(_JS_PANEL + """
+        self.js(
+            _JS_PANEL
+            + """
           const cell = panel.content.widgets[arguments[0]];
           panel.content.deselectAll();
           panel.content.activeCellIndex = arguments[0];
           panel.content.mode = 'edit';
           const ed = cell.editor;
           ed.setCursorPosition(ed.getPositionAt(arguments[1].length));
-          ed.focus();""", index, source)
+          ed.focus();""",
+            index,
+            source,
+        )
         ActionChains(self.driver).send_keys(Keys.TAB).perform()
 
         def offered() -> list[str] | None:
             items = self.js(
                 "const c = document.querySelector('.jp-Completer:not(.lm-mod-hidden)');"
                 "return c ? Array.from(c.querySelectorAll('.jp-Completer-item'))"
-                "  .map(e => e.getAttribute('data-value') || e.innerText.trim()) : null;")
+                "  .map(e => e.getAttribute('data-value') || e.innerText.trim()) : null;"
+            )
             if items:
                 return [str(i) for i in items]
-            now = self.js(_JS_PANEL + "return panel.content.widgets[arguments[0]].model"
-                          ".sharedModel.getSource();", index)
+            now = self.js(
+                _JS_PANEL + "return panel.content.widgets[arguments[0]].model"
+                ".sharedModel.getSource();",
+                index,
+            )
             if now != source:
-                return [str(now)[len(source) - len(source.split()[-1]):].split()[0]]
+                return [str(now)[len(source) - len(source.split()[-1]) :].split()[0]]
             return None
 
         try:
@@ -473,10 +559,13 @@ class Browser:
     def screenshot(self, path: Path) -> None:
         """The whole notebook in one picture: the window is made as tall as its content."""
         self.dismiss_news()
-        height = int(self.js(
-            "const o = document.querySelector("
-            "  '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer');"
-            "if (!o) return 0; o.scrollTop = 0; return o.scrollHeight;"))
+        height = int(
+            self.js(
+                "const o = document.querySelector("
+                "  '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer');"
+                "if (!o) return 0; o.scrollTop = 0; return o.scrollHeight;"
+            )
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         width, base = self.size
         try:

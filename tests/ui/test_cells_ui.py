@@ -17,9 +17,11 @@ from jlab import Browser, JupyterServer, wait_until
 NAME = "ui_checks.ipynb"
 # A real recording (notebook 5, made on the lab): 8 s at the recorded pace, the first row
 # at 4.9 s, the last at 5.7 s, stap's end at 8.1 s.
-REPLAY = ('%%kprobe --recording 05_guru_module --replay-speed {speed} --guru -o {out} '
-          '--cmd-only -c "python3 read_files.py 5 read_files.py"\n'
-          "ext4:ext4_file_open inode:ptr filp:ptr")
+REPLAY = (
+    "%%kprobe --recording 05_guru_module --replay-speed {speed} --guru -o {out} "
+    '--cmd-only -c "python3 read_files.py 5 read_files.py"\n'
+    "ext4:ext4_file_open inode:ptr filp:ptr"
+)
 SETUP, PLAIN, LIVE, STOP, TYPING = range(5)
 CELLS = {
     SETUP: '%load_ext stapmagic\n%config KprobeMagics.mode = "auto"',
@@ -37,8 +39,11 @@ def checks(jupyter: JupyterServer, browser: Browser, screenshots: Path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(CELLS[i]) for i in sorted(CELLS)]
     # Without a kernelspec Lab asks which kernel to start.
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
     nbformat.write(nb, jupyter.root / NAME)
     browser.open(NAME)
     with browser.running(SETUP):
@@ -73,7 +78,8 @@ def test_live_view_updates_before_the_cell_ends(checks: Browser) -> None:
     assert run.ended_ms is not None
     counted = [s for s in run.before_end() if COUNTED.search(_live_text(s.outputs))]
     assert counted, "no live view counting rows was drawn before the cell ended:\n" + "\n".join(
-        f"{s.t_ms:8.0f} ms {s.text[:120]!r}" for s in run.snapshots)
+        f"{s.t_ms:8.0f} ms {s.text[:120]!r}" for s in run.snapshots
+    )
     # The recording's rows come 2.4 s before its end: drawn while the cell still ran.
     assert counted[0].t_ms < run.ended_ms - 1000, (counted[0].t_ms, run.ended_ms)
     drawn = {_live_text(s.outputs) for s in run.before_end()}
@@ -97,6 +103,7 @@ def test_live_view_shows_pointers_in_hex(checks: Browser) -> None:
 def test_stop_button_keeps_the_rows_and_says_so(checks: Browser) -> None:
     seen: dict[str, str] = {}
     with checks.running(STOP) as log:
+
         def rows_shown() -> bool:
             snaps = log().snapshots
             text = _live_text(snaps[-1].outputs) if snaps else ""
@@ -115,11 +122,13 @@ def test_stop_button_keeps_the_rows_and_says_so(checks: Browser) -> None:
     assert result and "text/html" in result[-1]["data"] and cell.tables >= 1
     said = cell.text
     assert re.search(r"\b(stopped|interrupted)\b", said, re.I), said
-    assert re.search(rf"\b{kept} rows?\b.{{0,80}}\bkept\b|\bkept\b.{{0,80}}\b{kept} rows?\b",
-                     said, re.I | re.S), f"does not say that the {kept} rows were kept: {said!r}"
+    assert re.search(
+        rf"\b{kept} rows?\b.{{0,80}}\bkept\b|\bkept\b.{{0,80}}\b{kept} rows?\b", said, re.I | re.S
+    ), f"does not say that the {kept} rows were kept: {said!r}"
     hint = seen["live"]
     assert re.search(r"stop.{0,60}keep", hint, re.I | re.S), (
-        f"the live view does not say that stopping keeps the rows: {hint[:400]!r}")
+        f"the live view does not say that stopping keeps the rows: {hint[:400]!r}"
+    )
 
 
 def test_tab_after_a_function_prefix_offers_the_function(checks: Browser) -> None:

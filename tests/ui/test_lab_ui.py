@@ -12,22 +12,29 @@ from jlab import Browser, JupyterServer
 from test_cells_ui import COUNTED, _live_text
 
 NAME = "ui_lab_live.ipynb"
-SETUP = ('%load_ext stapmagic\n%config KprobeMagics.target = "lab"\n'
-         '%config KprobeMagics.mode = "live"')
-PROBE = ('%%kprobe -o conns --cmd-only -c "python3 connect_a_few.py"\n'
-         "tcp_v4_connect sk:ptr uaddr:ptr len:uint")
+SETUP = (
+    '%load_ext stapmagic\n%config KprobeMagics.target = "lab"\n%config KprobeMagics.mode = "live"'
+)
+PROBE = (
+    '%%kprobe -o conns --cmd-only -c "python3 connect_a_few.py"\n'
+    "tcp_v4_connect sk:ptr uaddr:ptr len:uint"
+)
 # A first compile under TCG on a busy 2-core host can take minutes.
 CELL_TIMEOUT = 600.0
 
 
 @pytest.mark.ui
 @pytest.mark.lab
-def test_live_cell_on_the_lab(lab, jupyter: JupyterServer, browser: Browser,
-                              screenshots: Path) -> None:
+def test_live_cell_on_the_lab(
+    lab, jupyter: JupyterServer, browser: Browser, screenshots: Path
+) -> None:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(PROBE)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
     nbformat.write(nb, jupyter.root / NAME)
     browser.open(NAME)
     try:

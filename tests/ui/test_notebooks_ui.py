@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from jlab import Browser, Cell
 
-NOTEBOOKS = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "notebooks")
-                   .glob("*.ipynb"))
+NOTEBOOKS = sorted(
+    p.name for p in (Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb")
+)
 RUN_TIMEOUT = 600.0
 
 
@@ -56,7 +57,8 @@ def test_every_cell_runs_and_its_asserts_hold(ran: Ran) -> None:
         assert cell.execution_count is not None, f"{_where(cell)} did not run"
         if "raises-exception" not in cell.tags:
             assert cell.status == "ok" and not cell.errors, (
-                f"{_where(cell)}: {cell.status}: {cell.errors or cell.streams('stderr')}")
+                f"{_where(cell)}: {cell.status}: {cell.errors or cell.streams('stderr')}"
+            )
 
 
 @pytest.mark.parametrize("ran", NOTEBOOKS, indirect=True)
@@ -69,8 +71,9 @@ def test_one_table_per_kprobe_cell(ran: Ran) -> None:
 
 @pytest.mark.parametrize("ran", NOTEBOOKS, indirect=True)
 def test_every_dataframe_is_an_html_table(ran: Ran) -> None:
-    frames = [c for c in ran.worked() if ran.types.get(c.execution_count or -1) ==
-              "pandas.DataFrame"]
+    frames = [
+        c for c in ran.worked() if ran.types.get(c.execution_count or -1) == "pandas.DataFrame"
+    ]
     missing = []
     for cell in frames:
         results = [o for o in cell.outputs if o["output_type"] == "execute_result"]
@@ -81,6 +84,9 @@ def test_every_dataframe_is_an_html_table(ran: Ran) -> None:
 
 @pytest.mark.parametrize("ran", NOTEBOOKS, indirect=True)
 def test_no_stderr_from_a_cell_that_worked(ran: Ran) -> None:
-    noisy = [f"{_where(c)}: {c.streams('stderr')[:300]!r} (drawn as stderr: {c.stderr_drawn})"
-             for c in ran.worked() if c.streams("stderr") or c.stderr_drawn]
+    noisy = [
+        f"{_where(c)}: {c.streams('stderr')[:300]!r} (drawn as stderr: {c.stderr_drawn})"
+        for c in ran.worked()
+        if c.streams("stderr") or c.stderr_drawn
+    ]
     assert not noisy, "stderr output in cells that worked:\n" + "\n".join(noisy)

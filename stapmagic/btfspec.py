@@ -1,0 +1,304 @@
+"""From BTF to what a probe reads: parameters by register, return values, and fault-safe
+SystemTap code for member paths (``sk->__sk_common.skc_dport``).
+
+x86_64 SysV: integer and pointer parameters take one register each, in order, up to six
+(rdi rsi rdx rcx r8 r9: SystemTap's ``*_arg(1..6)``); a struct or union passed by value takes
+``ceil(size / 8)`` registers when it is at most 16 bytes, and goes on the stack otherwise (as
+bpftrace counts them). Everything put into generated code is checked here first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from stapmagic import btf as btfmod
+from stapmagic.btf import BTF, Field, Function, Kind
+from stapmagic.errors import BTFError, SpecError
+from stapmagic.spec import Arg, BtfRef, Probe
+
+__all__ = [
+    "ArgPlan",
+    "REG_ARGS",
+    "RetPlan",
+    "arg_plans",
+    "field_function",
+    "resolve_probe",
+    "ret_plan",
+    "string_reader",
+]
+
+REG_ARGS = 6  # x86_64 integer argument registers
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+ColumnKind = Literal["int", "uint", "hex", "str"]
+
+
+@dataclass(frozen=True)
+class ArgPlan:
+    """One parameter: `index` is its register (1-based) or None when it is not in one.
+
+    arg_type: the spec type it is read as (`int uint long ulong ptr`, `cstr` for a C string
+    that may be a kernel or a user pointer), or None with `why` when it cannot be read."""
+
+    name: str
+    index: int | None
+    ctype: str
+    arg_type: str | None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class RetPlan:
+    ctype: str
+    rettype: str | None  # None: void
+
+
+def _int_type(size: int, signed: bool) -> str | None:
+    if size == 8:
+        return "long" if signed else "ulong"
+    if size == 4:
+        return "int" if signed else "uint"
+    if size in (1, 2):
+        return f"{'s' if signed else 'u'}{size * 8}"
+    return None
+
+
+def value_type(btf: BTF, tid: int) -> str | None:
+    """The spec type a register holding a value of type `tid` is read as, or None."""
+    t, _ = btf.strip(tid)
+    if t.kind is Kind.PTR:
+        return "cstr" if btf.is_char(t.ref) else "ptr"
+    if t.kind is Kind.INT:
+        if t.int_encoding & 4:  # bool
+            return "u8"
+        return _int_type(t.size, bool(t.int_encoding & 1))
+    if t.kind in (Kind.ENUM, Kind.ENUM64):
+        return _int_type(t.size, t.kind_flag)
+    return None
+
+
+def arg_plans(btf: BTF, func: Function) -> list[ArgPlan]:
+    plans: list[ArgPlan] = []
+    reg = 1
+    for i, p in enumerate(func.params):
+        if p.type == 0:
+            break  # `...`: nothing after it has a name or a register
+        name = p.name or f"arg{i + 1}"
+        if not _IDENT.match(name):
+            raise BTFError(f"{func.name}: parameter name {name!r} from BTF is not an identifier")
+        ctype = btf.decl(p.type)
+        t, _ = btf.strip(p.type)
+        if t.kind in (Kind.STRUCT, Kind.UNION):
+            size = t.size
+            if size > 16:
+                plans.append(
+                    ArgPlan(
+                        name, None, ctype, None, f"`{ctype}` ({size} bytes) is passed on the stack"
+                    )
+                )
+                continue
+            n = max(1, (size + 7) // 8)
+            plans.append(
+                ArgPlan(
+                    name,
+                    reg if reg <= REG_ARGS else None,
+                    ctype,
+                    None,
+                    f"`{ctype}` is passed by value in {n} register(s); its members cannot be named",
+                )
+            )
+            reg += n
+            continue
+        if t.kind is Kind.FLOAT:
+            plans.append(ArgPlan(name, None, ctype, None, "floating point: an XMM register"))
+            continue
+        if reg > REG_ARGS:
+            plans.append(
+                ArgPlan(
+                    name,
+                    None,
+                    ctype,
+                    None,
+                    f"parameter {i + 1} is past the {REG_ARGS} argument registers (on the stack)",
+                )
+            )
+            reg += 1
+            continue
+        at = value_type(btf, p.type)
+        plans.append(
+            ArgPlan(name, reg, ctype, at, "" if at else f"`{ctype}` cannot be read as a column")
+        )
+        reg += 1
+    return plans
+
+
+def ret_plan(btf: BTF, func: Function) -> RetPlan:
+    if func.ret == 0:
+        return RetPlan("void", None)
+    ctype = btf.decl(func.ret)
+    at = value_type(btf, func.ret)
+    if at is None or at == "cstr":
+        at = "ptr" if at == "cstr" else None
+    if at is None:
+        raise BTFError(
+            f"{func.name} returns `{ctype}`, which a register cannot carry as a "
+            "column; give .return:TYPE"
+        )
+    return RetPlan(ctype, at)
+
+
+def string_reader() -> str:
+    """The SystemTap string readers (script.py owns them; ``__sm_cstr`` picks the kernel or
+    the user reader by address)."""
+    from stapmagic import script
+
+    return "\n".join(script.string_helpers())
+
+
+_LOAD = {1: "kernel_char", 2: "kernel_short", 4: "kernel_int", 8: "kernel_long"}
+_NTOH = {2: "ntohs", 4: "ntohl", 8: "ntohll"}
+
+
+def field_function(n: int, f: Field, string_max: int, fault_counter: str) -> tuple[str, str]:
+    """(function name, SystemTap text) of a fault-safe reader of `f` from its root value.
+
+    Numbers come back as decimal or hex text and strings escaped, so that a fault can be
+    the empty field (NA); `fault_counter` (a global) counts the faults."""
+    if not _IDENT.match(fault_counter) or not 0 <= n < 10_000:
+        raise BTFError(f"bad field reader name {fault_counter!r}/{n}")
+    for v in (*f.hops, f.offset, f.size, string_max, f.length):
+        if type(v) is not int or not 0 <= v < 1 << 32:
+            raise BTFError(f"{f.text}: offset {v!r} out of range")
+    name = f"__sm_field{n}"
+    body = ["\ttry {"]
+    for hop in f.hops:
+        body.append(f"\t\tp = kernel_pointer(p + {hop})")
+    if f.kind == "string":
+        body.append(f"\t\treturn __sm_cstr(kernel_pointer(p + {f.offset}), {string_max})")
+    elif f.kind == "char_array":
+        body.append(
+            f"\t\treturn text_str(kernel_string_n(p + {f.offset}, {min(f.length, string_max)}))"
+        )
+    else:
+        if f.size not in _LOAD:
+            raise BTFError(f"{f.text}: {f.size}-byte value")
+        body.append(f"\t\tv = {_LOAD[f.size]}(p + {f.offset})")
+        bits = f.size * 8
+        if f.bit_size is not None:
+            assert f.bit_offset is not None
+            body.append(f"\t\tv = (v >> {f.bit_offset}) & {(1 << f.bit_size) - 1:#x}")
+            if f.signed:
+                body.append(f"\t\tv = (v << {64 - f.bit_size}) >> {64 - f.bit_size}")
+        elif f.big_endian and f.size in _NTOH:
+            body.append(f"\t\tv = {_NTOH[f.size]}(v)")
+        elif not f.signed and bits < 64:
+            body.append(f"\t\tv = v & {(1 << bits) - 1:#x}")
+        if f.kind == "pointer":
+            body.append('\t\treturn sprintf("%x", v)')
+        elif f.signed:
+            body.append('\t\treturn sprintf("%d", v)')
+        else:
+            body.append('\t\treturn sprintf("%u", v)')
+    body += ["\t} catch {", f"\t\t{fault_counter}++", '\t\treturn ""', "\t}"]
+    return name, "\n".join([f"function {name}:string (p:long) {{", *body, "}"])
+
+
+def field_column_kind(f: Field) -> ColumnKind:
+    if f.kind in ("string", "char_array"):
+        return "str"
+    if f.kind == "pointer":
+        return "hex"
+    return "int" if f.signed else "uint"
+
+
+class _Kernel(Protocol):  # what resolve_probe needs of kbtf.KernelBTF
+    vmlinux: BTF
+
+    def functions(self, name: str, module: str | None = None) -> list[Function]: ...
+
+    def object(self, func: Function) -> BTF: ...
+
+
+def _error(ref: BtfRef, message: str, pos: int, length: int) -> SpecError:
+    return SpecError(message, ref.source, pos, length, ref.lineno)
+
+
+def _function(kb: _Kernel, probe: Probe, ref: BtfRef) -> tuple[BTF, Function]:
+    name = probe.function or ""
+    where = ref.source.find(name) if name else 0
+    if probe.function is None:
+        raise _error(ref, "an address probe has no BTF prototype: give NAME:TYPE", 0, 1)
+    funcs = kb.functions(probe.function, probe.module)
+    if not funcs:
+        near = kb.vmlinux.near_functions(name)
+        hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+        raise _error(
+            ref,
+            f"{name} is not in the kernel's BTF{hint}: pahole leaves out "
+            "functions with inconsistent prototypes or unusual register use, and "
+            "clones such as .isra/.constprop; give the arguments as NAME:TYPE",
+            max(0, where),
+            max(1, len(name)),
+        )
+    obj = kb.object(funcs[0])
+    protos = {obj.c_prototype(f) for f in funcs}
+    if len(protos) > 1:
+        raise _error(
+            ref,
+            f"{name} has {len(protos)} different prototypes in BTF ("
+            + "; ".join(sorted(protos))
+            + "): give the arguments as NAME:TYPE",
+            max(0, where),
+            max(1, len(name)),
+        )
+    return obj, funcs[0]
+
+
+def resolve_probe(kb: _Kernel, probe: Probe) -> Probe:
+    """`probe` with its BTF arguments (parameters named the kernel's way) turned into
+    positional `Arg`s, and the prototype as a script comment. SpecError at the word."""
+    if not probe.btf_refs:
+        return probe
+    obj, func = _function(kb, probe, probe.btf_refs[0])
+    plans = {p.name: p for p in arg_plans(obj, func)}
+    args = list(probe.args)
+    for ref in probe.btf_refs:
+        root, _, steps = btfmod.parse_path(ref.path)
+        plan = plans.get(root)
+        if plan is None:
+            near = difflib.get_close_matches(root, list(plans), n=2)
+            hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+            if kb.functions(root):
+                hint += f"; {root} is a function: to probe it too, give it its own line"
+            raise _error(
+                ref,
+                f"{func.name} has no parameter {root!r}{hint}; its parameters: "
+                f"{', '.join(plans) or 'none'} ({obj.c_prototype(func)})",
+                ref.pos,
+                len(root),
+            )
+        if steps:
+            param = next(p for p in func.params if p.name == root)
+            try:
+                f = obj.resolve_field(param.type, steps, ref.path)
+            except btfmod.FieldPathError as exc:
+                raise _error(ref, exc.message, ref.pos + exc.pos, exc.length) from None
+            raise _error(
+                ref,
+                f"{ref.path} resolves (`{f.type_name}` at offset {f.offset}"
+                f"{' after ' + str(len(f.hops)) + ' pointer(s)' if f.hops else ''}), "
+                "but reading member paths is not implemented yet",
+                ref.pos,
+                len(ref.path),
+            )
+        if plan.arg_type is None or plan.index is None:
+            raise _error(ref, f"{root}: {plan.why}", ref.pos, len(root))
+        args.append(Arg(ref.column, plan.arg_type, plan.index))
+    comment = f"# {obj.c_prototype(func)}  (BTF of {func.obj})"
+    return dataclasses.replace(
+        probe, args=tuple(args), btf_refs=(), comments=(*probe.comments, comment)
+    )
