@@ -268,6 +268,22 @@ class KprobeMagics(Magics):
         where = target or self.target
         return symbols.cached(where, runner.parse_target(where).run).names()
 
+    def completion_names(self, cell: str) -> list[str]:
+        """The functions Tab offers in `cell`: its target's; in a replay the ones its
+        recording holds (none when it holds none), never this host's as the target's."""
+        target = complete.line_target(cell) or self.target
+        replay = complete.line_option(cell, "--replay")
+        name = complete.line_option(cell, "--recording")
+        if replay is None and not self.session.replays(target):
+            return self.function_names(target)
+        if replay is None and name is None:
+            return []
+        try:
+            path = replay or recording.recording_path(name or "", self.recordings_dir)
+            return symbols.recorded(path)
+        except StapMagicError:
+            return []
+
     def stop_all(self, timeout: float | None = None) -> list[pipeline.ProbeRun]:
         """Stop every live run (extension unload, interpreter exit): all are asked at once,
         then waited for (each at most `timeout` s past stap's grace and escalation)."""
@@ -308,7 +324,7 @@ def register(ipython: Any) -> None:
     display.install(ipython)
     if magics is not None:
         matcher = complete.ipython_matcher(
-            complete.value_flags(magics.kprobe.parser), magics.function_names
+            complete.value_flags(magics.kprobe.parser), magics.completion_names
         )
         ipython.Completer.custom_matchers.append(matcher)
         magics._matcher = matcher

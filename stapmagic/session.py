@@ -164,6 +164,16 @@ class Session:
             print(f"{head}: {text}")
         return action, why
 
+    def replays(self, target: str) -> bool:
+        """Whether a cell on `target` replays in this mode (auto resolved quietly here: the
+        first cell still announces it)."""
+        if self.mode in ("live", "record", "replay"):
+            return self.mode == "replay"
+        found = self._resolved.get((self.mode, target))
+        if found is None:
+            found = recording.mode_for(self.mode, runner.parse_target(target))
+        return found[0] == "replay"
+
     # -- one cell ------------------------------------------------------------------------------
 
     def run(self, cell: Cell) -> Outcome | None:

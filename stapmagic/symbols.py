@@ -11,15 +11,19 @@ source the target does not have (no tracefs, no debugfs, not root) is None: unkn
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
-__all__ = ["SymbolSet", "cached", "fetch", "find", "hidden", "parse_fetch_output"]
+from .errors import ReplayError
+
+__all__ = ["SymbolSet", "cached", "fetch", "find", "hidden", "parse_fetch_output", "recorded"]
 
 # One fixed command (no user input in it): the release, then the three sources, each after
 # a marker line. Only text symbols of kallsyms are sent (name and [module]), a third of it.
@@ -122,6 +126,31 @@ def cached(key: str, run: Callable[[list[str]], str], refresh: bool = False) -> 
         found = fetch(run)
         with _LOCK:
             _CACHE[key] = found
+    return found
+
+
+_RECORDED: dict[tuple[str, int, int], list[str]] = {}
+
+
+def recorded(path: str | os.PathLike[str]) -> list[str]:
+    """The functions a recording holds of its target: the names of the kallsyms lines it
+    was resolved with (MODULE:FUNCTION specs), sorted, hidden ones left out; often none.
+    ReplayError when it is no readable recording."""
+    from . import recording, targets
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise ReplayError(f"no recording at {p}: {exc.strerror}") from None
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    with _LOCK:
+        found = _RECORDED.get(key)
+    if found is None:
+        lines = recording.load(p).header.kallsyms
+        found = sorted({s.name for s in targets.kallsyms_symbols(lines) if not hidden(s.name)})
+        with _LOCK:
+            _RECORDED[key] = found
     return found
 
 
