@@ -21,9 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from . import selfskip
+from . import selfskip, wire
 from . import where as where_mod
-from . import wire
 from .errors import OptionError, SpecError
 
 # The schema types live in schema.py (shared with records.py); re-exported here.

@@ -12,7 +12,7 @@ STAP_TOOLS = ("stapio", "staprun", "stapsh")
 
 def _own(run) -> dict[int, str]:
     line = next(m for m in run.messages if m.startswith(SELF_LINE))
-    return {int(p): n for p, n in re.findall(r"(\d+):(\S+)", line[len(SELF_LINE):])}
+    return {int(p): n for p, n in re.findall(r"(\d+):(\S+)", line[len(SELF_LINE) :])}
 
 
 def test_vfs_read_skips_the_transport_unless_asked(cell) -> None:
