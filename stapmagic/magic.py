@@ -31,6 +31,7 @@ from . import (  # noqa: F401
     complete,
     display,
     helptext,
+    kbtf,
     options,
     pipeline,
     plot,
@@ -247,8 +248,9 @@ class KprobeMagics(Magics):
     )
     @line_magic
     def kfind(self, line: str) -> Any:
-        """Find kernel functions to probe: a DataFrame of name, module and the checks
-        in_kallsyms, traceable (available_filter_functions), blacklisted (kprobes refuse)."""
+        """Find kernel functions to probe: a DataFrame of name, module, the checks
+        in_kallsyms, traceable (available_filter_functions), blacklisted (kprobes refuse),
+        in_btf, and the C prototype from the target's BTF."""
         args = self._parse(KprobeMagics.kfind, line)
         bad = [p for p in args.pattern if not _GLOB.match(p)]
         if bad:
@@ -258,10 +260,13 @@ class KprobeMagics(Magics):
             )
         where = args.target or self.target
         try:
-            found = symbols.cached(where, runner.parse_target(where).run, refresh=args.refresh)
+            target = runner.parse_target(where)
+            found = symbols.cached(where, target.run, refresh=args.refresh)
         except StapMagicError as exc:
             raise UsageError(f"cannot read the kernel symbols of {where}: {exc}") from None
-        return symbols.find(found, args.pattern)
+        mods = symbols.modules_of(found, symbols.matching(found, args.pattern))
+        kb = symbols.cached_btf(where, mods, lambda m: _kfind_btf(target, m), refresh=args.refresh)
+        return symbols.find(found, args.pattern, btf=kb)
 
     def function_names(self, target: str | None = None) -> list[str]:
         """The kernel functions of `target` (default: this magic's), cached per target."""
@@ -299,6 +304,17 @@ class KprobeMagics(Magics):
     def list_running(self) -> pd.DataFrame:
         """The live runs: id, probes, target, elapsed seconds, rows so far."""
         return self.session.list_running()
+
+
+def _kfind_btf(target: runner.Target, modules: list[str]) -> kbtf.KernelBTF | None:
+    """The BTF %kfind shows prototypes from: vmlinux's and `modules`'; vmlinux's alone when
+    a module has none; None (in_btf unknown) when the kernel has none."""
+    for mods in (modules, []) if modules else ([],):
+        try:
+            return pipeline.target_btf(target, mods)
+        except StapMagicError:
+            continue
+    return None
 
 
 _KPROBE_PARSER = KprobeMagics.kprobe.parser
