@@ -264,6 +264,8 @@ class Session:
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
             if view is not None:
+                if run.stop_event.is_set() and not final:
+                    view.stopping()
                 view.update(
                     batch.frame,
                     batch.messages,
