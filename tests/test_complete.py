@@ -102,7 +102,8 @@ def test_replay_offers_no_host_symbols_only_the_recordings(ip) -> None:
         replay = f"%%kprobe --replay {RECORDINGS / '05_guru_module.jsonl'} ext4_file_o"
         assert _completions(ip, replay) == ["ext4_file_open"]
         assert "--include-self" in _completions(ip, "%%kprobe --incl")  # options still
-    finally:
+    finally:  # %config lands in the shell's config: later tests' magics would inherit it
         ip.run_line_magic("config", 'KprobeMagics.mode = "live"')
+        ip.run_line_magic("config", 'KprobeMagics.recordings_dir = "recordings"')
     # an explicit --replay FILE replays in any mode
     assert _completions(ip, "%%kprobe --replay /nonexistent.jsonl tcp_v4_con") == []
