@@ -130,6 +130,7 @@ class Session:
         self.show_messages = show_messages
         self.runs: list[pipeline.ProbeRun] = []
         self._resolved: dict[tuple[str, str], tuple[str, str]] = {}
+        self._peeked: dict[tuple[str, str], tuple[str, str]] = {}  # replays(), quietly
 
     # -- the mode ------------------------------------------------------------------------------
 
@@ -137,6 +138,7 @@ class Session:
         """A new mode: resolved again (auto) and announced."""
         self.mode = mode
         self._resolved.clear()
+        self._peeked.clear()
         self.action(target, announce=True)
 
     def action(self, target: str, announce: bool = False) -> tuple[str, str]:
@@ -169,9 +171,10 @@ class Session:
         first cell still announces it)."""
         if self.mode in ("live", "record", "replay"):
             return self.mode == "replay"
-        found = self._resolved.get((self.mode, target))
-        if found is None:
-            found = recording.mode_for(self.mode, runner.parse_target(target))
+        key = (self.mode, target)
+        found = self._resolved.get(key) or self._peeked.get(key)
+        if found is None:  # kept apart from _resolved, which announces on first use
+            found = self._peeked[key] = recording.mode_for(self.mode, runner.parse_target(target))
         return found[0] == "replay"
 
     # -- one cell ------------------------------------------------------------------------------

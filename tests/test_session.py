@@ -94,3 +94,20 @@ def test_a_stop_shows_stopping_while_stap_ends(tmp_path, monkeypatch, capsys):
     assert "stapmagic: stopping..." in out, out
     assert out.index("stopping...") < out.index("stopped: the 0 rows"), out
     assert "0/s" not in out, out
+
+
+def test_replays_asks_auto_once_and_quietly(monkeypatch, capsys):
+    from stapmagic import recording
+
+    asked = []
+
+    def mode_for(mode, target, env=None):
+        asked.append(str(target))
+        return ("replay", "stap cannot run here: test")
+
+    monkeypatch.setattr(recording, "mode_for", mode_for)
+    s = session.Session(mode="auto")
+    assert s.replays("local") and s.replays("local")  # Tab after Tab: one check
+    assert asked == ["local"] and capsys.readouterr().out == ""
+    assert not session.Session(mode="live").replays("local")
+    assert session.Session(mode="replay").replays("local")
