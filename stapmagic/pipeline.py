@@ -62,6 +62,7 @@ class ProbeOptions:
     where: str | None = None  # --where EXPR, compiled into the handlers (where.py)
     buffer_mb: int | None = None  # -s MB: stap's buffer size
     command_only: bool = False  # --cmd-only: events of the -c command's process only
+    include_self: bool = False  # --include-self: stapmagic's own transport too (selfskip.py)
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
 
     def __post_init__(self) -> None:
@@ -324,6 +325,7 @@ def script_options(opts: ProbeOptions) -> ScriptOptions:
         hist_linear=opts.hist_linear,
         count_by=opts.count_by,
         where=opts.where,
+        skip_self=not opts.include_self,
     )
 
 
