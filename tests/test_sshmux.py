@@ -38,9 +38,9 @@ def test_wrapper_adds_the_control_path_only_when_asked(tmp_path):
     # stap's own argv for its remote (remote.cxx: ssh -q HOST [-p PORT] CMD)
     stap_args = ["-q", "stapmagic-lab", "/bin/bash -c 'exec stapsh'"]
     env = {"PATH": "/usr/bin:/bin"}
-    subprocess.run([str(wrapper), *stap_args], env=env, check=True)
+    subprocess.run([str(wrapper), *stap_args], env=env, check=True)  # noqa: S603
     cp = "/c/stapmagic/ssh/cm-7-%C"
-    subprocess.run([str(wrapper), *stap_args], env={**env, sshmux.ENV_VAR: cp}, check=True)
+    subprocess.run([str(wrapper), *stap_args], env={**env, sshmux.ENV_VAR: cp}, check=True)  # noqa: S603
     plain, shared = _calls(tmp_path)
     assert plain == stap_args
     assert shared == ["-o", f"ControlPath={cp}", *stap_args]
