@@ -11,6 +11,8 @@ Side by side in each repetition (order rotated per repetition):
             hit through the pty into the DataFrame), dd as `-c`;
 * rec->file: the same script with `stap -o FILE` (staprun writes to a guest file: no ssh,
             no pty; the probe's and stapio's own cost);
+* rec->pipe: the same script over the same transport as the magic (stapsh, ssh), read from
+            a plain pipe on the host: no pty, no parser (the transport's cost without the magic);
 * hist:     a `%%stap`-style script: `h <<< count` per hit, `@hist_log(h)` printed once at
             the end in the magic's `@@smh` block (the magic has no `--hist` yet);
 * bpftrace: `kprobe:ksys_read { @ = hist(arg2); }` with dd as `-c`;
@@ -106,6 +108,22 @@ def records_file(n: int) -> dict[str, Any]:
     }
 
 
+def records_pipe(n: int) -> dict[str, Any]:
+    """The same script as `records` over the same transport (stap --remote: stapsh, ssh),
+    its stdout read from a plain pipe on the host: no pty, nothing parsed. What the magic
+    adds over it is the magic's own cost; what this adds over `rec->file` is the transport's."""
+    opts = pipeline.ProbeOptions(command=dd_command(n), target="lab")
+    run = pipeline.prepare(L.KSYS_READ_SPEC, "", opts)
+    rc, out, err, wall, _ = L.stap_to_host(run.script_text, command=dd_command(n))
+    return {
+        "dd": dd_seconds(err),
+        "rc": rc,
+        "lines": out.count(b"@@sm1"),
+        "lost": L.lost_messages(err),
+        "tf": L.transport_failures(err),
+    }
+
+
 def hist(n: int) -> dict[str, Any]:
     run = L.script_run(HIST_SCRIPT, command=dd_command(n))
     res = L.run_pipeline(run, ())
@@ -135,6 +153,7 @@ VARIANTS: dict[str, Callable[[int], dict[str, Any]]] = {
     "base": base,
     "records": records,
     "rec->file": records_file,
+    "rec->pipe": records_pipe,
     "hist": hist,
     "bpftrace": lambda n: bpf(n, BPF_HIST),
     "bt-print": lambda n: bpf(n, BPF_PRINT),

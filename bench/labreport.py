@@ -269,7 +269,7 @@ def first_event(table: Table, summary: Summary) -> list[str]:
     ]
 
 
-def aggregation(table: Table, summary: Summary) -> None:
+def aggregation(table: Table, summary: Summary) -> list[str]:
     from bench import aggregation as A
 
     _start(table)
@@ -298,7 +298,7 @@ def aggregation(table: Table, summary: Summary) -> None:
         )
     )
     by = {s["name"]: s for s in A.summarize(res)}
-    for name in ("records", "rec->file", "hist", "bpftrace", "bt-print"):
+    for name in ("records", "rec->file", "rec->pipe", "hist", "bpftrace", "bt-print"):
         if name in by and by[name]["slowdown"]:
             summary.append(
                 (
@@ -326,3 +326,10 @@ def aggregation(table: Table, summary: Summary) -> None:
                 "",
             )
         )
+    lines = []
+    for other, key in (("rec->file", "file"), ("rec->pipe", "pipe")):
+        if "records" in by and other in by and by[other]["us_per_hit"]:
+            r = by["records"]["us_per_hit"] / by[other]["us_per_hit"]
+            summary.append(("aggregation", f"per-hit cost: records / {other}", f"{r:.2f}x", ""))
+            lines.append(f"per_hit_magic_vs_{key}={r:.2f}")
+    return lines
