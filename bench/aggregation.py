@@ -24,6 +24,7 @@ extra time over N (dd's own reads; other processes' hits are not in dd's time).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -162,15 +163,30 @@ VARIANTS: dict[str, Callable[[int], dict[str, Any]]] = {
 
 def run(
     out: Callable[[str], None] = print,
-    n: int = N_READS,
+    n: int | None = None,
     reps: int = REPS,
 ) -> dict[str, Any]:
+    """`STAPMAGIC_BENCH_AGG_N` (dd's reads, default N_READS) and `STAPMAGIC_BENCH_AGG_ONLY`
+    (comma-separated variant names; base is always run) narrow a run, e.g. the per-hit
+    comparison alone: STAPMAGIC_BENCH_AGG_ONLY=records,rec-file,rec-pipe."""
+    n = n if n is not None else int(os.environ.get("STAPMAGIC_BENCH_AGG_N", N_READS))
     names = list(VARIANTS)
+    only = os.environ.get("STAPMAGIC_BENCH_AGG_ONLY")
+    if only:
+        wanted = {
+            w.strip().replace("-", "->", 1) if w.strip().startswith("rec-") else w.strip()
+            for w in only.split(",")
+        }
+        unknown = wanted - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
+        names = [x for x in names if x in wanted or x == "base"]
     if L.has_bpftrace() is not None:
         names = [x for x in names if not x.startswith("b") or x == "base"]
-    # warm-up: compile both stap scripts once (small N), so no repetition pays a compile
+    # warm-up: compile the stap scripts once (small N), so no repetition pays a compile
     records(1000)
-    hist(1000)
+    if "hist" in names:
+        hist(1000)
     got: dict[str, list[dict[str, Any]]] = {x: [] for x in names}
     for r in range(reps):
         order = names[r % len(names) :] + names[: r % len(names)]
