@@ -1,7 +1,9 @@
-"""stap's module cache keys on the script it elaborated (pass 2, comments dropped) and on
-options such as -D (main.cxx: find_script_hash after printscript), never on -c or -x. So a
-cell whose column names, workload or process change reuses the compiled module: the script
-text must not depend on them. (Already so before issue 15; this keeps it so.)"""
+"""stap's module cache keys on the script it elaborated (pass 2: comments dropped), on
+options such as -D and -g (hash.cxx: find_script_hash) and on what else stap adds to its
+session (the soak test sees one cached module per -c command). The part stapmagic controls is
+the script text: it must not depend on column names, the workload or the process, so that a
+cell whose names change reuses the compiled module. (Already so before issue 15; this keeps
+it so.)"""
 
 from __future__ import annotations
 
