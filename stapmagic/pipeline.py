@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, frames, kbtf, ledger, options, records, runner
+from . import btfspec, diagnose, frames, kbtf, ledger, options, records, runner, wire
 from .errors import BTFError, OptionError, SpecError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -516,6 +516,10 @@ def stap_schemas(opts: ProbeOptions) -> tuple[ProbeSchema, ...]:
     return tuple(schemas)
 
 
+FIRST_ROWS_TAG = wire.TAG_PREFIX.encode()
+FIRST_ROWS_TRIES = 5
+
+
 def execute(
     run: ProbeRun,
     *,
@@ -531,15 +535,30 @@ def execute(
     (a replay: recording.Player), so a replay goes through exactly this code.
     """
 
+    # Until the first rows are out, a chunk that completes a line after a record tag is
+    # flushed at once instead of at the next 0.2 s tick (up to 0.2 s off the time to the
+    # first row); at most FIRST_ROWS_TRIES times, so tagged lines that never parse (damage)
+    # are not flushed per chunk.
+    first_pending, tag_seen, tries = True, False, 0
+
     def on_chunk(data: bytes) -> None:
+        nonlocal tag_seen, tries
         if tap is not None:
             tap(data)
         with run.lock:
             run.parser.feed(data)
+        if first_pending and tries < FIRST_ROWS_TRIES:
+            tag_seen = tag_seen or FIRST_ROWS_TAG in data
+            if tag_seen and b"\n" in data:
+                tries += 1
+                tick()
 
     def tick() -> None:
+        nonlocal first_pending
         with run.lock:
             batch = run.parser.flush()
+        if batch.rows:
+            first_pending = False
         run.note_batch(batch)
         if on_batch is not None:
             on_batch(run, batch, False)
