@@ -96,9 +96,7 @@ def handler(n: int, probe_idx: int, r: FieldRead) -> tuple[list[str], str]:
     if r.kind == "str":
         from .script import FAULT_TEXT
 
-        return [
-            f'try {{ f{n} = {call} }} catch {{ f{n} = "{FAULT_TEXT}"; {counted} }}'
-        ], "%s"
+        return [f'try {{ f{n} = {call} }} catch {{ f{n} = "{FAULT_TEXT}"; {counted} }}'], "%s"
     fmt = _FORMAT[r.kind]
     return [
         f'f{n} = "{wire.NA_FIELD}"',

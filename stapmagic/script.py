@@ -21,9 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from . import btfspec, fieldread
+from . import btfspec, fieldread, wire
 from . import where as where_mod
-from . import wire
 from .errors import OptionError, SpecError
 
 # The schema types live in schema.py (shared with records.py); re-exported here.
@@ -598,8 +597,7 @@ def _where(idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> lis
         known = ", ".join([*names, *where_mod.BUILTINS]) or "none"
         what = "a member path" if ("->" in text or "." in text) else "a name"
         raise where_mod.WhereError(
-            f"{text} is not {what} {probe.label} reads (its names: "
-            f"{known})",
+            f"{text} is not {what} {probe.label} reads (its names: {known})",
             "",
             pos,
             len(text),

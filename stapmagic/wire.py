@@ -521,7 +521,9 @@ def parse_record(line: bytes, schemas: Sequence[ProbeSchema]) -> ParsedRecord | 
         cpu = _int_field(parts[5])
         comm = unescape_text(parts[6])
         vals = tuple(
-            None if c.nullable and parts[7 + j] == NA_FIELD_B else _parse_field(parts[7 + j], c.kind)
+            None
+            if c.nullable and parts[7 + j] == NA_FIELD_B
+            else _parse_field(parts[7 + j], c.kind)
             for j, c in enumerate(cols)
         )
     except (ValueError, IndexError):

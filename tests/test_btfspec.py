@@ -95,9 +95,7 @@ def test_bitfield_reader_masks_and_shifts():
 
 
 def test_unsigned_ints_are_masked_signed_are_not():
-    _, fam = btfspec.field_function(
-        0, _field("tcp_v4_connect", "sk->__sk_common.skc_family"), 64
-    )
+    _, fam = btfspec.field_function(0, _field("tcp_v4_connect", "sk->__sk_common.skc_family"), 64)
     assert "v = v & 0xffff" in fam
     _, err = btfspec.field_function(0, _field("tcp_v4_connect", "sk->sk_err"), 64)
     assert "v = v &" not in err and "\treturn v\n" in err

@@ -109,7 +109,9 @@ _atom = st.one_of(_glued, st.sampled_from(["==", "!=", "<", "&&", "||", "!", "("
 @given(
     st.sampled_from(FUNCS),
     st.lists(_atom, min_size=1, max_size=7).map(" ".join),
-    st.sampled_from(["", " dport=sk->__sk_common.skc_dport", " sk:ptr", " name=path->dentry->d_iname"]),
+    st.sampled_from(
+        ["", " dport=sk->__sk_common.skc_dport", " sk:ptr", " name=path->dentry->d_iname"]
+    ),
 )
 def test_hostile_member_paths_in_where(func: str, where: str, more: str) -> None:
     note(repr((func + more, where)))

@@ -60,7 +60,7 @@ def test_na_rows_are_na_in_the_frame(n: int) -> None:
             None if rng.random() < 0.3 else rng.randrange(1 << 16),
             None if rng.random() < 0.3 else rng.randrange(-(1 << 40), 1 << 40),
             None if rng.random() < 0.3 else rng.randrange(1 << 64),
-            "f%d" % i,
+            f"f{i}",
         ]
         want.append(vals)
         lines.append(wire.format_record(0, T0 + i, 1, 2, 0, "py", vals, schema=FIELDS))

@@ -49,8 +49,7 @@ def test_dport_daddr_and_a_bad_pointer(cell):
             "\tp = pointer_arg(1)",
             '\tbad = ""',
             "\ttry { bad = sprint(__sm_field0(16)) } catch { __sm_faults++ }",
-            '\tprintf("fields dport=%d daddr=%d bad=[%s]\\n", __sm_field0(p), __sm_field1(p),'
-            " bad)",
+            '\tprintf("fields dport=%d daddr=%d bad=[%s]\\n", __sm_field0(p), __sm_field1(p), bad)',
             "}",
             'probe end { printf("faults=%d\\n", __sm_faults) }',
         ]

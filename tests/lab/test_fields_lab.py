@@ -32,7 +32,7 @@ print("two ports done", flush=True)
 """
 # bpftrace attaches, then runs the workload: both see the same connects.
 BPFTRACE = (
-    "exec bpftrace -e 'fentry:tcp_finish_connect { printf(\"bt %d %u %u\\n\", pid, "
+    'exec bpftrace -e \'fentry:tcp_finish_connect { printf("bt %d %u %u\\n", pid, '
     "args->sk->__sk_common.skc_dport, args->sk->__sk_common.skc_daddr); }' "
     "-c '/usr/bin/python3 /root/work/connect_a_few.py 3'\n"
 )
