@@ -138,7 +138,7 @@ def test_where_path_and_column_of_the_same_member_read_once(ip, capsys):
         ("tcp_finish_connect.return sk->sk_err", "cannot read arguments", "sk->sk_err"),
     ],
 )
-def test_refused_with_the_token_marked(ip, lab_btf, cell, message, marked):
+def test_refused_with_the_token_marked(ip, cell, message, marked):
     _, err = run(ip, f"%%kprobe --dry-run {cell}")
     assert type(err).__name__ == "UsageError" and message in str(err), err
     at = cell.rindex(marked)
