@@ -280,12 +280,34 @@ OPTIONS: tuple[Option, ...] = (
         compared=True,
     ),
     Option(
+        "buffer_mb",
+        ("-s",),
+        None,
+        "stap's output buffer in MB (stap -s, 1-4095; stap's default 16); what a run lost "
+        "is in _kprobe.ledger",
+        _int_in(1, 4095, "a buffer size in MB from 1 to 4095 (stap's limit)"),
+        parse=_ascii_int,
+        metavar="MB",
+        compared=True,
+    ),
+    Option(
         "guru",
         ("--guru",),
         False,
         "stap -g (needed for statement probes)",
         _flag,
         action="store_true",
+        compared=True,
+    ),
+    Option(
+        "include_self",
+        ("--include-self",),
+        False,
+        "also record stapmagic's own transport (stapio, staprun, stapsh and the ssh "
+        "session carrying them), skipped by default",
+        _flag,
+        action="store_true",
+        magics=KPROBE,
         compared=True,
     ),
     Option(
@@ -420,7 +442,7 @@ OPTIONS: tuple[Option, ...] = (
         ("--where",),
         None,
         "a filter evaluated in the probe: == != < <= > >=, && || !, parentheses, numbers, "
-        '"strings", the spec\'s names, retval, pid tid comm cpu',
+        '"strings", the spec\'s names, member paths (sk->a.b), retval, pid tid comm cpu',
         _text,
         metavar="EXPR",
         magics=KPROBE,

@@ -18,7 +18,19 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, fleet, frames, kbtf, options, records, runner
+from . import (
+    btfspec,
+    diagnose,
+    fieldread,
+    fleet,
+    frames,
+    kbtf,
+    ledger,
+    options,
+    records,
+    runner,
+    wire,
+)
 from .errors import BTFError, OptionError, SpecError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -61,7 +73,9 @@ class ProbeOptions:
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
     where: str | None = None  # --where EXPR, compiled into the handlers (where.py)
+    buffer_mb: int | None = None  # -s MB: stap's buffer size
     command_only: bool = False  # --cmd-only: events of the -c command's process only
+    include_self: bool = False  # --include-self: stapmagic's own transport too (selfskip.py)
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
 
     def __post_init__(self) -> None:
@@ -215,7 +229,7 @@ class ProbeRun:
             and not self.parser.row_count
         ):
             parts = []  # an aggregating script prints no rows: "0 rows" says nothing
-        parts += notes
+        parts += notes + ledger.summary_notes(self)
         c = self.counters
         if c.skipped_probes:
             parts.append(f"{c.skipped_probes} skipped probes")
@@ -262,6 +276,11 @@ class ProbeRun:
         return self._tag_total("smc", "unpaired")
 
     @property
+    def field_faults(self) -> int:
+        """Member reads (field paths) that faulted: <NA> (or <fault>) in their rows."""
+        return self._tag_total("smc", fieldread.FAULTS_COUNTER)
+
+    @property
     def count_overflow(self) -> int:
         """--count-by events whose key came after the key array was full: not counted."""
         return self._tag_total("smc", "count_overflow")
@@ -281,12 +300,19 @@ class ProbeRun:
                 )
         if self.unpaired:
             notes.append(f"{self.unpaired} returns without a recorded entry were skipped")
+        if self.field_faults:
+            notes.append(f"{self.field_faults} member reads faulted (<NA> in those rows)")
         if self.count_overflow:
             notes.append(
                 f"{self.count_overflow} events with a key past the first "
                 f"{COUNT_KEYS} were not counted"
             )
         return notes
+
+    @property
+    def ledger(self) -> pd.DataFrame:
+        """Per probe: events counted in the kernel, rows received, lost (ledger.py)."""
+        return ledger.ledger_frame(self)
 
     @property
     def hist(self) -> pd.DataFrame:
@@ -325,6 +351,7 @@ def script_options(opts: ProbeOptions) -> ScriptOptions:
         hist_linear=opts.hist_linear,
         count_by=opts.count_by,
         where=opts.where,
+        skip_self=not opts.include_self,
         host_column=bool(fleet.host_names(opts.target)),
     )
 
@@ -338,6 +365,7 @@ def build_argv(script_text: str, opts: ProbeOptions, target: runner.Target) -> l
         command=opts.command,
         pid=opts.pid,
         verbose=opts.verbose,
+        extra=("-s", str(opts.buffer_mb)) if opts.buffer_mb is not None else (),
         # --dry-run shows the command line even where stap is not installed.
         require_stap=not opts.dry_run,
     )
@@ -456,7 +484,7 @@ def prepare(
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
     if not opts.dry_run:
         target = preflight(target)  # several hosts: each asked before anything runs
-    spec = resolve_btf(spec, target, btf_lookup)
+    spec = resolve_btf(fieldread.where_refs(spec, opts.where), target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
     if not spec.probes:
@@ -518,6 +546,10 @@ def stap_schemas(opts: ProbeOptions) -> tuple[ProbeSchema, ...]:
     return tuple(schemas)
 
 
+FIRST_ROWS_TAG = wire.TAG_PREFIX.encode()
+FIRST_ROWS_TRIES = 5
+
+
 def execute(
     run: ProbeRun,
     *,
@@ -533,15 +565,30 @@ def execute(
     (a replay: recording.Player), so a replay goes through exactly this code.
     """
 
+    # Until the first rows are out, a chunk that completes a line after a record tag is
+    # flushed at once instead of at the next 0.2 s tick (up to 0.2 s off the time to the
+    # first row); at most FIRST_ROWS_TRIES times, so tagged lines that never parse (damage)
+    # are not flushed per chunk.
+    first_pending, tag_seen, tries = True, False, 0
+
     def on_chunk(data: bytes) -> None:
+        nonlocal tag_seen, tries
         if tap is not None:
             tap(data)
         with run.lock:
             run.parser.feed(data)
+        if first_pending and tries < FIRST_ROWS_TRIES:
+            tag_seen = tag_seen or FIRST_ROWS_TAG in data
+            if tag_seen and b"\n" in data:
+                tries += 1
+                tick()
 
     def tick() -> None:
+        nonlocal first_pending
         with run.lock:
             batch = run.parser.flush()
+        if batch.rows:
+            first_pending = False
         run.note_batch(batch)
         if on_batch is not None:
             on_batch(run, batch, False)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import display, live, pipeline, recording, runner
+from . import display, ledger, live, pipeline, recording, runner
 from .errors import OptionError, ReplayError, StapMagicError
 from .options import FIELDS, Magic
 
@@ -64,7 +64,8 @@ class Cell:
 
 def worth_showing(messages: list[str]) -> list[str]:
     """stap's messages minus what the live view already showed (Pass lines) and the
-    asmlinkage() elision warning (3 lines) that every seed-style script gets on x86_64."""
+    asmlinkage() elision warning (3 lines) that every seed-style script gets on x86_64, and
+    the kernel's event counts for the ledger."""
     shown: list[str] = []
     skip = 0
     for msg in messages:
@@ -75,7 +76,7 @@ def worth_showing(messages: list[str]) -> list[str]:
         if msg.startswith(_ASMLINKAGE):
             skip = 2  # " source: ..." and the caret line under it
             continue
-        if msg.startswith("Pass ") or not msg.strip():
+        if msg.startswith("Pass ") or not msg.strip() or ledger.is_fired_line(msg):
             continue
         shown.append(msg)
     return shown
@@ -130,6 +131,7 @@ class Session:
         self.show_messages = show_messages
         self.runs: list[pipeline.ProbeRun] = []
         self._resolved: dict[tuple[str, str], tuple[str, str]] = {}
+        self._peeked: dict[tuple[str, str], tuple[str, str]] = {}  # replays(), quietly
 
     # -- the mode ------------------------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class Session:
         """A new mode: resolved again (auto) and announced."""
         self.mode = mode
         self._resolved.clear()
+        self._peeked.clear()
         self.action(target, announce=True)
 
     def action(self, target: str, announce: bool = False) -> tuple[str, str]:
@@ -163,6 +166,17 @@ class Session:
             }[action]
             print(f"{head}: {text}")
         return action, why
+
+    def replays(self, target: str) -> bool:
+        """Whether a cell on `target` replays in this mode (auto resolved quietly here: the
+        first cell still announces it)."""
+        if self.mode in ("live", "record", "replay"):
+            return self.mode == "replay"
+        key = (self.mode, target)
+        found = self._resolved.get(key) or self._peeked.get(key)
+        if found is None:  # kept apart from _resolved, which announces on first use
+            found = self._peeked[key] = recording.mode_for(self.mode, runner.parse_target(target))
+        return found[0] == "replay"
 
     # -- one cell ------------------------------------------------------------------------------
 
@@ -254,6 +268,8 @@ class Session:
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
             if view is not None:
+                if run.stop_event.is_set() and not final:
+                    view.stopping()
                 view.update(
                     batch.frame,
                     batch.messages,

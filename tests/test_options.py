@@ -109,7 +109,9 @@ OTHER = {
     "hist_linear": (0, 10, 1),
     "count_by": "comm",
     "command_only": True,
+    "include_self": True,
     "where": "pid == 1",
+    "buffer_mb": 1,
     "stap_spec": ("tcp_v4_connect sk:ptr",),
 }
 

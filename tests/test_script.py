@@ -185,8 +185,8 @@ def _records(text: str) -> list[tuple[int, str]]:
     """(probe_index, joined format) per record: consecutive printf calls make one record."""
     out: list[tuple[int, str]] = []
     current = ""
-    for fmt in re.findall(r'printf\("([^"]*)"', text):
-        if fmt.startswith("@@smc"):
+    for fmt in re.findall(r'\bprintf\("([^"]*)"', text):
+        if fmt.startswith(("@@smc", "stapmagic:")):  # counters; the begin probe's line
             continue
         current += fmt
         if fmt.endswith("\\n"):
@@ -205,7 +205,7 @@ def test_printf_split_at_the_argument_limit():
     calls = [
         line.strip()
         for line in script.text.splitlines()
-        if line.strip().startswith("printf(") and "@@smc" not in line
+        if line.strip().startswith('printf("@@sm1') or line.strip().startswith('printf("\\t')
     ]
     # 5 fixed + 16 args + retval, errno, latency + 18 registers = 42 arguments: two calls.
     assert len(calls) == 2
@@ -232,8 +232,8 @@ def _arg_count(call: str) -> int:
 
 
 def test_short_records_use_one_printf():
-    text = gen("f a:int").text
-    assert text.count("printf(") == 1
+    text = gen("f a:int", skip_self=False).text
+    assert text.split("probe end")[0].count("printf(") == 1  # the end probe is the ledger's
 
 
 # -- readers, strings, guards ----------------------------------------------------------------
@@ -291,7 +291,8 @@ def test_every_event_probe_skips_stapio_first():
     for body in bodies:
         lines = body.split("\n")
         assert lines[0].startswith("\tif (pid() == stp_pid()) next")
-        assert lines[1].startswith("\tif (pid() != target()) next")
+        assert lines[1].startswith("\tif (pid() in __sm_self")  # tests/test_selfskip.py
+        assert lines[2].startswith("\tif (pid() != target()) next")
     assert "target()" not in gen("f").text
 
 
@@ -324,7 +325,7 @@ def test_duration_timer():
 def test_print_regs_right_after_the_record():
     text = gen("f a:int", print_regs=True).text
     lines = [ln.strip() for ln in text.splitlines()]
-    i = next(i for i, ln in enumerate(lines) if ln.startswith("printf("))
+    i = next(i for i, ln in enumerate(lines) if ln.startswith('printf("@@sm1'))
     assert lines[i + 1] == "print_regs()"
 
 
@@ -344,7 +345,7 @@ def test_pair_bookkeeping():
     assert "__sm_p0_unpaired++" in text
     assert 'printf("@@smc\\tunpaired\\t0\\t%d\\t@@\\n", __sm_p0_unpaired)' in text
     assert "lat = now - __sm_p0_t0[t, d]" in text
-    assert "probe end" not in gen("f.return").text
+    assert "unpaired" not in gen("f.return").text
 
 
 def test_module_function_is_probed_by_name():
@@ -494,7 +495,8 @@ def test_aggregating_scripts_print_no_records():
         assert "@@sm1" not in script.text.replace("one @@sm1 record per event", ""), kw
         assert "now = gettimeofday_ns()" not in script.text or kw.get("hist") == "latency"
         paired = kw.get("latency") or kw.get("hist") == "latency"
-        assert script.text.count("\nprobe end\n") == 2 + bool(paired)  # + the unpaired counters
+        # + the unpaired counters, + the ledger's fired counts
+        assert script.text.count("\nprobe end\n") == 2 + bool(paired) + 1
 
 
 def test_hist_values_per_kind():
@@ -615,5 +617,5 @@ def test_one_end_probe_per_aggregate():
     """Each end handler has its own action budget, which a foreach over the keys needs."""
     text = gen("f", "g\nh.return", count_by="comm").text
     ends = re.findall(r"probe end\n\{\n(.*?)\n\}", text, re.S)
-    assert len(ends) == 3
-    assert [e.count("foreach") for e in ends] == [1, 1, 1]
+    assert len(ends) == 4  # the last is the ledger's
+    assert [e.count("foreach") for e in ends] == [1, 1, 1, 0]
