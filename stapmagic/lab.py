@@ -1053,6 +1053,11 @@ def _running_state(name: str = DEFAULT_GUEST) -> dict[str, Any]:
     return state
 
 
+def _guest_state(name: str) -> dict[str, Any]:
+    # The default guest's call is unchanged (tests stub _running_state without arguments).
+    return _running_state() if name == DEFAULT_GUEST else _running_state(name)
+
+
 def stap_argv(require_running: bool = True, name: str = DEFAULT_GUEST) -> list[str]:
     """Prefix for a stap command line: compiles in the chroot, runs pass 5 in the guest.
 
@@ -1064,20 +1069,20 @@ def stap_argv(require_running: bool = True, name: str = DEFAULT_GUEST) -> list[s
     stap = ["stap", f"--remote=ssh://{guest_alias(name)}", *STAP_DEFINES]
     if not require_running:
         return _chroot_argv(_root_dir(), stap)
-    root = Path(_running_state(name)["root"])
+    root = Path(_guest_state(name)["root"])
     return _chroot_argv(root, [*_shared_ssh(root), *stap])
 
 
 def client_argv(name: str = DEFAULT_GUEST) -> list[str]:
     """Prefix under which a command runs in the lab's chroot: its stap, and its ssh with the
     ``stapmagic-lab`` alias (so ``ssh://stapmagic-lab`` works as a plain ssh target there)."""
-    root = Path(_running_state(name)["root"])
+    root = Path(_guest_state(name)["root"])
     return _chroot_argv(root, _shared_ssh(root))
 
 
 def exec_argv(argv: list[str], name: str = DEFAULT_GUEST) -> list[str]:
     """ssh joins its arguments into one remote shell line, hence the quoting."""
-    root = Path(_running_state(name)["root"])
+    root = Path(_guest_state(name)["root"])
     remote = " ".join(shlex.quote(a) for a in argv)
     return _chroot_argv(root, [*_shared_ssh(root), "ssh", guest_alias(name), "--", remote])
 
