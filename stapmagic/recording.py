@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import __version__, options, pipeline, runner, targets
+from . import __version__, fleet, options, pipeline, runner, targets
 from .errors import ReplayError, StapMagicError
 
 __all__ = [
@@ -693,7 +693,12 @@ def prepare_replay(
         run = pipeline.prepare_script(body, opts, build=recorded_argv)
     else:
         run = pipeline.prepare(
-            first_line, body, opts, lookup=_recorded_lookup(rec.header), build=recorded_argv
+            first_line,
+            body,
+            opts,
+            lookup=_recorded_lookup(rec.header),
+            build=recorded_argv,
+            preflight=lambda t: fleet.as_recorded(t, rec.header.argv),
         )
     if run.script_text != rec.header.script:
         ours: list[str] = run.script_text.splitlines()
