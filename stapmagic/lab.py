@@ -642,24 +642,8 @@ def build(force: bool = False, log: Log = print) -> Path:
 
 def _write_ssh_config(root: Path, port: int) -> None:
     ssh_dir = root / "root/.ssh"
-    cfg = f"""# Written by stapmagic.lab at boot: the forwarded port changes every time.
-Host {HOST_ALIAS}
-    HostName 127.0.0.1
-    Port {port}
-    User root
-    IdentityFile /root/.ssh/stapmagic_lab_ed25519
-    IdentitiesOnly yes
-    HostKeyAlias {HOST_ALIAS}
-    HostKeyAlgorithms ssh-ed25519
-    UserKnownHostsFile /root/.ssh/stapmagic_lab_known_hosts
-    StrictHostKeyChecking yes
-    BatchMode yes
-    PasswordAuthentication no
-    ConnectTimeout 10
-    ServerAliveInterval 15
-    ServerAliveCountMax 8
-    LogLevel ERROR
-"""
+    cfg = "# Written by stapmagic.lab at boot: the forwarded port changes every time.\n"
+    cfg += _host_block(HOST_ALIAS, port)
     tmp = ssh_dir / "config.tmp"
     tmp.write_text(cfg)
     tmp.chmod(0o600)
@@ -672,10 +656,9 @@ def _guest_ssh_config_path(root: Path, name: str) -> Path:
     return root / "etc/ssh/ssh_config.d" / f"stapmagic-lab-{check_guest(name)}.conf"
 
 
-def guest_ssh_config(name: str, port: int) -> str:
-    """An extra guest's alias: same image, so the same login key and pinned host key."""
-    return f"""# Written by stapmagic.lab at boot of guest {name}: the forwarded port changes every time.
-Host {guest_alias(name)}
+def _host_block(alias: str, port: int) -> str:
+    # Every guest boots the same image: the same login key and the same pinned host key.
+    return f"""Host {alias}
     HostName 127.0.0.1
     Port {port}
     User root
@@ -692,6 +675,12 @@ Host {guest_alias(name)}
     ServerAliveCountMax 8
     LogLevel ERROR
 """
+
+
+def guest_ssh_config(name: str, port: int) -> str:
+    """An extra guest's alias."""
+    head = f"# Written by stapmagic.lab at boot of guest {name}: the forwarded port changes every time.\n"
+    return head + _host_block(guest_alias(name), port)
 
 
 def _write_guest_ssh_config(root: Path, name: str, port: int) -> None:
