@@ -134,15 +134,15 @@ def test_a_reader_sees_only_whole_files_while_the_run_goes_on(tmp_path):
 def test_schema_is_the_same_in_every_file_even_for_all_na_columns(tmp_path):
     # two probes with different arguments: a file may hold only one probe's rows, whose
     # other columns are all NA (and the comm categories grow from batch to batch)
-    spec = "a x:int s:str\nb y:ptr e:long"
+    spec = "a x:int s:str p:ptr\nb.return"
     schemas = generate(parse_spec(spec), ScriptOptions()).probes
     p = records.RecordParser(schemas)
     sink = save.ParquetDataset(tmp_path, host="h", max_bytes=1)  # one file per batch
     for i in range(4):
         if i % 2 == 0:
-            rec = format_record(0, T0 + i, 1, 1, 0, f"c{i}", [i, f"s{i}"], schema=schemas[0])
+            rec = format_record(0, T0 + i, 1, 1, 0, f"c{i}", [i, f"s{i}", 0xFFFF0000 + i], schema=schemas[0])
         else:
-            rec = format_record(1, T0 + i, 1, 1, 0, f"c{i}" * 200, [i, -2, "ENOENT"], schema=schemas[1])
+            rec = format_record(1, T0 + i, 1, 1, 0, f"c{i}" * 200, [-2, "ENOENT"], schema=schemas[1])
         p.feed(rec)
         sink.write(p.flush().frame)
     sink.close()
@@ -152,8 +152,10 @@ def test_schema_is_the_same_in_every_file_even_for_all_na_columns(tmp_path):
     back = pd.read_parquet(tmp_path)
     assert len(back) == 4
     assert back["s"].isna().tolist() == [False, True, False, True]
-    assert back["y"].isna().tolist() == [True, False, True, False]
-    assert str(back["y"].dtype) == "UInt64"
+    assert back["retval"].isna().tolist() == [True, False, True, False]
+    assert back["errno"].isna().tolist() == [True, False, True, False]
+    assert str(back["retval"].dtype) == "Int64" and str(back["p"].dtype) == "UInt64"
+    assert back["p"].iloc[2] == 0xFFFF0002
 
 
 def test_host_column_makes_one_partition_per_host(tmp_path):

@@ -113,6 +113,11 @@ class RecordParser:
         self.tags.close()
         return self._take_batch()
 
+    def keep_last(self, n: int) -> None:
+        """--keep N: frame() holds only the last `n` rows (row_count still counts all);
+        every row is still in exactly one Batch, whose frame is then built at once."""
+        self.columns_store.keep_last(n)
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -198,6 +203,11 @@ class RecordParser:
 
             def make() -> pd.DataFrame:
                 return columns.batch_frame(pieces, comm_categories)
+
+            if columns.keep is not None:
+                # built now: once taken, its rows may be let go of before a lazy build
+                frame = make()
+                make = lambda: frame  # noqa: E731
 
         return self.out.take_batch(make, rows)
 
