@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import save
 from .live import RunSummary, hex_text, summary_line
 from .spec import REGISTER_COLUMNS
 
@@ -47,7 +48,7 @@ def run_summary(
     total, compile_s, run_s = timings
     counters = run.counters
     lost = int(counters.skipped_probes) + int(counters.transport_failures) + int(run.damaged)
-    notes = [*run._aggregate_notes(), *run.ending_notes()]
+    notes = [*run._aggregate_notes(), *save.notes(run), *run.ending_notes()]
     aggregate = getattr(getattr(run, "script", None), "aggregate", None)
     rows = int(run.parser.row_count)
     line = summary_line(

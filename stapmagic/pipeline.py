@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, frames, kbtf, options, records, runner
+from . import btfspec, diagnose, frames, kbtf, options, records, runner, save
 from .errors import BTFError, OptionError, SpecError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -103,6 +103,8 @@ class ProbeRun:
     end_diagnoses: list[diagnose.Diagnosis] = field(default_factory=list)
     # A replay: the recording it plays (no stap runs; `target` is where it was recorded).
     replay_of: str | None = None
+    # --save DIR: the save.Sink its rows stream to.
+    saved: save.Sink | None = None
 
     @property
     def df(self) -> pd.DataFrame:
@@ -212,6 +214,7 @@ class ProbeRun:
         ):
             parts = []  # an aggregating script prints no rows: "0 rows" says nothing
         parts += notes
+        parts += save.notes(self)
         c = self.counters
         if c.skipped_probes:
             parts.append(f"{c.skipped_probes} skipped probes")

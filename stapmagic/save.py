@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -56,6 +57,7 @@ class Sink(Protocol):
     """Where a run's batches go as they arrive."""
 
     rows: int
+    failed: str | None
 
     def write(self, frame: pd.DataFrame) -> None: ...
 
@@ -79,19 +81,18 @@ def problem(path: str) -> str | None:
     if not probe.is_dir():
         what = "" if probe == p else f" (in the path {path})"
         return f"--save {probe} is a file{what}: give a directory (made if missing)"
-    if not os.access(probe, os.W_OK | os.X_OK) or _read_only(probe):
+    if not _writable(probe):
         return f"--save {probe} is not writable: give a directory you can write to"
     return None
 
 
-def _read_only(path: Path) -> bool:
-    # os.access says yes to root on a read-only file system (and on /proc, /sys)
+def _writable(directory: Path) -> bool:
+    # os.access says yes to root everywhere, also on /proc and read-only mounts: try it
     try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY) or str(path.resolve()).startswith(
-            ("/proc/", "/sys/")
-        ) or str(path.resolve()) in ("/proc", "/sys")
+        with tempfile.TemporaryFile(dir=directory):
+            return True
     except OSError:
-        return True
+        return False
 
 
 _runs = itertools.count()
@@ -116,6 +117,7 @@ class ParquetDataset:
         self.max_seconds = max_seconds
         self.clock = clock
         self.rows = 0
+        self.failed: str | None = None  # why writing stopped (take())
         self.files: list[str] = []  # closed files, in order
         self.schema: pa.Schema | None = None
         self._stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{next(_runs)}"
@@ -215,3 +217,33 @@ def _stable(schema: pa.Schema) -> pa.Schema:
         fields.append(pa.field(f.name, t, nullable=True))
     # the pandas metadata: nullable Int64/UInt64 and categories read back as they were
     return pa.schema(fields, metadata=schema.metadata)
+
+
+def take(run: Any, sink: Sink, batch: Any, final: bool) -> None:
+    """One batch of `run` into `sink` (and, when `final`, the files closed). A write that
+    fails stops the run (its rows stay in memory) and is said in the run's summary."""
+    if batch.rows and sink.failed is None:
+        try:
+            sink.write(batch.frame)
+        except SaveError as exc:
+            sink.failed = str(exc)
+            run.stop_event.set()
+    if final:
+        try:
+            sink.close()
+        except SaveError as exc:
+            sink.failed = sink.failed or str(exc)
+
+
+def notes(run: Any) -> list[str]:
+    """What a run's summary says about its dataset (--save), if it has one."""
+    sink = getattr(run, "saved", None)
+    if sink is None:
+        return []
+    said = [sink.describe()]
+    if sink.failed:
+        said.append(f"saving stopped the run: {sink.failed}")
+    keep = run.parser.columns_store.keep
+    if keep is not None and run.parser.row_count > keep:
+        said.append(f"the frame keeps the last {keep:,} rows")
+    return said

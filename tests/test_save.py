@@ -93,7 +93,9 @@ def test_rows_land_in_a_host_partition_and_read_back_equal(tmp_path):
 
 def test_files_rotate_by_size_and_by_time(tmp_path):
     clock = Clock()
-    sink = save.ParquetDataset(tmp_path, host="lab", max_bytes=10_000, max_seconds=3600, clock=clock)
+    sink = save.ParquetDataset(
+        tmp_path, host="lab", max_bytes=10_000, max_seconds=3600, clock=clock
+    )
     for f in _batches(1000, 100):  # each batch ~6 kB in memory: a new file every 2 batches
         sink.write(f)
     assert len(sink.files) >= 4
@@ -140,9 +142,13 @@ def test_schema_is_the_same_in_every_file_even_for_all_na_columns(tmp_path):
     sink = save.ParquetDataset(tmp_path, host="h", max_bytes=1)  # one file per batch
     for i in range(4):
         if i % 2 == 0:
-            rec = format_record(0, T0 + i, 1, 1, 0, f"c{i}", [i, f"s{i}", 0xFFFF0000 + i], schema=schemas[0])
+            rec = format_record(
+                0, T0 + i, 1, 1, 0, f"c{i}", [i, f"s{i}", 0xFFFF0000 + i], schema=schemas[0]
+            )
         else:
-            rec = format_record(1, T0 + i, 1, 1, 0, f"c{i}" * 200, [-2, "ENOENT"], schema=schemas[1])
+            rec = format_record(
+                1, T0 + i, 1, 1, 0, f"c{i}" * 200, [-2, "ENOENT"], schema=schemas[1]
+            )
         p.feed(rec)
         sink.write(p.flush().frame)
     sink.close()
@@ -262,7 +268,11 @@ def fake(fake_stap_path, monkeypatch, tmp_path):
 def _cell(ip, text):
     ip.user_ns.pop("_kprobe", None)
     result = ip.run_cell(text)
-    return result.result, result.error_before_exec or result.error_in_exec, ip.user_ns.get("_kprobe")
+    return (
+        result.result,
+        result.error_before_exec or result.error_in_exec,
+        ip.user_ns.get("_kprobe"),
+    )
 
 
 def test_cell_saves_every_row_and_keeps_the_last(ip, fake, tmp_path, capsys):
@@ -284,9 +294,7 @@ def test_cell_saves_every_row_and_keeps_the_last(ip, fake, tmp_path, capsys):
 def test_a_failed_run_still_writes_what_it_received(ip, fake, tmp_path):
     fake(300)
     ds = tmp_path / "ds"
-    value, err, run = _cell(
-        ip, f'%%kprobe --save {ds} -q -c "sh -c \'kill -9 $PPID\'" {SPEC}'
-    )
+    value, err, run = _cell(ip, f"%%kprobe --save {ds} -q -c \"sh -c 'kill -9 $PPID'\" {SPEC}")
     assert err is not None and not run.ok
     assert len(pd.read_parquet(ds)) == 300
     assert f"saved to {ds}" in str(err)

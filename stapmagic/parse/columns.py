@@ -312,7 +312,10 @@ class Columns:
         if drop <= 0:
             return
         kept = table.n - drop
-        new = Table({k: a.dtype for k, a in table.arrays.items()}, max(table.capacity, 2 * (kept + incoming)))
+        new = Table(
+            {k: a.dtype for k, a in table.arrays.items()},
+            max(table.capacity, 2 * (kept + incoming)),
+        )
         for key, arr in table.arrays.items():
             new.arrays[key][:kept] = arr[drop : table.n]
         new.n = kept
