@@ -100,21 +100,22 @@ _runs = itertools.count()
 
 class ParquetDataset:
     """A Sink writing Parquet files, rotated, under `directory/host=NAME/`. `host`: the
-    partition of frames without a `host` column."""
+    partition of frames without a `host` column; `max_bytes`/`max_seconds` default to
+    DEFAULT_MAX_BYTES/DEFAULT_MAX_SECONDS."""
 
     def __init__(
         self,
         directory: str | os.PathLike[str],
         host: str,
         *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        max_seconds: float = DEFAULT_MAX_SECONDS,
+        max_bytes: int | None = None,
+        max_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory = Path(directory)
         self.host = host
-        self.max_bytes = max_bytes
-        self.max_seconds = max_seconds
+        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        self.max_seconds = DEFAULT_MAX_SECONDS if max_seconds is None else max_seconds
         self.clock = clock
         self.rows = 0
         self.failed: str | None = None  # why writing stopped (take())
