@@ -61,6 +61,8 @@ class Sink(Protocol):
 
     def write(self, frame: pd.DataFrame) -> None: ...
 
+    def poll(self) -> None: ...
+
     def close(self) -> None: ...
 
     def describe(self) -> str: ...
@@ -185,6 +187,19 @@ class ParquetDataset:
         os.replace(f.tmp, f.final)
         self.files.append(f.final)
 
+    def poll(self) -> None:
+        """Close the files open for max_seconds, also when no rows came since (a quiet
+        probe's rows become readable on time)."""
+        now = self.clock()
+        for host, f in list(self._open.items()):
+            if now - f.opened >= self.max_seconds:
+                try:
+                    self._close_file(host)
+                except (OSError, pa.ArrowException) as exc:
+                    raise SaveError(
+                        f"--save could not finish a file in {self.directory}: {exc}"
+                    ) from None
+
     def close(self) -> None:
         """Close every open file (renamed to its final name); the first failure is raised."""
         failure: Exception | None = None
@@ -223,9 +238,12 @@ def _stable(schema: pa.Schema) -> pa.Schema:
 def take(run: Any, sink: Sink, batch: Any, final: bool) -> None:
     """One batch of `run` into `sink` (and, when `final`, the files closed). A write that
     fails stops the run (its rows stay in memory) and is said in the run's summary."""
-    if batch.rows and sink.failed is None:
+    if sink.failed is None:
         try:
-            sink.write(batch.frame)
+            if batch.rows:
+                sink.write(batch.frame)
+            else:
+                sink.poll()
         except SaveError as exc:
             sink.failed = str(exc)
             run.stop_event.set()

@@ -111,6 +111,15 @@ def test_files_rotate_by_size_and_by_time(tmp_path):
     sink.close()
     assert len(sink.files) == 2
     assert by_size and sum(pq.ParquetFile(p).metadata.num_rows for p in sink.files) == 400
+    # no rows for a while: the open file is closed on time all the same (take() polls)
+    sink = save.ParquetDataset(tmp_path / "q", host="lab", max_seconds=10, clock=clock)
+    sink.write(next(_batches(5, 5)))
+    clock.now += 5
+    sink.poll()
+    assert not sink.files
+    clock.now += 5
+    sink.poll()
+    assert len(sink.files) == 1 and len(pd.read_parquet(tmp_path / "q")) == 5
 
 
 def test_a_reader_sees_only_whole_files_while_the_run_goes_on(tmp_path):
