@@ -2,9 +2,15 @@
 records through `%%stap --spec ... --save DIR --keep N`, with the Python process's memory
 measured while it runs, and the Parquet dataset compared with what the script sent.
 
-The script is bench/throughput.py's timer (K records per timer.ms(1) tick, each with a
-sequence number) at a rate the lab's transport holds (bench/RESULTS.md: ~50k records/s
-under TCG). Run it alone: `python -m pytest tests/lab/test_save.py` (~2 min).
+The script is bench/throughput.py's timer (K records per timer.ms(1) tick, each numbered),
+with flow control: the lab's transport (stapmagic's pty <- ssh <- stapsh <- stapio, under
+TCG) held 50k records/s alone (bench/RESULTS.md) but only ~3k-5k/s while several test runs
+shared the 2 cores, and then stap's 16 MB relay buffer overflowed at any fixed rate worth a
+million rows (lost messages at 10k/s). So the script prints only up to a credit the test
+grants through a procfs file (`probe procfs("credit").write`), a window ahead of the rows
+the parser has received: the run goes as fast as the transport, and nothing is lost
+for want of buffer. Run it alone: `python -m pytest tests/lab/test_save.py` (~1 min on an
+idle lab, several on a shared one).
 """
 
 from __future__ import annotations
@@ -18,29 +24,60 @@ import time
 import pandas as pd
 import psutil
 
-from stapmagic import save
+from stapmagic import runner, save
 
-# 10k records/s when the timer keeps up. The lab's transport (stapmagic's pty <- ssh <- stapsh
-# <- stapio under TCG) held 50k records/s alone (bench/RESULTS.md), but only 4k-9k/s (~250 KB/s)
-# while several test runs shared the 2 cores, and at 40k/s of full-size records that lab lost
-# relay buffers. So the records are small (~32 bytes: time is the sequence number, pid, tid
-# and cpu 0, comm "f") and stap's 16 MB relay buffer absorbs what the transport lags behind.
-K = 10
-TICKS = 105_000  # 1,050,000 records
+K = 25  # records per tick (one printf): at most 25k records/s
+TOTAL = 1_050_000
+WINDOW = 150_000  # records granted ahead of those received (~4.4 MB of the 16 MB buffer)
 KEEP = 20_000
-SCRIPT = r"""
-global seq, ticks
-probe timer.ms(1) {
-	if (ticks >= TICKS) next
-	ticks++
-	for (i = 0; i < K; i++) {
-		seq++
-		printf("@@sm1\t0\t%d\t0\t0\t0\tf\t%d\t@@\n", seq, seq)
-	}
-	if (ticks == TICKS) exit()
-}
-probe end { printf("flood: emitted=%d\n", seq) }
-""".replace("TICKS", str(TICKS)).replace("K", str(K))
+# ~29 bytes: time 1, pid, tid and cpu 0, comm "f", the sequence number
+RECORD = r"@@sm1\t0\t1\t0\t0\t0\tf\t%d\t@@\n"
+SCRIPT = f"""
+global seq, credit
+probe procfs("credit").write {{ credit += strtol($value, 10) }}
+probe timer.ms(1) {{
+\tif (seq >= {TOTAL} || seq + {K} > credit) next
+\tprintf("{RECORD * K}", {", ".join(f"seq + {i + 1}" for i in range(K))})
+\tseq += {K}
+\tif (seq == {TOTAL}) exit()
+}}
+probe end {{ printf("flood: emitted=%d\\n", seq) }}
+"""
+LAB = runner.Target("lab")
+
+
+class Credit(threading.Thread):
+    """Grants the script WINDOW records ahead of the rows the run has received."""
+
+    def __init__(self, seen: dict) -> None:
+        super().__init__(daemon=True)
+        self.seen = seen
+        self.granted = 0
+        self.stop = threading.Event()
+        self.error: str | None = None
+
+    def grant(self, n: int) -> bool:
+        try:
+            runner.run_on_target(
+                LAB,
+                ["sh", "-c", f"f=$(ls /proc/systemtap/*/credit) && echo {n} > $f"],
+                timeout=60,
+            )
+        except Exception as exc:  # noqa: BLE001 - not loaded yet: try again
+            self.error = str(exc)
+            return False
+        self.granted += n
+        return True
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            run = self.seen.get("run")
+            if run is None:
+                continue
+            if self.granted == 0:
+                self.grant(WINDOW)
+            elif self.granted < TOTAL and run.parser.row_count > self.granted - WINDOW // 2:
+                self.grant(min(WINDOW // 2, TOTAL - self.granted))
 
 
 class Sampler(threading.Thread):
@@ -83,8 +120,10 @@ class Sampler(threading.Thread):
             self.mid_rows = -1
 
 
-def test_a_million_rows_saved_with_memory_bounded(cell, tmp_path, monkeypatch):
+def test_a_million_rows_saved_with_memory_bounded(cell, live_run, tmp_path, monkeypatch):
     ds = str(tmp_path / "flood")
+    credit = Credit(live_run)
+    credit.start()
     # files a reader can see during the run: one every 5 s (default 60 s)
     monkeypatch.setattr(save, "DEFAULT_MAX_SECONDS", 5.0)
     sampler = Sampler(ds)
@@ -97,11 +136,15 @@ def test_a_million_rows_saved_with_memory_bounded(cell, tmp_path, monkeypatch):
     took = time.monotonic() - t0
     sampler.stop.set()
     sampler.join()
+    credit.stop.set()
+    credit.join()
+    print(f"\nstatus {run.status}; granted {credit.granted}; last grant error {credit.error}")
+    print("\n".join(run.messages[-30:]))
     assert err is None, err
     ends = [m for m in (re.search(r"flood: emitted=(\d+)", x) for x in run.messages) if m]
-    assert ends, (run.summary(), run.messages[-20:])
+    assert ends, (run.summary(), run.messages[-20:], credit.granted, credit.error)
     emitted = int(ends[0].group(1))
-    assert emitted == K * TICKS >= 1_000_000
+    assert emitted == TOTAL >= 1_000_000
     print(f"\n{emitted:,} records in {took:.1f} s; RSS +{(sampler.peak - sampler.base) >> 20} MiB")
 
     # the dataset is every row sent: the count and every sequence number once
