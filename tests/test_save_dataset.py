@@ -3,7 +3,7 @@ arrive, and the in-memory frame bounded to the last N rows.
 
 The writer is tested on frames the parser itself makes; the cells run with the fake stap
 (tests/fakestap: process handling only, never proof of probing). The lab test
-(tests/lab/test_save.py; this file has another name: pytest collects both as rootless modules) runs a million-row timer flood on a kernel.
+(tests/lab/test_save.py) runs a million-row timer flood on a kernel.
 """
 
 from __future__ import annotations
