@@ -15,15 +15,19 @@ idle lab, several on a shared one).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import numpy as np
 import pandas as pd
 import psutil
+import pytest
 
 from stapmagic import runner, save
 
@@ -121,8 +125,17 @@ class Sampler(threading.Thread):
             self.mid_rows = -1
 
 
-def test_a_million_rows_saved_with_memory_bounded(cell, live_run, tmp_path, monkeypatch):
-    ds = str(tmp_path / "flood")
+@pytest.fixture
+def flood_dir():
+    # not under pytest's tmp_path: that base directory is shared by every pytest run of
+    # the user, which removes all but the last three while this test runs for minutes
+    d = tempfile.mkdtemp(prefix="stapmagic-save-")
+    yield os.path.join(d, "flood")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_million_rows_saved_with_memory_bounded(cell, live_run, flood_dir, monkeypatch):
+    ds = flood_dir
     credit = Credit(live_run)
     credit.start()
     # files a reader can see during the run: one every 5 s (default 60 s)
