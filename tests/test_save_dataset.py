@@ -345,3 +345,17 @@ def test_a_stopped_background_run_closes_its_files(ip, fake, tmp_path):
     assert not run.running and run.interrupted
     assert len(pd.read_parquet(ds)) == 300
     assert [os.path.basename(f) for f in _files(ds)] == [os.path.basename(run.saved.files[0])]
+
+
+def test_rows_per_probe_count_the_rows_keep_let_go():
+    # the ledger compares them with the kernel's count: --keep must not look like loss
+    schemas = generate(parse_spec("a x:int\nb y:int"), ScriptOptions()).probes
+    p = records.RecordParser(schemas)
+    p.keep_last(5)
+    for i in range(3000):
+        p.feed(format_record(i % 3 // 2, T0 + i, 1, 1, 0, "c", [i], schema=schemas[i % 3 // 2]))
+        if i % 100 == 0:
+            p.flush()
+    p.close()
+    assert len(p.frame()) == 5
+    assert p.rows_per_probe() == {"a": 2000, "b": 1000}

@@ -282,6 +282,8 @@ class Columns:
         # number of the table's first row once older rows were let go.
         self.keep: int | None = None
         self.base = 0
+        # rows per probe code, of the whole run (frame() may hold only the last `keep`)
+        self.probe_rows = np.zeros(len(plan.probe_categories), dtype=np.int64)
 
     def keep_last(self, n: int) -> None:
         """Hold only the last `n` rows from now on (rows of pieces not yet taken stay until
@@ -426,6 +428,8 @@ class Columns:
                 st.chunks.extend(chunks)
                 keep[name] = chunks
         table.n = start + n
+        for c in cols["probe"]:
+            self.probe_rows += np.bincount(c, minlength=len(self.probe_rows))
         self._pieces.append((self.row_count, n, keep))
         self.row_count += n
 

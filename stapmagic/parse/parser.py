@@ -118,6 +118,11 @@ class RecordParser:
         every row is still in exactly one Batch, whose frame is then built at once."""
         self.columns_store.keep_last(n)
 
+    def rows_per_probe(self) -> dict[str, int]:
+        """Rows received per probe label, over the whole run (also those --keep let go)."""
+        cats = self.columns_store.plan.probe_categories
+        return {label: int(n) for label, n in zip(cats, self.columns_store.probe_rows, strict=True)}
+
     @property
     def closed(self) -> bool:
         return self._closed
