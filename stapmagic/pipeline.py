@@ -18,7 +18,19 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, frames, kbtf, ledger, options, records, runner, save, wire
+from . import (
+    btfspec,
+    diagnose,
+    fieldread,
+    frames,
+    kbtf,
+    ledger,
+    options,
+    records,
+    runner,
+    save,
+    wire,
+)
 from .errors import BTFError, OptionError, SpecError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -262,6 +274,11 @@ class ProbeRun:
         return self._tag_total("smc", "unpaired")
 
     @property
+    def field_faults(self) -> int:
+        """Member reads (field paths) that faulted: <NA> (or <fault>) in their rows."""
+        return self._tag_total("smc", fieldread.FAULTS_COUNTER)
+
+    @property
     def count_overflow(self) -> int:
         """--count-by events whose key came after the key array was full: not counted."""
         return self._tag_total("smc", "count_overflow")
@@ -281,6 +298,8 @@ class ProbeRun:
                 )
         if self.unpaired:
             notes.append(f"{self.unpaired} returns without a recorded entry were skipped")
+        if self.field_faults:
+            notes.append(f"{self.field_faults} member reads faulted (<NA> in those rows)")
         if self.count_overflow:
             notes.append(
                 f"{self.count_overflow} events with a key past the first "
@@ -456,7 +475,7 @@ def prepare(
     """Parse, generate and build the command line; raises SpecError/OptionError early."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
-    spec = resolve_btf(spec, target, btf_lookup)
+    spec = resolve_btf(fieldread.where_refs(spec, opts.where), target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
     if not spec.probes:
