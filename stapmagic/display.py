@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import ledger
+from . import ledger, save
 from .live import RunSummary, hex_text, summary_line
 from .spec import REGISTER_COLUMNS
 
@@ -51,7 +51,12 @@ def run_summary(
     known = ledger.loss(run)  # the kernel's count against the rows, when it arrived
     if known is not None:
         lost = known[0]
-    notes = [*run._aggregate_notes(), *ledger.summary_notes(run), *run.ending_notes()]
+    notes = [
+        *run._aggregate_notes(),
+        *ledger.summary_notes(run),
+        *save.notes(run),
+        *run.ending_notes(),
+    ]
     aggregate = getattr(getattr(run, "script", None), "aggregate", None)
     rows = int(run.parser.row_count)
     line = summary_line(

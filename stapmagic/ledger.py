@@ -91,9 +91,9 @@ def _rows(run: ProbeRun) -> list[int]:
     labels = [p.label for p in run.script.probes]
     agg = run.script.aggregate
     if agg is None:
-        df = run.df
-        counts = df["probe"].value_counts() if "probe" in df.columns else pd.Series(dtype=int)
-        return [int(counts.get(label, 0)) for label in labels]
+        with run.lock:  # every row received: with --keep the frame holds only the last
+            counts = run.parser.rows_per_probe()
+        return [counts.get(label, 0) for label in labels]
     if agg.mode == "hist":
         with run.lock:
             held = {s.name: s.count for s in run.parser.summaries}

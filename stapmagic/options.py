@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import save
 from .errors import OptionError
 from .script import MAX_COUNT, MAX_DURATION, STRING_MAX_LIMIT
 
@@ -151,6 +152,16 @@ def _target(opt: Option, value: Any) -> None:
     if not isinstance(value, str):
         raise _fail(opt, "a target string", value)
     parse_target(value)  # OptionError names the problem (NUL, empty...) and the accepted forms
+
+
+def _save_dir(opt: Option, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise _fail(opt, "a directory path", value)
+    why = save.problem(value)
+    if why is not None:
+        raise OptionError(why)
 
 
 def _linear(opt: Option, value: Any) -> None:
@@ -488,6 +499,31 @@ OPTIONS: tuple[Option, ...] = (
         "run in the background: returns the run (.df, .stop(), .wait())",
         _flag,
         action="store_true",
+        group="output",
+        field=False,
+    ),
+    Option(
+        "save",
+        ("--save",),
+        None,
+        "stream the rows to a Parquet dataset in DIR while they arrive (DIR/host=NAME/*.parquet, "
+        f"each file whole once it appears: a new one every {save.DEFAULT_MAX_BYTES >> 20} MB "
+        f"of rows or {save.DEFAULT_MAX_SECONDS:g} s); the frame then keeps only the last "
+        "--keep rows",
+        _save_dir,
+        metavar="DIR",
+        group="output",
+        field=False,
+    ),
+    Option(
+        "keep",
+        ("--keep",),
+        None,
+        f"with --save: the rows the in-memory frame keeps, the last N (default "
+        f"{save.DEFAULT_KEEP:,})",
+        _int_in(1, 1 << 40, "a row count"),
+        parse=_ascii_int,
+        metavar="N",
         group="output",
         field=False,
     ),

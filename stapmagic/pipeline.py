@@ -29,6 +29,7 @@ from . import (
     options,
     records,
     runner,
+    save,
     wire,
 )
 from .errors import BTFError, OptionError, SpecError
@@ -118,6 +119,8 @@ class ProbeRun:
     end_diagnoses: list[diagnose.Diagnosis] = field(default_factory=list)
     # A replay: the recording it plays (no stap runs; `target` is where it was recorded).
     replay_of: str | None = None
+    # --save DIR: the save.Sink its rows stream to.
+    saved: save.Sink | None = None
 
     @property
     def df(self) -> pd.DataFrame:
@@ -229,7 +232,7 @@ class ProbeRun:
             and not self.parser.row_count
         ):
             parts = []  # an aggregating script prints no rows: "0 rows" says nothing
-        parts += notes + ledger.summary_notes(self)
+        parts += notes + ledger.summary_notes(self) + save.notes(self)
         c = self.counters
         if c.skipped_probes:
             parts.append(f"{c.skipped_probes} skipped probes")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import display, ledger, live, pipeline, recording, runner
+from . import display, ledger, live, pipeline, recording, runner, save
 from .errors import OptionError, ReplayError, StapMagicError
 from .options import FIELDS, Magic
 
@@ -43,6 +43,8 @@ class Cell:
     replay: str | None = None
     recording: str | None = None
     replay_speed: float = 0.0
+    save: str | None = None
+    keep: int | None = None
 
     @classmethod
     def of(cls, kind: Magic, first_line: str, body: str, values: Mapping[str, Any]) -> Cell:
@@ -59,6 +61,8 @@ class Cell:
             replay=values["replay"],
             recording=values["recording"],
             replay_speed=values["replay_speed"],
+            save=values["save"],
+            keep=values["keep"],
         )
 
 
@@ -184,10 +188,22 @@ class Session:
         """Run the cell: None after --dry-run; with --bg the live run, else the ended one
         (failed or not: the caller shows `failure_text` when not `run.ok`). StapMagicError
         for a cell that cannot run."""
+        if cell.keep is not None and cell.save is None:
+            raise OptionError(
+                "--keep N bounds the frame of a --save run (every row is in the dataset): "
+                "add --save DIR, or drop --keep to keep every row in memory"
+            )
         run, plan = self.prepare(cell)
         if cell.opts.dry_run:
             print(pipeline.dry_run_text(run))
             return None
+        if cell.save is not None:
+            if run.script is not None and run.script.aggregate is not None:
+                raise OptionError(
+                    "--save streams rows, and --hist/--count-by runs print none: drop --save"
+                )
+            run.saved = save.ParquetDataset(cell.save, host=cell.opts.target)
+            run.parser.keep_last(cell.keep or save.DEFAULT_KEEP)
         return self._go(run, cell, plan)
 
     def prepare(self, cell: Cell) -> tuple[pipeline.ProbeRun, recording.Plan]:
@@ -267,6 +283,8 @@ class Session:
         outcome = Outcome(run)
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
+            if run.saved is not None:
+                save.take(run, run.saved, batch, final)
             if view is not None:
                 if run.stop_event.is_set() and not final:
                     view.stopping()

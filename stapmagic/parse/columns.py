@@ -213,6 +213,15 @@ class ColumnStore:
         self.chunks = list(whole.chunks) if self.store == "str" else [whole]
         return whole
 
+    def copy_tail(self, whole: Chunk, n: int) -> Chunk:
+        """The last `n` rows of `whole` (one chunk) in new memory, so the rest can go."""
+        if n == 0:
+            return self.empty() if self.store != "str" else pa.array([], type=pa.string())
+        if self.store == "str":
+            tail = whole.slice(len(whole) - n)
+            return pa.concat_arrays([pa.array([], type=pa.string()), *tail.chunks])
+        return whole[len(whole) - n :].copy()
+
     def empty(self) -> Chunk:
         if self.store == "str":
             return pa.chunked_array([], type=pa.string())
@@ -273,6 +282,56 @@ class Columns:
         # hand out again later) stay as parsed.
         self._anchors: list[tuple[pd.DataFrame, weakref.ref[pd.DataFrame]]] = []
         self._anchor_generation = 0
+        # --keep N: only the last `keep` rows are held (None: all); `base` is the row
+        # number of the table's first row once older rows were let go.
+        self.keep: int | None = None
+        self.base = 0
+        # rows per probe code, of the whole run (frame() may hold only the last `keep`)
+        self.probe_rows = np.zeros(len(plan.probe_categories), dtype=np.int64)
+
+    def keep_last(self, n: int) -> None:
+        """Hold only the last `n` rows from now on (rows of pieces not yet taken stay until
+        they are). The table is sized for it: full, it is compacted, never grown."""
+        self.keep = n
+        if self.table.n == 0:
+            self.table = Table(
+                {k: dt for st in self.stores.values() for k, dt in st.keys()}, max(1024, 2 * n)
+            )
+
+    def make_room(self, n: int) -> None:
+        """Room in the table for `n` more rows (with --keep, by letting old rows go)."""
+        if self.keep is not None and self.table.n + n > self.table.capacity:
+            self._compact(n)
+        self.table.reserve(n)
+
+    def _compact(self, incoming: int) -> None:
+        """Let go of the rows before the last `keep` (counting `incoming` new ones) that no
+        pending piece needs: the kept ones are copied into new arrays, so frames handed
+        out before keep theirs."""
+        assert self.keep is not None
+        table = self.table
+        old_keep = max(0, min(self.keep - incoming, table.n))
+        first = self.row_count - old_keep
+        if self._pieces:
+            first = min(first, self._pieces[0][0])
+        drop = first - self.base
+        if drop <= 0:
+            return
+        kept = table.n - drop
+        new = Table(
+            {k: a.dtype for k, a in table.arrays.items()},
+            max(table.capacity, 2 * (kept + incoming)),
+        )
+        for key, arr in table.arrays.items():
+            new.arrays[key][:kept] = arr[drop : table.n]
+        new.n = kept
+        new.generation = table.generation + 1
+        self.table = new
+        for st in self.stores.values():
+            if not st.numeric and st.chunks:
+                st.chunks = [st.copy_tail(st.consolidate(), kept)]
+        self.base = first
+        self._frame_cache = None
 
     def take_pieces(self) -> tuple[list[tuple[int, int, dict[str, list[Chunk]]]], int]:
         """The pieces emitted since the last call, and their row count."""
@@ -288,14 +347,19 @@ class Columns:
             if table.generation != self._anchor_generation:
                 self._anchors = []  # older frames view arrays we no longer use
                 self._anchor_generation = table.generation
+            skip = 0 if self.keep is None else max(0, table.n - self.keep)
             data: dict[str, Any] = {}
             for name, st in self.stores.items():
                 if st.numeric:
-                    chunk = st.from_table(table, 0, table.n, copy=False)
+                    chunk = st.from_table(table, skip, table.n, copy=False)
                 else:
                     chunk = st.consolidate()
+                    if skip:
+                        chunk = chunk[skip:]
                 data[name] = st.to_pandas(chunk, self._categories_for(name))
             self._frame_cache = pd.DataFrame(data, copy=False)
+            if self.base + skip:
+                self._frame_cache.index = pd.RangeIndex(self.base + skip, self.row_count)
             self._frame_rows = self.row_count
         out = self._frame_cache.copy(deep=False)
         # keep the internal frame while the copy lives (only those: frame() may be called
@@ -314,7 +378,7 @@ class Columns:
         data: dict[str, Any] = {}
         for name, st in self.stores.items():
             if st.numeric:
-                chunk = st.from_table(self.table, start, end, copy=True)
+                chunk = st.from_table(self.table, start - self.base, end - self.base, copy=True)
             else:
                 chunk = st.concat([c for _, _, cols in pieces for c in cols[name]])
             cats = comm_categories if name == "comm" else self._categories_for(name)
@@ -353,9 +417,9 @@ class Columns:
         else:
             cols = self._columns_general([g.flat() for g in groups], regs)
         n = sum(g.n for g in groups)
+        self.make_room(n)
         table = self.table
         start = table.n
-        table.reserve(n)
         keep: dict[str, list[Chunk]] = {}
         for name, st in self.stores.items():
             chunks = cols[name]
@@ -368,6 +432,8 @@ class Columns:
                 st.chunks.extend(chunks)
                 keep[name] = chunks
         table.n = start + n
+        for c in cols["probe"]:
+            self.probe_rows += np.bincount(c, minlength=len(self.probe_rows))
         self._pieces.append((self.row_count, n, keep))
         self.row_count += n
 

@@ -53,9 +53,9 @@ class CompiledEngine:
         # Columns the batch's rows will be copied into anyway are parsed straight into the
         # table's unused rows (nothing reads past table.n; Table.write skips the copy):
         # no fresh memory to fault in, no second pass.
+        self.columns.make_room(nrows)
         table = self.columns.table
         stores = self.columns.stores
-        table.reserve(nrows)
         start = table.n
         direct = len(shape.probes) == 1
 

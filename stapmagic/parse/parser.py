@@ -113,6 +113,16 @@ class RecordParser:
         self.tags.close()
         return self._take_batch()
 
+    def keep_last(self, n: int) -> None:
+        """--keep N: frame() holds only the last `n` rows (row_count still counts all);
+        every row is still in exactly one Batch, whose frame is then built at once."""
+        self.columns_store.keep_last(n)
+
+    def rows_per_probe(self) -> dict[str, int]:
+        """Rows received per probe label, over the whole run (also those --keep let go)."""
+        cats = self.columns_store.plan.probe_categories
+        return {label: int(n) for label, n in zip(cats, self.columns_store.probe_rows, strict=True)}
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -198,6 +208,11 @@ class RecordParser:
 
             def make() -> pd.DataFrame:
                 return columns.batch_frame(pieces, comm_categories)
+
+            if columns.keep is not None:
+                # built now: once taken, its rows may be let go of before a lazy build
+                frame = make()
+                make = lambda: frame  # noqa: E731
 
         return self.out.take_batch(make, rows)
 
