@@ -108,7 +108,10 @@ class ProbeRun:
     def df(self) -> pd.DataFrame:
         """Every row received so far (safe to read while a background run is live)."""
         with self.lock:
-            return self.parser.frame()
+            df = self.parser.frame()
+        if self.spec is not None and any(p.enums for p in self.spec.probes):
+            df = frames.enum_names(df, self.spec.probes)
+        return df
 
     def __repr__(self) -> str:
         # Short: a --bg cell's value is the run itself, and attrs of frames show it too.
@@ -414,14 +417,19 @@ def resolve_btf(
     btf_lookup: BTFLookup | None = None,
 ) -> Spec:
     """Arguments named the kernel's way, resolved from the target's BTF (SpecError at the
-    word when the BTF is missing or does not have them)."""
+    word when the BTF is missing or does not have them). A probe that only may use BTF (a
+    bare function, a .return without a type, NAME:TYPE to check) is left as written when
+    the target has none."""
     needing = [p for p in spec.probes if p.btf_refs]
-    if not needing:
+    wanting = [p for p in spec.probes if p.function is not None and (p.all_params or p.ret_from_btf or p.args)]
+    if not needing and not wanting:
         return spec
-    modules = sorted({p.module for p in needing if p.module})
+    modules = sorted({p.module for p in needing + wanting if p.module})
     try:
         kb = (btf_lookup or target_btf)(target, modules)
     except BTFError as exc:
+        if not needing:
+            return spec
         ref = needing[0].btf_refs[0]
         raise SpecError(
             f"{ref.path} needs the kernel's BTF: {exc}",

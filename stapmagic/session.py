@@ -171,6 +171,8 @@ class Session:
         (failed or not: the caller shows `failure_text` when not `run.ok`). StapMagicError
         for a cell that cannot run."""
         run, plan = self.prepare(cell)
+        for note in run.spec.notes if run.spec is not None else ():
+            print(f"stapmagic: {note}")
         if cell.opts.dry_run:
             print(pipeline.dry_run_text(run))
             return None
