@@ -276,18 +276,18 @@ def resolve_probe(kb: _Kernel, probe: Probe) -> Probe:
     notes = list(probe.notes)
     enums: list[tuple[str, tuple[tuple[int, str], ...]]] = list(probe.enums)
     if probe.all_params:
-        for i, plan in enumerate(plans_list, start=1):
-            if plan.arg_type is None or plan.index is None:
-                notes.append(f"{func.name}: parameter {i} `{_named(plan)}` is not read: {plan.why}")
+        for i, each in enumerate(plans_list, start=1):
+            if each.arg_type is None or each.index is None:
+                notes.append(f"{func.name}: parameter {i} `{_named(each)}` is not read: {each.why}")
                 continue
-            column = plan.name
+            column = each.name
             if column in RESERVED_NAMES:
-                column = f"{plan.name}_arg"
+                column = f"{each.name}_arg"
                 notes.append(
-                    f"{func.name}: parameter {i} `{plan.name}` is the column `{column}` "
-                    f"(`{plan.name}` is a column stapmagic fills itself)"
+                    f"{func.name}: parameter {i} `{each.name}` is the column `{column}` "
+                    f"(`{each.name}` is a column stapmagic fills itself)"
                 )
-            args.append(Arg(column, plan.arg_type, plan.index))
+            args.append(Arg(column, each.arg_type, each.index))
             names = enum_names(obj, func.params[i - 1].type)
             if names:
                 enums.append((column, names))
@@ -413,7 +413,7 @@ def _reads_as(ours: str, theirs: str) -> str | None:
         size, signed = a
         if isinstance(b, tuple) and b[0] == size:
             return "signed" if signed else "unsigned"
-        return f"a {'signed' if signed else 'unsigned'} {size * 8}-bit number"
+        return f"{'a signed' if signed else 'an unsigned'} {size * 8}-bit number"
     return None
 
 

@@ -100,9 +100,7 @@ def enum_names(df: pd.DataFrame, probes: Sequence[Probe]) -> pd.DataFrame:
             by_value = dict(names)
             rows = df["probe"] == probe.label
             values = df.loc[rows, column]
-            shown = [
-                by_value.get(int(v), str(v)) if not pd.isna(v) else None for v in values
-            ]
+            shown = [by_value.get(int(v), str(v)) if not pd.isna(v) else None for v in values]
             known = list(dict.fromkeys(n for _, n in names))
             extra = sorted({s for s in shown if s is not None and s not in known})
             if column in df.columns and not isinstance(df[column].dtype, pd.CategoricalDtype):

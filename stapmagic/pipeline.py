@@ -421,7 +421,11 @@ def resolve_btf(
     bare function, a .return without a type, NAME:TYPE to check) is left as written when
     the target has none."""
     needing = [p for p in spec.probes if p.btf_refs]
-    wanting = [p for p in spec.probes if p.function is not None and (p.all_params or p.ret_from_btf or p.args)]
+    wanting = [
+        p
+        for p in spec.probes
+        if p.function is not None and (p.all_params or p.ret_from_btf or p.args)
+    ]
     if not needing and not wanting:
         return spec
     modules = sorted({p.module for p in needing + wanting if p.module})
@@ -449,11 +453,13 @@ def prepare(
     lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
     build: ArgvBuilder = build_argv,
     btf_lookup: BTFLookup | None = None,
+    resolve: Callable[[Spec], Spec] | None = None,
 ) -> ProbeRun:
-    """Parse, generate and build the command line; raises SpecError/OptionError early."""
+    """Parse, generate and build the command line; raises SpecError/OptionError early.
+    `resolve` replaces the BTF resolution (a replay: the recorded one)."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
-    spec = resolve_btf(spec, target, btf_lookup)
+    spec = resolve(spec) if resolve is not None else resolve_btf(spec, target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
     if not spec.probes:

@@ -741,7 +741,9 @@ def pair_up(spec: Spec) -> Spec:
                 )
             suffix = ".call+return"
             probe = dataclasses.replace(
-                probe, kind="pair", rettype=probe.rettype if probe.ret_typed else "long",
+                probe,
+                kind="pair",
+                rettype=probe.rettype if probe.ret_typed else "long",
                 label=probe.label + suffix,
             )
         probes.append(probe)

@@ -407,7 +407,9 @@ class _LineParser:
             label=label,
             btf_refs=tuple(refs),
             all_params=named and kind != "return" and not args and not refs,
-            ret_from_btf=named and not self.rettype_given and (kind != "entry" or not args and not refs),
+            ret_from_btf=named
+            and not self.rettype_given
+            and (kind != "entry" or not args and not refs),
             lineno=self.lineno,
         )
 

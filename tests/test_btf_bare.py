@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 from test_btf import vmlinux
+from test_recording import SPEC, fake, no_stap  # noqa: F401 (fixtures)
 
 from stapmagic import kbtf, pipeline
+from stapmagic.errors import ReplayError
 
 LOOKUPS: list[list[str]] = []
 
@@ -78,7 +80,10 @@ def test_enum_column_is_categorical_with_unknown_values_kept(lab_btf):
     import pandas as pd
 
     df = pd.DataFrame(
-        {"probe": pd.Categorical(["tcp_v4_send_reset"] * 3), "reason": pd.array([0, 1, 9999], "UInt64")}
+        {
+            "probe": pd.Categorical(["tcp_v4_send_reset"] * 3),
+            "reason": pd.array([0, 1, 9999], "UInt64"),
+        }
     )
     out = frames.enum_names(df, [probe])
     assert isinstance(out["reason"].dtype, pd.CategoricalDtype)
@@ -191,3 +196,73 @@ def test_dry_run_shows_the_prototype(ip, capsys, lab_btf):
     assert run_cell(ip, "%%kprobe --dry-run tcp_v4_connect.return") is None
     out = capsys.readouterr().out
     assert "# int tcp_v4_connect(struct sock *sk, struct sockaddr *uaddr, int addr_len)" in out
+
+
+# -- 6. a recorded BTF cell replays with no target -------------------------------------------
+
+
+def test_recorded_btf_cells_replay_without_the_target(
+    ip,
+    fake,  # noqa: F811
+    no_stap,  # noqa: F811
+    lab_btf,
+    monkeypatch,
+    capsys,
+):
+    import pandas as pd
+
+    for i, cell in enumerate([SPEC, "tcp_v4_connect", "tcp_v4_connect.return"]):
+        ip.user_ns.pop("_kprobe", None)
+        assert run_cell(ip, f"%%kprobe -q --record r{i}.jsonl -o a {cell}") is None
+        recorded = ip.user_ns["_kprobe"].script_text
+        said = capsys.readouterr().out
+
+        def forbidden(target, modules):
+            raise AssertionError("a replay asked the target for its BTF")
+
+        with monkeypatch.context() as m:
+            m.setattr(pipeline, "target_btf", forbidden)
+            no_stap()
+            assert run_cell(ip, f"%%kprobe -q --replay r{i}.jsonl -o b {cell}") is None
+        assert ip.user_ns["_kprobe"].script_text == recorded
+        pd.testing.assert_frame_equal(ip.user_ns["a"], ip.user_ns["b"])
+        again = capsys.readouterr().out
+        if cell == SPEC:
+            note = "argument 2 is `struct sockaddr *uaddr` in this kernel; `len:uint` reads it as"
+            assert note in said and note in again
+        if cell == "tcp_v4_connect":
+            assert "pointer_arg(2)" in recorded and "int_arg(3)" in recorded
+        monkeypatch.setenv("PATH", str(fake["bin"]) + ":/usr/bin:/bin")
+
+
+def test_a_damaged_resolution_is_refused(tmp_path):
+    import json
+
+    from stapmagic import recording
+
+    header = recording.Header(
+        kind="kprobe",
+        spec="f",
+        options={},
+        script="s",
+        argv=["stap"],
+        target="local",
+        kernel_release="k",
+        stap_version="v",
+        started=0.0,
+        btf=[
+            {
+                "label": "f",
+                "args": [["a;b", "int", 1]],
+                "rettype": None,
+                "ret_typed": False,
+                "notes": [],
+                "comments": [],
+                "enums": [],
+            }
+        ],
+    )
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(header.to_json()) + "\n")
+    with pytest.raises(ReplayError, match="an argument must be"):
+        recording.load(path)
