@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import btfspec, diagnose, frames, kbtf, options, records, runner
-from .errors import BTFError, OptionError, SpecError
+from .errors import BTFError, OptionError, SpecError, StapMagicError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
 from .script import (
@@ -411,15 +411,20 @@ def target_btf(target: runner.Target, modules: Sequence[str]) -> kbtf.KernelBTF:
 BTFLookup = Callable[[runner.Target, Sequence[str]], kbtf.KernelBTF]
 
 
+# The BTF each target gave this process: a cell that only has NAME:TYPE to check against it
+# (information, never needed) uses it rather than paying another round trip to the target.
+_BTF_SEEN: dict[tuple[str, tuple[str, ...]], kbtf.KernelBTF] = {}
+
+
 def resolve_btf(
     spec: Spec,
     target: runner.Target,
     btf_lookup: BTFLookup | None = None,
 ) -> Spec:
     """Arguments named the kernel's way, resolved from the target's BTF (SpecError at the
-    word when the BTF is missing or does not have them). A probe that only may use BTF (a
-    bare function, a .return without a type, NAME:TYPE to check) is left as written when
-    the target has none."""
+    word when the BTF is missing or does not have them). What only may use BTF (a bare
+    function, a .return without a type, NAME:TYPE to check) is left as written when the
+    target has none or cannot say."""
     needing = [p for p in spec.probes if p.btf_refs]
     wanting = [
         p
@@ -428,12 +433,19 @@ def resolve_btf(
     ]
     if not needing and not wanting:
         return spec
-    modules = sorted({p.module for p in needing + wanting if p.module})
+    modules = tuple(sorted({p.module for p in needing + wanting if p.module}))
+    key = (str(target), modules)
+    checks_only = not needing and not any(p.all_params or p.ret_from_btf for p in wanting)
     try:
-        kb = (btf_lookup or target_btf)(target, modules)
-    except BTFError as exc:
+        kb = _BTF_SEEN.get(key) if checks_only else None
+        if kb is None:
+            kb = (btf_lookup or target_btf)(target, modules)
+            _BTF_SEEN[key] = kb
+    except StapMagicError as exc:
         if not needing:
             return spec
+        if not isinstance(exc, BTFError):
+            raise
         ref = needing[0].btf_refs[0]
         raise SpecError(
             f"{ref.path} needs the kernel's BTF: {exc}",

@@ -74,3 +74,4 @@ def _no_host_btf(request, monkeypatch):
         raise kbtf.NoBTF("no BTF in the unit tests (tests/conftest.py)")
 
     monkeypatch.setattr(pipeline, "target_btf", no_btf)
+    monkeypatch.setattr(pipeline, "_BTF_SEEN", {})

@@ -266,3 +266,25 @@ def test_a_damaged_resolution_is_refused(tmp_path):
     path.write_text(json.dumps(header.to_json()) + "\n")
     with pytest.raises(ReplayError, match="an argument must be"):
         recording.load(path)
+
+
+def test_checking_name_type_asks_the_target_once(lab_btf):
+    # a NAME:TYPE cell only checks: once the target's BTF was read, no more round trips
+    prepare("tcp_v4_connect sk:ptr uaddr:ptr len:uint")
+    prepare("tcp_v4_connect sk:ptr uaddr:ptr len:uint")
+    assert len(LOOKUPS) == 1
+    prepare("tcp_v4_connect")  # a bare function needs the BTF: asked again
+    assert len(LOOKUPS) == 2
+
+
+def test_a_target_that_cannot_answer_leaves_seed_cells_alone(monkeypatch):
+    from stapmagic.errors import LabError
+
+    def down(target, modules):
+        raise LabError("the lab is not running")
+
+    monkeypatch.setattr(pipeline, "target_btf", down)
+    assert columns(prepare("tcp_v4_connect sk:ptr len:uint")) == [("sk", "hex"), ("len", "uint")]
+    assert columns(prepare("tcp_v4_connect")) == []
+    with pytest.raises(LabError):
+        prepare("tcp_v4_connect addr_len")
