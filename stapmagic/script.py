@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from . import selfskip, wire
 from . import where as where_mod
-from . import wire
 from .errors import OptionError, SpecError
 
 # The schema types live in schema.py (shared with records.py); re-exported here.
@@ -158,6 +158,7 @@ class ScriptOptions:
     regs: tuple[str, ...] = ()
     print_regs: bool = False
     filter_pid: bool = False
+    skip_self: bool = True  # not --include-self: skip stapmagic's own transport (selfskip.py)
     string_max: int = 64
     latency: bool = False
     hist: str | None = None
@@ -451,6 +452,8 @@ class _Writer:
 def _guards(opts: ScriptOptions) -> list[str]:
     # stapio's own reads/opens are noise, and a hot probe they hit crashed a test guest.
     g = ["if (pid() == stp_pid()) next  # skip stapio itself"]
+    if opts.skip_self:
+        g.append(selfskip.guard())
     if opts.filter_pid:
         g.append("if (pid() != target()) next  # -x PID or --cmd-only")
     return g
@@ -830,8 +833,12 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
                 f"global __sm_kn{i}",
                 f"global __sm_kover{i}",
             ]
+    if opts.skip_self:
+        globals_.append(selfskip.global_line())
     if globals_:
         w.add("", *globals_)
+    if opts.skip_self:
+        w.probe(selfskip.begin_comments(), "begin", selfskip.begin_body())
     read_types = {a.type for p, agg in zip(spec.probes, aggs, strict=True) for a in _reads(p, agg)}
     if read_types & {"str", "ustr", "cstr"}:
         w.add(*string_helpers(cstr="cstr" in read_types))
