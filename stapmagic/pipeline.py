@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, frames, kbtf, options, records, runner
+from . import btfspec, diagnose, frames, kbtf, ledger, options, records, runner
 from .errors import BTFError, OptionError, SpecError, StapMagicError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -60,6 +60,7 @@ class ProbeOptions:
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
     where: str | None = None  # --where EXPR, compiled into the handlers (where.py)
+    buffer_mb: int | None = None  # -s MB: stap's buffer size
     command_only: bool = False  # --cmd-only: events of the -c command's process only
     include_self: bool = False  # --include-self: stapmagic's own transport too (selfskip.py)
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
@@ -215,7 +216,7 @@ class ProbeRun:
             and not self.parser.row_count
         ):
             parts = []  # an aggregating script prints no rows: "0 rows" says nothing
-        parts += notes
+        parts += notes + ledger.summary_notes(self)
         c = self.counters
         if c.skipped_probes:
             parts.append(f"{c.skipped_probes} skipped probes")
@@ -289,6 +290,11 @@ class ProbeRun:
         return notes
 
     @property
+    def ledger(self) -> pd.DataFrame:
+        """Per probe: events counted in the kernel, rows received, lost (ledger.py)."""
+        return ledger.ledger_frame(self)
+
+    @property
     def hist(self) -> pd.DataFrame:
         """--hist: the buckets of every probe's histogram (frames.hist_frame)."""
         return frames.hist_frame(self)
@@ -335,6 +341,7 @@ def build_argv(script_text: str, opts: ProbeOptions, target: runner.Target) -> l
         command=opts.command,
         pid=opts.pid,
         verbose=opts.verbose,
+        extra=("-s", str(opts.buffer_mb)) if opts.buffer_mb is not None else (),
         # --dry-run shows the command line even where stap is not installed.
         require_stap=not opts.dry_run,
     )
