@@ -48,7 +48,9 @@ def _int(value: Any) -> bool:
 
 
 def _check_one(obj: Any) -> None:
-    if not isinstance(obj, dict) or set(obj) != {
+    if isinstance(obj, dict) and obj.get("fields", []) != []:
+        raise BadResolution("member reads (`fields`) need a stapmagic that reads member paths")
+    if not isinstance(obj, dict) or set(obj) - {"fields"} != {
         "label",
         "args",
         "rettype",
