@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, frames, kbtf, options, records, runner
+from . import btfspec, diagnose, fieldread, frames, kbtf, options, records, runner
 from .errors import BTFError, OptionError, SpecError, StapMagicError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -261,6 +261,11 @@ class ProbeRun:
         return self._tag_total("smc", "unpaired")
 
     @property
+    def field_faults(self) -> int:
+        """Member reads (field paths) that faulted: <NA> (or <fault>) in their rows."""
+        return self._tag_total("smc", fieldread.FAULTS_COUNTER)
+
+    @property
     def count_overflow(self) -> int:
         """--count-by events whose key came after the key array was full: not counted."""
         return self._tag_total("smc", "count_overflow")
@@ -280,6 +285,8 @@ class ProbeRun:
                 )
         if self.unpaired:
             notes.append(f"{self.unpaired} returns without a recorded entry were skipped")
+        if self.field_faults:
+            notes.append(f"{self.field_faults} member reads faulted (<NA> in those rows)")
         if self.count_overflow:
             notes.append(
                 f"{self.count_overflow} events with a key past the first "
@@ -471,6 +478,7 @@ def prepare(
     `resolve` replaces the BTF resolution (a replay: the recorded one)."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
+    spec = fieldread.where_refs(spec, opts.where)
     spec = resolve(spec) if resolve is not None else resolve_btf(spec, target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
