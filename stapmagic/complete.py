@@ -93,15 +93,20 @@ def _names(
     return prefix, [(n, "function") for n in found[:MAX_NAMES]]
 
 
-def line_target(cell: str) -> str | None:
-    """The `--target T` of a cell's magic line, if it has one."""
+def line_option(cell: str, flag: str) -> str | None:
+    """The value of `flag` (`--target`, `--replay`, `--recording`) on a cell's magic line."""
     words = cell.split("\n", 1)[0].split()
     for i, word in enumerate(words):
-        if word == "--target" and i + 1 < len(words):
+        if word == flag and i + 1 < len(words):
             return words[i + 1]
-        if word.startswith("--target="):
+        if word.startswith(f"{flag}="):
             return word.split("=", 1)[1]
     return None
+
+
+def line_target(cell: str) -> str | None:
+    """The `--target T` of a cell's magic line, if it has one."""
+    return line_option(cell, "--target")
 
 
 def value_flags(parser: object) -> dict[str, bool]:
@@ -115,10 +120,10 @@ def value_flags(parser: object) -> dict[str, bool]:
 
 
 def ipython_matcher(
-    options: Mapping[str, bool], functions: Callable[[str | None], Sequence[str]]
+    options: Mapping[str, bool], functions: Callable[[str], Sequence[str]]
 ) -> Callable[..., object]:
-    """An IPython (API v2) context matcher for %%kprobe cells; `functions(target)` gives
-    the function names of the cell's --target (None: the default target)."""
+    """An IPython (API v2) context matcher for %%kprobe cells; `functions(cell)` gives the
+    function names that cell may probe (its target's, or its recording's in a replay)."""
     from IPython.core.completer import CompletionContext, SimpleCompletion, context_matcher
 
     as_matcher = cast("Callable[[Callable[..., object]], Callable[..., object]]", context_matcher())
@@ -131,7 +136,7 @@ def ipython_matcher(
                 context.cursor_line,
                 context.cursor_position,
                 options=options,
-                functions=lambda: functions(line_target(context.full_text)),
+                functions=lambda: functions(context.full_text),
             )
         except Exception:  # noqa: BLE001 - a completer must never raise into the editor
             found = None

@@ -70,7 +70,13 @@ def parse_pass_line(line: str) -> PassProgress | None:
 
 
 def _failed(progress: PassProgress) -> bool:
-    return " failed" in progress.text
+    """A compile pass failed. Pass 5's "run failed" is how the run ended (a failed -c
+    command, an error, a stop): the summary says which, so the view only shows it ending."""
+    return progress.pass_no < 5 and " failed" in progress.text
+
+
+def _ended(progress: PassProgress) -> bool:
+    return progress.pass_no == 5 and (" failed" in progress.text or "completed" in progress.text)
 
 
 def _seconds(ms: int | None) -> str:
@@ -297,6 +303,7 @@ class LiveView:
         self._tails: deque[pd.DataFrame] = deque()
         self._tail_rows = 0
         self.closed = False
+        self._stopping = False
 
     # -- feeding ------------------------------------------------------------------------
 
@@ -331,6 +338,14 @@ class LiveView:
             self._draw(now)
             return True
         return False
+
+    def stopping(self) -> None:
+        """A stop was asked (the stop button, `.stop()`): stap now runs its end probes and
+        unloads; shown at once, and no rate (there are no new rows to measure) until close()."""
+        if self._stopping or self.closed:
+            return
+        self._stopping = True
+        self._draw(self._clock())
 
     def close(self, final_summary: str | RunSummary) -> None:
         """Replace the live view by `final_summary` (in place: the same display). In text
@@ -388,22 +403,24 @@ class LiveView:
 
     @property
     def phase(self) -> str:
-        """ "starting", "compiling", "failed", "running" or "finished"."""
+        """ "starting", "compiling", "failed", "running", "stopping" or "finished"."""
         if self.closed:
             return "finished"
         if any(_failed(p) for p in self.compile_progress):
             return "failed"
+        if self._stopping or any(_ended(p) for p in self.compile_progress):
+            return "stopping"
         if self._run_started is not None:
             return "running"
         return "compiling" if self.compile_progress else "starting"
 
-    def _counters(self) -> str:
+    def _counters(self, rate: bool = True) -> str:
         events = (
             f"{self.rows_total:,}/{self.count:,} events"
             if self.count
             else f"{self.rows_total:,} events"
         )
-        parts = [events, f"{self._rate:,.0f}/s"]
+        parts = [events, f"{self._rate:,.0f}/s"] if rate else [events]
         if self.skipped:
             parts.append(f"{self.skipped:,} skipped")
         if self.transport_failures:
@@ -422,6 +439,8 @@ class LiveView:
             line = f"running {ran:.1f} s · {self._counters()}"
             if self.duration is not None:
                 line += f" · {max(0.0, self.duration - ran):.0f} s left of {self.duration:g}"
+        elif phase == "stopping":
+            line = f"stopping... ran {ran:.1f} s · {self._counters(rate=False)}"
         elif phase == "failed":
             failed = next(p for p in self.compile_progress if _failed(p))
             line = f"stap failed: Pass {failed.pass_no}: {failed.text} · {elapsed:.1f} s"
@@ -441,7 +460,7 @@ class LiveView:
             final=final,
             hex_columns=self.hex_columns,
             note=self.note,
-            hint=None if final or phase == "failed" else STOP_HINT,
+            hint=None if phase in ("finished", "failed", "stopping") else STOP_HINT,
             count=(self.rows_total, self.count) if self.count and not final else None,
         )
 

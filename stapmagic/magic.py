@@ -31,6 +31,7 @@ from . import (  # noqa: F401
     complete,
     display,
     helptext,
+    kbtf,
     options,
     pipeline,
     plot,
@@ -247,8 +248,9 @@ class KprobeMagics(Magics):
     )
     @line_magic
     def kfind(self, line: str) -> Any:
-        """Find kernel functions to probe: a DataFrame of name, module and the checks
-        in_kallsyms, traceable (available_filter_functions), blacklisted (kprobes refuse)."""
+        """Find kernel functions to probe: a DataFrame of name, module, the checks
+        in_kallsyms, traceable (available_filter_functions), blacklisted (kprobes refuse),
+        in_btf, and the C prototype from the target's BTF."""
         args = self._parse(KprobeMagics.kfind, line)
         bad = [p for p in args.pattern if not _GLOB.match(p)]
         if bad:
@@ -258,15 +260,34 @@ class KprobeMagics(Magics):
             )
         where = args.target or self.target
         try:
-            found = symbols.cached(where, runner.parse_target(where).run, refresh=args.refresh)
+            target = runner.parse_target(where)
+            found = symbols.cached(where, target.run, refresh=args.refresh)
         except StapMagicError as exc:
             raise UsageError(f"cannot read the kernel symbols of {where}: {exc}") from None
-        return symbols.find(found, args.pattern)
+        mods = symbols.modules_of(found, symbols.matching(found, args.pattern))
+        kb = symbols.cached_btf(where, mods, lambda m: _kfind_btf(target, m), refresh=args.refresh)
+        return symbols.find(found, args.pattern, btf=kb)
 
     def function_names(self, target: str | None = None) -> list[str]:
         """The kernel functions of `target` (default: this magic's), cached per target."""
         where = target or self.target
         return symbols.cached(where, runner.parse_target(where).run).names()
+
+    def completion_names(self, cell: str) -> list[str]:
+        """The functions Tab offers in `cell`: its target's; in a replay the ones its
+        recording holds (none when it holds none), never this host's as the target's."""
+        target = complete.line_target(cell) or self.target
+        replay = complete.line_option(cell, "--replay")
+        name = complete.line_option(cell, "--recording")
+        if replay is None and not self.session.replays(target):
+            return self.function_names(target)
+        if replay is None and name is None:
+            return []
+        try:
+            path = replay or recording.recording_path(name or "", self.recordings_dir)
+            return symbols.recorded(path)
+        except StapMagicError:
+            return []
 
     def stop_all(self, timeout: float | None = None) -> list[pipeline.ProbeRun]:
         """Stop every live run (extension unload, interpreter exit): all are asked at once,
@@ -283,6 +304,17 @@ class KprobeMagics(Magics):
     def list_running(self) -> pd.DataFrame:
         """The live runs: id, probes, target, elapsed seconds, rows so far."""
         return self.session.list_running()
+
+
+def _kfind_btf(target: runner.Target, modules: list[str]) -> kbtf.KernelBTF | None:
+    """The BTF %kfind shows prototypes from: vmlinux's and `modules`'; vmlinux's alone when
+    a module has none; None (in_btf unknown) when the kernel has none."""
+    for mods in (modules, []) if modules else ([],):
+        try:
+            return pipeline.target_btf(target, mods)
+        except StapMagicError:
+            continue
+    return None
 
 
 _KPROBE_PARSER = KprobeMagics.kprobe.parser
@@ -308,7 +340,7 @@ def register(ipython: Any) -> None:
     display.install(ipython)
     if magics is not None:
         matcher = complete.ipython_matcher(
-            complete.value_flags(magics.kprobe.parser), magics.function_names
+            complete.value_flags(magics.kprobe.parser), magics.completion_names
         )
         ipython.Completer.custom_matchers.append(matcher)
         magics._matcher = matcher

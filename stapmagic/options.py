@@ -288,6 +288,17 @@ OPTIONS: tuple[Option, ...] = (
         compared=True,
     ),
     Option(
+        "include_self",
+        ("--include-self",),
+        False,
+        "also record stapmagic's own transport (stapio, staprun, stapsh and the ssh "
+        "session carrying them), skipped by default",
+        _flag,
+        action="store_true",
+        magics=KPROBE,
+        compared=True,
+    ),
+    Option(
         "target",
         ("--target",),
         "local",

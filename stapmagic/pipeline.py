@@ -61,6 +61,7 @@ class ProbeOptions:
     count_by: str | None = None
     where: str | None = None  # --where EXPR, compiled into the handlers (where.py)
     command_only: bool = False  # --cmd-only: events of the -c command's process only
+    include_self: bool = False  # --include-self: stapmagic's own transport too (selfskip.py)
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
 
     def __post_init__(self) -> None:
@@ -328,6 +329,7 @@ def script_options(opts: ProbeOptions) -> ScriptOptions:
         hist_linear=opts.hist_linear,
         count_by=opts.count_by,
         where=opts.where,
+        skip_self=not opts.include_self,
     )
 
 

@@ -537,6 +537,21 @@ def by(df: pd.DataFrame, column: str, ax: Axes | None = None, top: int = 20) -> 
 # -- accessor ---------------------------------------------------------------------------------
 
 
+def _no_echo(ax: Axes) -> Axes:
+    """`ax`, which IPython no longer echoes as `<Axes: ...>` when it is a cell's value.
+
+    The figure is the output (Jupyter's inline backend draws it when the cell ends); the text
+    repr under it is what pandas users hide with `;`. IPython calls `_ipython_display_`
+    instead of its formatters when the object has one: on this instance only, so an Axes the
+    user made keeps its repr."""
+    vars(ax)["_ipython_display_"] = _displayed_by_the_backend
+    return ax
+
+
+def _displayed_by_the_backend() -> None:
+    return None
+
+
 @pd.api.extensions.register_dataframe_accessor("kprobe")
 class KprobeAccessor:
     """`df.kprobe`: the run behind a %%kprobe frame and its plots."""
@@ -558,20 +573,20 @@ class KprobeAccessor:
         ns: bool | None = None,
     ) -> Axes:
         """See `stapmagic.plot.latency_hist`."""
-        return latency_hist(self._df, ax=ax, column=column, by=by, ns=ns)
+        return _no_echo(latency_hist(self._df, ax=ax, column=column, by=by, ns=ns))
 
     def retval_hist(self, ax: Axes | None = None, top: int = 40) -> Axes:
         """See `stapmagic.plot.retval_hist`."""
-        return retval_hist(self._df, ax=ax, top=top)
+        return _no_echo(retval_hist(self._df, ax=ax, top=top))
 
     def timeline(self, ax: Axes | None = None, y: str = "probe") -> Axes:
         """See `stapmagic.plot.timeline`."""
-        return timeline(self._df, ax=ax, y=y)
+        return _no_echo(timeline(self._df, ax=ax, y=y))
 
     def rate(self, ax: Axes | None = None, freq: str | pd.Timedelta | None = None) -> Axes:
         """See `stapmagic.plot.rate`."""
-        return rate(self._df, ax=ax, freq=freq)
+        return _no_echo(rate(self._df, ax=ax, freq=freq))
 
     def by(self, column: str, ax: Axes | None = None, top: int = 20) -> Axes:
         """See `stapmagic.plot.by`."""
-        return by(self._df, column, ax=ax, top=top)
+        return _no_echo(by(self._df, column, ax=ax, top=top))

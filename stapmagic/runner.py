@@ -564,7 +564,8 @@ def run(
     SIGINT to stap ONCE and keeps reading until EOF so the ``end`` probes' output arrives;
     after ``grace`` seconds SIGTERM, after another ``grace`` SIGKILL; another stop request
     skips the wait. Every byte read is passed on; the child is reaped and the pty closed
-    whatever happens. Exceptions from the callbacks (other than KeyboardInterrupt) stop the
+    whatever happens. A SIGINT or KeyboardInterrupt sets ``stop`` too, so the caller (its
+    live view) knows the run is ending. Exceptions from the callbacks (other than KeyboardInterrupt) stop the
     child and propagate.
 
     With a ``target``, its ``group_signals`` replaces the argument of that name, and once stap
@@ -590,6 +591,10 @@ def run(
                     if stop is not None and not stop_seen and stop.is_set():
                         stop_seen = True
                         requests += 1
+                    elif requests and stop is not None and not stop_seen:
+                        # The stop button: the event tells the caller (its live view) too.
+                        stop_seen = True
+                        stop.set()
                     for _ in range(requests):
                         esc.request()
                     if esc.check():
@@ -611,6 +616,9 @@ def run(
                             last_tick = now
                             tick()
                 except KeyboardInterrupt:
+                    if stop is not None and not stop_seen:
+                        stop_seen = True
+                        stop.set()
                     esc.request()
         finally:
             try:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from . import btfspec, fieldread, wire
+from . import btfspec, fieldread, selfskip, wire
 from . import where as where_mod
 from .errors import OptionError, SpecError
 
@@ -158,6 +158,7 @@ class ScriptOptions:
     regs: tuple[str, ...] = ()
     print_regs: bool = False
     filter_pid: bool = False
+    skip_self: bool = True  # not --include-self: skip stapmagic's own transport (selfskip.py)
     string_max: int = 64
     latency: bool = False
     hist: str | None = None
@@ -455,6 +456,8 @@ class _Writer:
 def _guards(opts: ScriptOptions) -> list[str]:
     # stapio's own reads/opens are noise, and a hot probe they hit crashed a test guest.
     g = ["if (pid() == stp_pid()) next  # skip stapio itself"]
+    if opts.skip_self:
+        g.append(selfskip.guard())
     if opts.filter_pid:
         g.append("if (pid() != target()) next  # -x PID or --cmd-only")
     return g
@@ -863,8 +866,12 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
             ]
     with_fields = [i for i, p in enumerate(spec.probes) if p.fields]
     globals_ += [f"global __sm_faults{i}  # member reads that faulted (<<< 1)" for i in with_fields]
+    if opts.skip_self:
+        globals_.append(selfskip.global_line())
     if globals_:
         w.add("", *globals_)
+    if opts.skip_self:
+        w.probe(selfskip.begin_comments(), "begin", selfskip.begin_body())
     read_types = {a.type for p, agg in zip(spec.probes, aggs, strict=True) for a in _reads(p, agg)}
     if any(r.field.kind == "string" for p in spec.probes for r in p.fields):
         read_types.add("cstr")

@@ -130,6 +130,7 @@ class Session:
         self.show_messages = show_messages
         self.runs: list[pipeline.ProbeRun] = []
         self._resolved: dict[tuple[str, str], tuple[str, str]] = {}
+        self._peeked: dict[tuple[str, str], tuple[str, str]] = {}  # replays(), quietly
 
     # -- the mode ------------------------------------------------------------------------------
 
@@ -137,6 +138,7 @@ class Session:
         """A new mode: resolved again (auto) and announced."""
         self.mode = mode
         self._resolved.clear()
+        self._peeked.clear()
         self.action(target, announce=True)
 
     def action(self, target: str, announce: bool = False) -> tuple[str, str]:
@@ -163,6 +165,17 @@ class Session:
             }[action]
             print(f"{head}: {text}")
         return action, why
+
+    def replays(self, target: str) -> bool:
+        """Whether a cell on `target` replays in this mode (auto resolved quietly here: the
+        first cell still announces it)."""
+        if self.mode in ("live", "record", "replay"):
+            return self.mode == "replay"
+        key = (self.mode, target)
+        found = self._resolved.get(key) or self._peeked.get(key)
+        if found is None:  # kept apart from _resolved, which announces on first use
+            found = self._peeked[key] = recording.mode_for(self.mode, runner.parse_target(target))
+        return found[0] == "replay"
 
     # -- one cell ------------------------------------------------------------------------------
 
@@ -256,6 +269,8 @@ class Session:
 
         def on_batch(run: pipeline.ProbeRun, batch: Any, final: bool) -> None:
             if view is not None:
+                if run.stop_event.is_set() and not final:
+                    view.stopping()
                 view.update(
                     batch.frame,
                     batch.messages,

@@ -11,15 +11,32 @@ source the target does not have (no tracefs, no debugfs, not root) is None: unkn
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
-__all__ = ["SymbolSet", "cached", "fetch", "find", "hidden", "parse_fetch_output"]
+from .errors import ReplayError
+
+if TYPE_CHECKING:
+    from .kbtf import KernelBTF
+
+__all__ = [
+    "SymbolSet",
+    "cached",
+    "fetch",
+    "find",
+    "hidden",
+    "matching",
+    "parse_fetch_output",
+    "recorded",
+]
 
 # One fixed command (no user input in it): the release, then the three sources, each after
 # a marker line. Only text symbols of kallsyms are sent (name and [module]), a third of it.
@@ -125,21 +142,80 @@ def cached(key: str, run: Callable[[list[str]], str], refresh: bool = False) -> 
     return found
 
 
-def find(symbols: SymbolSet, patterns: Iterable[str]) -> pd.DataFrame:
-    """The functions matching any glob pattern (`tcp_v4_*`; a plain name matches itself),
-    hidden ones left out: name, module, and one column per check (in_kallsyms, traceable,
-    blacklisted; <NA> where the target did not say)."""
+_BTF: dict[tuple[str, tuple[str, ...]], KernelBTF | None] = {}
+
+
+def cached_btf(
+    key: str,
+    modules: Iterable[str],
+    lookup: Callable[[list[str]], KernelBTF | None],
+    refresh: bool = False,
+) -> KernelBTF | None:
+    """`lookup(modules)` (the target's BTF, None when it has none), kept per target `key`
+    and module list like the symbols: a second %kfind asks the target nothing."""
+    mods = tuple(sorted(set(modules)))
+    with _LOCK:
+        hit = (key, mods) in _BTF
+        found = _BTF.get((key, mods))
+    if not hit or refresh:
+        found = lookup(list(mods))
+        with _LOCK:
+            _BTF[(key, mods)] = found
+    return found
+
+
+_RECORDED: dict[tuple[str, int, int], list[str]] = {}
+
+
+def recorded(path: str | os.PathLike[str]) -> list[str]:
+    """The functions a recording holds of its target: the names of the kallsyms lines it
+    was resolved with (MODULE:FUNCTION specs), sorted, hidden ones left out; often none.
+    ReplayError when it is no readable recording."""
+    from . import recording, targets
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise ReplayError(f"no recording at {p}: {exc.strerror}") from None
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    with _LOCK:
+        found = _RECORDED.get(key)
+    if found is None:
+        lines = recording.load(p).header.kallsyms
+        found = sorted({s.name for s in targets.kallsyms_symbols(lines) if not hidden(s.name)})
+        with _LOCK:
+            _RECORDED[key] = found
+    return found
+
+
+def matching(symbols: SymbolSet, patterns: Iterable[str]) -> list[str]:
+    """The function names matching any glob (`tcp_v4_*`; a plain name matches itself),
+    sorted, hidden ones left out (traceable names missing from kallsyms included)."""
     pats = [p for p in patterns if p]
     names = set(symbols.functions)
     if symbols.traceable is not None:
         names |= symbols.traceable  # traceable but not in kallsyms: shown, flagged
-    hits = sorted(
+    return sorted(
         n for n in names if not hidden(n) and any(fnmatch.fnmatchcase(n, p) for p in pats)
     )
+
+
+def modules_of(symbols: SymbolSet, names: Iterable[str]) -> list[str]:
+    """The modules (not the kernel itself) that `names` belong to, sorted."""
+    return sorted({symbols.functions.get(n, "") for n in names} - {""})
+
+
+def find(symbols: SymbolSet, patterns: Iterable[str], btf: KernelBTF | None = None) -> pd.DataFrame:
+    """The functions matching any glob pattern, hidden ones left out: name, module, one
+    column per check (in_kallsyms, traceable, blacklisted, in_btf; <NA> where the target did
+    not say) and the C prototype from `btf` (the kernel's and the modules' it holds)."""
+    hits = matching(symbols, patterns)
 
     def check(known: frozenset[str] | None) -> ExtensionArray:
         return pd.array([None if known is None else n in known for n in hits], dtype="boolean")
 
+    protos = [_prototype(btf, n, symbols.functions.get(n, "")) for n in hits]
     return pd.DataFrame(
         {
             "name": pd.array(hits, dtype="str"),
@@ -147,5 +223,24 @@ def find(symbols: SymbolSet, patterns: Iterable[str]) -> pd.DataFrame:
             "in_kallsyms": pd.array([n in symbols.functions for n in hits], dtype="boolean"),
             "traceable": check(symbols.traceable),
             "blacklisted": check(symbols.blacklist),
+            "in_btf": pd.array(
+                [None if p is _UNKNOWN else p is not None for p in protos], dtype="boolean"
+            ),
+            "prototype": pd.array([p if isinstance(p, str) else None for p in protos], dtype="str"),
         }
     )
+
+
+_UNKNOWN = object()  # the BTF that would say was not read
+
+
+def _prototype(kb: KernelBTF | None, name: str, module: str) -> str | None | object:
+    """`name`'s C prototype (the first FUNC of that name), None when its object's BTF has
+    no such function, _UNKNOWN when that BTF was not read."""
+    if kb is None:
+        return _UNKNOWN
+    obj = kb.modules.get(module) if module else kb.vmlinux
+    if obj is None:
+        return _UNKNOWN
+    funcs = obj.functions(name)
+    return obj.c_prototype(funcs[0]) if funcs else None

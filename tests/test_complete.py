@@ -3,6 +3,8 @@ JupyterLab, VS Code and the terminal ask for it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from IPython.core.completer import provisionalcompleter
 
 from stapmagic import complete, symbols
@@ -74,3 +76,34 @@ def test_ipython_completer_offers_tcp_v4_connect(ip) -> None:
     assert "tcp_v4_connect" in texts
     assert not [t for t in texts if t.startswith("__pfx_")]
     assert "ptr" in types
+
+
+RECORDINGS = Path(__file__).resolve().parents[1] / "notebooks" / "recordings"
+
+
+def _completions(ip, cell: str) -> list[str]:
+    with provisionalcompleter():
+        return [c.text for c in ip.Completer.completions(cell, len(cell))]
+
+
+def test_replay_offers_no_host_symbols_only_the_recordings(ip) -> None:
+    """In replay the target is a recording's kernel: this host's /proc/kallsyms would be
+    another kernel's functions offered as if they were the target's."""
+    assert "tcp_v4_connect" in _completions(ip, "%%kprobe tcp_v4_con")  # live: the host's
+    ip.run_line_magic("config", f"KprobeMagics.recordings_dir = {str(RECORDINGS)!r}")
+    ip.run_line_magic("config", 'KprobeMagics.mode = "replay"')
+    try:
+        assert _completions(ip, "%%kprobe tcp_v4_con") == []
+        # 01_connect resolved no kallsyms lines: nothing recorded, nothing offered
+        assert _completions(ip, "%%kprobe --recording 01_connect tcp_v4_con") == []
+        # 05_guru_module recorded the target's line for ext4:ext4_file_open
+        cell = "%%kprobe --guru --recording 05_guru_module ext4_file_o"
+        assert _completions(ip, cell) == ["ext4_file_open"]
+        replay = f"%%kprobe --replay {RECORDINGS / '05_guru_module.jsonl'} ext4_file_o"
+        assert _completions(ip, replay) == ["ext4_file_open"]
+        assert "--include-self" in _completions(ip, "%%kprobe --incl")  # options still
+    finally:  # %config lands in the shell's config: later tests' magics would inherit it
+        ip.run_line_magic("config", 'KprobeMagics.mode = "live"')
+        ip.run_line_magic("config", 'KprobeMagics.recordings_dir = "recordings"')
+    # an explicit --replay FILE replays in any mode
+    assert _completions(ip, "%%kprobe --replay /nonexistent.jsonl tcp_v4_con") == []

@@ -359,3 +359,55 @@ def test_fed_from_the_real_record_parser() -> None:
     assert "running" in status.status and "20 events" in status.status
     assert status.rows is not None and status.rows["pid"].tolist() == [117, 118, 119]
     assert "ECONNREFUSED" in status._repr_html_()
+
+
+# -- the end of a run ---------------------------------------------------------------------------
+
+CHILD_FAILED = "WARNING: Child process exited with status 1"
+# Verbatim, shared/reference/stap-5.1-linux-6.12/remote_ssh_stapsh_s_a.stderr line 6.
+PASS5_FAILED = "Pass 5: run failed.  [man error::pass5]"
+
+
+def _running(lv: LiveView, clock: FakeClock) -> None:
+    feed(lv, None, PASS_4A[:6])
+    clock.ms = 1000
+    feed(lv, events(400), total=400)
+    assert lv.phase == "running" and "/s" in repr(lv.status())
+
+
+def test_stop_shows_stopping_not_a_stale_rate() -> None:
+    lv, clock, display = view(max_rate_hz=4.0)
+    _running(lv, clock)
+    lv.stopping()
+    assert lv.phase == "stopping"
+    line = repr(display.shown[-1]).splitlines()[0]  # drawn at once, not at the next batch
+    assert line.startswith("stapmagic: stopping") and "400 events" in line, line
+    assert "/s" not in line and "running" not in line, line
+    for ms in range(1250, 6000, 250):  # stap's end probes and unload: no rows, ticks go on
+        clock.ms = ms
+        feed(lv, None, total=400)
+    drawn = [repr(s).splitlines()[0] for s in display.shown[-10:]]
+    assert all(d.startswith("stapmagic: stopping") and "0/s" not in d for d in drawn), drawn
+    assert display.shown[-1].hint is None  # the stop hint is done with
+    lv.stopping()  # a second stop (escalation) changes nothing drawn
+    lv.close("400 rows, interrupted")
+    assert repr(display.shown[-1]).splitlines()[0] == "stapmagic: 400 rows, interrupted"
+
+
+def test_a_failed_command_never_flashes_stap_failed() -> None:
+    # stap -c CMD whose CMD fails: "Pass 5: run failed" arrives just before stap exits, and
+    # the summary (command exit status) replaces the view; nothing says "stap failed".
+    lv, clock, display = view(max_rate_hz=4.0)
+    _running(lv, clock)
+    clock.ms = 2000
+    feed(lv, events(3), [CHILD_FAILED, PASS5_FAILED], total=403, force=True)
+    assert lv.phase == "stopping"
+    assert not [s for s in display.shown if "stap failed" in repr(s)]
+    assert "stopping" in repr(display.shown[-1])
+
+
+def test_a_compile_failure_is_still_stap_failed() -> None:
+    lv, _, display = view()
+    feed(lv, None, [*PASS_4A[:3], PASS_4_FAILED])
+    assert lv.phase == "failed"
+    assert "stap failed: Pass 4: compilation failed." in repr(display.shown[-1])

@@ -109,6 +109,7 @@ OTHER = {
     "hist_linear": (0, 10, 1),
     "count_by": "comm",
     "command_only": True,
+    "include_self": True,
     "where": "pid == 1",
     "stap_spec": ("tcp_v4_connect sk:ptr",),
 }

@@ -430,3 +430,26 @@ def test_plots_of_a_real_record_parser_frame() -> None:
     assert [t.get_text() for t in df.kprobe.by("sk").get_yticklabels()] == ["0xffff888003a1b2c0"]
     assert len(df.kprobe.timeline().get_lines()[0].get_xdata()) == 6
     assert df.kprobe.rate().get_ylabel() == "events/s"
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["timeline()", "rate()", "by('comm')", "retval_hist()", "latency_hist()"],
+)
+def test_a_plot_as_the_cells_last_line_echoes_no_axes_repr(ip, capsys, call: str) -> None:
+    # Like `df.plot()` users adding `;`: the figure is the output, `<Axes: ...>` under it is
+    # noise. The value is still the Axes (`ax = df.kprobe.timeline()` keeps working).
+    ip.user_ns["df"] = frame(
+        retval=np.arange(8, dtype=np.int64), latency_ns=np.arange(1, 9, dtype=np.int64) * 1000
+    )
+    capsys.readouterr()
+    result = ip.run_cell(f"df.kprobe.{call}")
+    assert result.error_in_exec is None, result.error_in_exec
+    assert isinstance(result.result, matplotlib.axes.Axes)
+    assert "<Axes" not in capsys.readouterr().out
+    # what ipykernel sends as the cell's execute_result: nothing, so no Out[] under the figure
+    assert ip.display_formatter.format(result.result) == ({}, {})
+    ip.run_cell("import matplotlib.pyplot as _plt; _fig, _ax = _plt.subplots()")
+    capsys.readouterr()
+    ip.run_cell("_ax")  # an Axes the user made keeps matplotlib's repr
+    assert "<Axes" in capsys.readouterr().out

@@ -671,3 +671,26 @@ def test_stap_process_api():
     assert not proc.kill()  # nothing to signal any more
     assert open_fds() == before
     assert child_zombies() == []
+
+
+def test_sigint_sets_the_stop_event_for_the_caller():
+    """The stop button reaches run() as SIGINT; the caller's view learns it from `stop`
+    (set once: it does not count as a second request, which would escalate to SIGTERM)."""
+    got = Collector()
+    stop = threading.Event()
+    seen_in_tick: list[bool] = []
+
+    def on_chunk(data: bytes) -> None:
+        got(data)
+        if b"hit 3\r\n" in got.data and not stop.is_set() and not seen_in_tick:
+            seen_in_tick.append(False)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def tick() -> None:
+        if seen_in_tick and stop.is_set():
+            seen_in_tick.append(True)
+
+    status = run(fake("sigint"), on_chunk, stop=stop, tick=tick, tick_interval=0.01, grace=10)
+    assert status.interrupted and status.escalated is None and stop.is_set()
+    assert True in seen_in_tick
+    _assert_clean_end(got.lines)

@@ -65,3 +65,49 @@ def test_mode_replay_needs_a_recording():
 def test_cell_options_are_checked_by_the_table():
     with pytest.raises(OptionError, match="-n"):
         cell("kprobe", "tcp_v4_connect", count=5.5)
+
+
+def test_a_stop_shows_stopping_while_stap_ends(tmp_path, monkeypatch, capsys):
+    """The stop button (SIGINT to this process, here sent by the fake stap to its parent):
+    while stap runs its end probes and unloads (1.5 s here), the view says stopping at once
+    instead of a 'running ... 0/s' that lingers until the summary."""
+    fake = tmp_path / "stap"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import os, signal, sys, time\n"
+        "def end(*a):\n"
+        "    time.sleep(1.5)\n"
+        "    print('END', flush=True)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGINT, end)\n"
+        "print('Pass 5: starting run.', flush=True)\n"
+        "time.sleep(0.3)\n"
+        "os.kill(os.getppid(), signal.SIGINT)\n"
+        "time.sleep(30)\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    s = session.Session()
+    outcome = s.run(cell("stap", body="probe begin { }\n", grace=10.0))
+    assert outcome is not None and outcome.run.interrupted
+    out = capsys.readouterr().out
+    assert "stapmagic: stopping..." in out, out
+    assert out.index("stopping...") < out.index("stopped: the 0 rows"), out
+    assert "0/s" not in out, out
+
+
+def test_replays_asks_auto_once_and_quietly(monkeypatch, capsys):
+    from stapmagic import recording
+
+    asked = []
+
+    def mode_for(mode, target, env=None):
+        asked.append(str(target))
+        return ("replay", "stap cannot run here: test")
+
+    monkeypatch.setattr(recording, "mode_for", mode_for)
+    s = session.Session(mode="auto")
+    assert s.replays("local") and s.replays("local")  # Tab after Tab: one check
+    assert asked == ["local"] and capsys.readouterr().out == ""
+    assert not session.Session(mode="live").replays("local")
+    assert session.Session(mode="replay").replays("local")
