@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import ledger
 from .live import RunSummary, hex_text, summary_line
 from .spec import REGISTER_COLUMNS
 
@@ -47,7 +48,10 @@ def run_summary(
     total, compile_s, run_s = timings
     counters = run.counters
     lost = int(counters.skipped_probes) + int(counters.transport_failures) + int(run.damaged)
-    notes = [*run._aggregate_notes(), *run.ending_notes()]
+    known = ledger.loss(run)  # the kernel's count against the rows, when it arrived
+    if known is not None:
+        lost = known[0]
+    notes = [*run._aggregate_notes(), *ledger.summary_notes(run), *run.ending_notes()]
     aggregate = getattr(getattr(run, "script", None), "aggregate", None)
     rows = int(run.parser.row_count)
     line = summary_line(

@@ -279,6 +279,17 @@ OPTIONS: tuple[Option, ...] = (
         compared=True,
     ),
     Option(
+        "buffer_mb",
+        ("-s",),
+        None,
+        "stap's output buffer in MB (stap -s, 1-4095; stap's default 16); what a run lost "
+        "is in _kprobe.ledger",
+        _int_in(1, 4095, "a buffer size in MB from 1 to 4095 (stap's limit)"),
+        parse=_ascii_int,
+        metavar="MB",
+        compared=True,
+    ),
+    Option(
         "guru",
         ("--guru",),
         False,

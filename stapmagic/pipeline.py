@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, fieldread, frames, kbtf, options, records, runner
+from . import btfspec, diagnose, fieldread, frames, kbtf, ledger, options, records, runner, wire
 from .errors import BTFError, OptionError, SpecError, StapMagicError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -60,6 +60,7 @@ class ProbeOptions:
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
     where: str | None = None  # --where EXPR, compiled into the handlers (where.py)
+    buffer_mb: int | None = None  # -s MB: stap's buffer size
     command_only: bool = False  # --cmd-only: events of the -c command's process only
     include_self: bool = False  # --include-self: stapmagic's own transport too (selfskip.py)
     stap_spec: tuple[str, ...] = ()  # %%stap --spec: the records the script prints
@@ -215,7 +216,7 @@ class ProbeRun:
             and not self.parser.row_count
         ):
             parts = []  # an aggregating script prints no rows: "0 rows" says nothing
-        parts += notes
+        parts += notes + ledger.summary_notes(self)
         c = self.counters
         if c.skipped_probes:
             parts.append(f"{c.skipped_probes} skipped probes")
@@ -296,6 +297,11 @@ class ProbeRun:
         return notes
 
     @property
+    def ledger(self) -> pd.DataFrame:
+        """Per probe: events counted in the kernel, rows received, lost (ledger.py)."""
+        return ledger.ledger_frame(self)
+
+    @property
     def hist(self) -> pd.DataFrame:
         """--hist: the buckets of every probe's histogram (frames.hist_frame)."""
         return frames.hist_frame(self)
@@ -342,6 +348,7 @@ def build_argv(script_text: str, opts: ProbeOptions, target: runner.Target) -> l
         command=opts.command,
         pid=opts.pid,
         verbose=opts.verbose,
+        extra=("-s", str(opts.buffer_mb)) if opts.buffer_mb is not None else (),
         # --dry-run shows the command line even where stap is not installed.
         require_stap=not opts.dry_run,
     )
@@ -543,6 +550,10 @@ def stap_schemas(opts: ProbeOptions) -> tuple[ProbeSchema, ...]:
     return tuple(schemas)
 
 
+FIRST_ROWS_TAG = wire.TAG_PREFIX.encode()
+FIRST_ROWS_TRIES = 5
+
+
 def execute(
     run: ProbeRun,
     *,
@@ -558,15 +569,30 @@ def execute(
     (a replay: recording.Player), so a replay goes through exactly this code.
     """
 
+    # Until the first rows are out, a chunk that completes a line after a record tag is
+    # flushed at once instead of at the next 0.2 s tick (up to 0.2 s off the time to the
+    # first row); at most FIRST_ROWS_TRIES times, so tagged lines that never parse (damage)
+    # are not flushed per chunk.
+    first_pending, tag_seen, tries = True, False, 0
+
     def on_chunk(data: bytes) -> None:
+        nonlocal tag_seen, tries
         if tap is not None:
             tap(data)
         with run.lock:
             run.parser.feed(data)
+        if first_pending and tries < FIRST_ROWS_TRIES:
+            tag_seen = tag_seen or FIRST_ROWS_TAG in data
+            if tag_seen and b"\n" in data:
+                tries += 1
+                tick()
 
     def tick() -> None:
+        nonlocal first_pending
         with run.lock:
             batch = run.parser.flush()
+        if batch.rows:
+            first_pending = False
         run.note_batch(batch)
         if on_batch is not None:
             on_batch(run, batch, False)

@@ -546,12 +546,16 @@ def _retval_fields(probe: Probe) -> tuple[list[str], list[tuple[str, str]]]:
 def _tail(
     idx: int, fields: list[tuple[str, str]], opts: ScriptOptions, agg: _Agg | None
 ) -> list[str]:
-    """The end of a handler: the record (and its register dump), or the aggregation."""
+    """The end of a handler: the ledger's count, then the record (and its register dump),
+    or the aggregation. Counted here, after every filter, so `fired` is what could reach
+    the frame."""
+    fired = f"__sm_f{idx} <<< 1"
     if agg is not None and agg.mode == "hist":
-        return [f"__sm_h{idx} <<< {agg.value}"]
+        return [fired, f"__sm_h{idx} <<< {agg.value}"]
     if agg is not None:
         c = f"__sm_k{idx}"
         return [
+            fired,
             f"key = {agg.value}",
             f"if (key in {c}) {c}[key]++",
             f"else if (__sm_kn{idx} < {COUNT_KEYS}) {{",
@@ -561,7 +565,7 @@ def _tail(
             f"\t__sm_kover{idx}++  # array full: counted, not keyed",
         ]
     fields = fields + [("%x", f'u_register("{reg}")') for reg in opts.regs]
-    out = _printf(idx, fields)
+    out = [fired, *_printf(idx, fields)]
     if opts.print_regs:
         out.append("print_regs()")
     return out
@@ -864,12 +868,13 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
                 f"global __sm_kn{i}",
                 f"global __sm_kover{i}",
             ]
+    # the ledger's per-probe count (a statistic: per-CPU, no lock in the handler)
+    globals_ += [f"global __sm_f{i}" for i in range(len(spec.probes))]
     with_fields = [i for i, p in enumerate(spec.probes) if p.fields]
     globals_ += [f"global __sm_faults{i}  # member reads that faulted (<<< 1)" for i in with_fields]
     if opts.skip_self:
         globals_.append(selfskip.global_line())
-    if globals_:
-        w.add("", *globals_)
+    w.add("", *globals_)
     if opts.skip_self:
         w.probe(selfskip.begin_comments(), "begin", selfskip.begin_body())
     read_types = {a.type for p, agg in zip(spec.probes, aggs, strict=True) for a in _reads(p, agg)}
@@ -906,6 +911,15 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
                 for i in pairs
             ],
         )
+    fired = f"{COUNTER_TAG}\\t{wire.FIRED_COUNTER}\\t%d\\t%%d\\t@@"
+    w.probe(
+        [
+            "# the ledger: events counted in the kernel, for rows to be checked against;",
+            "# warn() takes the control channel, which the end of the output cannot lose",
+        ],
+        "end",
+        [f'warn(sprintf("{fired % i}", @count(__sm_f{i})))' for i in range(len(spec.probes))],
+    )
     if with_fields:
         counter = fieldread.FAULTS_COUNTER
         w.probe(

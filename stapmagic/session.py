@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import display, live, pipeline, recording, runner
+from . import display, ledger, live, pipeline, recording, runner
 from .errors import OptionError, ReplayError, StapMagicError
 from .options import FIELDS, Magic
 
@@ -64,7 +64,8 @@ class Cell:
 
 def worth_showing(messages: list[str]) -> list[str]:
     """stap's messages minus what the live view already showed (Pass lines) and the
-    asmlinkage() elision warning (3 lines) that every seed-style script gets on x86_64."""
+    asmlinkage() elision warning (3 lines) that every seed-style script gets on x86_64, and
+    the kernel's event counts for the ledger."""
     shown: list[str] = []
     skip = 0
     for msg in messages:
@@ -75,7 +76,7 @@ def worth_showing(messages: list[str]) -> list[str]:
         if msg.startswith(_ASMLINKAGE):
             skip = 2  # " source: ..." and the caret line under it
             continue
-        if msg.startswith("Pass ") or not msg.strip():
+        if msg.startswith("Pass ") or not msg.strip() or ledger.is_fired_line(msg):
             continue
         shown.append(msg)
     return shown

@@ -26,6 +26,9 @@ __all__ = [
     "SUMMARY_TAG",
     "KEYS_TAG",
     "COUNTER_TAG",
+    "FIRED_COUNTER",
+    "WARN_PREFIX",
+    "parse_fired",
     "END_TAG",
     "FIELD_SEP",
     "NA_FIELD",
@@ -54,6 +57,14 @@ SUMMARY_TAG = (
 )
 KEYS_TAG = "@@smk"  # @@smk <TAB> name <TAB> key <TAB> count <TAB> @@
 COUNTER_TAG = "@@smc"  # @@smc <TAB> name <TAB> probe_index <TAB> value <TAB> @@
+# The @@smc counter `probe end` sends per probe: the events that passed its filters
+# (counted in the kernel with a per-CPU statistic), what the ledger checks rows against.
+# It goes through warn(), not printf: warnings take the control channel
+# (runtime/linux/io.c _stp_vlog -> _stp_ctl_log_werr), which neither a full output buffer
+# nor stapio's end-of-run stop (staprun/relay.c close_relayfs) can drop; stapio prints it
+# on stderr as WARN_PREFIX + the line (print_stderr, staprun.h warn()).
+FIRED_COUNTER = "fired"
+WARN_PREFIX = "WARNING: "
 END_TAG = "@@"  # the last field of a record and of the one-line tags
 TAG_PREFIX = "@@sm"  # what every tag above starts with (diagnose.py cuts there)
 FIELD_SEP = "\t"
@@ -172,6 +183,19 @@ def parse_tag_count(line: bytes, key_kind: ColumnKind | None = None) -> TagCount
     else:
         _parse_field(key, key_kind)
     return TagCount(parts[0][2:].decode(), parts[1].decode(), key.decode("ascii"), value)
+
+
+def parse_fired(line: str) -> tuple[int, int] | None:
+    """(probe index, count) of a `WARNING: @@smc <TAB> fired <TAB> idx <TAB> n <TAB> @@`
+    message line (a trailing ``\r`` ignored); None for any other line."""
+    head = WARN_PREFIX + COUNTER_TAG + FIELD_SEP + FIRED_COUNTER + FIELD_SEP
+    if not line.startswith(head):
+        return None
+    try:
+        t = parse_tag_count(line[len(WARN_PREFIX) :].encode())
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return (int(t.key), t.value) if t.key.isdigit() else None
 
 
 # --------------------------------------------------------------------------------------

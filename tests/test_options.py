@@ -111,6 +111,7 @@ OTHER = {
     "command_only": True,
     "include_self": True,
     "where": "pid == 1",
+    "buffer_mb": 1,
     "stap_spec": ("tcp_v4_connect sk:ptr",),
 }
 

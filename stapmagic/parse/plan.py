@@ -61,8 +61,8 @@ def make_shape(
     }
     for j, k in enumerate(kinds):
         types[f"f{j}"] = _ARROW_KIND_TYPES[k]
-    # The compiled scanner and pyarrow's integer reader reject wire.NA_FIELD, so a batch
-    # with one goes to the reference engine (faults are rare; clean batches stay fast).
+    # The compiled scanner reads wire.NA_FIELD in the nullable fields; pyarrow's integer
+    # reader rejects it (such a batch then goes to the reference engine).
     return Shape(
         kinds,
         probes,
