@@ -11,6 +11,8 @@ Side by side in each repetition (order rotated per repetition):
             hit through the pty into the DataFrame), dd as `-c`;
 * rec->file: the same script with `stap -o FILE` (staprun writes to a guest file: no ssh,
             no pty; the probe's and stapio's own cost);
+* rec->pipe: the same script over the same transport as the magic (stapsh, ssh), read from
+            a plain pipe on the host: no pty, no parser (the transport's cost without the magic);
 * hist:     a `%%stap`-style script: `h <<< count` per hit, `@hist_log(h)` printed once at
             the end in the magic's `@@smh` block (the magic has no `--hist` yet);
 * bpftrace: `kprobe:ksys_read { @ = hist(arg2); }` with dd as `-c`;
@@ -22,6 +24,7 @@ extra time over N (dd's own reads; other processes' hits are not in dd's time).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -106,6 +109,22 @@ def records_file(n: int) -> dict[str, Any]:
     }
 
 
+def records_pipe(n: int) -> dict[str, Any]:
+    """The same script as `records` over the same transport (stap --remote: stapsh, ssh),
+    its stdout read from a plain pipe on the host: no pty, nothing parsed. What the magic
+    adds over it is the magic's own cost; what this adds over `rec->file` is the transport's."""
+    opts = pipeline.ProbeOptions(command=dd_command(n), target="lab")
+    run = pipeline.prepare(L.KSYS_READ_SPEC, "", opts)
+    rc, out, err, wall, _ = L.stap_to_host(run.script_text, command=dd_command(n))
+    return {
+        "dd": dd_seconds(err),
+        "rc": rc,
+        "lines": out.count(b"@@sm1"),
+        "lost": L.lost_messages(err),
+        "tf": L.transport_failures(err),
+    }
+
+
 def hist(n: int) -> dict[str, Any]:
     run = L.script_run(HIST_SCRIPT, command=dd_command(n))
     res = L.run_pipeline(run, ())
@@ -135,6 +154,7 @@ VARIANTS: dict[str, Callable[[int], dict[str, Any]]] = {
     "base": base,
     "records": records,
     "rec->file": records_file,
+    "rec->pipe": records_pipe,
     "hist": hist,
     "bpftrace": lambda n: bpf(n, BPF_HIST),
     "bt-print": lambda n: bpf(n, BPF_PRINT),
@@ -143,15 +163,30 @@ VARIANTS: dict[str, Callable[[int], dict[str, Any]]] = {
 
 def run(
     out: Callable[[str], None] = print,
-    n: int = N_READS,
+    n: int | None = None,
     reps: int = REPS,
 ) -> dict[str, Any]:
+    """`STAPMAGIC_BENCH_AGG_N` (dd's reads, default N_READS) and `STAPMAGIC_BENCH_AGG_ONLY`
+    (comma-separated variant names; base is always run) narrow a run, e.g. the per-hit
+    comparison alone: STAPMAGIC_BENCH_AGG_ONLY=records,rec-file,rec-pipe."""
+    n = n if n is not None else int(os.environ.get("STAPMAGIC_BENCH_AGG_N", N_READS))
     names = list(VARIANTS)
+    only = os.environ.get("STAPMAGIC_BENCH_AGG_ONLY")
+    if only:
+        wanted = {
+            w.strip().replace("-", "->", 1) if w.strip().startswith("rec-") else w.strip()
+            for w in only.split(",")
+        }
+        unknown = wanted - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
+        names = [x for x in names if x in wanted or x == "base"]
     if L.has_bpftrace() is not None:
         names = [x for x in names if not x.startswith("b") or x == "base"]
-    # warm-up: compile both stap scripts once (small N), so no repetition pays a compile
+    # warm-up: compile the stap scripts once (small N), so no repetition pays a compile
     records(1000)
-    hist(1000)
+    if "hist" in names:
+        hist(1000)
     got: dict[str, list[dict[str, Any]]] = {x: [] for x in names}
     for r in range(reps):
         order = names[r % len(names) :] + names[: r % len(names)]

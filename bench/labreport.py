@@ -180,7 +180,7 @@ def throughput(table: Table, summary: Summary) -> None:
     )
 
 
-def first_event(table: Table, summary: Summary) -> None:
+def first_event(table: Table, summary: Summary) -> list[str]:
     from bench import first_event as F
 
     _start(table)
@@ -189,7 +189,6 @@ def first_event(table: Table, summary: Summary) -> None:
     bpf = [b["first_event"] for b in res["bpftrace"] if b["first_event"] is not None]
     cold = res["cold"]["first_row"]
     wm, bm = L.med(warm), L.med(bpf)
-    w0 = res["warm"][0] if res["warm"] else {}
     inside = res["inside"]
     st_in = L.med(
         [
@@ -205,13 +204,33 @@ def first_event(table: Table, summary: Summary) -> None:
             if g.get("bpftrace") and g["bpftrace"]["first"] is not None
         ]
     )
+    c0 = res["cold"]
+
+    def part(what: str) -> float | None:
+        xs = [w[what] for w in res["warm"] if w.get(what) is not None]
+        return L.med(xs) if xs else None
+
     rows = [
-        ["ssh round trip to the guest (median)", L.fmt_s(L.med(res["ssh"])), ""],
+        ["ssh round trip to the guest, fresh connection (median)", L.fmt_s(L.med(res["ssh"])), ""],
+        [
+            "ssh round trip over the shared connection (median)",
+            L.fmt_s(L.med(res.get("ssh_shared") or [float("nan")])),
+            "",
+        ],
+        [
+            "stapmagic cold, the session's first cell (no shared ssh yet)",
+            L.fmt_s(res["first_cell"]["first_row"]),
+            L.ratio(res["first_cell"]["first_row"], bm),
+        ],
         ["stapmagic cold (compile)", L.fmt_s(cold), L.ratio(cold, bm)],
+        ["  cold: Pass 1 line at the pty", L.fmt_s(c0.get("pass1")), ""],
+        ["  cold: Pass 4 (compiled) line", L.fmt_s(c0.get("pass4")), ""],
+        ["  cold: Pass 5 (run) starts", L.fmt_s(c0.get("pass5")), ""],
+        ["  cold: first @@sm1 byte at the pty", L.fmt_s(c0.get("first_record")), ""],
         [f"stapmagic warm (median of {len(warm)})", L.fmt_s(wm), L.ratio(wm, bm)],
-        ["  warm: Pass 1 line at the pty", L.fmt_s(w0.get("pass1")), ""],
-        ["  warm: Pass 5 (run) starts", L.fmt_s(w0.get("pass5")), ""],
-        ["  warm: first @@sm1 byte at the pty", L.fmt_s(w0.get("first_record")), ""],
+        ["  warm: Pass 1 line at the pty (median)", L.fmt_s(part("pass1")), ""],
+        ["  warm: Pass 5 (run) starts (median)", L.fmt_s(part("pass5")), ""],
+        ["  warm: first @@sm1 byte at the pty (median)", L.fmt_s(part("first_record")), ""],
         [f"bpftrace (median of {len(bpf)})", L.fmt_s(bm), "1.00x"],
         ["inside the guest: staprun, cached module", L.fmt_s(st_in), L.ratio(st_in, bt_in)],
         ["inside the guest: bpftrace", L.fmt_s(bt_in), "1.00x"],
@@ -240,8 +259,17 @@ def first_event(table: Table, summary: Summary) -> None:
         )
     )
 
+    def bare(a: float | None, b: float | None) -> str:
+        r = L.ratio(a, b)
+        return r[:-1] if r.endswith("x") else "nan"
 
-def aggregation(table: Table, summary: Summary) -> None:
+    return [
+        f"first_event_cold_vs_bpftrace={bare(cold, bm)}",
+        f"first_event_warm_vs_bpftrace={bare(wm, bm)}",
+    ]
+
+
+def aggregation(table: Table, summary: Summary) -> list[str]:
     from bench import aggregation as A
 
     _start(table)
@@ -270,7 +298,7 @@ def aggregation(table: Table, summary: Summary) -> None:
         )
     )
     by = {s["name"]: s for s in A.summarize(res)}
-    for name in ("records", "rec->file", "hist", "bpftrace", "bt-print"):
+    for name in ("records", "rec->file", "rec->pipe", "hist", "bpftrace", "bt-print"):
         if name in by and by[name]["slowdown"]:
             summary.append(
                 (
@@ -298,3 +326,10 @@ def aggregation(table: Table, summary: Summary) -> None:
                 "",
             )
         )
+    lines = []
+    for other, key in (("rec->file", "file"), ("rec->pipe", "pipe")):
+        if "records" in by and other in by and by[other]["us_per_hit"]:
+            r = by["records"]["us_per_hit"] / by[other]["us_per_hit"]
+            summary.append(("aggregation", f"per-hit cost: records / {other}", f"{r:.2f}x", ""))
+            lines.append(f"per_hit_magic_vs_{key}={r:.2f}")
+    return lines

@@ -205,7 +205,8 @@ def _lab(fn_name: str) -> None:
     from stapmagic.errors import StapMagicError
 
     try:
-        getattr(labreport, fn_name)(table, SUMMARY)
+        lines = getattr(labreport, fn_name)(table, SUMMARY)
+        RESULT_LINES.extend(lines or ())
     except labbench.NoLab as e:
         raise Skip(str(e)) from None
     except StapMagicError as e:  # the shared lab went away (or was restarted) mid-run

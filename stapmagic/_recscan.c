@@ -15,16 +15,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The wire: stapmagic/wire.py owns these (RECORD_PREFIX_B, END_TAG, FIELD_SEP,
+/* The wire: stapmagic/wire.py owns these (RECORD_PREFIX_B, END_TAG, FIELD_SEP, NA_FIELD,
  * SCAN_KIND_CODES); tests/test_wire.py checks them against this file and the module. */
 #define RECORD_PREFIX "@@sm1\t"
 #define END_TAG "@@"
 #define FIELD_SEP '\t'
 #define FIELD_SEP_STR "\t"
+#define NA_FIELD "?"            /* a nullable number with no value (a faulted member read) */
 #define KIND_CODES "iuxse"      /* int, uint, hex, str, errno */
 enum { K_INT = 'i', K_UINT = 'u', K_HEX = 'x', K_STR = 's', K_ERRNO = 'e' };
 #define RECORD_PREFIX_LEN ((Py_ssize_t)(sizeof RECORD_PREFIX - 1))
 _Static_assert(sizeof END_TAG - 1 == 2, "run_scan compares END_TAG byte by byte");
+_Static_assert(sizeof NA_FIELD - 1 == 1, "run_scan compares NA_FIELD as one byte");
 #define MAX_FIELDS 64
 
 typedef struct {
@@ -184,6 +186,7 @@ typedef struct {
     int64_t *idx, *time, *pid, *tid, *cpu;
     int32_t *comm;
     void *fields[MAX_FIELDS];
+    uint8_t *nulls[MAX_FIELDS];     /* NULL: the field cannot be NA_FIELD; else 1 where it is */
     dict_t dicts[1 + MAX_FIELDS];   /* [0]: comm; [1 + k]: text field k */
     int ndicts;
 } job_t;
@@ -224,6 +227,15 @@ static int run_scan(job_t *j) {
         if (!(p = parse_text(p, &j->dicts[0], &j->comm[row])))
             return j->comm[row] < 0 ? -1 : 1;
         for (Py_ssize_t k = 0; k < j->nkinds; k++) {
+            if (j->nulls[k]) {
+                int na = p[0] == NA_FIELD[0] && p[1] == FIELD_SEP;
+                j->nulls[k][row] = (uint8_t)na;
+                if (na) {
+                    ((uint64_t *)j->fields[k])[row] = 0;
+                    p += 2;
+                    continue;
+                }
+            }
             switch (j->kinds[k]) {
             case K_STR:
             case K_ERRNO:
@@ -276,24 +288,28 @@ static int get_out(PyObject *obj, Py_buffer *view, Py_ssize_t nrows, Py_ssize_t 
 }
 
 PyDoc_STRVAR(scan_doc,
-"scan(buf, kinds, probe_ok, nrows, idx, time, pid, tid, cpu, comm, fields) -> list | None\n\n"
+"scan(buf, kinds, probe_ok, nrows, idx, time, pid, tid, cpu, comm, fields, nulls=None)\n"
+"-> list | None\n\n"
 "Parse nrows record lines of one shape into the given int64 (idx, time, pid, tid, cpu),\n"
 "int32 (comm codes) and per field 8-byte (i, u, x) or int32 code (s, e) arrays. kinds: one\n"
 "of b'iuxse' per field; probe_ok: one byte per probe index, nonzero for the probes of this\n"
-"shape. Returns, for comm and then each s/e field, the list of its distinct raw values\n"
+"shape. nulls: per field None or a uint8 array: that (i, u, x) field may be NA_FIELD,\n"
+"marked 1 there (its value 0). Returns, for comm and then each s/e field, the list of its\n"
+"distinct raw values\n"
 "(bytes, in code order), or None if any line is not such a record.");
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer bufv, kindv, okv;
-    Py_buffer outs[6 + MAX_FIELDS];
+    Py_buffer outs[6 + 2 * MAX_FIELDS];
     int nouts = 0;
     Py_ssize_t nrows;
-    PyObject *o_idx, *o_time, *o_pid, *o_tid, *o_cpu, *o_comm, *o_fields;
+    PyObject *o_idx, *o_time, *o_pid, *o_tid, *o_cpu, *o_comm, *o_fields, *o_nulls = Py_None;
+    PyObject *nulls = NULL;
     PyObject *result = NULL;
     job_t j;
     memset(&j, 0, sizeof j);
-    if (!PyArg_ParseTuple(args, "y*y*y*nOOOOOOO:scan", &bufv, &kindv, &okv, &nrows, &o_idx,
-                          &o_time, &o_pid, &o_tid, &o_cpu, &o_comm, &o_fields))
+    if (!PyArg_ParseTuple(args, "y*y*y*nOOOOOOO|O:scan", &bufv, &kindv, &okv, &nrows, &o_idx,
+                          &o_time, &o_pid, &o_tid, &o_cpu, &o_comm, &o_fields, &o_nulls))
         return NULL;
     PyObject *fields = PySequence_Fast(o_fields, "fields must be a sequence");
     if (!fields) goto done;
@@ -320,6 +336,26 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             goto done;
         j.fields[k] = outs[nouts].buf;
         nouts++;
+    }
+    if (o_nulls != Py_None) {
+        nulls = PySequence_Fast(o_nulls, "nulls must be a sequence");
+        if (!nulls) goto done;
+        if (PySequence_Fast_GET_SIZE(nulls) != kindv.len) {
+            PyErr_SetString(PyExc_ValueError, "nulls: one entry (None or an array) per kind");
+            goto done;
+        }
+        for (Py_ssize_t k = 0; k < kindv.len; k++) {
+            PyObject *o = PySequence_Fast_GET_ITEM(nulls, k);
+            char c = ((const char *)kindv.buf)[k];
+            if (o == Py_None) continue;
+            if (c == K_STR || c == K_ERRNO) {
+                PyErr_SetString(PyExc_ValueError, "nulls: only a number field can be NA");
+                goto done;
+            }
+            if (get_out(o, &outs[nouts], nrows, 1) < 0) goto done;
+            j.nulls[k] = outs[nouts].buf;
+            nouts++;
+        }
     }
     j.buf = bufv.buf;
     j.len = bufv.len;
@@ -367,6 +403,7 @@ done:
     for (int n = 0; n < j.ndicts; n++) dict_free(&j.dicts[n]);
     for (int k = 0; k < nouts; k++) PyBuffer_Release(&outs[k]);
     Py_XDECREF(fields);
+    Py_XDECREF(nulls);
     PyBuffer_Release(&bufv);
     PyBuffer_Release(&kindv);
     PyBuffer_Release(&okv);
@@ -388,6 +425,7 @@ PyMODINIT_FUNC PyInit__recscan(void) {
     if (m && (PyModule_AddStringConstant(m, "RECORD_PREFIX", RECORD_PREFIX) < 0
               || PyModule_AddStringConstant(m, "END_TAG", END_TAG) < 0
               || PyModule_AddStringConstant(m, "FIELD_SEP", FIELD_SEP_STR) < 0
+              || PyModule_AddStringConstant(m, "NA_FIELD", NA_FIELD) < 0
               || PyModule_AddStringConstant(m, "KIND_CODES", KIND_CODES) < 0))
         Py_CLEAR(m);
     return m;

@@ -13,9 +13,11 @@ def scan(
     cpu: Any,
     comm: Any,
     fields: Sequence[Any],
+    nulls: Sequence[Any] | None = None,
 ) -> list[list[bytes]] | None: ...
 
 RECORD_PREFIX: str
 END_TAG: str
 FIELD_SEP: str
+NA_FIELD: str
 KIND_CODES: str

@@ -11,9 +11,12 @@ is then compared with the recorded script as for any cell.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
+from .btf import EnumValue, Field, FieldKind
 from .errors import ReplayError
+from .fieldread import FieldRead
 from .spec import Arg, Spec, is_valid_arg_name
 
 __all__ = ["BadResolution", "apply", "check", "to_json"]
@@ -34,9 +37,58 @@ def to_json(spec: Spec) -> list[dict[str, Any]]:
             "notes": list(p.notes),
             "comments": list(p.comments),
             "enums": [[column, [[v, n] for v, n in names]] for column, names in p.enums],
+            "fields": [_field_json(r) for r in p.fields],
         }
         for p in spec.probes
     ]
+
+
+def _field_json(r: FieldRead) -> dict[str, Any]:
+    f = dataclasses.asdict(r.field)
+    f["hops"] = list(r.field.hops)
+    f["enumerators"] = [[e.name, e.value] for e in r.field.enumerators]
+    return {"column": r.column, "path": r.path, "index": r.index, "field": f}
+
+
+_FIELD_TYPES = typing.get_type_hints(Field)
+_FIELD_KINDS = typing.get_args(FieldKind)
+
+
+def _check_field(obj: Any) -> None:
+    bad = BadResolution("a member read must be {column, path, index, field} as recorded")
+    if not isinstance(obj, dict) or set(obj) - {"fields"} != {"column", "path", "index", "field"}:
+        raise bad
+    column, path, index, f = obj["column"], obj["path"], obj["index"], obj["field"]
+    if column is not None and not (isinstance(column, str) and is_valid_arg_name(column)):
+        raise bad
+    if not isinstance(path, str) or not _int(index) or not isinstance(f, dict):
+        raise bad
+    if set(f) != set(_FIELD_TYPES) or f["kind"] not in _FIELD_KINDS:
+        raise bad
+    for name in ("offset", "size", "length"):
+        if not _int(f[name]):
+            raise bad
+    for name in ("bit_offset", "bit_size"):
+        if f[name] is not None and not _int(f[name]):
+            raise bad
+    if not all(isinstance(f[n], bool) for n in ("signed", "big_endian")):
+        raise bad
+    if not all(isinstance(f[n], str) for n in ("text", "type_name")):
+        raise bad
+    if not isinstance(f["hops"], list) or not all(_int(h) for h in f["hops"]):
+        raise bad
+    if not isinstance(f["enumerators"], list) or not all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _int(e[1])
+        for e in f["enumerators"]
+    ):
+        raise bad
+
+
+def _field(obj: dict[str, Any]) -> FieldRead:
+    f = dict(obj["field"])
+    f["hops"] = tuple(f["hops"])
+    f["enumerators"] = tuple(EnumValue(n, v) for n, v in f["enumerators"])
+    return FieldRead(obj["column"], obj["path"], obj["index"], Field(**f))
 
 
 def _strs(value: Any) -> bool:
@@ -48,8 +100,6 @@ def _int(value: Any) -> bool:
 
 
 def _check_one(obj: Any) -> None:
-    if isinstance(obj, dict) and obj.get("fields", []) != []:
-        raise BadResolution("member reads (`fields`) need a stapmagic that reads member paths")
     if not isinstance(obj, dict) or set(obj) - {"fields"} != {
         "label",
         "args",
@@ -61,7 +111,7 @@ def _check_one(obj: Any) -> None:
     }:
         raise BadResolution(
             "each probe must be an object of label, args, rettype, ret_typed, "
-            "notes, comments, enums"
+            "notes, comments, enums, fields"
         )
     if not isinstance(obj["label"], str):
         raise BadResolution("`label` must be a string")
@@ -92,6 +142,10 @@ def _check_one(obj: Any) -> None:
             )
         ):
             raise BadResolution("an enum must be [COLUMN, [[VALUE, NAME], ...]]")
+    if not isinstance(obj.get("fields", []), list):  # none before member paths were read
+        raise BadResolution("`fields` must be a list")
+    for f in obj.get("fields", []):
+        _check_field(f)
 
 
 def check(value: Any) -> list[dict[str, Any]]:
@@ -125,6 +179,7 @@ def apply(spec: Spec, recorded: list[dict[str, Any]], where: str) -> Spec:
                 notes=tuple(r["notes"]),
                 comments=tuple(r["comments"]),
                 enums=tuple((c, tuple((v, n) for v, n in names)) for c, names in r["enums"]),
+                fields=tuple(_field(f) for f in r.get("fields", [])),
                 btf_refs=(),
                 all_params=False,
                 ret_from_btf=False,

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from stapmagic import btf as btfmod
+from stapmagic import fieldread
 from stapmagic.btf import BTF, Field, Function, Kind
 from stapmagic.errors import BTFError, SpecError
 from stapmagic.spec import RESERVED_NAMES, Arg, BtfRef, Probe
+from stapmagic.where import WhereError
 
 __all__ = [
     "ArgPlan",
@@ -163,48 +165,45 @@ _LOAD = {1: "kernel_char", 2: "kernel_short", 4: "kernel_int", 8: "kernel_long"}
 _NTOH = {2: "ntohs", 4: "ntohl", 8: "ntohll"}
 
 
-def field_function(n: int, f: Field, string_max: int, fault_counter: str) -> tuple[str, str]:
-    """(function name, SystemTap text) of a fault-safe reader of `f` from its root value.
-
-    Numbers come back as decimal or hex text and strings escaped, so that a fault can be
-    the empty field (NA); `fault_counter` (a global) counts the faults."""
-    if not _IDENT.match(fault_counter) or not 0 <= n < 10_000:
-        raise BTFError(f"bad field reader name {fault_counter!r}/{n}")
+def field_function(n: int, f: Field, string_max: int) -> tuple[str, str]:
+    """(function name, SystemTap text) of a reader of `f` from its root value: a long
+    (host byte order, masked or sign-extended to the member's width) or, for strings, the
+    text_str-escaped text. A bad pointer on the way raises a SystemTap error, which the
+    caller catches (fieldread.py) to leave the field NA and count it."""
+    if type(n) is not int or not 0 <= n < 1 << 20:
+        raise BTFError(f"bad field reader number {n!r}")
     for v in (*f.hops, f.offset, f.size, string_max, f.length):
         if type(v) is not int or not 0 <= v < 1 << 32:
             raise BTFError(f"{f.text}: offset {v!r} out of range")
     name = f"__sm_field{n}"
-    body = ["\ttry {"]
+    body = []
     for hop in f.hops:
-        body.append(f"\t\tp = kernel_pointer(p + {hop})")
+        body.append(f"\tp = kernel_pointer(p + {hop})")
     if f.kind == "string":
-        body.append(f"\t\treturn __sm_cstr(kernel_pointer(p + {f.offset}), {string_max})")
+        ret = "string"
+        body.append(f"\treturn __sm_cstr(kernel_pointer(p + {f.offset}), {string_max})")
     elif f.kind == "char_array":
+        ret = "string"
         body.append(
-            f"\t\treturn text_str(kernel_string_n(p + {f.offset}, {min(f.length, string_max)}))"
+            f"\treturn text_str(kernel_string_n(p + {f.offset}, {min(f.length, string_max)}))"
         )
     else:
+        ret = "long"
         if f.size not in _LOAD:
             raise BTFError(f"{f.text}: {f.size}-byte value")
-        body.append(f"\t\tv = {_LOAD[f.size]}(p + {f.offset})")
+        body.append(f"\tv = {_LOAD[f.size]}(p + {f.offset})")
         bits = f.size * 8
         if f.bit_size is not None:
             assert f.bit_offset is not None
-            body.append(f"\t\tv = (v >> {f.bit_offset}) & {(1 << f.bit_size) - 1:#x}")
+            body.append(f"\tv = (v >> {f.bit_offset}) & {(1 << f.bit_size) - 1:#x}")
             if f.signed:
-                body.append(f"\t\tv = (v << {64 - f.bit_size}) >> {64 - f.bit_size}")
+                body.append(f"\tv = (v << {64 - f.bit_size}) >> {64 - f.bit_size}")
         elif f.big_endian and f.size in _NTOH:
-            body.append(f"\t\tv = {_NTOH[f.size]}(v)")
+            body.append(f"\tv = {_NTOH[f.size]}(v)")
         elif not f.signed and bits < 64:
-            body.append(f"\t\tv = v & {(1 << bits) - 1:#x}")
-        if f.kind == "pointer":
-            body.append('\t\treturn sprintf("%x", v)')
-        elif f.signed:
-            body.append('\t\treturn sprintf("%d", v)')
-        else:
-            body.append('\t\treturn sprintf("%u", v)')
-    body += ["\t} catch {", f"\t\t{fault_counter}++", '\t\treturn ""', "\t}"]
-    return name, "\n".join([f"function {name}:string (p:long) {{", *body, "}"])
+            body.append(f"\tv = v & {(1 << bits) - 1:#x}")
+        body.append("\treturn v")
+    return name, "\n".join([f"function {name}:{ret} (p:long) {{", *body, "}"])
 
 
 def field_column_kind(f: Field) -> ColumnKind:
@@ -223,7 +222,9 @@ class _Kernel(Protocol):  # what resolve_probe needs of kbtf.KernelBTF
     def object(self, func: Function) -> BTF: ...
 
 
-def _error(ref: BtfRef, message: str, pos: int, length: int) -> SpecError:
+def _error(ref: BtfRef, message: str, pos: int, length: int) -> SpecError | WhereError:
+    if ref.where_only:  # a member path of --where: marked in the filter
+        return WhereError(message, ref.source, pos, length)
     return SpecError(message, ref.source, pos, length, ref.lineno)
 
 
@@ -298,7 +299,8 @@ def resolve_probe(kb: _Kernel, probe: Probe) -> Probe:
         except BTFError as exc:
             if probe.kind != "entry":  # an entry probe only keeps it for --latency
                 raise _error(ref, str(exc), ref.pos, len(func.name)) from None
-    for ref in probe.btf_refs:
+    fields: list[fieldread.FieldRead] = []
+    for ref in sorted(probe.btf_refs, key=lambda r: r.where_only):
         root, _, steps = btfmod.parse_path(ref.path)
         plan = plans.get(root)
         if plan is None:
@@ -319,21 +321,31 @@ def resolve_probe(kb: _Kernel, probe: Probe) -> Probe:
                 f = obj.resolve_field(param.type, steps, ref.path)
             except btfmod.FieldPathError as exc:
                 raise _error(ref, exc.message, ref.pos + exc.pos, exc.length) from None
-            raise _error(
-                ref,
-                f"{ref.path} resolves (`{f.type_name}` at offset {f.offset}"
-                f"{' after ' + str(len(f.hops)) + ' pointer(s)' if f.hops else ''}), "
-                "but reading member paths is not implemented yet",
-                ref.pos,
-                len(ref.path),
-            )
+            if plan.index is None:
+                raise _error(ref, f"{root}: {plan.why}", ref.pos, len(root))
+            if probe.kind != "entry":
+                raise _error(
+                    ref,
+                    f"{ref.path}: member paths are read at the function's entry; "
+                    f"{probe.label} is a return probe",
+                    ref.pos,
+                    len(ref.path),
+                )
+            if not any(r.path == ref.path for r in fields) or not ref.where_only:
+                fields.append(
+                    fieldread.FieldRead(
+                        None if ref.where_only else ref.column, ref.path, plan.index, f
+                    )
+                )
+            continue
         if plan.arg_type is None or plan.index is None:
             raise _error(ref, f"{root}: {plan.why}", ref.pos, len(root))
         args.append(Arg(ref.column, plan.arg_type, plan.index))
         names = enum_names(obj, next(p.type for p in func.params if p.name == root))
         if names:
             enums.append((ref.column, names))
-    comment = f"# {obj.c_prototype(func)}  (BTF of {func.obj})"
+    comments = [f"# {obj.c_prototype(func)}  (BTF of {func.obj})"]
+    comments += [fieldread.comment(r) for r in fields]
     return dataclasses.replace(
         probe,
         args=tuple(args),
@@ -344,7 +356,8 @@ def resolve_probe(kb: _Kernel, probe: Probe) -> Probe:
         all_params=False,
         ret_from_btf=False,
         ret_typed=ret_typed,
-        comments=(*probe.comments, comment),
+        comments=(*probe.comments, *comments),
+        fields=(*probe.fields, *fields),
     )
 
 

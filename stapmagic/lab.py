@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from stapmagic.errors import LabError
-from stapmagic.targets import kallsyms_symbols
+from stapmagic.targets import kallsyms_symbols, sshmux
 
 __all__ = [
     "LabError",
@@ -858,6 +858,8 @@ def down(log: Log = print) -> None:
                     while _pid_alive(pid) and time.monotonic() < deadline:
                         time.sleep(0.2)
         for root in roots:
+            if _chroot_mounted(root):
+                _end_shared_ssh(root)
             _unmount_chroot(root)
         _state_path().unlink(missing_ok=True)
 
@@ -907,22 +909,75 @@ def stap_argv(require_running: bool = True) -> list[str]:
     """Prefix for a stap command line: compiles in the chroot, runs pass 5 in the guest.
 
     Without `require_running` (a --dry-run) the lab may be down: the line names only the
-    recipe's chroot and the host alias, never the boot's port."""
-    root = Path(_running_state()["root"]) if require_running else _root_dir()
-    return _chroot_argv(root, ["stap", f"--remote=ssh://{HOST_ALIAS}", *STAP_DEFINES])
+    recipe's chroot and the host alias, never the boot's port (nor this process's shared
+    ssh connection)."""
+    stap = ["stap", f"--remote=ssh://{HOST_ALIAS}", *STAP_DEFINES]
+    if not require_running:
+        return _chroot_argv(_root_dir(), stap)
+    root = Path(_running_state()["root"])
+    return _chroot_argv(root, [*_shared_ssh(root), *stap])
 
 
 def client_argv() -> list[str]:
     """Prefix under which a command runs in the lab's chroot: its stap, and its ssh with the
     ``stapmagic-lab`` alias (so ``ssh://stapmagic-lab`` works as a plain ssh target there)."""
-    return _chroot_argv(Path(_running_state()["root"]), [])
+    root = Path(_running_state()["root"])
+    return _chroot_argv(root, _shared_ssh(root))
 
 
 def exec_argv(argv: list[str]) -> list[str]:
     """ssh joins its arguments into one remote shell line, hence the quoting."""
-    state = _running_state()
+    root = Path(_running_state()["root"])
     remote = " ".join(shlex.quote(a) for a in argv)
-    return _chroot_argv(Path(state["root"]), ["ssh", HOST_ALIAS, "--", remote])
+    return _chroot_argv(root, [*_shared_ssh(root), "ssh", HOST_ALIAS, "--", remote])
+
+
+# The chroot's own cache directory and ssh (targets/sshmux.py: one ssh connection per process).
+_CHROOT_CACHE = "/root/.cache"
+_CHROOT_SSH = "/usr/bin/ssh"
+
+
+def ssh_mux(root: Path) -> sshmux.Mux:
+    """This process's shared ssh connection to the guest (made, not started)."""
+    return sshmux.get(
+        ("lab", str(root)),
+        lambda: sshmux.Mux(
+            prefix=tuple(_chroot_argv(root, [])),
+            destination=(HOST_ALIAS,),
+            cache=_CHROOT_CACHE,
+            host_cache=root / _CHROOT_CACHE.lstrip("/"),
+            ssh=_CHROOT_SSH,
+        ),
+    )
+
+
+def _shared_ssh(root: Path) -> list[str]:
+    """env items (after CHROOT_ENV) that route the chroot's ssh, stap's included, through
+    this process's master; starts the master in the background if it is not up (until it
+    listens, ssh connects directly as before)."""
+    mux = ssh_mux(root)
+    try:
+        mux.install()
+    except OSError:
+        return []  # a read-only tree: plain ssh, as before
+    mux.start()
+    path = next(i for i in CHROOT_ENV if i.startswith("PATH="))[len("PATH=") :]
+    return [f"PATH={mux.bin_dir}:{path}", *mux.env_items()]
+
+
+def _end_shared_ssh(root: Path) -> None:
+    """Before the guest goes away: end every stapmagic master to it (any process's)."""
+    sshmux.forget(("lab", str(root)))
+    cache = root / _CHROOT_CACHE.lstrip("/")
+    for sock in sorted((cache / sshmux.SUBDIR).glob("cm-*")):
+        control = f"{_CHROOT_CACHE}/{sshmux.SUBDIR}/{sock.name}"
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            subprocess.run(  # noqa: S603 (argv list, no shell)
+                _chroot_argv(root, sshmux.control_argv(_CHROOT_SSH, "exit", control, [HOST_ALIAS])),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=10,
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -365,6 +365,9 @@ def unregister(ipython: Any) -> None:
     if one_line_cell in transforms:
         transforms.remove(one_line_cell)
     display.uninstall(ipython)
+    from .targets import sshmux
+
+    sshmux.stop_all()  # the shared ssh connections (runs in flight keep theirs)
     for kind in ("line", "cell"):
         for name in ("kprobe", "stap", "kfind"):
             ipython.magics_manager.magics[kind].pop(name, None)

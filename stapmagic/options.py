@@ -440,7 +440,7 @@ OPTIONS: tuple[Option, ...] = (
         ("--where",),
         None,
         "a filter evaluated in the probe: == != < <= > >=, && || !, parentheses, numbers, "
-        '"strings", the spec\'s names, retval, pid tid comm cpu',
+        '"strings", the spec\'s names, member paths (sk->a.b), retval, pid tid comm cpu',
         _text,
         metavar="EXPR",
         magics=KPROBE,

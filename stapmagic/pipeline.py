@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, frames, kbtf, ledger, options, records, runner
+from . import btfspec, diagnose, fieldread, frames, kbtf, ledger, options, records, runner, wire
 from .errors import BTFError, OptionError, SpecError, StapMagicError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -263,6 +263,11 @@ class ProbeRun:
         return self._tag_total("smc", "unpaired")
 
     @property
+    def field_faults(self) -> int:
+        """Member reads (field paths) that faulted: <NA> (or <fault>) in their rows."""
+        return self._tag_total("smc", fieldread.FAULTS_COUNTER)
+
+    @property
     def count_overflow(self) -> int:
         """--count-by events whose key came after the key array was full: not counted."""
         return self._tag_total("smc", "count_overflow")
@@ -282,6 +287,8 @@ class ProbeRun:
                 )
         if self.unpaired:
             notes.append(f"{self.unpaired} returns without a recorded entry were skipped")
+        if self.field_faults:
+            notes.append(f"{self.field_faults} member reads faulted (<NA> in those rows)")
         if self.count_overflow:
             notes.append(
                 f"{self.count_overflow} events with a key past the first "
@@ -480,6 +487,7 @@ def prepare(
     `resolve` replaces the BTF resolution (a replay: the recorded one)."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
+    spec = fieldread.where_refs(spec, opts.where)
     spec = resolve(spec) if resolve is not None else resolve_btf(spec, target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
@@ -542,6 +550,10 @@ def stap_schemas(opts: ProbeOptions) -> tuple[ProbeSchema, ...]:
     return tuple(schemas)
 
 
+FIRST_ROWS_TAG = wire.TAG_PREFIX.encode()
+FIRST_ROWS_TRIES = 5
+
+
 def execute(
     run: ProbeRun,
     *,
@@ -557,15 +569,30 @@ def execute(
     (a replay: recording.Player), so a replay goes through exactly this code.
     """
 
+    # Until the first rows are out, a chunk that completes a line after a record tag is
+    # flushed at once instead of at the next 0.2 s tick (up to 0.2 s off the time to the
+    # first row); at most FIRST_ROWS_TRIES times, so tagged lines that never parse (damage)
+    # are not flushed per chunk.
+    first_pending, tag_seen, tries = True, False, 0
+
     def on_chunk(data: bytes) -> None:
+        nonlocal tag_seen, tries
         if tap is not None:
             tap(data)
         with run.lock:
             run.parser.feed(data)
+        if first_pending and tries < FIRST_ROWS_TRIES:
+            tag_seen = tag_seen or FIRST_ROWS_TAG in data
+            if tag_seen and b"\n" in data:
+                tries += 1
+                tick()
 
     def tick() -> None:
+        nonlocal first_pending
         with run.lock:
             batch = run.parser.flush()
+        if batch.rows:
+            first_pending = False
         run.note_batch(batch)
         if on_batch is not None:
             on_batch(run, batch, False)

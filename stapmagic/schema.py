@@ -29,10 +29,17 @@ class Column:
 
     kind: "int" (`%d`, int64), "uint" (`%u`, uint64), "hex" (`%x` without 0x, uint64),
     "str" (text_str-escaped string), "errno" (errno name or empty; empty -> None).
+    nullable: a numeric field that may be `wire.NA_FIELD` (a member read that faulted):
+    its column is Int64/UInt64 with <NA> there.
     """
 
     name: str
     kind: ColumnKind
+    nullable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.nullable and self.kind not in ("int", "uint", "hex"):
+            raise ValueError(f"{self.name}: only a numeric column can be nullable")
 
 
 @dataclass(frozen=True)

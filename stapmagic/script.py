@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from . import selfskip, wire
+from . import btfspec, fieldread, selfskip, wire
 from . import where as where_mod
 from .errors import OptionError, SpecError
 
@@ -331,6 +331,9 @@ def _check_probe(probe: Probe) -> None:
             raise SpecError(f"bad argument {arg!r}", probe.text)
         if arg.name is not None and not _ARG_NAME.fullmatch(arg.name):
             raise SpecError(f"bad argument name {arg.name!r}", probe.text)
+    fieldread.check(probe.fields, probe.text)
+    if probe.fields and probe.kind != "entry":
+        raise SpecError("member paths are read at a function's entry only", probe.text)
 
 
 def module_statement_probe(probe: Probe, address: int) -> Probe:
@@ -355,6 +358,7 @@ def module_statement_probe(probe: Probe, address: int) -> Probe:
 def schema_for(probe: Probe, opts: ScriptOptions) -> ProbeSchema:
     """The record fields `generate` prints for `probe`, in record order."""
     cols = [Column(a.name, _KIND[a.type]) for a in probe.args if a.name is not None]
+    cols += [r.schema_column() for r in probe.fields if r.column is not None]
     if probe.kind != "entry" and probe.rettype is not None:
         cols.append(Column("retval", _KIND[probe.rettype]))
         if probe.rettype in _SIGNED_RET:
@@ -567,7 +571,7 @@ def _tail(
     return out
 
 
-def _where(probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> list[str]:
+def _where(idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> list[str]:
     """`if (!(EXPR)) next` for --where, over this probe's names (read into locals first)."""
     if opts.where is None:
         return []
@@ -584,37 +588,59 @@ def _where(probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> list[str]:
             names[a.name] = where_mod.Operand(f"a{a.index}", kind)
     if probe.kind == "return":
         names["retval"] = where_mod.Operand("rv", "int")
+    na_tests: dict[str, str] = {}  # operand -> the test that its member read faulted
+    for n, r in _numbered(idx, probe):
+        operand, na = fieldread.where_operands(n, r)
+        for key in (r.path, r.column):
+            if key is not None and key not in names:
+                names[key] = operand
+        if na is not None:
+            na_tests[operand.expr] = na
+    used: list[str] = []
 
     def resolve(text: str, pos: int) -> where_mod.Operand:
         if text in names:
+            if names[text].expr in na_tests and names[text].expr not in used:
+                used.append(names[text].expr)
             return names[text]
         known = ", ".join([*names, *where_mod.BUILTINS]) or "none"
         what = "a member path" if ("->" in text or "." in text) else "a name"
         raise where_mod.WhereError(
-            f"{text} is not {what} {probe.label} reads (its names: "
-            f"{known}); member paths are not readable yet",
+            f"{text} is not {what} {probe.label} reads (its names: {known})",
             "",
             pos,
             len(text),
         )
 
-    return [f"if (!({where_mod.compile_where(opts.where, resolve)})) next  # --where"]
+    test = where_mod.compile_where(opts.where, resolve)
+    faulted = [f"if ({na_tests[e]}) next  # --where reads a member that faulted" for e in used]
+    return faulted + [f"if (!({test})) next  # --where"]
+
+
+def _numbered(idx: int, probe: Probe) -> list[tuple[int, fieldread.FieldRead]]:
+    """The probe's member reads with their script-wide numbers (`__sm_fieldN`, `fN`)."""
+    return [(idx * fieldread.MAX_PER_PROBE + j, r) for j, r in enumerate(probe.fields)]
 
 
 def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=False)
     before, after = _count(opts)
-    keep = _where(probe, opts, agg)
+    keep = _where(idx, probe, opts, agg)
     body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else [])
     if not keep:
         body += before
     fields: list[tuple[str, str]] = []
     reads = _reads(probe, agg)
-    if reads:
+    if reads or probe.fields:
         body.append("asmlinkage()")
     for arg in reads:
         body.append(f"a{arg.index} = {_reader(arg.type, arg.index, opts.string_max)}")
         fields.append((_FORMAT[_KIND[arg.type]], f"a{arg.index}"))
+    for n, r in _numbered(idx, probe):
+        lines, fmt = fieldread.handler(n, idx, r)
+        body += lines
+        if r.column is not None:
+            fields.append((fmt, f"f{n}"))
     if keep:  # -n counts the events the filter keeps
         body += keep + before
     w.probe(comments, point, body + _tail(idx, fields, opts, agg) + after)
@@ -623,7 +649,7 @@ def _entry(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | 
 def _return(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | None) -> None:
     comments, point = _probe_point(probe, ret=True)
     before, after = _count(opts)
-    keep = _where(probe, opts, agg)
+    keep = _where(idx, probe, opts, agg)
     rbody, fields = _retval_fields(probe)
     body = _guards(opts) + (["now = gettimeofday_ns()"] if agg is None else [])
     if not keep:
@@ -645,6 +671,11 @@ def _pair(w: _Writer, idx: int, probe: Probe, opts: ScriptOptions, agg: _Agg | N
     """Entry stores time and arguments under [tid, depth]; the return pops its own depth, so
     recursion pairs each return with its own entry. A return without a stored entry (the call
     began before the probes, or its slot was overwritten) is counted, never a row."""
+    if probe.fields:
+        raise OptionError(
+            f"{probe.label}: member paths are read at the entry; they do not combine with "
+            "--latency or .call+return yet"
+        )
     p = f"__sm_p{idx}"
     reads = _reads(probe, agg)
     comments, point = _probe_point(probe, ret=False)
@@ -839,14 +870,21 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
             ]
     # the ledger's per-probe count (a statistic: per-CPU, no lock in the handler)
     globals_ += [f"global __sm_f{i}" for i in range(len(spec.probes))]
+    with_fields = [i for i, p in enumerate(spec.probes) if p.fields]
+    globals_ += [f"global __sm_faults{i}  # member reads that faulted (<<< 1)" for i in with_fields]
     if opts.skip_self:
         globals_.append(selfskip.global_line())
     w.add("", *globals_)
     if opts.skip_self:
         w.probe(selfskip.begin_comments(), "begin", selfskip.begin_body())
     read_types = {a.type for p, agg in zip(spec.probes, aggs, strict=True) for a in _reads(p, agg)}
+    if any(r.field.kind == "string" for p in spec.probes for r in p.fields):
+        read_types.add("cstr")
     if read_types & {"str", "ustr", "cstr"}:
         w.add(*string_helpers(cstr="cstr" in read_types))
+    for i in with_fields:
+        for n, r in _numbered(i, spec.probes[i]):
+            w.add("", btfspec.field_function(n, r.field, opts.string_max)[1])
     for idx, probe in enumerate(spec.probes):
         {"entry": _entry, "return": _return, "pair": _pair}[probe.kind](
             w, idx, probe, opts, aggs[idx]
@@ -882,6 +920,16 @@ def generate(spec: Spec, opts: ScriptOptions) -> Script:
         "end",
         [f'warn(sprintf("{fired % i}", @count(__sm_f{i})))' for i in range(len(spec.probes))],
     )
+    if with_fields:
+        counter = fieldread.FAULTS_COUNTER
+        w.probe(
+            [],
+            "end",
+            [
+                f'printf("{COUNTER_TAG}\\t{counter}\\t{i}\\t%d\\t@@\\n", @count(__sm_faults{i}))'
+                for i in with_fields
+            ],
+        )
     text = "\n".join(w.lines) + "\n"
     schemas = tuple(schema_for(p, opts) for p in spec.probes)
     aggregate = None

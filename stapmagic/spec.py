@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from . import btf as btf_path
 from .errors import SpecError
 from .wire import PRINT_REGS_COLUMNS
+
+if TYPE_CHECKING:
+    from .fieldread import FieldRead
 
 __all__ = [
     "ARG_TYPES",
@@ -124,6 +127,7 @@ class BtfRef:
     pos: int
     source: str
     lineno: int
+    where_only: bool = False  # a member path only --where reads (no column)
 
     @property
     def is_field(self) -> bool:
@@ -155,6 +159,7 @@ class Probe:
     enums: tuple[tuple[str, tuple[tuple[int, str], ...]], ...] = ()
     lineno: int = 1  # the probe's line in the cell, for errors found after parsing
     comments: tuple[str, ...] = ()  # put in the script (--dry-run shows them)
+    fields: tuple[FieldRead, ...] = ()  # member paths, resolved from BTF (fieldread.py)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ __all__ = [
     "parse_fired",
     "END_TAG",
     "FIELD_SEP",
+    "NA_FIELD",
     "RECORD_FIELDS",
     "PRINT_REGS_COLUMNS",
     "U_REGISTERS",
@@ -67,6 +68,9 @@ WARN_PREFIX = "WARNING: "
 END_TAG = "@@"  # the last field of a record and of the one-line tags
 TAG_PREFIX = "@@sm"  # what every tag above starts with (diagnose.py cuts there)
 FIELD_SEP = "\t"
+# A numeric field with no value (a member read that faulted), in a column the schema marks
+# nullable: no %d/%u/%x prints it, so elsewhere it is damage.
+NA_FIELD = "?"
 # A record's fields before the probe's own (DESIGN.md): idx is the probe index.
 RECORD_FIELDS: tuple[str, ...] = ("idx", "time", "pid", "tid", "cpu", "comm")
 
@@ -80,6 +84,7 @@ SUMMARY_TAG_B = (SUMMARY_TAG + FIELD_SEP).encode()
 COUNTER_TAG_B = (COUNTER_TAG + FIELD_SEP).encode()
 KEYS_TAG_B = (KEYS_TAG + FIELD_SEP).encode()
 SEP_B = FIELD_SEP.encode()
+NA_FIELD_B = NA_FIELD.encode()
 END_B = END_TAG.encode()
 
 # The field kinds as _recscan.scan() takes them (one byte each).
@@ -411,6 +416,13 @@ _FORMATTERS: dict[str, Callable[[FieldValue], bytes]] = {
 }
 
 
+def _fmt_na(fmt: Callable[[FieldValue], bytes]) -> Callable[[FieldValue], bytes]:
+    def f(v: FieldValue) -> bytes:
+        return NA_FIELD_B if v is None else fmt(v)
+
+    return f
+
+
 _FORMATTER_CACHE: dict[int, tuple[ProbeSchema, tuple[Callable[[FieldValue], bytes], ...]]] = {}
 
 
@@ -418,7 +430,9 @@ def _formatters(schema: ProbeSchema) -> tuple[Callable[[FieldValue], bytes], ...
     hit = _FORMATTER_CACHE.get(id(schema))
     if hit is not None and hit[0] is schema:
         return hit[1]
-    fmts = tuple(_FORMATTERS[c.kind] for c in schema.columns)
+    fmts = tuple(
+        _fmt_na(_FORMATTERS[c.kind]) if c.nullable else _FORMATTERS[c.kind] for c in schema.columns
+    )
     if len(_FORMATTER_CACHE) > 256:
         _FORMATTER_CACHE.clear()
     _FORMATTER_CACHE[id(schema)] = (schema, fmts)
@@ -530,7 +544,12 @@ def parse_record(line: bytes, schemas: Sequence[ProbeSchema]) -> ParsedRecord | 
         tid = _int_field(parts[4])
         cpu = _int_field(parts[5])
         comm = unescape_text(parts[6])
-        vals = tuple(_parse_field(parts[7 + j], c.kind) for j, c in enumerate(cols))
+        vals = tuple(
+            None
+            if c.nullable and parts[7 + j] == NA_FIELD_B
+            else _parse_field(parts[7 + j], c.kind)
+            for j, c in enumerate(cols)
+        )
     except (ValueError, IndexError):
         return None
     return ParsedRecord(idx, time_ns, pid, tid, cpu, comm, vals)

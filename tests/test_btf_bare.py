@@ -288,3 +288,48 @@ def test_a_target_that_cannot_answer_leaves_seed_cells_alone(monkeypatch):
     assert columns(prepare("tcp_v4_connect")) == []
     with pytest.raises(LabError):
         prepare("tcp_v4_connect addr_len")
+
+
+def test_recorded_member_paths_replay_without_the_target(
+    ip,
+    fake,  # noqa: F811
+    no_stap,  # noqa: F811
+    lab_btf,
+    monkeypatch,
+):
+    cell = (
+        "%%kprobe -q --{} r.jsonl --where 'sk->__sk_common.skc_family == 2' "
+        "tcp_v4_connect dport=sk->__sk_common.skc_dport"
+    )
+    assert run_cell(ip, cell.format("record")) is None
+    recorded = ip.user_ns["_kprobe"].script_text
+    assert "dport" in recorded
+
+    def forbidden(target, modules):
+        raise AssertionError("a replay asked the target for its BTF")
+
+    monkeypatch.setattr(pipeline, "target_btf", forbidden)
+    no_stap()
+    assert run_cell(ip, cell.format("replay")) is None
+    assert ip.user_ns["_kprobe"].script_text == recorded
+
+
+def test_a_damaged_member_read_is_refused(tmp_path):
+    import json
+
+    from stapmagic import recording
+
+    field = {"text": "sk->x", "hops": [], "offset": 12, "size": 2, "kind": "code",
+             "signed": False, "type_name": "__be16", "bit_offset": None, "bit_size": None,
+             "big_endian": True, "length": 0, "enumerators": []}  # fmt: skip
+    header = recording.Header(
+        kind="kprobe", spec="f", options={}, script="s", argv=["stap"], target="local",
+        kernel_release="k", stap_version="v", started=0.0,
+        btf=[{"label": "f", "args": [], "rettype": None, "ret_typed": False, "notes": [],
+              "comments": [], "enums": [],
+              "fields": [{"column": "x", "path": "sk->x", "index": 1, "field": field}]}],
+    )  # fmt: skip
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(header.to_json()) + "\n")
+    with pytest.raises(ReplayError, match="a member read must be"):
+        recording.load(path)

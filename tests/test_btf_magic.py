@@ -80,11 +80,6 @@ def test_seed_style_needs_no_btf(ip, capsys, no_btf):
         ("tcp_v4_connect sk->__sk_common.skc_dportt", "did you mean skc_dport", "skc_dportt"),
         ("tcp_v4_connect sk->__sk_common->skc_dport", "which is not a pointer", "->skc"),
         (
-            "tcp_v4_connect dport=sk->__sk_common.skc_dport",
-            "reading member paths is not implemented yet",
-            "sk->__sk_common.skc_dport",
-        ),
-        (
             "tcp_v4_connectt addr_len",
             "tcp_v4_connectt is not in the kernel's BTF (did you mean tcp_v4_connect",
             "tcp_v4_connectt",

@@ -67,54 +67,44 @@ def _field(func: str, path: str) -> btf.Field:
 
 def test_be16_reader():
     _, text = btfspec.field_function(
-        0, _field("tcp_finish_connect", "sk->__sk_common.skc_dport"), 64, "__sm_faults"
+        0, _field("tcp_finish_connect", "sk->__sk_common.skc_dport"), 64
     )
+    # no try here: the handler catches a fault (fieldread.py), so the field can be NA
     assert text == "\n".join(
         [
-            "function __sm_field0:string (p:long) {",
-            "\ttry {",
-            "\t\tv = kernel_short(p + 12)",
-            "\t\tv = ntohs(v)",
-            '\t\treturn sprintf("%u", v)',
-            "\t} catch {",
-            "\t\t__sm_faults++",
-            '\t\treturn ""',
-            "\t}",
+            "function __sm_field0:long (p:long) {",
+            "\tv = kernel_short(p + 12)",
+            "\tv = ntohs(v)",
+            "\treturn v",
             "}",
         ]
     )
 
 
 def test_pointer_hops_and_strings():
-    _, text = btfspec.field_function(
-        3, _field("vfs_open", "path->dentry->d_name.name"), 100, "__sm_faults"
-    )
-    assert (
-        "\t\tp = kernel_pointer(p + 8)\n\t\treturn __sm_cstr(kernel_pointer(p + 40), 100)" in text
-    )
-    _, arr = btfspec.field_function(1, _field("vfs_open", "path->dentry->d_iname"), 100, "c")
+    _, text = btfspec.field_function(3, _field("vfs_open", "path->dentry->d_name.name"), 100)
+    assert "\tp = kernel_pointer(p + 8)\n\treturn __sm_cstr(kernel_pointer(p + 40), 100)" in text
+    assert text.startswith("function __sm_field3:string (p:long) {")
+    _, arr = btfspec.field_function(1, _field("vfs_open", "path->dentry->d_iname"), 100)
     assert "text_str(kernel_string_n(p + 56, 40))" in arr
 
 
 def test_bitfield_reader_masks_and_shifts():
-    _, text = btfspec.field_function(0, _field("tcp_v4_rcv", "skb->fclone"), 64, "f")
-    assert "v = kernel_char(p + 126)\n\t\tv = (v >> 2) & 0x3\n" in text
-    assert 'sprintf("%u", v)' in text
+    _, text = btfspec.field_function(0, _field("tcp_v4_rcv", "skb->fclone"), 64)
+    assert "v = kernel_char(p + 126)\n\tv = (v >> 2) & 0x3\n\treturn v\n" in text
 
 
 def test_unsigned_ints_are_masked_signed_are_not():
-    _, fam = btfspec.field_function(
-        0, _field("tcp_v4_connect", "sk->__sk_common.skc_family"), 64, "f"
-    )
+    _, fam = btfspec.field_function(0, _field("tcp_v4_connect", "sk->__sk_common.skc_family"), 64)
     assert "v = v & 0xffff" in fam
-    _, err = btfspec.field_function(0, _field("tcp_v4_connect", "sk->sk_err"), 64, "f")
-    assert "v = v &" not in err and 'sprintf("%d", v)' in err
+    _, err = btfspec.field_function(0, _field("tcp_v4_connect", "sk->sk_err"), 64)
+    assert "v = v &" not in err and "\treturn v\n" in err
 
 
-@pytest.mark.parametrize("counter", ["a b", "x;y", "1x", ""])
-def test_reader_names_are_checked(counter):
+@pytest.mark.parametrize("n", [-1, 1 << 20, "1;x", True])
+def test_reader_numbers_are_checked(n):
     with pytest.raises(BTFError):
-        btfspec.field_function(0, _field("tcp_v4_connect", "sk->sk_err"), 64, counter)
+        btfspec.field_function(n, _field("tcp_v4_connect", "sk->sk_err"), 64)
 
 
 def test_cstr_picks_the_reader_by_address():

@@ -32,6 +32,7 @@ def test_c_scanner_source_spells_the_wire() -> None:
     assert c_string(c_define("END_TAG")) == wire.END_TAG
     assert c_string(c_define("FIELD_SEP")) == wire.FIELD_SEP
     assert c_string(c_define("FIELD_SEP_STR")) == wire.FIELD_SEP
+    assert c_string(c_define("NA_FIELD")) == wire.NA_FIELD
     codes = c_string(c_define("KIND_CODES"))
     assert codes.encode() == b"".join(wire.SCAN_KIND_CODES[k] for k in schema.COLUMN_KINDS)
     enum = dict(re.findall(r"K_([A-Z]+) = '(.)'", C_SOURCE))
@@ -45,6 +46,7 @@ def test_built_scanner_has_the_wire_constants() -> None:
     rs = pytest.importorskip("stapmagic._recscan")
     assert rs.RECORD_PREFIX.encode() == wire.RECORD_PREFIX_B
     assert rs.END_TAG == wire.END_TAG and rs.FIELD_SEP == wire.FIELD_SEP
+    assert rs.NA_FIELD == wire.NA_FIELD
     assert rs.KIND_CODES.encode() == b"".join(wire.SCAN_KIND_CODES[k] for k in schema.COLUMN_KINDS)
 
 

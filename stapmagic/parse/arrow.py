@@ -263,6 +263,8 @@ class ArrowEngine:
             if kind in ("int", "uint"):
                 fields.append(_np_chunks(col))
             elif kind == "hex":
+                if shape.nullable[j] and pc.any(pc.equal(col, wire.NA_FIELD_B)).as_py():
+                    raise ArrowReject("NA field")  # the reference engine reads it
                 parts = [_hex_chunk(ch) for ch in col.chunks]
                 fields.append([p[0] for p in parts])
                 mark([p[1] for p in parts])

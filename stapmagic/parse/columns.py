@@ -238,6 +238,10 @@ class ColumnStore:
         if s in ("int64", "uint64", "str"):
             return chunk
         if s in ("Int64", "UInt64"):
+            if isinstance(chunk, pa.Array):  # a nullable field (wire.NA_FIELD -> null)
+                dt = np.int64 if s == "Int64" else np.uint64
+                values = chunk.fill_null(0).to_numpy(zero_copy_only=False).astype(dt, copy=False)
+                return (values, chunk.is_null().to_numpy(zero_copy_only=False))
             return (chunk, np.zeros(len(chunk), dtype=np.bool_))
         if isinstance(chunk, pa.Array):
             return np.array(chunk.to_pylist(), dtype=object)
@@ -465,6 +469,19 @@ class Columns:
         store = st.store
         if not contrib:
             return st.missing(n)
+        if store in ("Int64", "UInt64") and any(isinstance(v, pa.Array) for _, v in contrib):
+            # nullable fields: values and NA mask per contribution, then placed like below
+            dt = np.int64 if store == "Int64" else np.uint64
+            values = np.zeros(n, dtype=dt)
+            na = np.ones(n, dtype=np.bool_)
+            for pos, v in contrib:
+                vals, vna = st.adapt(v)
+                where = slice(None) if pos is None else pos
+                values[where] = vals
+                na[where] = vna
+            if order is not None:
+                values, na = values[order], na[order]
+            return (values, na)
         if store in ("int64", "uint64", "Int64", "UInt64"):
             dt = np.int64 if store in ("int64", "Int64") else np.uint64
             if len(contrib) == 1 and contrib[0][0] is None:

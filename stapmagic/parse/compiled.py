@@ -80,8 +80,9 @@ class CompiledEngine:
             else out(c.name, np.dtype(np.int64 if k == "int" else np.uint64))
             for c, k in zip(cols, shape.kinds, strict=True)
         ]
+        nulls = [np.empty(nrows, dtype=np.uint8) if n else None for n in shape.nullable]
         raw = scanner.scan(
-            buf, shape.scan_kinds, shape.probe_ok, nrows, idx, t, pid, tid, cpu, comm, fields
+            buf, shape.scan_kinds, shape.probe_ok, nrows, idx, t, pid, tid, cpu, comm, fields, nulls
         )
         if raw is None:
             return None
@@ -89,8 +90,10 @@ class CompiledEngine:
             comm_vals = decoded(raw[0], wire._unescape_cached)
             values = iter(raw[1:])
             chunks: list[Chunk] = []
-            for f, k in zip(fields, shape.kinds, strict=True):
-                if k == "errno":
+            for f, k, na in zip(fields, shape.kinds, nulls, strict=True):
+                if na is not None and na.any():  # wire.NA_FIELD: null, as the reference has it
+                    chunks.append(pa.array(f, mask=na.view(np.bool_)))
+                elif k == "errno":
                     chunks.append(decoded(next(values), errno_decode)[f])
                 elif k == "str":
                     strs = pa.array(decoded(next(values), wire._unescape_cached), type=pa.string())

@@ -39,9 +39,12 @@ class Shape:
     types: dict[str, Any] = field(default_factory=dict)  # their pyarrow types
     scan_kinds: bytes = b""  # the kinds as _recscan.scan takes them
     probe_ok: bytes = b""  # per probe index: 1 if the probe has this shape
+    nullable: tuple[bool, ...] = ()  # per field: may be wire.NA_FIELD
 
 
-def make_shape(kinds: tuple[ColumnKind, ...], probes: list[int]) -> Shape:
+def make_shape(
+    kinds: tuple[ColumnKind, ...], probes: list[int], nullable: tuple[bool, ...] = ()
+) -> Shape:
     # tag and end are read as bool with true_values [RECORD_TAG] and false_values [END_TAG]:
     # anything else in them is a conversion error, and checking costs nothing.
     names = ["tag", *wire.RECORD_FIELDS]
@@ -58,13 +61,22 @@ def make_shape(kinds: tuple[ColumnKind, ...], probes: list[int]) -> Shape:
     }
     for j, k in enumerate(kinds):
         types[f"f{j}"] = _ARROW_KIND_TYPES[k]
+    # The compiled scanner reads wire.NA_FIELD in the nullable fields; pyarrow's integer
+    # reader rejects it (such a batch then goes to the reference engine).
     return Shape(
-        kinds, probes, names, types, scan_kinds=b"".join(wire.SCAN_KIND_CODES[k] for k in kinds)
+        kinds,
+        probes,
+        names,
+        types,
+        scan_kinds=b"".join(wire.SCAN_KIND_CODES[k] for k in kinds),
+        nullable=nullable or (False,) * len(kinds),
     )
 
 
-def store_for(kinds: set[str], full: bool) -> Store:
-    """The store of an output column whose fields have `kinds` (in every probe: full)."""
+def store_for(kinds: set[str], full: bool, nullable: bool = False) -> Store:
+    """The store of an output column whose fields have `kinds` (in every probe: full;
+    nullable: some may be NA)."""
+    full = full and not nullable
     if kinds <= {"int"}:
         return "int64" if full else "Int64"
     if kinds <= {"uint", "hex"}:
@@ -91,6 +103,7 @@ class Plan:
 
         kinds_by_name: dict[str, set[str]] = {}
         count_by_name: dict[str, int] = {}
+        nullable_names: set[str] = set()
         order: list[str] = []
         for s in schemas:
             seen: set[str] = set()
@@ -105,6 +118,8 @@ class Plan:
                     kinds_by_name[c.name] = set()
                     count_by_name[c.name] = 0
                 kinds_by_name[c.name].add(c.kind)
+                if c.nullable:
+                    nullable_names.add(c.name)
                 count_by_name[c.name] += 1
         self.stores: dict[str, Store] = {
             "time": "time",
@@ -116,7 +131,7 @@ class Plan:
         }
         for name in order:
             full = count_by_name[name] == len(schemas)
-            self.stores[name] = store_for(kinds_by_name[name], full)
+            self.stores[name] = store_for(kinds_by_name[name], full, name in nullable_names)
         self.field_names = order
         # per probe: output column name -> field position
         self.field_pos = [{c.name: j for j, c in enumerate(s.columns)} for s in schemas]
@@ -131,15 +146,16 @@ class Plan:
             [s.print_regs for s in schemas] or [False], dtype=np.bool_
         )
 
-        shapes: dict[tuple[ColumnKind, ...], int] = {}
+        shapes: dict[tuple[tuple[ColumnKind, ...], tuple[bool, ...]], int] = {}
         self.shape_of = np.zeros(max(1, len(schemas)), dtype=np.int64)
         self.shapes: list[Shape] = []
         for i, s in enumerate(schemas):
             kinds = tuple(c.kind for c in s.columns)
-            if kinds not in shapes:
-                shapes[kinds] = len(self.shapes)
-                self.shapes.append(make_shape(kinds, []))
-            self.shapes[shapes[kinds]].probes.append(i)
-            self.shape_of[i] = shapes[kinds]
+            key = (kinds, tuple(c.nullable for c in s.columns))
+            if key not in shapes:
+                shapes[key] = len(self.shapes)
+                self.shapes.append(make_shape(kinds, [], key[1]))
+            self.shapes[shapes[key]].probes.append(i)
+            self.shape_of[i] = shapes[key]
         for sid, shape in enumerate(self.shapes):
             shape.probe_ok = bytes(int(s == sid) for s in self.shape_of[: len(schemas)])

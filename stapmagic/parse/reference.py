@@ -39,7 +39,9 @@ class ReferenceEngine:
         fields: list[list[Chunk]] = []
         for j, kind in enumerate(shape.kinds):
             vals = [r.fields[j] for r in recs]
-            if kind == "int":
+            if shape.nullable[j]:  # None where the field was wire.NA_FIELD
+                fields.append([pa.array(vals, type=pa.int64() if kind == "int" else pa.uint64())])
+            elif kind == "int":
                 fields.append([np.array(vals, dtype=np.int64).reshape(n)])
             elif kind in ("uint", "hex"):
                 fields.append([np.array(vals, dtype=np.uint64).reshape(n)])

@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import labutil
 import pytest
@@ -180,6 +181,16 @@ def inject_when_quiet(
     return thread
 
 
+@pytest.fixture(autouse=True)
+def _shared_ssh_up(request):
+    """The session's shared ssh connection (targets/sshmux.py) is up before a run starts, as
+    after any earlier cell: while it starts, its ssh is this process's child, and it is
+    neither stap's transport nor a leftover of the run."""
+    if "lab" in request.fixturenames or "cell" in request.fixturenames:
+        labmod = request.getfixturevalue("lab")  # skips or fails first when the lab is down
+        labmod.ssh_mux(Path(labmod._running_state()["root"])).start(wait=True)
+
+
 def stap_process() -> int:
     stap = [pid for pid, comm in host_descendants() if comm == "stap"]
     assert len(stap) == 1, host_descendants()
@@ -247,7 +258,9 @@ def test_transport_lost_at_the_handshake_is_an_error_not_an_empty_result(lab):
     killed = None
     deadline = time.monotonic() + 60
     while killed is None and run.running and time.monotonic() < deadline:
-        ssh = [pid for pid, comm in host_descendants() if comm == "ssh"]
+        # stap's own ssh (not the shared connection's master while it starts)
+        stap = [pid for pid, comm in host_descendants() if comm == "stap"]
+        ssh = [pid for pid, comm in host_descendants(stap[0]) if comm == "ssh"] if stap else []
         if ssh:
             os.kill(ssh[0], signal.SIGKILL)
             killed = ssh[0]

@@ -16,6 +16,7 @@ import gc
 import os
 import threading
 import time
+from pathlib import Path
 
 from test_faults import (
     assert_guest_clean,
@@ -96,6 +97,9 @@ def one_run(n: int) -> pipeline.ProbeRun:
 
 def test_repeated_runs_leak_nothing(lab):
     assert RUNS >= 2 * STOP_EVERY, f"STAPMAGIC_SOAK_RUNS={RUNS}: at least {2 * STOP_EVERY} runs"
+    # the session's shared ssh connection is up before the first run, as after any earlier
+    # cell: its starting thread and ssh are the session's, not leftovers of a run
+    lab.ssh_mux(Path(lab._running_state()["root"])).start(wait=True)
     t0 = time.monotonic()
     base_threads = threading.active_count()
     hashes: dict[bool, str] = {}  # the -c command is part of stap's module hash
