@@ -333,3 +333,28 @@ def aggregation(table: Table, summary: Summary) -> list[str]:
             summary.append(("aggregation", f"per-hit cost: records / {other}", f"{r:.2f}x", ""))
             lines.append(f"per_hit_magic_vs_{key}={r:.2f}")
     return lines
+
+
+def fleet(table: Table, summary: Summary) -> None:
+    """The cost of a second host (bench/fleet.py): fleet / single, first row and per hit."""
+    from bench import fleet as F
+
+    _start(table)
+    res = F.run(out=lambda s: print("  " + s))
+    single, many = res[F.TARGETS[0]], res[F.TARGETS[1]]
+
+    def firsts(r: dict[str, Any]) -> list[float]:
+        return [f["first_row"] for f in r["first"] if f["first_row"] is not None]
+
+    def hits(r: dict[str, Any]) -> list[float]:
+        return [x for h in r["hit"] for x in h["per_hit_us"]]
+
+    f1, f2 = L.med(firsts(single)), L.med(firsts(many))
+    h1, h2 = L.med(hits(single)), L.med(hits(many))
+    rows = [
+        ["first row, module cached (median)", L.fmt_s(f1), L.fmt_s(f2), L.ratio(f2, f1)],
+        ["per hit, dd's time / hits (median, us)", f"{h1:.1f}", f"{h2:.1f}", L.ratio(h2, h1)],
+    ]
+    print(table(rows, ["", "lab", "lab,lab:b", "fleet / single"]))
+    summary.append(("fleet", "first row: two hosts / one", L.ratio(f2, f1), f"{f1:.2f} s single"))
+    summary.append(("fleet", "per hit: two hosts / one", L.ratio(h2, h1), f"{h1:.1f} us single"))

@@ -239,6 +239,14 @@ def bench_aggregation() -> None:
     _lab("aggregation")
 
 
+@register(
+    "fleet",
+    "issue 16 (lab, guest b up): a second host's cost, first row and per hit, lab,lab:b / lab",
+)
+def bench_fleet() -> None:
+    _lab("fleet")
+
+
 DEFAULT_ALL = ["ingest"]
 
 

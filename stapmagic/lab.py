@@ -65,6 +65,9 @@ Log = Callable[[str], object]
 SUITE = "trixie"
 ARCH = "amd64"
 HOST_ALIAS = "stapmagic-lab"
+# The default guest; others (``up --name b``) boot the same image through a qcow2 overlay.
+DEFAULT_GUEST = "lab"
+GUEST_NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 # Bump when lab.py changes what ends up in the tree in a way the labfiles do not capture.
 RECIPE_VERSION = "1"
 LABFILES = Path(__file__).resolve().parent / "labfiles"
@@ -96,6 +99,7 @@ INSTALL_HINT = (
 HOST_TOOLS = {
     "debootstrap": "debootstrap",
     "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
     "mkfs.ext4": "e2fsprogs",
     "chroot": "coreutils",
     "mount": "mount",
@@ -144,12 +148,36 @@ def _logs_dir() -> Path:
     return _recipe_dir() / "logs"
 
 
-def _state_path() -> Path:
-    return cache_root() / "state.json"
+def check_guest(name: str) -> str:
+    if not GUEST_NAME.fullmatch(name):
+        raise LabError(f"guest name {name!r}: expected a lowercase letter, then letters or digits")
+    return name
 
 
-def _run_dir() -> Path:
-    return cache_root() / "run"
+def guest_alias(name: str = DEFAULT_GUEST) -> str:
+    """The ssh host alias of a guest inside the chroot (stap's --remote=ssh://ALIAS)."""
+    return HOST_ALIAS if name == DEFAULT_GUEST else f"{HOST_ALIAS}-{check_guest(name)}"
+
+
+def _state_path(name: str = DEFAULT_GUEST) -> Path:
+    if name == DEFAULT_GUEST:
+        return cache_root() / "state.json"
+    return cache_root() / f"state-{check_guest(name)}.json"
+
+
+def _run_dir(name: str = DEFAULT_GUEST) -> Path:
+    return cache_root() / ("run" if name == DEFAULT_GUEST else f"run-{check_guest(name)}")
+
+
+def guests() -> list[str]:
+    """Every guest with a state file (the default first)."""
+    names = [DEFAULT_GUEST] if _state_path().is_file() else []
+    if cache_root().is_dir():
+        for f in sorted(cache_root().glob("state-*.json")):
+            name = f.name[len("state-") : -len(".json")]
+            if GUEST_NAME.fullmatch(name):
+                names.append(name)
+    return names
 
 
 def _stage_marker(stage: str) -> Path:
@@ -614,8 +642,23 @@ def build(force: bool = False, log: Log = print) -> Path:
 
 def _write_ssh_config(root: Path, port: int) -> None:
     ssh_dir = root / "root/.ssh"
-    cfg = f"""# Written by stapmagic.lab at boot: the forwarded port changes every time.
-Host {HOST_ALIAS}
+    cfg = "# Written by stapmagic.lab at boot: the forwarded port changes every time.\n"
+    cfg += _host_block(HOST_ALIAS, port)
+    tmp = ssh_dir / "config.tmp"
+    tmp.write_text(cfg)
+    tmp.chmod(0o600)
+    tmp.rename(ssh_dir / "config")
+
+
+def _guest_ssh_config_path(root: Path, name: str) -> Path:
+    # The default guest's boot rewrites /root/.ssh/config whole; other guests' aliases live in
+    # ssh_config.d (Debian's ssh_config includes it), so neither boot erases the other.
+    return root / "etc/ssh/ssh_config.d" / f"stapmagic-lab-{check_guest(name)}.conf"
+
+
+def _host_block(alias: str, port: int) -> str:
+    # Every guest boots the same image: the same login key and the same pinned host key.
+    return f"""Host {alias}
     HostName 127.0.0.1
     Port {port}
     User root
@@ -632,16 +675,29 @@ Host {HOST_ALIAS}
     ServerAliveCountMax 8
     LogLevel ERROR
 """
-    tmp = ssh_dir / "config.tmp"
-    tmp.write_text(cfg)
-    tmp.chmod(0o600)
-    tmp.rename(ssh_dir / "config")
 
 
-def _ssh_ok(root: Path, timeout: float = 20.0) -> bool:
+def guest_ssh_config(name: str, port: int) -> str:
+    """An extra guest's alias."""
+    head = f"# Written by stapmagic.lab at boot of guest {name}: the forwarded port changes every time.\n"
+    return head + _host_block(guest_alias(name), port)
+
+
+def _write_guest_ssh_config(root: Path, name: str, port: int) -> None:
+    if name == DEFAULT_GUEST:
+        _write_ssh_config(root, port)
+        return
+    dest = _guest_ssh_config_path(root, name)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(guest_ssh_config(name, port))
+    tmp.chmod(0o644)
+    tmp.rename(dest)
+
+
+def _ssh_ok(root: Path, timeout: float = 20.0, name: str = DEFAULT_GUEST) -> bool:
     try:
         r = subprocess.run(  # noqa: S603 (argv list, no shell)
-            _chroot_argv(root, ["ssh", "-o", "ConnectTimeout=5", HOST_ALIAS, "true"]),
+            _chroot_argv(root, ["ssh", "-o", "ConnectTimeout=5", guest_alias(name), "true"]),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
@@ -651,9 +707,9 @@ def _ssh_ok(root: Path, timeout: float = 20.0) -> bool:
     return r.returncode == 0
 
 
-def _read_state() -> dict[str, Any] | None:
+def _read_state(name: str = DEFAULT_GUEST) -> dict[str, Any] | None:
     try:
-        data = json.loads(_state_path().read_text())
+        data = json.loads(_state_path(name).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -683,7 +739,14 @@ def guest_crash(serial_log: str) -> str | None:
 
 
 def _qemu_argv(
-    accel: str, root: Path, image: Path, release: str, port: int, serial: Path, pidfile: Path
+    accel: str,
+    root: Path,
+    image: Path,
+    release: str,
+    port: int,
+    serial: Path,
+    pidfile: Path,
+    name: str = DEFAULT_GUEST,
 ) -> list[str]:
     accel_args = (
         ["-accel", "kvm", "-cpu", "host"]
@@ -697,7 +760,7 @@ def _qemu_argv(
     )
     return [
         _tool("qemu-system-x86_64"),
-        "-name", HOST_ALIAS,
+        "-name", guest_alias(name),
         "-nodefaults",
         "-no-user-config",
         *accel_args,
@@ -709,8 +772,7 @@ def _qemu_argv(
         "-kernel", str(root / "boot" / f"vmlinuz-{release}"),
         "-initrd", str(root / "boot" / f"initrd.img-{release}"),
         "-append", KERNEL_CMDLINE,
-        "-drive", f"file={str(image).replace(',', ',,')},if=virtio,format=raw",
-        "-snapshot",
+        *_disk_args(image),
         # restrict=on: the guest cannot reach the host or the outside; only the forward below in.
         "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=net0",
@@ -721,14 +783,35 @@ def _qemu_argv(
     ]  # fmt: skip
 
 
-def _boot(log: Log) -> dict[str, Any]:
+def _disk_args(image: Path) -> list[str]:
+    """The default guest boots the raw image with -snapshot; another guest boots its own qcow2
+    overlay on it (fresh at every boot), so two guests share one image and write nowhere in it."""
+    escaped = str(image).replace(",", ",,")
+    if image.suffix == ".qcow2":
+        return ["-drive", f"file={escaped},if=virtio,format=qcow2"]
+    return ["-drive", f"file={escaped},if=virtio,format=raw", "-snapshot"]
+
+
+def overlay_argv(base: Path, overlay: Path) -> list[str]:
+    return [
+        _tool("qemu-img"), "create", "-q", "-f", "qcow2",
+        "-b", str(base), "-F", "raw", str(overlay),
+    ]  # fmt: skip
+
+
+def _boot(log: Log, name: str = DEFAULT_GUEST) -> dict[str, Any]:
     root = _root_dir()
-    image = _image_path()
     release = _release(root)
     accel, why = detect_accel(verdict_file=_accel_verdict_file())
     log(f"lab: accelerator {accel}: {why}")
-    run = _run_dir()
+    run = _run_dir(name)
     run.mkdir(parents=True, exist_ok=True)
+    image = _image_path()
+    if name != DEFAULT_GUEST:
+        overlay = run / "overlay.qcow2"
+        overlay.unlink(missing_ok=True)
+        subprocess.run(overlay_argv(image, overlay), check=True, capture_output=True)  # noqa: S603 (argv list, no shell)
+        image = overlay
     serial = run / "serial.log"
     pidfile = run / "qemu.pid"
     _mount_chroot(root)
@@ -737,9 +820,9 @@ def _boot(log: Log) -> dict[str, Any]:
     port = 0
     for attempt in range(3):
         port = _free_port()
-        _write_ssh_config(root, port)
+        _write_guest_ssh_config(root, name, port)
         pidfile.unlink(missing_ok=True)
-        argv = _qemu_argv(accel, root, image, release, port, serial, pidfile)
+        argv = _qemu_argv(accel, root, image, release, port, serial, pidfile, name)
         r = subprocess.run(  # noqa: S603 (argv list, no shell)
             argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120
         )
@@ -761,25 +844,27 @@ def _boot(log: Log) -> dict[str, Any]:
         "recipe": recipe_hash(),
         "started_at": time.time(),
     }
-    tmp = _state_path().with_suffix(".tmp")
+    if name != DEFAULT_GUEST:
+        state["name"] = name
+    tmp = _state_path(name).with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=1) + "\n")
-    tmp.rename(_state_path())
+    tmp.rename(_state_path(name))
     log(f"lab: qemu pid {pid} booting {release}, ssh on 127.0.0.1:{port} (serial log: {serial})")
     deadline = t0 + SSH_WAIT_S[accel]
     while True:
         if not _pid_alive(pid):
-            down(log=log)
+            down(log=log, name=name)
             raise LabError(
                 f"qemu exited during boot; end of {serial}:\n{_serial_tail(str(serial))}"
             )
-        if _ssh_ok(root):
+        if _ssh_ok(root, name=name):
             break
         if time.monotonic() > deadline:
-            down(log=log)
+            down(log=log, name=name)
             if accel == "kvm" and not os.environ.get("STAPMAGIC_LAB_ACCEL"):
                 _accel_verdict_file().write_text(f"KVM boot did not reach ssh; {time.ctime()}\n")
                 log("lab: KVM boot did not answer; remembering that and retrying with TCG")
-                return _boot(log)
+                return _boot(log, name)
             raise LabError(
                 f"guest sshd did not answer within {SSH_WAIT_S[accel]:.0f} s; end of {serial}:\n"
                 + _serial_tail(str(serial))
@@ -787,15 +872,19 @@ def _boot(log: Log) -> dict[str, Any]:
         time.sleep(1.0)
     state["boot_seconds"] = round(time.monotonic() - t0, 1)
     tmp.write_text(json.dumps(state, indent=1) + "\n")
-    tmp.rename(_state_path())
+    tmp.rename(_state_path(name))
     log(f"lab: up after {state['boot_seconds']:.1f} s boot ({accel})")
     return state
 
 
-def up(log: Log = print) -> dict[str, Any]:
-    """Idempotent: an already running, answering lab is returned as is."""
+def up(log: Log = print, name: str = DEFAULT_GUEST) -> dict[str, Any]:
+    """Idempotent: an already running, answering lab is returned as is. A guest other than the
+    default needs the image built (it never builds: that would restart the default guest)."""
+    check_guest(name)
     with _locked():
         _check_host()
+        if name != DEFAULT_GUEST:
+            return _up_extra(log, name)
         state = _read_state()
         if (
             state is not None
@@ -816,11 +905,48 @@ def up(log: Log = print) -> dict[str, Any]:
         return _boot(log)
 
 
-def down(log: Log = print) -> None:
-    """Idempotent. The disk is a -snapshot overlay, so killing qemu loses nothing of value; the
-    ssh poweroff first only gives the guest a chance to stop cleanly."""
+def _up_extra(log: Log, name: str) -> dict[str, Any]:
+    state = _read_state(name)
+    if (
+        state is not None
+        and _pid_alive(int(state["pid"]))
+        and _is_our_qemu(int(state["pid"]), state["image"])
+        and state.get("recipe") == recipe_hash()
+    ):
+        _mount_chroot(Path(state["root"]))
+        if _ssh_ok(Path(state["root"]), name=name):
+            log(f"lab: guest {name} already up (pid {state['pid']}, port {state['port']})")
+            return state
+    if state is not None:
+        down(log=log, name=name)
+    if not (_recipe_dir() / "complete.json").is_file():
+        raise LabError(
+            f"the lab image is not built; build it first (python -m stapmagic.lab up), then "
+            f"up --name {name}"
+        )
+    _mount_chroot(_root_dir())
+    return _boot(log, name)
+
+
+def _other_guests_alive(name: str) -> bool:
+    for other in guests():
+        if other == name:
+            continue
+        st = _read_state(other)
+        if st is not None:
+            pid = int(st.get("pid", 0))
+            if pid > 0 and _pid_alive(pid) and _is_our_qemu(pid, st.get("image", "")):
+                return True
+    return False
+
+
+def down(log: Log = print, name: str = DEFAULT_GUEST) -> None:
+    """Idempotent. The disk is a -snapshot (or per-boot qcow2) overlay, so killing qemu loses
+    nothing of value; the ssh poweroff first only gives the guest a chance to stop cleanly. The
+    chroot stays mounted while another guest runs (its stap compiles there)."""
+    check_guest(name)
     with _locked():
-        state = _read_state()
+        state = _read_state(name)
         roots = {_root_dir()}
         if state is not None:
             roots.add(Path(state["root"]))
@@ -837,7 +963,7 @@ def down(log: Log = print) -> None:
                                     "ssh",
                                     "-o",
                                     "ConnectTimeout=5",
-                                    HOST_ALIAS,
+                                    guest_alias(name),
                                     "systemctl",
                                     "poweroff",
                                 ],
@@ -858,41 +984,52 @@ def down(log: Log = print) -> None:
                     while _pid_alive(pid) and time.monotonic() < deadline:
                         time.sleep(0.2)
         for root in roots:
-            if _chroot_mounted(root):
+            if name == DEFAULT_GUEST and _chroot_mounted(root):
                 _end_shared_ssh(root)
-            _unmount_chroot(root)
-        _state_path().unlink(missing_ok=True)
+        if not _other_guests_alive(name):
+            for root in roots:
+                _unmount_chroot(root)
+        _state_path(name).unlink(missing_ok=True)
+        if name != DEFAULT_GUEST:
+            for root in roots:
+                _guest_ssh_config_path(root, name).unlink(missing_ok=True)
+            (_run_dir(name) / "overlay.qcow2").unlink(missing_ok=True)
 
 
-def status() -> dict[str, Any] | None:
+def status(name: str = DEFAULT_GUEST) -> dict[str, Any] | None:
     """The state when qemu runs, the chroot is mounted and the guest's sshd answers, else None."""
-    state = _read_state()
+    state = _read_state(name)
     if state is None:
         return None
     pid = int(state.get("pid", 0))
     if not (pid > 0 and _pid_alive(pid) and _is_our_qemu(pid, state.get("image", ""))):
         return None
     root = Path(state["root"])
-    if not _chroot_mounted(root) or not _ssh_ok(root):
+    if not _chroot_mounted(root) or not _ssh_ok(root, name=name):
         return None
     return state
 
 
-def last_state() -> dict[str, Any] | None:
+def last_state(name: str = DEFAULT_GUEST) -> dict[str, Any] | None:
     """The state file of the last boot, whether or not that VM still runs."""
-    return _read_state()
+    return _read_state(name)
 
 
-def is_up() -> bool:
-    return status() is not None
+def is_up(name: str = DEFAULT_GUEST) -> bool:
+    return status(name) is not None
 
 
-def _running_state() -> dict[str, Any]:
+def up_hint(name: str = DEFAULT_GUEST) -> str:
+    return "python -m stapmagic.lab up" + ("" if name == DEFAULT_GUEST else f" --name {name}")
+
+
+def _running_state(name: str = DEFAULT_GUEST) -> dict[str, Any]:
     """Cheap check (no ssh round trip): stap_argv/exec_argv are called for every run."""
-    state = _read_state()
-    fix = "start it with: python -m stapmagic.lab up"
+    state = _read_state(name)
+    fix = f"start it with: {up_hint(name)}"
     if state is None:
-        raise LabError(f"the lab is not up; {fix}")
+        what = "the lab" if name == DEFAULT_GUEST else f"lab guest {name}"
+        raise LabError(f"{what} is not up; {fix}")
     pid = int(state.get("pid", 0))
     if not (pid > 0 and _pid_alive(pid) and _is_our_qemu(pid, state.get("image", ""))):
         crash = guest_crash(str(state.get("serial_log", "")))
@@ -905,31 +1042,38 @@ def _running_state() -> dict[str, Any]:
     return state
 
 
-def stap_argv(require_running: bool = True) -> list[str]:
+def _guest_state(name: str) -> dict[str, Any]:
+    # The default guest's call is unchanged (tests stub _running_state without arguments).
+    return _running_state() if name == DEFAULT_GUEST else _running_state(name)
+
+
+def stap_argv(require_running: bool = True, name: str = DEFAULT_GUEST) -> list[str]:
     """Prefix for a stap command line: compiles in the chroot, runs pass 5 in the guest.
 
     Without `require_running` (a --dry-run) the lab may be down: the line names only the
     recipe's chroot and the host alias, never the boot's port (nor this process's shared
-    ssh connection)."""
-    stap = ["stap", f"--remote=ssh://{HOST_ALIAS}", *STAP_DEFINES]
+    ssh connection). Every guest's line carries the same shared-ssh items (a list of guests
+    is one stap): the wrapper's control path is per destination (%C), so another guest's
+    ssh finds no master there and connects directly."""
+    stap = ["stap", f"--remote=ssh://{guest_alias(name)}", *STAP_DEFINES]
     if not require_running:
         return _chroot_argv(_root_dir(), stap)
-    root = Path(_running_state()["root"])
+    root = Path(_guest_state(name)["root"])
     return _chroot_argv(root, [*_shared_ssh(root), *stap])
 
 
-def client_argv() -> list[str]:
+def client_argv(name: str = DEFAULT_GUEST) -> list[str]:
     """Prefix under which a command runs in the lab's chroot: its stap, and its ssh with the
     ``stapmagic-lab`` alias (so ``ssh://stapmagic-lab`` works as a plain ssh target there)."""
-    root = Path(_running_state()["root"])
+    root = Path(_guest_state(name)["root"])
     return _chroot_argv(root, _shared_ssh(root))
 
 
-def exec_argv(argv: list[str]) -> list[str]:
+def exec_argv(argv: list[str], name: str = DEFAULT_GUEST) -> list[str]:
     """ssh joins its arguments into one remote shell line, hence the quoting."""
-    root = Path(_running_state()["root"])
+    root = Path(_guest_state(name)["root"])
     remote = " ".join(shlex.quote(a) for a in argv)
-    return _chroot_argv(root, [*_shared_ssh(root), "ssh", HOST_ALIAS, "--", remote])
+    return _chroot_argv(root, [*_shared_ssh(root), "ssh", guest_alias(name), "--", remote])
 
 
 # The chroot's own cache directory and ssh (targets/sshmux.py: one ssh connection per process).
@@ -989,10 +1133,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m stapmagic.lab", description=__doc__.split("\n")[0] if __doc__ else None
     )
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="build if needed, boot, wait for ssh")
-    sub.add_parser("down", help="stop the guest and unmount the chroot")
-    sub.add_parser("status", help="print the state if the lab answers (exit 1 if not)")
+    name_help = (
+        f"the guest (default {DEFAULT_GUEST}; another name boots a second guest of the same "
+        "image, target lab:NAME)"
+    )
+    u = sub.add_parser("up", help="build if needed, boot, wait for ssh")
+    d = sub.add_parser("down", help="stop the guest (and unmount the chroot if no guest is left)")
+    st_p = sub.add_parser(
+        "status", help="print the state of every guest; exit 1 if the one asked for is down"
+    )
     sh = sub.add_parser("shell", help="interactive ssh into the guest (or run a command there)")
+    for sp in (u, d, st_p, sh):
+        sp.add_argument("--name", default=DEFAULT_GUEST, type=check_guest, help=name_help)
     sh.add_argument("command", nargs=argparse.REMAINDER)
     b = sub.add_parser("build", help="build the cached root tree and disk image")
     b.add_argument("--force", action="store_true", help="rebuild from scratch")
@@ -1000,21 +1152,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             t0 = time.monotonic()
-            state = up()
+            state = up(name=args.name)
             print(json.dumps(state, indent=1))
             print(f"lab: up in {time.monotonic() - t0:.1f} s total")
         elif args.cmd == "down":
-            down()
+            down(name=args.name)
         elif args.cmd == "status":
-            st = status()
+            st = status(args.name)
             if st is None:
-                print("lab: down")
+                print("lab: down" if args.name == DEFAULT_GUEST else f"lab: guest {args.name} down")
+            else:
+                print(json.dumps(st, indent=1))
+            for other in guests():
+                if other != args.name:
+                    ost = status(other)
+                    where = f"up (pid {ost['pid']}, port {ost['port']})" if ost else "down"
+                    print(f"lab: guest {other} ({guest_alias(other)}): {where}")
+            if st is None:
                 return 1
-            print(json.dumps(st, indent=1))
         elif args.cmd == "build":
             print(build(force=args.force))
         elif args.cmd == "shell":
-            state = _running_state()
+            state = _running_state(args.name) if args.name != DEFAULT_GUEST else _running_state()
+            alias = guest_alias(args.name)
             cmd = list(args.command)
             if cmd[:1] == ["--"]:
                 cmd = cmd[1:]
@@ -1022,10 +1182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # Like `ssh HOST cmd...`: one argument is the remote command line as written
                 # ('cmd; cmd' works); several are joined, each quoted (one word each).
                 remote = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
-                argv_ = _chroot_argv(Path(state["root"]), ["ssh", HOST_ALIAS, "--", remote])
+                argv_ = _chroot_argv(Path(state["root"]), ["ssh", alias, "--", remote])
             else:
                 term = "TERM=" + os.environ.get("TERM", "vt100")
-                argv_ = _chroot_argv(Path(state["root"]), ["env", term, "ssh", "-t", HOST_ALIAS])
+                argv_ = _chroot_argv(Path(state["root"]), ["env", term, "ssh", "-t", alias])
             os.execvp(argv_[0], argv_)
     except LabError as e:
         print(f"lab: error: {e}", file=sys.stderr)

@@ -238,7 +238,8 @@ OPTIONS: tuple[Option, ...] = (
         "command",
         ("-c",),
         None,
-        "run CMD on the target (stap -c) and stop when it ends",
+        "run CMD on the target (stap -c) and stop when it ends; with several targets it runs "
+        "on every host",
         _text,
         metavar="CMD",
         compared=True,
@@ -313,7 +314,8 @@ OPTIONS: tuple[Option, ...] = (
         "target",
         ("--target",),
         "local",
-        "where to probe: local, lab or ssh://user@host[:port] "
+        "where to probe: local, lab, lab:NAME or ssh://user@host[:port], or several "
+        "separated by commas (rows get a host column) "
         "(default: %%config KprobeMagics.target)",
         _target,
         metavar="TARGET",

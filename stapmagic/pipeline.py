@@ -18,7 +18,19 @@ from typing import Any
 
 import pandas as pd
 
-from . import btfspec, diagnose, fieldread, frames, kbtf, ledger, options, records, runner, wire
+from . import (
+    btfspec,
+    diagnose,
+    fieldread,
+    fleet,
+    frames,
+    kbtf,
+    ledger,
+    options,
+    records,
+    runner,
+    wire,
+)
 from .errors import BTFError, OptionError, SpecError, StapMagicError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
@@ -33,6 +45,7 @@ from .script import (
 )
 from .spec import Spec, parse_spec
 from .targets import kallsyms_symbols
+from .targets.fleet import FleetTarget
 
 DEFAULT_GRACE = options.DEFAULT_GRACE
 
@@ -113,6 +126,8 @@ class ProbeRun:
             df = self.parser.frame()
         if self.spec is not None and any(p.enums for p in self.spec.probes):
             df = frames.enum_names(df, self.spec.probes)
+        if isinstance(self.target, FleetTarget):
+            return fleet.label_hosts(df, self.target.remote_names, self.target.hosts)
         return df
 
     def __repr__(self) -> str:
@@ -322,6 +337,9 @@ class ProbeRun:
 def script_options(opts: ProbeOptions) -> ScriptOptions:
     if opts.command_only and opts.command is None:
         raise OptionError("--cmd-only keeps the events of the -c command: give -c CMD")
+    fleet.check_options(
+        opts.target, pid=opts.pid, aggregate=opts.hist is not None or opts.count_by is not None
+    )
     return ScriptOptions(
         count=opts.count,
         duration=opts.duration,
@@ -336,6 +354,7 @@ def script_options(opts: ProbeOptions) -> ScriptOptions:
         count_by=opts.count_by,
         where=opts.where,
         skip_self=not opts.include_self,
+        host_column=bool(fleet.host_names(opts.target)),
     )
 
 
@@ -482,11 +501,14 @@ def prepare(
     build: ArgvBuilder = build_argv,
     btf_lookup: BTFLookup | None = None,
     resolve: Callable[[Spec], Spec] | None = None,
+    preflight: Callable[[runner.Target], runner.Target] = fleet.preflight,
 ) -> ProbeRun:
     """Parse, generate and build the command line; raises SpecError/OptionError early.
     `resolve` replaces the BTF resolution (a replay: the recorded one)."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
+    if not opts.dry_run:
+        target = preflight(target)  # several hosts: each asked before anything runs
     spec = fieldread.where_refs(spec, opts.where)
     spec = resolve(spec) if resolve is not None else resolve_btf(spec, target, btf_lookup)
     if not opts.dry_run:
@@ -633,6 +655,17 @@ def execute(
                     run.end_diagnoses = ending_diagnoses(run)
                 except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
                     run.notes.append(f"stapmagic could not check how the run ended: {exc}")
+            if source is None and isinstance(run.target, FleetTarget):
+                failed = bool(run.status.exit_status or run.status.signal)
+                try:
+                    said = fleet.host_report(run.target, run.df, failed=failed)
+                    # a failed run lists them under its error; a good one shows them as warnings
+                    if failed:
+                        run.notes.extend(said)
+                    else:
+                        run.end_diagnoses.extend(fleet.warnings(said))
+                except Exception as exc:  # noqa: BLE001 - a check that failed is not the run
+                    run.notes.append(f"stapmagic could not check the hosts after the run: {exc}")
             if not run.ok and source is None:  # a replay: no target to look at
                 try:
                     run.notes.extend(run.target.post_mortem())

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import __version__, btfrecord, options, pipeline, runner, targets
+from . import __version__, btfrecord, fleet, options, pipeline, runner, targets
 from .errors import ReplayError, StapMagicError
 
 __all__ = [
@@ -709,6 +709,7 @@ def prepare_replay(
             lookup=_recorded_lookup(rec.header),
             build=recorded_argv,
             resolve=lambda spec: btfrecord.apply(spec, rec.header.btf, where),
+            preflight=lambda t: fleet.as_recorded(t, rec.header.argv),
         )
     if run.script_text != rec.header.script:
         ours: list[str] = run.script_text.splitlines()

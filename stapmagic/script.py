@@ -165,6 +165,7 @@ class ScriptOptions:
     hist_linear: tuple[int, int, int] | None = None
     count_by: str | None = None
     where: str | None = None  # --where EXPR (where.py): events it rejects are not printed
+    host_column: bool = False  # several targets: the remote index ends every record (fleet.py)
 
     def __post_init__(self) -> None:
         if self.count is not None and (
@@ -366,6 +367,13 @@ def schema_for(probe: Probe, opts: ScriptOptions) -> ProbeSchema:
     if probe.kind == "pair":
         cols.append(Column("latency_ns", "int"))
     cols.extend(Column(reg, "hex") for reg in opts.regs)
+    if opts.host_column:
+        if any(c.name == wire.HOST_FIELD for c in cols):
+            raise OptionError(
+                f"{probe.label}: an argument named {wire.HOST_FIELD!r} would hide the host "
+                "column of a run on several targets; rename it"
+            )
+        cols.append(Column(wire.HOST_FIELD, "int"))
     return ProbeSchema(probe.label, tuple(cols), opts.print_regs)
 
 
@@ -565,6 +573,8 @@ def _tail(
             f"\t__sm_kover{idx}++  # array full: counted, not keyed",
         ]
     fields = fields + [("%x", f'u_register("{reg}")') for reg in opts.regs]
+    if opts.host_column:
+        fields = fields + [("%d", wire.HOST_EXPR)]
     out = [fired, *_printf(idx, fields)]
     if opts.print_regs:
         out.append("print_regs()")

@@ -74,6 +74,11 @@ NA_FIELD = "?"
 # A record's fields before the probe's own (DESIGN.md): idx is the probe index.
 RECORD_FIELDS: tuple[str, ...] = ("idx", "time", "pid", "tid", "cpu", "comm")
 
+# Several targets in one cell: every record ends with one more field, the remote index, read
+# as an int column and shown as the categorical `host` (fleet.label_hosts). One target: none.
+HOST_FIELD = "host"
+HOST_EXPR = "remote_id()"
+
 # The same as bytes, for the readers.
 RECORD_TAG_B = RECORD_TAG.encode()
 RECORD_PREFIX_B = (RECORD_TAG + FIELD_SEP).encode()

@@ -36,7 +36,7 @@ __all__ = [
     "which_stap",
 ]
 
-TargetKind = Literal["local", "lab", "ssh"]
+TargetKind = Literal["local", "lab", "ssh", "fleet"]
 
 INSTALL_HINT = (
     "Install SystemTap and the headers of the running kernel:\n"
@@ -238,6 +238,22 @@ class Target(metaclass=_TargetMeta):
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """argv that runs the plain command `argv` on the target (no local shell involved)."""
 
+    def compile_argv(self, argv: Sequence[str]) -> list[str]:
+        """argv that runs `argv` where stap compiles for this target (this machine here)."""
+        return list(argv)
+
+    def compile_side_paths(self, paths: Sequence[str]) -> set[str]:
+        """Those of `paths` that exist where stap compiles for this target (pre-flight)."""
+        test = 'for f in "$@"; do [ -e "$f" ] && printf "%s\\n" "$f"; done; true'
+        argv = ["sh", "-c", test, "sh", *(check_arg("path", p) for p in paths)]
+        try:
+            done = capture(self.compile_argv(argv), timeout=60.0)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise OptionError(
+                f"could not look for {', '.join(paths)} where stap compiles: {exc}"
+            ) from None
+        return {ln for ln in done.stdout.decode(errors="replace").splitlines() if ln in paths}
+
     def run(
         self, argv: Sequence[str], *, timeout: float = 60.0, ok_codes: tuple[int, ...] = (0,)
     ) -> str:
@@ -331,15 +347,20 @@ def local_stap_version() -> str:
 # --------------------------------------------------------------------------------------
 # parsing
 
-_ACCEPTED = '"local", "lab" or "ssh://[user@]host[:port]"'
+_ACCEPTED = (
+    '"local", "lab", "lab:NAME" or "ssh://[user@]host[:port]", or several (not local) '
+    "separated by commas"
+)
 
 
 def _kinds() -> tuple[type[Target], ...]:
+    from stapmagic.targets.fleet import FleetTarget
     from stapmagic.targets.lab import LabTarget
     from stapmagic.targets.local import LocalTarget
     from stapmagic.targets.ssh import SshTarget
 
-    return (LocalTarget, LabTarget, SshTarget)
+    # A list first: its first item would otherwise be read as the whole target.
+    return (FleetTarget, LocalTarget, LabTarget, SshTarget)
 
 
 def _from_kind(kind: str, url: str | None = None) -> Target:

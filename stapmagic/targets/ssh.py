@@ -197,6 +197,9 @@ class SshTarget(Target):
         out += ["-o", "BatchMode=yes", "--", self.destination]
         return out + [shlex.quote(a) for a in items]
 
+    def compile_argv(self, argv: Sequence[str]) -> list[str]:
+        return [*self.via, *argv]
+
     def stap_version(self) -> str:
         if self.via:
             return _stap_version([*self.via, "stap", "-V"])
