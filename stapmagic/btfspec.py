@@ -19,7 +19,7 @@ from stapmagic import btf as btfmod
 from stapmagic import fieldread
 from stapmagic.btf import BTF, Field, Function, Kind
 from stapmagic.errors import BTFError, SpecError
-from stapmagic.spec import Arg, BtfRef, Probe
+from stapmagic.spec import RESERVED_NAMES, Arg, BtfRef, Probe
 from stapmagic.where import WhereError
 
 __all__ = [
@@ -241,7 +241,8 @@ def _function(kb: _Kernel, probe: Probe, ref: BtfRef) -> tuple[BTF, Function]:
             ref,
             f"{name} is not in the kernel's BTF{hint}: pahole leaves out "
             "functions with inconsistent prototypes or unusual register use, and "
-            "clones such as .isra/.constprop; give the arguments as NAME:TYPE",
+            "clones such as .isra/.constprop; give the arguments as NAME:TYPE"
+            + (" and the return type as .return:TYPE" if probe.ret_from_btf else ""),
             max(0, where),
             max(1, len(name)),
         )
@@ -261,12 +262,43 @@ def _function(kb: _Kernel, probe: Probe, ref: BtfRef) -> tuple[BTF, Function]:
 
 def resolve_probe(kb: _Kernel, probe: Probe) -> Probe:
     """`probe` with its BTF arguments (parameters named the kernel's way) turned into
-    positional `Arg`s, and the prototype as a script comment. SpecError at the word."""
-    if not probe.btf_refs:
+    positional `Arg`s, the parameters and return type BTF fills in (`all_params`,
+    `ret_from_btf`), notes where BTF disagrees with a NAME:TYPE, and the prototype as a
+    script comment. SpecError at the word."""
+    if probe.function is None and not probe.btf_refs:
         return probe
-    obj, func = _function(kb, probe, probe.btf_refs[0])
-    plans = {p.name: p for p in arg_plans(obj, func)}
+    if not (probe.btf_refs or probe.all_params or probe.ret_from_btf):
+        return _checked(kb, probe)
+    ref = probe.btf_refs[0] if probe.btf_refs else _function_word(probe)
+    obj, func = _function(kb, probe, ref)
+    plans_list = arg_plans(obj, func)
+    plans = {p.name: p for p in plans_list}
     args = list(probe.args)
+    notes = list(probe.notes)
+    enums: list[tuple[str, tuple[tuple[int, str], ...]]] = list(probe.enums)
+    if probe.all_params:
+        for i, each in enumerate(plans_list, start=1):
+            if each.arg_type is None or each.index is None:
+                notes.append(f"{func.name}: parameter {i} `{_named(each)}` is not read: {each.why}")
+                continue
+            column = each.name
+            if column in RESERVED_NAMES:
+                column = f"{each.name}_arg"
+                notes.append(
+                    f"{func.name}: parameter {i} `{each.name}` is the column `{column}` "
+                    f"(`{each.name}` is a column stapmagic fills itself)"
+                )
+            args.append(Arg(column, each.arg_type, each.index))
+            names = enum_names(obj, func.params[i - 1].type)
+            if names:
+                enums.append((column, names))
+    rettype, ret_typed = probe.rettype, probe.ret_typed
+    if probe.ret_from_btf:
+        try:
+            rettype, ret_typed = ret_plan(obj, func).rettype, True
+        except BTFError as exc:
+            if probe.kind != "entry":  # an entry probe only keeps it for --latency
+                raise _error(ref, str(exc), ref.pos, len(func.name)) from None
     fields: list[fieldread.FieldRead] = []
     for ref in sorted(probe.btf_refs, key=lambda r: r.where_only):
         root, _, steps = btfmod.parse_path(ref.path)
@@ -309,12 +341,119 @@ def resolve_probe(kb: _Kernel, probe: Probe) -> Probe:
         if plan.arg_type is None or plan.index is None:
             raise _error(ref, f"{root}: {plan.why}", ref.pos, len(root))
         args.append(Arg(ref.column, plan.arg_type, plan.index))
+        names = enum_names(obj, next(p.type for p in func.params if p.name == root))
+        if names:
+            enums.append((ref.column, names))
     comments = [f"# {obj.c_prototype(func)}  (BTF of {func.obj})"]
     comments += [fieldread.comment(r) for r in fields]
     return dataclasses.replace(
         probe,
         args=tuple(args),
+        rettype=rettype,
         btf_refs=(),
+        notes=tuple(notes),
+        enums=tuple(enums),
+        all_params=False,
+        ret_from_btf=False,
+        ret_typed=ret_typed,
         comments=(*probe.comments, *comments),
         fields=(*probe.fields, *fields),
     )
+
+
+def _named(plan: ArgPlan) -> str:
+    return f"{plan.ctype}{'' if plan.ctype.endswith('*') else ' '}{plan.name}"
+
+
+def _function_word(probe: Probe) -> BtfRef:
+    """Where a bare probe's errors point: its function name, in the probe's text."""
+    name = probe.function or ""
+    pos = max(0, probe.text.find(name))
+    return BtfRef(name, name, pos, probe.text, probe.lineno)
+
+
+def enum_names(obj: BTF, tid: int) -> tuple[tuple[int, str], ...]:
+    """An enum type's (value, enumerator) pairs; () for any other type."""
+    t, _ = obj.strip(tid)
+    if t.kind not in (Kind.ENUM, Kind.ENUM64):
+        return ()
+    bits = t.size * 8
+    out = []
+    for e in t.enumerators:
+        v = e.value
+        if not t.kind_flag and v < 0:  # stored signed; read from the register unsigned
+            v &= (1 << bits) - 1
+        out.append((v, e.name))
+    return tuple(out)
+
+
+# How a spec type reads a register: (bytes, signed), None for a pointer, "str" for a string.
+_READS: dict[str, tuple[int, bool] | str | None] = {
+    "int": (4, True),
+    "uint": (4, False),
+    "s32": (4, True),
+    "u32": (4, False),
+    "long": (8, True),
+    "ulong": (8, False),
+    "longlong": (8, True),
+    "ulonglong": (8, False),
+    "s64": (8, True),
+    "u64": (8, False),
+    "s8": (1, True),
+    "u8": (1, False),
+    "s16": (2, True),
+    "u16": (2, False),
+    "ptr": None,
+    "str": "str",
+    "ustr": "str",
+    "cstr": "str",
+}
+
+
+def _reads_as(ours: str, theirs: str) -> str | None:
+    """How reading a `theirs` (from BTF) register as `ours` (NAME:TYPE) differs, or None when
+    it reads the same value."""
+    a, b = _READS.get(ours, "?"), _READS.get(theirs, "?")
+    if a == b or (theirs == "cstr" and (a is None or a == "str")):
+        return None
+    if b is None and isinstance(a, tuple) and a[0] == 8:
+        return None  # a pointer as a 64-bit number: the same bits
+    if a is None:
+        return "a pointer"
+    if a == "str":
+        return "a string behind a pointer"
+    if isinstance(a, tuple):
+        size, signed = a
+        if isinstance(b, tuple) and b[0] == size:
+            return "signed" if signed else "unsigned"
+        return f"{'a signed' if signed else 'an unsigned'} {size * 8}-bit number"
+    return None
+
+
+def _checked(kb: _Kernel, probe: Probe) -> Probe:
+    """The seed's NAME:TYPE as written, with a note for each argument BTF types otherwise
+    (nothing when BTF does not have the function, or has it more than once)."""
+    if not probe.args or probe.function is None:
+        return probe
+    try:
+        funcs = kb.functions(probe.function, probe.module)
+        if not funcs:
+            return probe
+        obj = kb.object(funcs[0])
+        if len({obj.c_prototype(f) for f in funcs}) > 1:
+            return probe
+        by_reg = {p.index: p for p in arg_plans(obj, funcs[0]) if p.index is not None}
+    except BTFError:
+        return probe
+    notes = list(probe.notes)
+    for arg in probe.args:
+        plan = by_reg.get(arg.index)
+        if plan is None or plan.arg_type is None or arg.name is None:
+            continue
+        how = _reads_as(arg.type, plan.arg_type)
+        if how is not None:
+            notes.append(
+                f"argument {arg.index} is `{_named(plan)}` in this kernel; "
+                f"`{arg.name}:{arg.type}` reads it as {how}"
+            )
+    return dataclasses.replace(probe, notes=tuple(notes))

@@ -7,6 +7,7 @@ build a new DataFrame each time; `ProbeRun.hist`/`.counts` are these.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,8 +17,9 @@ from . import records
 
 if TYPE_CHECKING:
     from .pipeline import ProbeRun
+    from .spec import Probe
 
-__all__ = ["counts_frame", "hist_frame"]
+__all__ = ["counts_frame", "enum_names", "hist_frame"]
 
 
 def hist_frame(run: ProbeRun) -> pd.DataFrame:
@@ -85,4 +87,24 @@ def counts_frame(run: ProbeRun) -> pd.DataFrame:
     df = df.sort_values("count", ascending=False, kind="stable", ignore_index=True)
     df.attrs["count_by"] = agg.of if agg else None
     df.attrs["kprobe_run"] = run
+    return df
+
+
+def enum_names(df: pd.DataFrame, probes: Sequence[Probe]) -> pd.DataFrame:
+    """Enum columns (BTF) as categorical enumerator names: a value with no name stays
+    visible as its number."""
+    for probe in probes:
+        for column, names in probe.enums:
+            if column not in df.columns:
+                continue
+            by_value = dict(names)
+            rows = df["probe"] == probe.label
+            values = df.loc[rows, column]
+            shown = [by_value.get(int(v), str(v)) if not pd.isna(v) else None for v in values]
+            known = list(dict.fromkeys(n for _, n in names))
+            extra = sorted({s for s in shown if s is not None and s not in known})
+            if column in df.columns and not isinstance(df[column].dtype, pd.CategoricalDtype):
+                df[column] = df[column].astype("object")
+            df.loc[rows, column] = shown
+            df[column] = pd.Categorical(df[column], categories=known + extra)
     return df

@@ -32,7 +32,7 @@ from . import (
     save,
     wire,
 )
-from .errors import BTFError, OptionError, SpecError
+from .errors import BTFError, OptionError, SpecError, StapMagicError
 from .hist import Histogram, Summary
 from .schema import ColumnKind, ProbeSchema
 from .script import (
@@ -127,6 +127,8 @@ class ProbeRun:
         """Every row received so far (safe to read while a background run is live)."""
         with self.lock:
             df = self.parser.frame()
+        if self.spec is not None and any(p.enums for p in self.spec.probes):
+            df = frames.enum_names(df, self.spec.probes)
         if isinstance(self.target, FleetTarget):
             return fleet.label_hosts(df, self.target.remote_names, self.target.hosts)
         return df
@@ -447,20 +449,41 @@ def target_btf(target: runner.Target, modules: Sequence[str]) -> kbtf.KernelBTF:
 BTFLookup = Callable[[runner.Target, Sequence[str]], kbtf.KernelBTF]
 
 
+# The BTF each target gave this process: a cell that only has NAME:TYPE to check against it
+# (information, never needed) uses it rather than paying another round trip to the target.
+_BTF_SEEN: dict[tuple[str, tuple[str, ...]], kbtf.KernelBTF] = {}
+
+
 def resolve_btf(
     spec: Spec,
     target: runner.Target,
     btf_lookup: BTFLookup | None = None,
 ) -> Spec:
     """Arguments named the kernel's way, resolved from the target's BTF (SpecError at the
-    word when the BTF is missing or does not have them)."""
+    word when the BTF is missing or does not have them). What only may use BTF (a bare
+    function, a .return without a type, NAME:TYPE to check) is left as written when the
+    target has none or cannot say."""
     needing = [p for p in spec.probes if p.btf_refs]
-    if not needing:
+    wanting = [
+        p
+        for p in spec.probes
+        if p.function is not None and (p.all_params or p.ret_from_btf or p.args)
+    ]
+    if not needing and not wanting:
         return spec
-    modules = sorted({p.module for p in needing if p.module})
+    modules = tuple(sorted({p.module for p in needing + wanting if p.module}))
+    key = (str(target), modules)
+    checks_only = not needing and not any(p.all_params or p.ret_from_btf for p in wanting)
     try:
-        kb = (btf_lookup or target_btf)(target, modules)
-    except BTFError as exc:
+        kb = _BTF_SEEN.get(key) if checks_only else None
+        if kb is None:
+            kb = (btf_lookup or target_btf)(target, modules)
+            _BTF_SEEN[key] = kb
+    except StapMagicError as exc:
+        if not needing:
+            return spec
+        if not isinstance(exc, BTFError):
+            raise
         ref = needing[0].btf_refs[0]
         raise SpecError(
             f"{ref.path} needs the kernel's BTF: {exc}",
@@ -480,14 +503,17 @@ def prepare(
     lookup: Callable[[runner.Target, Sequence[str]], list[str]] = kallsyms_lines,
     build: ArgvBuilder = build_argv,
     btf_lookup: BTFLookup | None = None,
+    resolve: Callable[[Spec], Spec] | None = None,
     preflight: Callable[[runner.Target], runner.Target] = fleet.preflight,
 ) -> ProbeRun:
-    """Parse, generate and build the command line; raises SpecError/OptionError early."""
+    """Parse, generate and build the command line; raises SpecError/OptionError early.
+    `resolve` replaces the BTF resolution (a replay: the recorded one)."""
     target = runner.parse_target(opts.target)
     spec = parse_spec(body, guru=opts.guru, first_line=first_line)
     if not opts.dry_run:
         target = preflight(target)  # several hosts: each asked before anything runs
-    spec = resolve_btf(fieldread.where_refs(spec, opts.where), target, btf_lookup)
+    spec = fieldread.where_refs(spec, opts.where)
+    spec = resolve(spec) if resolve is not None else resolve_btf(spec, target, btf_lookup)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
     if not spec.probes:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import __version__, fleet, options, pipeline, runner, targets
+from . import __version__, btfrecord, fleet, options, pipeline, runner, targets
 from .errors import ReplayError, StapMagicError
 
 __all__ = [
@@ -197,6 +197,13 @@ def _type_name(tp: Any) -> str:
     )
 
 
+def _btf(value: Any, name: str) -> list[dict[str, Any]]:
+    try:
+        return btfrecord.check(value)
+    except btfrecord.BadResolution as exc:
+        raise _Bad(f"`{name}`: {exc}") from None
+
+
 def _started(value: Any, name: str) -> float:
     return _seconds(value, name, _MAX_STARTED)
 
@@ -212,6 +219,7 @@ _HEADER_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "stap_version": _str,
     "started": _started,
     "kallsyms": _strs,
+    "btf": _btf,
     "stapmagic_version": _str,
 }
 
@@ -233,6 +241,8 @@ class Header:
     stap_version: str
     started: float
     kallsyms: list[str] = field(default_factory=list)
+    # the cell's BTF resolution (btfrecord.py): a replay needs no target's BTF
+    btf: list[dict[str, Any]] = field(default_factory=list)
     stapmagic_version: str = __version__
 
     def to_json(self) -> dict[str, Any]:
@@ -698,6 +708,7 @@ def prepare_replay(
             opts,
             lookup=_recorded_lookup(rec.header),
             build=recorded_argv,
+            resolve=lambda spec: btfrecord.apply(spec, rec.header.btf, where),
             preflight=lambda t: fleet.as_recorded(t, rec.header.argv),
         )
     if run.script_text != rec.header.script:
@@ -737,6 +748,7 @@ def header_for(
         stap_version=stap_version(run.target),
         started=time.time(),
         kallsyms=list(kallsyms),
+        btf=btfrecord.to_json(run.spec) if run.spec is not None else [],
     )
 
 

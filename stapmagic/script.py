@@ -320,7 +320,8 @@ def _check_probe(probe: Probe) -> None:
         )
     if probe.kind not in ("entry", "return", "pair"):
         raise SpecError(f"unknown probe kind {probe.kind!r}", probe.text)
-    if probe.kind != "entry" and probe.rettype not in _RETVAL:
+    # rettype None: a void function (BTF), no retval
+    if probe.kind != "entry" and probe.rettype is not None and probe.rettype not in _RETVAL:
         raise SpecError(f"unknown return type {probe.rettype!r}", probe.text)
     if probe.address is not None:
         _address(probe.address, probe)
@@ -359,8 +360,7 @@ def schema_for(probe: Probe, opts: ScriptOptions) -> ProbeSchema:
     """The record fields `generate` prints for `probe`, in record order."""
     cols = [Column(a.name, _KIND[a.type]) for a in probe.args if a.name is not None]
     cols += [r.schema_column() for r in probe.fields if r.column is not None]
-    if probe.kind != "entry":
-        assert probe.rettype is not None
+    if probe.kind != "entry" and probe.rettype is not None:
         cols.append(Column("retval", _KIND[probe.rettype]))
         if probe.rettype in _SIGNED_RET:
             cols.append(Column("errno", "errno"))
@@ -511,7 +511,8 @@ def _aggregation(probe: Probe, opts: ScriptOptions) -> _Agg | None:
                 f"{opt}: {probe.label} is an entry probe; use "
                 "FUNCTION.return:TYPE, FUNCTION.call+return:TYPE or --latency"
             )
-        assert probe.rettype is not None
+        if probe.rettype is None:
+            raise OptionError(f"{opt}: {probe.label} returns void (BTF): there is no retval")
         return _Agg(mode, "rv", retval=True, key_kind=_KIND[probe.rettype])
     if what in ("comm", "pid", "cpu"):
         if what == "comm":
@@ -540,7 +541,8 @@ def _reads(probe: Probe, agg: _Agg | None) -> list[Arg]:
 
 
 def _retval_fields(probe: Probe) -> tuple[list[str], list[tuple[str, str]]]:
-    assert probe.rettype is not None
+    if probe.rettype is None:  # void
+        return [], []
     kind = _KIND[probe.rettype]
     body = ["r = returnval()", f"rv = {_RETVAL[probe.rettype]}"]
     fields = [(_FORMAT[kind], "rv")]
@@ -775,8 +777,8 @@ def _label(probe: Probe) -> str:
 
 
 def pair_up(spec: Spec) -> Spec:
-    """`--latency`: every FUNCTION entry probe becomes FUNCTION.call+return (return type
-    `long`, as when none is written); return and pair probes stay as they are."""
+    """`--latency`: every FUNCTION entry probe becomes FUNCTION.call+return (the return type
+    `long`, as when none is written, or BTF's); return and pair probes stay as they are."""
     probes = []
     for probe in spec.probes:
         if probe.kind == "entry":
@@ -787,7 +789,10 @@ def pair_up(spec: Spec) -> Spec:
                 )
             suffix = ".call+return"
             probe = dataclasses.replace(
-                probe, kind="pair", rettype="long", label=probe.label + suffix
+                probe,
+                kind="pair",
+                rettype=probe.rettype if probe.ret_typed else "long",
+                label=probe.label + suffix,
             )
         probes.append(probe)
     return Spec(tuple(probes))

@@ -194,6 +194,8 @@ class Session:
                 "add --save DIR, or drop --keep to keep every row in memory"
             )
         run, plan = self.prepare(cell)
+        for note in run.spec.notes if run.spec is not None else ():
+            print(f"stapmagic: {note}")
         if cell.opts.dry_run:
             print(pipeline.dry_run_text(run))
             return None

@@ -149,6 +149,15 @@ class Probe:
     # Arguments named the kernel's way (issue 14), resolved from the target's BTF.
     btf_refs: tuple[BtfRef, ...] = ()
     notes: tuple[str, ...] = ()  # said once per cell, e.g. where BTF disagrees with NAME:TYPE
+    # What BTF fills in when the target has it (a kernel without BTF: as written, the seed's
+    # meaning): every register parameter (a function named with no arguments), and the
+    # return type (a .return or .call+return without :RETTYPE; `rettype` is then the default).
+    all_params: bool = False
+    ret_from_btf: bool = False  # an entry probe too: --latency pairs it with this type
+    ret_typed: bool = False  # `rettype` came from BTF (None: void), also on an entry probe
+    # column -> enumerator names by value, for enum parameters read from BTF
+    enums: tuple[tuple[str, tuple[tuple[int, str], ...]], ...] = ()
+    lineno: int = 1  # the probe's line in the cell, for errors found after parsing
     comments: tuple[str, ...] = ()  # put in the script (--dry-run shows them)
     fields: tuple[FieldRead, ...] = ()  # member paths, resolved from BTF (fieldread.py)
 
@@ -158,6 +167,11 @@ class Spec:
     """Every probe of one cell, in source order (the record's probe_index)."""
 
     probes: tuple[Probe, ...]
+
+    @property
+    def notes(self) -> list[str]:
+        """What the cell says once, as information (each note once)."""
+        return list(dict.fromkeys(n for p in self.probes for n in p.notes))
 
 
 TokenKind = Literal["ident", "number", "dot", "colon", "plus", "space", "bad"]
@@ -239,6 +253,7 @@ class _LineParser:
         self.guru = guru
         self.tokens = tokenize(line)
         self.i = 0
+        self.rettype_given = False
 
     # -- helpers -----------------------------------------------------------------------------
     def error(self, message: str, pos: int, length: int = 1) -> SpecError:
@@ -379,6 +394,7 @@ class _LineParser:
             arg = self.parse_arg(index, seen)
             args.append(arg)
         text = self.line.strip()
+        named = address is None and function is not None
         if address is not None:
             label = f"0x{address:x}"
         else:
@@ -395,6 +411,11 @@ class _LineParser:
             text=text,
             label=label,
             btf_refs=tuple(refs),
+            all_params=named and kind != "return" and not args and not refs,
+            ret_from_btf=named
+            and not self.rettype_given
+            and (kind != "entry" or not args and not refs),
+            lineno=self.lineno,
         )
 
     def parse_btf_word(self, seen: dict[str, int]) -> BtfRef | None:
@@ -534,6 +555,7 @@ class _LineParser:
                 )
             self.i += 1
             rettype = self.parse_type(RET_TYPES, tok.pos, "return type")
+            self.rettype_given = True
         elif tok is not None and tok.kind == "plus":
             raise self.error("'+' only appears in the '.call+return' suffix", tok.pos)
         self.expect_word_end(True, "the probe point")

@@ -59,3 +59,19 @@ def scanner(request):
         records._recscan = None
     yield request.param
     records._recscan = saved
+
+
+@pytest.fixture(autouse=True)
+def _no_host_btf(request, monkeypatch):
+    """A bare `%%kprobe FUNCTION` asks the target for its BTF; the unit tests' local target
+    is this host, whose kernel is not the one under test: it has none, unless a test gives
+    one (lab tests use the real target's)."""
+    if "lab" in request.fixturenames:
+        return
+    from stapmagic import kbtf, pipeline
+
+    def no_btf(target, modules):
+        raise kbtf.NoBTF("no BTF in the unit tests (tests/conftest.py)")
+
+    monkeypatch.setattr(pipeline, "target_btf", no_btf)
+    monkeypatch.setattr(pipeline, "_BTF_SEEN", {})

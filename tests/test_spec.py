@@ -85,6 +85,9 @@ def test_no_arguments():
         args=(),
         text="tcp_v4_connect",
         label="tcp_v4_connect",
+        # with BTF on the target: every parameter, and the return type for --latency
+        all_params=True,
+        ret_from_btf=True,
     )
 
 

@@ -67,6 +67,7 @@ def build_valid(rng: random.Random) -> tuple[str, Probe]:
     rettype: str | None = None
     address: int | None = None
     function: str | None = None
+    ret_written = False
     if kind == "address":
         address = rng.randrange(1, 1 << 64)
         digits = f"{address:x}".rjust(rng.randrange(0, 19), "0")
@@ -88,6 +89,7 @@ def build_valid(rng: random.Random) -> tuple[str, Probe]:
             if rng.random() < 0.5:
                 rettype = rng.choice(RET_TYPES)
                 head += f":{rettype}"
+                ret_written = True
     args: list[Arg] = []
     words = [head]
     if kind != "return":
@@ -121,6 +123,10 @@ def build_valid(rng: random.Random) -> tuple[str, Probe]:
         args=tuple(args),
         text=line.strip(" \t"),
         label=label,
+        # what BTF fills in on a target that has it: every parameter of a function named
+        # without arguments, the return type not written
+        all_params=function is not None and kind != "return" and not args,
+        ret_from_btf=function is not None and not ret_written and (kind != "entry" or not args),
     )
     return line, probe
 
@@ -192,6 +198,7 @@ def test_valid_specs_parse_exactly(rng):
     note(f"line={line!r}")
     if in_body:
         spec = parse_spec(f"# comment\n\n{line}", guru=True)
+        probe = dataclasses.replace(probe, lineno=4)  # the body's third line
     else:
         spec = parse_spec("", guru=True, first_line=line)
     assert spec == Spec((probe,))
@@ -206,7 +213,10 @@ def test_multi_probe_cells(rng):
     text = "\n".join(line for line, _ in cases)
     note(f"text={text!r}")
     spec = parse_spec(text, guru=True)
-    assert spec.probes == tuple(p for _, p in cases)
+    # body line k is line k + 1 of the cell
+    assert spec.probes == tuple(
+        dataclasses.replace(p, lineno=k) for k, (_, p) in enumerate(cases, start=2)
+    )
     check_script(spec, opts)
 
 
