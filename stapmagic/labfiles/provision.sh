@@ -66,7 +66,7 @@ sed -i '/pam_motd/d' /etc/pam.d/sshd
 install -d -m 0755 /root/work
 install -m 0644 "$here"/connect_a_few.py "$here"/connect_fail.py "$here"/read_files.py /root/work/
 dpkg-divert --local --rename --add /usr/bin/staprun
-install -m 0755 "$here/staprun-wrapper.py" /usr/bin/staprun
+install -m 0755 "$here/staprun-wrapper.sh" /usr/bin/staprun
 # The packaged staprun is setuid root for the stapusr group; the wrapper runs as root only.
 chmod 0755 /usr/bin/staprun.distrib
 

@@ -2,7 +2,7 @@
 
 stap runs in the lab's chroot (the host has no stap, and the ``stapmagic-lab`` alias lives in
 the chroot's ssh config): ``SshTarget(url, via=lab.client_argv())``. The guest's staprun wrapper
-(stapmagic/labfiles/staprun-wrapper.py) runs ``-c`` in /root/work and ends leftovers of
+(stapmagic/labfiles/staprun-wrapper.sh) runs ``-c`` in /root/work and ends leftovers of
 stapsh's process group; the ssh target's own wrapping overrides both (login directory
 /root; a process group of its own, which that wrapper never sees), so what these tests show
 is the ssh target's handling, which every ssh host gets.
