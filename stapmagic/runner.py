@@ -577,6 +577,7 @@ def run(
     started = time.monotonic()
     poll_interval = max(0.005, min(0.05, tick_interval))
     stop_seen = False
+    stop_ticked = False
     last_tick = started
     # SIGINT only counts from here on: while spawning, reading, and while closing (a stop
     # pressed during close() must not leave the pty open or the child unreaped).
@@ -605,16 +606,19 @@ def run(
                             eof = True
                         elif chunk:
                             on_chunk(chunk)
+                    # Before the end-of-output check: a stop seen in this pass reaches the
+                    # caller's tick (its live view) even when stap ends at once.
+                    if tick is not None:
+                        now = time.monotonic()
+                        if stop_seen != stop_ticked or now - last_tick >= tick_interval:
+                            last_tick = now
+                            stop_ticked = stop_seen
+                            tick()
                     if eof:
                         if not proc.isalive():
                             break
                         esc.arm()  # the pty closed but the process has not exited yet
                         time.sleep(poll_interval / 5)
-                    if tick is not None:
-                        now = time.monotonic()
-                        if now - last_tick >= tick_interval:
-                            last_tick = now
-                            tick()
                 except KeyboardInterrupt:
                     if stop is not None and not stop_seen:
                         stop_seen = True
