@@ -275,14 +275,15 @@ class KprobeMagics(Magics):
 
     def completion_names(self, cell: str) -> list[str]:
         """The functions Tab offers in `cell`: its target's; in a replay the ones its
-        recording holds (none when it holds none), never this host's as the target's."""
+        recording holds or probes (with no recording named, those of every recording in
+        recordings_dir), never this host's as the target's."""
         target = complete.line_target(cell) or self.target
         replay = complete.line_option(cell, "--replay")
         name = complete.line_option(cell, "--recording")
         if replay is None and not self.session.replays(target):
             return self.function_names(target)
         if replay is None and name is None:
-            return []
+            return symbols.replayable(self.recordings_dir)
         try:
             path = replay or recording.recording_path(name or "", self.recordings_dir)
             return symbols.recorded(path)

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
-from .errors import ReplayError
+from .errors import ReplayError, SpecError, StapMagicError
+from .spec import parse_spec
 
 if TYPE_CHECKING:
     from .kbtf import KernelBTF
@@ -168,9 +169,9 @@ _RECORDED: dict[tuple[str, int, int], list[str]] = {}
 
 
 def recorded(path: str | os.PathLike[str]) -> list[str]:
-    """The functions a recording holds of its target: the names of the kallsyms lines it
-    was resolved with (MODULE:FUNCTION specs), sorted, hidden ones left out; often none.
-    ReplayError when it is no readable recording."""
+    """The functions a recording holds of its target, sorted, hidden ones left out: those its
+    spec probes and the names of the kallsyms lines it was resolved with (MODULE:FUNCTION
+    specs). ReplayError when it is no readable recording."""
     from . import recording, targets
 
     p = Path(path)
@@ -182,11 +183,30 @@ def recorded(path: str | os.PathLike[str]) -> list[str]:
     with _LOCK:
         found = _RECORDED.get(key)
     if found is None:
-        lines = recording.load(p).header.kallsyms
-        found = sorted({s.name for s in targets.kallsyms_symbols(lines) if not hidden(s.name)})
+        header = recording.load(p).header
+        names = {s.name for s in targets.kallsyms_symbols(header.kallsyms)}
+        if header.kind == "kprobe":
+            try:
+                probed = parse_spec(header.spec, guru=bool(header.options.get("guru")))
+            except SpecError:
+                probed = None
+            names.update(pr.function for pr in (probed.probes if probed else ()) if pr.function)
+        found = sorted(n for n in names if not hidden(n))
         with _LOCK:
             _RECORDED[key] = found
     return found
+
+
+def replayable(directory: str | os.PathLike[str]) -> list[str]:
+    """The functions every recording in `directory` holds or probes (`recorded`), sorted:
+    what a replay there can be asked for. Unreadable recordings are left out."""
+    names: set[str] = set()
+    for p in sorted(Path(directory).glob("*.jsonl")):
+        try:
+            names.update(recorded(p))
+        except StapMagicError:
+            continue
+    return sorted(names)
 
 
 def matching(symbols: SymbolSet, patterns: Iterable[str]) -> list[str]:

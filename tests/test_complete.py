@@ -93,9 +93,12 @@ def test_replay_offers_no_host_symbols_only_the_recordings(ip) -> None:
     ip.run_line_magic("config", f"KprobeMagics.recordings_dir = {str(RECORDINGS)!r}")
     ip.run_line_magic("config", 'KprobeMagics.mode = "replay"')
     try:
-        assert _completions(ip, "%%kprobe tcp_v4_con") == []
-        # 01_connect resolved no kallsyms lines: nothing recorded, nothing offered
-        assert _completions(ip, "%%kprobe --recording 01_connect tcp_v4_con") == []
+        # no recording named: what the recordings there probe, not the host's functions
+        assert _completions(ip, "%%kprobe tcp_v4_con") == ["tcp_v4_connect"]
+        assert _completions(ip, "%%kprobe vfs_rea") == []  # the host has it; no recording
+        # 01_connect probes tcp_v4_connect (its spec), and resolved no kallsyms lines
+        assert _completions(ip, "%%kprobe --recording 01_connect tcp_v4_con") == ["tcp_v4_connect"]
+        assert _completions(ip, "%%kprobe --recording 01_connect ext4_file_o") == []
         # 05_guru_module recorded the target's line for ext4:ext4_file_open
         cell = "%%kprobe --guru --recording 05_guru_module ext4_file_o"
         assert _completions(ip, cell) == ["ext4_file_open"]
