@@ -44,7 +44,7 @@ from .script import (
     module_statement_probe,
     schema_for,
 )
-from .spec import Spec, parse_spec
+from .spec import Probe, Spec, parse_spec
 from .targets import kallsyms_symbols
 from .targets.fleet import FleetTarget
 
@@ -458,11 +458,14 @@ def resolve_btf(
     spec: Spec,
     target: runner.Target,
     btf_lookup: BTFLookup | None = None,
+    exists: Callable[[Probe], bool] | None = None,
 ) -> Spec:
     """Arguments named the kernel's way, resolved from the target's BTF (SpecError at the
     word when the BTF is missing or does not have them). What only may use BTF (a bare
     function, a .return without a type, NAME:TYPE to check) is left as written when the
-    target has none or cannot say."""
+    target has none or cannot say. A bare form whose function BTF lacks is refused only when
+    `exists(probe)` says the target has that function (in that module): a misspelt name or a
+    wrong module is left to the checks that name it (similar names, the module it is in)."""
     needing = [p for p in spec.probes if p.btf_refs]
     wanting = [
         p
@@ -492,7 +495,39 @@ def resolve_btf(
             len(ref.path),
             ref.lineno,
         ) from None
-    return Spec(tuple(btfspec.resolve_probe(kb, p) for p in spec.probes))
+    resolved: list[Probe] = []
+    for p in spec.probes:
+        try:
+            resolved.append(btfspec.resolve_probe(kb, p))
+        except SpecError:
+            try:
+                in_btf = bool(kb.functions(p.function or "", p.module))
+            except BTFError:
+                in_btf = False
+            if p.btf_refs or in_btf or exists is None or exists(p):
+                raise
+            resolved.append(p)
+    return Spec(tuple(resolved))
+
+
+def _in_kallsyms(
+    target: runner.Target, lookup: Callable[[runner.Target, Sequence[str]], list[str]]
+) -> Callable[[Probe], bool]:
+    """Whether the target's /proc/kallsyms has the probe's function (in its module, if any)."""
+
+    def exists(probe: Probe) -> bool:
+        if probe.function is None:
+            return False
+        try:
+            lines = lookup(target, [probe.function])
+        except StapMagicError:
+            return True  # cannot tell: BTF's refusal stands
+        return any(
+            s.is_text and s.name == probe.function and probe.module in (None, s.module)
+            for s in kallsyms_symbols(lines)
+        )
+
+    return exists
 
 
 def prepare(
@@ -513,7 +548,13 @@ def prepare(
     if not opts.dry_run:
         target = preflight(target)  # several hosts: each asked before anything runs
     spec = fieldread.where_refs(spec, opts.where)
-    spec = resolve(spec) if resolve is not None else resolve_btf(spec, target, btf_lookup)
+    if resolve is not None:
+        spec = resolve(spec)
+    else:
+        # A dry run does not ask the target's kallsyms: a MODULE:FUNCTION BTF lacks is left
+        # as written (the run checks its module), a plain function is refused.
+        exists = (lambda p: p.module is None) if opts.dry_run else _in_kallsyms(target, lookup)
+        spec = resolve_btf(spec, target, btf_lookup, exists)
     if not opts.dry_run:
         spec = resolve_modules(spec, target, guru=opts.guru, lookup=lookup)
     if not spec.probes:

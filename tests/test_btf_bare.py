@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
-from test_btf import vmlinux
+from test_btf import ext4, vmlinux
 from test_recording import SPEC, fake, no_stap  # noqa: F401 (fixtures)
 
 from stapmagic import kbtf, pipeline
@@ -182,6 +182,49 @@ def test_bare_forms_of_a_function_missing_from_btf_are_refused(ip, lab_btf, line
     err = run_cell(ip, f"%%kprobe --dry-run {line}")
     assert isinstance(err, UsageError), err
     assert "is not in the kernel's BTF" in str(err) and "NAME:TYPE" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("line", "kallsyms", "refused"),
+    [
+        # in the kernel but not in BTF: refused, NAME:TYPE wanted
+        ("tcp_v4_connectt", ["ffffffff81000000 T tcp_v4_connectt"], True),
+        # in no symbol table: left as written, so stap's no-match lists the similar names
+        ("tcp_v4_connectt", [], False),
+        # in the kernel, in another module: left to the module check that says where it is
+        ("ext4:tcp_v4_connect", ["ffffffff81000000 T tcp_v4_connect"], False),
+        ("ext4:tcp_v4_connectt", ["ffffffffc0000000 t tcp_v4_connectt\t[ext4]"], True),
+    ],
+)
+def test_a_bare_form_btf_lacks_is_refused_only_for_a_function_the_kernel_has(
+    monkeypatch, line, kallsyms, refused
+):
+    monkeypatch.setattr(
+        pipeline, "target_btf", lambda target, modules: kbtf.KernelBTF(vmlinux(), {"ext4": ext4()})
+    )
+    asked: list[list[str]] = []
+
+    def lookup(target, names):
+        asked.append(list(names))
+        return kallsyms
+
+    def prepare_live():
+        return pipeline.prepare(
+            line, "", pipeline.ProbeOptions(target="lab"), lookup=lookup, build=lambda *a: []
+        )
+
+    if refused:
+        with pytest.raises(pipeline.SpecError, match="is not in the kernel's BTF"):
+            prepare_live()
+    else:
+        try:
+            run = prepare_live()
+        except pipeline.SpecError as exc:  # the module check's own refusal is fine
+            assert "is not in the kernel's BTF" not in str(exc)
+            assert "not to module ext4" in str(exc)
+        else:
+            assert run.spec.probes[0].args == ()  # as written: the seed's meaning
+    assert [line.split(":")[-1]] in asked
 
 
 def test_bare_forms_without_btf_work_as_before(ip, capsys, no_btf):

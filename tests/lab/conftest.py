@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 
 import pytest
@@ -81,3 +82,20 @@ def cell(ip, lab):
 
     yield go
     ip.run_line_magic("config", 'KprobeMagics.target = "local"')
+
+
+@pytest.fixture(scope="module")
+def guest_b():
+    """The second lab guest (`lab:b`), booted for the module's tests and left as found."""
+    from stapmagic import lab as labmod
+
+    if not labmod.is_up():
+        pytest.skip("the default lab guest is not up")
+    was_up = labmod.is_up("b")
+    t0 = time.monotonic()
+    labmod.up(log=lambda *a: None, name="b")
+    print(f"guest b up in {time.monotonic() - t0:.1f} s")
+    yield labmod
+    # Left as found when it was up before (a developer's guest); the kill test leaves it dead.
+    if not was_up or not labmod.is_up("b"):
+        labmod.down(log=lambda *a: None, name="b")

@@ -12,25 +12,7 @@ import signal
 import threading
 import time
 
-import pytest
-
 FLEET = "lab,lab:b"
-
-
-@pytest.fixture(scope="module")
-def guest_b():
-    from stapmagic import lab as labmod
-
-    if not labmod.is_up():
-        pytest.skip("the default lab guest is not up")
-    was_up = labmod.is_up("b")
-    t0 = time.monotonic()
-    labmod.up(log=lambda *a: None, name="b")
-    print(f"guest b up in {time.monotonic() - t0:.1f} s")
-    yield labmod
-    # Left as found when it was up before (a developer's guest); the kill test leaves it dead.
-    if not was_up or not labmod.is_up("b"):
-        labmod.down(log=lambda *a: None, name="b")
 
 
 def _on(labmod, name: str, command: str) -> None:
