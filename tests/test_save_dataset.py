@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_command_exit import run_cell as _cell
 
 from stapmagic import pipeline, records, save
 from stapmagic.records import format_record
@@ -273,16 +274,6 @@ def fake(fake_stap_path, monkeypatch, tmp_path):
     monkeypatch.setenv("FAKESTAP_RUN_COMMAND", "1")
     monkeypatch.setattr(pipeline, "_target_problem", lambda target: None)
     return records_file
-
-
-def _cell(ip, text):
-    ip.user_ns.pop("_kprobe", None)
-    result = ip.run_cell(text)
-    return (
-        result.result,
-        result.error_before_exec or result.error_in_exec,
-        ip.user_ns.get("_kprobe"),
-    )
 
 
 def test_cell_saves_every_row_and_keeps_the_last(ip, fake, tmp_path, capsys):
